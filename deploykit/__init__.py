@@ -1,0 +1,3 @@
+"""deploykit: a private ChatGPT-style assistant on your own hardware, planned, rendered and run."""
+
+__version__ = "0.1.0"

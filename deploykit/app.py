@@ -1,0 +1,259 @@
+"""The library API the CLI calls: each function chains the stages detect → plan → render → run → health.
+
+Functions here take settings and paths, call the pure stages, and do the I/O between them. They
+return plain data for the CLI to print; they never print.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as secrets_mod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from deploykit.catalog import (
+    ModelSpec,
+    builtin_models,
+    builtin_profiles,
+    find_model,
+    find_profile,
+    load_profiles_file,
+)
+from deploykit.errors import ConfigError, NotFoundError, PlanError, UsageError
+from deploykit.host import HostProfile
+from deploykit.modelfile import LocalWeights, read_model_path
+from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
+from deploykit.render import (
+    StackSpec,
+    check_stack_dir,
+    project_name,
+    read_secrets,
+    render_files,
+    write_stack,
+)
+from deploykit.settings import Settings, config_dir
+
+
+def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
+    """Built-in profiles, then the user's (config dir, or --profiles-file); a user profile wins a name clash."""
+    user: tuple[HostProfile, ...] = ()
+    path = settings.profiles_file or config_dir() / "profiles.toml"
+    if settings.profiles_file is not None and not path.is_file():
+        raise NotFoundError(f"profiles file {path} does not exist.", "Check the --profiles-file path.")
+    if path.is_file():
+        user = load_profiles_file(path)
+    names = {p.name for p in user}
+    return (*user, *(p for p in builtin_profiles() if p.name not in names))
+
+
+def detect(settings: Settings) -> HostProfile:
+    from deploykit.detect import detect_host
+    from deploykit.engine import probe_engine
+
+    return detect_host(model_cache=settings.model_cache, docker=probe_engine(settings.docker_host))
+
+
+def load_host_file(path: Path) -> HostProfile:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read host file {path}: {exc.strerror}.", "Check the --host path.") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{path} is not JSON ({exc.msg} at line {exc.lineno}).",
+            "Save one with `deploykit detect --json > host.json` on the target machine.",
+        ) from None
+    try:
+        host = HostProfile.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(
+            f"{path} is not a host profile: {fields}.",
+            "Save one with `deploykit detect --json > host.json` on the target machine.",
+        ) from None
+    return host.model_copy(update={"source": "file"})
+
+
+def resolve_host(settings: Settings, profile: str, host_file: Path | None) -> HostProfile:
+    if host_file is not None:
+        if profile not in ("auto", ""):
+            raise UsageError(
+                f"--host and --profile {profile} both describe the hardware.",
+                "Use --host FILE alone (it stands for the detected host) or --profile alone.",
+            )
+        return load_host_file(host_file)
+    if profile == "auto":
+        return detect(settings)
+    return find_profile(profile, all_profiles(settings))
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: ModelSpec
+    weights: LocalWeights | None  # set when the user gave a local file or directory
+
+
+def resolve_model(settings: Settings, model_id: str | None, model_path: Path | None) -> ResolvedModel:
+    catalog = builtin_models()
+    if model_path is not None:
+        path = model_path.expanduser().resolve()
+        if not path.exists():
+            raise UsageError(
+                f"model file {model_path} does not exist.",
+                "Give the path of a .gguf file or a Hugging Face model directory.",
+            )
+        known = next((m for m in catalog if m.id == model_id), None) if model_id else None
+        spec, weights = read_model_path(path, model_id)
+        if known is not None:
+            # The file's header gives the true shapes; the catalog gives the id, name and capabilities.
+            spec = spec.model_copy(
+                update={"name": known.name, "hf_repo": known.hf_repo, "reasoning": known.reasoning,
+                        "tool_calling": known.tool_calling}
+            )
+        return ResolvedModel(spec, weights)
+    wanted = model_id or settings.model
+    if "/" in wanted and not any(m.hf_repo == wanted for m in catalog):
+        return ResolvedModel(_spec_from_hub(wanted), None)
+    return ResolvedModel(find_model(wanted, catalog), None)
+
+
+def _spec_from_hub(repo: str) -> ModelSpec:
+    """A Hugging Face model outside the catalog: its config.json gives the numbers."""
+    from deploykit.hub import fetch_config
+    from deploykit.modelfile import slug, spec_from_hf_config
+
+    config, params = fetch_config(repo)
+    spec = spec_from_hf_config(config, slug(repo.split("/")[-1]), repo.split("/")[-1], params)
+    return spec.model_copy(update={"hf_repo": repo})
+
+
+def make_plan(host: HostProfile, model: ResolvedModel, settings: Settings) -> DeploymentPlan:
+    plan_settings = settings.plan_settings()
+    try:
+        return plan_deployment(host, model.spec, plan_settings, model.weights)
+    except NoFit as nofit:
+        alternative = (
+            suggest_alternative(host, model.spec, plan_settings, builtin_models()) if model.weights is None else None
+        )
+        if nofit.need_bytes:
+            message = (
+                f"{nofit.model_name} ({nofit.detail}) needs {gib(nofit.need_bytes)}; profile {host.name} "
+                f"has {gib(nofit.budget_bytes)} of {nofit.budget_kind.upper()} for it."
+            )
+        else:
+            message = f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}"
+        raise PlanError(message, f"Try {alternative}" if alternative else "Use a smaller model or a bigger machine.") from None
+
+
+def model_host_path(settings: Settings, plan: DeploymentPlan, model: ResolvedModel) -> Path:
+    """Where the weights live on the Docker host: the user's file, or their place in the model cache."""
+    if model.weights is not None:
+        return Path(model.weights.path)
+    spec = model.spec
+    if plan.backend == "llamacpp":
+        assert spec.gguf is not None  # the planner only picks llama.cpp with a GGUF source
+        repo = spec.gguf.repo or spec.id
+        return settings.model_cache / repo / spec.gguf.file
+    return settings.model_cache / (spec.hf_repo or spec.id)
+
+
+def choose_images(settings: Settings, plan: DeploymentPlan, overrides: dict[str, str]) -> dict[str, str]:
+    images = settings.images
+    inference = {
+        ("llamacpp", "cpu"): images.llama_server,
+        ("llamacpp", "cuda"): images.llama_server_cuda,
+        ("vllm", "cuda"): images.vllm,
+        ("vllm", "cpu"): images.vllm_cpu,
+    }[(plan.backend, plan.device)]
+    return {"inference": inference, "open-webui": images.open_webui} | overrides
+
+
+def new_secrets(admin_email: str) -> dict[str, str]:
+    return {
+        "INFERENCE_API_KEY": "sk-" + secrets_mod.token_urlsafe(32),
+        "WEBUI_SECRET_KEY": secrets_mod.token_urlsafe(48),
+        "DEPLOYKIT_ADMIN_EMAIL": admin_email,
+        "DEPLOYKIT_ADMIN_PASSWORD": secrets_mod.token_urlsafe(18),
+    }
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    stack_dir: Path
+    spec: StackSpec
+    changed: list[str]
+
+
+def render_stack(
+    settings: Settings,
+    *,
+    profile: str,
+    host_file: Path | None,
+    model_id: str | None,
+    model_path: Path | None,
+    image_overrides: dict[str, str],
+    stack_dir: Path,
+) -> RenderResult:
+    stack_dir = stack_dir.expanduser().absolute()
+    check_stack_dir(stack_dir)  # before anything slow, and before anything is written
+    host = resolve_host(settings, profile, host_file)
+    model = resolve_model(settings, model_id, model_path)
+    plan = make_plan(host, model, settings)
+    spec = StackSpec(
+        project=project_name(stack_dir),
+        plan=plan,
+        model_host_path=str(model_host_path(settings, plan, model)),
+        images=choose_images(settings, plan, image_overrides),
+        webui_port=settings.webui_port,
+        webui_bind=settings.webui_bind,
+        inference_port=settings.inference_port,
+    )
+    kept = read_secrets(stack_dir)
+    fresh = new_secrets(settings.admin_email)
+    stack_secrets = {key: kept.get(key) or fresh[key] for key in fresh}
+    inputs: dict[str, Any] = {
+        "host": host.model_dump(mode="json"),
+        "model": model.spec.model_dump(mode="json"),
+        "settings": settings.plan_settings().model_dump(mode="json"),
+    }
+    files = render_files(spec, stack_secrets, inputs)
+    changed = write_stack(stack_dir, files)
+    return RenderResult(stack_dir, spec, changed)
+
+
+def plan_only(
+    settings: Settings, *, profile: str, host_file: Path | None, model_id: str | None, model_path: Path | None
+) -> tuple[HostProfile, ResolvedModel, DeploymentPlan]:
+    host = resolve_host(settings, profile, host_file)
+    model = resolve_model(settings, model_id, model_path)
+    return host, model, make_plan(host, model, settings)
+
+
+def profile_rows(settings: Settings) -> list[dict[str, Any]]:
+    """Each profile with the backend it would get for the default model (``deploykit profiles``)."""
+    model = ResolvedModel(find_model(settings.model, builtin_models()), None)
+    rows = []
+    for host in all_profiles(settings):
+        try:
+            plan = make_plan(host, model, settings)
+            outcome: dict[str, Any] = {
+                "backend": plan.backend, "device": plan.device, "quantization": plan.quantization,
+                "context_length": plan.context_length, "gpu_layers": plan.gpu_layers,
+            }
+        except PlanError as exc:
+            outcome = {"backend": None, "error": exc.message}
+        rows.append({
+            "name": host.name,
+            "description": host.description,
+            "source": host.source,
+            "arch": host.cpu.arch,
+            "gpus": [g.name for g in host.gpus],
+            "vram_bytes": host.vram_total_bytes,
+            "ram_bytes": host.memory.total_bytes,
+            "default_model": model.spec.id,
+            **outcome,
+        })
+    return rows

@@ -1,0 +1,168 @@
+"""Load profiles and models from TOML, validate them, and find one by name with suggestions."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deploykit.errors import ConfigError, NotFoundError
+from deploykit.host import GiB, HostProfile
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GgufSource(_Frozen):
+    repo: str | None = None
+    file: str
+    quant: str
+    size_bytes: int = Field(gt=0)
+
+
+class ModelSpec(_Frozen):
+    """The numbers the planner needs about a model, from the catalog, a GGUF header or a config.json."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str
+    hf_repo: str | None = None
+    architecture: str
+    params: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int | None = None
+    attention_heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    max_context: int = Field(gt=0)
+    torch_dtype: str = "bfloat16"
+    reasoning: Literal["deepseek_r1"] | None = None
+    tool_calling: bool = False
+    gguf: GgufSource | None = None
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        # K and V, for every layer and KV head.
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+
+def _bytes_from_gib(table: Mapping[str, Any]) -> dict[str, Any]:
+    """Let data files say ``total_gib = 16`` where the model holds ``total_bytes``."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out[key] = _bytes_from_gib(value)
+        elif isinstance(value, list):
+            out[key] = [_bytes_from_gib(v) if isinstance(v, Mapping) else v for v in value]
+        elif key.endswith("_gib") and isinstance(value, int | float):
+            out[key[: -len("_gib")] + "_bytes"] = int(value * GiB)
+        else:
+            out[key] = value
+    return out
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def _profile_from(data: Mapping[str, Any], origin: str, source: Literal["builtin", "user"]) -> HostProfile:
+    try:
+        return HostProfile.model_validate({**_bytes_from_gib(data), "source": source})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"profile in {origin} is not valid: {_errors(exc)}.",
+            "Compare it with `deploykit profiles --json` output or a file in deploykit/catalog/profiles/.",
+        ) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}.", "Check the path.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}.", "Fix the syntax and try again.") from None
+
+
+def _data_files(folder: str) -> list[tuple[str, str]]:
+    root = resources.files("deploykit.catalog").joinpath(folder)
+    return sorted(
+        (entry.name, entry.read_text(encoding="utf-8"))
+        for entry in root.iterdir()
+        if entry.name.endswith(".toml")
+    )
+
+
+@cache
+def builtin_profiles() -> tuple[HostProfile, ...]:
+    return tuple(
+        _profile_from(tomllib.loads(text), f"built-in {name}", "builtin")
+        for name, text in _data_files("profiles")
+    )
+
+
+@cache
+def builtin_models() -> tuple[ModelSpec, ...]:
+    models = []
+    for name, text in _data_files("models"):
+        try:
+            models.append(ModelSpec.model_validate(tomllib.loads(text)))
+        except ValidationError as exc:
+            raise ConfigError(f"built-in model {name} is not valid: {_errors(exc)}.") from None
+    return tuple(models)
+
+
+def load_profiles_file(path: Path) -> tuple[HostProfile, ...]:
+    """User profiles: ``[profiles.NAME]`` tables, each shaped like a built-in profile file."""
+    data = _read_toml(path)
+    tables = data.get("profiles")
+    if not isinstance(tables, Mapping) or not tables:
+        raise ConfigError(
+            f"{path} defines no profiles.",
+            "Write one table per profile, e.g. [profiles.office-pc] with [profiles.office-pc.cpu] …",
+        )
+    return tuple(
+        _profile_from({"name": name, **table}, f"{path} [profiles.{name}]", "user")
+        for name, table in tables.items()
+        if isinstance(table, Mapping)
+    )
+
+
+def _closest(name: str, names: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    return " or ".join(f"'{c}'" for c in close)
+
+
+def find_profile(name: str, profiles: Iterable[HostProfile]) -> HostProfile:
+    by_name = {p.name: p for p in profiles}
+    if name in by_name:
+        return by_name[name]
+    close = _closest(name, [*by_name, "auto"])
+    raise NotFoundError(
+        f"profile '{name}' is not known.",
+        (f"did you mean {close}? " if close else "") + "`deploykit profiles` lists them all.",
+    )
+
+
+def find_model(model_id: str, models: Iterable[ModelSpec]) -> ModelSpec:
+    by_id = {m.id: m for m in models}
+    if model_id in by_id:
+        return by_id[model_id]
+    lowered = {m.id.lower(): m for m in models} | {(m.hf_repo or "").lower(): m for m in models}
+    if model_id.lower() in lowered:
+        return lowered[model_id.lower()]
+    close = _closest(model_id, by_id)
+    raise NotFoundError(
+        f"model '{model_id}' is not in the catalog.",
+        (f"did you mean {close}? " if close else "")
+        + "`deploykit models` lists them; a local file works with --model-file PATH.",
+    )

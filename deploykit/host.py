@@ -1,0 +1,91 @@
+"""What a machine has: the value `detect` produces and built-in profiles describe.
+
+A ``HostProfile`` is plain data. ``deploykit detect --json`` prints one; the same JSON given back
+with ``--host FILE`` plans a workstation from elsewhere; built-in profiles are the same shape with
+only the fields that matter for planning filled in.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GiB = 1024**3
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Gpu(_Frozen):
+    index: int = 0
+    uuid: str | None = None
+    name: str
+    memory_total_bytes: int = Field(gt=0)
+    # None when unknown (a built-in profile): the planner then assumes the card is idle.
+    memory_free_bytes: int | None = None
+    compute_capability: str | None = Field(default=None, pattern=r"^\d+\.\d+$")
+    driver_version: str | None = None
+    cuda_version: str | None = None
+
+    @property
+    def compute_capability_tuple(self) -> tuple[int, int] | None:
+        if self.compute_capability is None:
+            return None
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
+
+
+class Cpu(_Frozen):
+    model: str | None = None
+    arch: str = "x86_64"
+    physical_cores: int = Field(gt=0)
+    logical_cores: int = Field(gt=0)
+    flags: tuple[str, ...] = ()  # the SIMD flags that matter: avx2, avx512f, avx512_bf16, amx, neon…
+
+
+class Memory(_Frozen):
+    total_bytes: int = Field(gt=0)
+    available_bytes: int | None = None
+
+
+class Disk(_Frozen):
+    path: str
+    free_bytes: int = Field(ge=0)
+
+
+class DockerEngine(_Frozen):
+    reachable: bool = False
+    host: str | None = None
+    server_version: str | None = None
+    api_version: str | None = None
+    compose_version: str | None = None
+    runtimes: tuple[str, ...] = ()
+    nvidia_runtime: bool = False
+    cdi_devices: tuple[str, ...] = ()
+    error: str | None = None
+
+
+class HostProfile(_Frozen):
+    name: str
+    description: str = ""
+    source: Literal["builtin", "user", "detected", "file"] = "builtin"
+    cpu: Cpu
+    memory: Memory
+    gpus: tuple[Gpu, ...] = ()
+    disk: Disk | None = None
+    docker: DockerEngine | None = None
+    # Where detection of NVIDIA GPUs came from, and why it failed if it did ("nvml", "nvidia-smi", "none").
+    gpu_probe: str | None = None
+    gpu_probe_error: str | None = None
+    # A profile may say which backend it is for (``cpu-vllm`` runs vLLM's CPU build).
+    preferred_backend: Literal["vllm", "llamacpp"] | None = None
+
+    @property
+    def vram_total_bytes(self) -> int:
+        return sum(g.memory_total_bytes for g in self.gpus)
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)

@@ -1,0 +1,37 @@
+"""Hugging Face Hub access: model configs for planning, and weights for `up`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from deploykit.errors import DownloadError, NotFoundError
+
+
+def fetch_config(repo: str) -> tuple[dict[str, Any], int | None]:
+    """config.json of ``repo`` and, where the hub knows it, the parameter count from safetensors."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        path = hf_hub_download(repo, "config.json")
+    except RepositoryNotFoundError:
+        raise NotFoundError(
+            f"Hugging Face repository '{repo}' does not exist or is private.",
+            "Check the id (org/name); for a gated model set HF_TOKEN.",
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise DownloadError(
+            f"cannot fetch config.json of '{repo}': {exc}.",
+            "Check the network, or plan from a local directory with --model-file.",
+        ) from None
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    params: int | None = None
+    try:
+        info = HfApi().model_info(repo)
+        if info.safetensors is not None:
+            params = int(info.safetensors.total)
+    except (HfHubHTTPError, OSError, ValueError, AttributeError):
+        params = None  # the estimate from config.json is close enough
+    return config, params

@@ -1,0 +1,53 @@
+"""The one seam through which deploykit starts processes.
+
+Tests that cannot have the real program (``nvidia-smi`` on a machine without a GPU) hand a fake
+``Runner`` to the function under test; everything else runs the real thing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Completed:
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+Runner = Callable[[Sequence[str]], Completed]
+
+
+def run_cmd(
+    args: Sequence[str],
+    *,
+    timeout: float | None = 60,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Completed:
+    """Run ``args`` and capture its output; a missing program is returncode 127, a timeout 124."""
+    if shutil.which(args[0]) is None:
+        return Completed(tuple(args), 127, "", f"{args[0]}: command not found")
+    try:
+        cp = subprocess.run(
+            list(args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return Completed(tuple(args), 124, out, f"{args[0]}: timed out after {timeout} s")
+    return Completed(tuple(args), cp.returncode, cp.stdout, cp.stderr)
