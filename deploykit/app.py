@@ -110,8 +110,12 @@ def resolve_model(settings: Settings, model_id: str | None, model_path: Path | N
         if known is not None:
             # The file's header gives the true shapes; the catalog gives the id, name and capabilities.
             spec = spec.model_copy(
-                update={"name": known.name, "hf_repo": known.hf_repo, "reasoning": known.reasoning,
-                        "tool_calling": known.tool_calling}
+                update={
+                    "name": known.name,
+                    "hf_repo": known.hf_repo,
+                    "reasoning": known.reasoning,
+                    "tool_calling": known.tool_calling,
+                }
             )
         return ResolvedModel(spec, weights)
     wanted = model_id or settings.model
@@ -136,7 +140,9 @@ def make_plan(host: HostProfile, model: ResolvedModel, settings: Settings) -> De
         return plan_deployment(host, model.spec, plan_settings, model.weights)
     except NoFit as nofit:
         alternative = (
-            suggest_alternative(host, model.spec, plan_settings, builtin_models()) if model.weights is None else None
+            suggest_alternative(host, model.spec, plan_settings, builtin_models())
+            if model.weights is None
+            else None
         )
         if nofit.need_bytes:
             message = (
@@ -145,7 +151,9 @@ def make_plan(host: HostProfile, model: ResolvedModel, settings: Settings) -> De
             )
         else:
             message = f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}"
-        raise PlanError(message, f"Try {alternative}" if alternative else "Use a smaller model or a bigger machine.") from None
+        raise PlanError(
+            message, f"Try {alternative}" if alternative else "Use a smaller model or a bigger machine."
+        ) from None
 
 
 def model_host_path(settings: Settings, plan: DeploymentPlan, model: ResolvedModel) -> Path:
@@ -240,20 +248,65 @@ def profile_rows(settings: Settings) -> list[dict[str, Any]]:
         try:
             plan = make_plan(host, model, settings)
             outcome: dict[str, Any] = {
-                "backend": plan.backend, "device": plan.device, "quantization": plan.quantization,
-                "context_length": plan.context_length, "gpu_layers": plan.gpu_layers,
+                "backend": plan.backend,
+                "device": plan.device,
+                "quantization": plan.quantization,
+                "context_length": plan.context_length,
+                "gpu_layers": plan.gpu_layers,
             }
         except PlanError as exc:
             outcome = {"backend": None, "error": exc.message}
-        rows.append({
-            "name": host.name,
-            "description": host.description,
-            "source": host.source,
-            "arch": host.cpu.arch,
-            "gpus": [g.name for g in host.gpus],
-            "vram_bytes": host.vram_total_bytes,
-            "ram_bytes": host.memory.total_bytes,
-            "default_model": model.spec.id,
-            **outcome,
-        })
+        rows.append(
+            {
+                "name": host.name,
+                "description": host.description,
+                "source": host.source,
+                "arch": host.cpu.arch,
+                "gpus": [g.name for g in host.gpus],
+                "vram_bytes": host.vram_total_bytes,
+                "ram_bytes": host.memory.total_bytes,
+                "default_model": model.spec.id,
+                **outcome,
+            }
+        )
     return rows
+
+
+# The reference stacks in compose/ are rendered with fixed, obviously fake values so they are
+# reproducible anywhere and hold no real secret.
+REFERENCE_MODEL_CACHE = Path("/srv/deploykit/models")
+REFERENCE_SECRETS = {
+    "INFERENCE_API_KEY": "change-me-inference-key",
+    "WEBUI_SECRET_KEY": "change-me-webui-secret",
+    "DEPLOYKIT_ADMIN_EMAIL": "admin@deploykit.local",
+    "DEPLOYKIT_ADMIN_PASSWORD": "change-me-admin-password",
+}
+
+
+def reference_stack(profile: str) -> dict[str, str]:
+    """The files of compose/<profile>/: compose.yaml, .env.example and plan.json, for the default model."""
+    # Defaults only: no config file or DEPLOYKIT_* variable of this machine leaks into the reference.
+    settings = Settings.model_construct(model_cache=REFERENCE_MODEL_CACHE)
+    host = find_profile(profile, builtin_profiles())
+    model = ResolvedModel(find_model(settings.model, builtin_models()), None)
+    plan = make_plan(host, model, settings)
+    spec = StackSpec(
+        project=f"deploykit-{profile}",
+        plan=plan,
+        model_host_path=str(model_host_path(settings, plan, model)),
+        images=choose_images(settings, plan, {}),
+        webui_port=settings.webui_port,
+        webui_bind=settings.webui_bind,
+        inference_port=settings.inference_port,
+    )
+    inputs = {
+        "host": host.model_dump(mode="json"),
+        "model": model.spec.model_dump(mode="json"),
+        "settings": settings.plan_settings().model_dump(mode="json"),
+    }
+    files = render_files(spec, REFERENCE_SECRETS, inputs)
+    return {
+        "compose.yaml": files["compose.yaml"],
+        ".env.example": files[".env"],
+        "plan.json": files["plan.json"],
+    }

@@ -6,10 +6,8 @@ what it needs when it runs.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -17,6 +15,8 @@ import click
 from deploykit import __version__
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from deploykit.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,24 +39,34 @@ class DeployKitGroup(click.Group):
 
 
 def _fail(message: str, hint: str | None, code: int, log_tail: str = "") -> None:
-    err = click.get_text_stream("stderr")
     if log_tail:
-        err.write(log_tail.rstrip() + "\n")
-    err.write(click.style("Error: ", fg="red", bold=True) + message + "\n")
+        click.echo(log_tail.rstrip(), err=True)
+    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
     if hint:
-        err.write(click.style("Hint: ", fg="yellow") + hint + "\n")
+        click.echo(click.style("Hint: ", fg="yellow") + hint, err=True)
     sys.exit(code)
 
 
 def _print_json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _path(value: str | None) -> Path | None:
+    # Options arrive as str: pathlib is imported only by commands that run, keeping --help fast.
+    from pathlib import Path
+
+    return None if value is None else Path(value)
 
 
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
     from deploykit.settings import load_settings
 
     root = ctx.find_root().params
-    return load_settings(profiles_file=root.get("profiles_file"), docker_host=root.get("docker_host"), **flags)
+    return load_settings(
+        profiles_file=_path(root.get("profiles_file")), docker_host=root.get("docker_host"), **flags
+    )
 
 
 def model_options(fn: F) -> F:
@@ -64,7 +74,7 @@ def model_options(fn: F) -> F:
         "--model-file",
         "--model-path",
         "model_path",
-        type=click.Path(path_type=Path),
+        type=click.Path(),
         help="Local weights: a .gguf file (llama.cpp) or a Hugging Face model directory (vLLM).",
     )(fn)
     fn = click.option(
@@ -80,7 +90,9 @@ def model_options(fn: F) -> F:
 def plan_options(fn: F) -> F:
     fn = model_options(fn)
     fn = click.option(
-        "--backend", type=click.Choice(["vllm", "llamacpp"]), help="Force a backend instead of letting the planner choose."
+        "--backend",
+        type=click.Choice(["vllm", "llamacpp"]),
+        help="Force a backend instead of letting the planner choose.",
     )(fn)
     fn = click.option(
         "--context", "max_context", type=int, metavar="TOKENS", help="Context length cap [default: 4096]."
@@ -88,7 +100,7 @@ def plan_options(fn: F) -> F:
     fn = click.option(
         "--host",
         "host_file",
-        type=click.Path(path_type=Path),
+        type=click.Path(),
         help="A host profile saved with `deploykit detect --json`, to plan a machine from elsewhere.",
     )(fn)
     fn = click.option(
@@ -105,12 +117,14 @@ def plan_options(fn: F) -> F:
 @click.version_option(__version__, prog_name="deploykit")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option(
-    "--profiles-file", type=click.Path(path_type=Path), help="Extra hardware profiles (TOML) [default: config dir]."
+    "--profiles-file", type=click.Path(), help="Extra hardware profiles (TOML) [default: config dir]."
 )
 @click.option(
-    "--docker-host", metavar="URL", help="Docker Engine to use (unix://, tcp://, ssh://) [default: DOCKER_HOST]."
+    "--docker-host",
+    metavar="URL",
+    help="Docker Engine to use (unix://, tcp://, ssh://) [default: DOCKER_HOST].",
 )
-def cli(debug: bool, profiles_file: Path | None, docker_host: str | None) -> None:
+def cli(debug: bool, profiles_file: str | None, docker_host: str | None) -> None:
     """Plan, render and run a private ChatGPT-style assistant on your own hardware.
 
     \b
@@ -125,7 +139,9 @@ def cli(debug: bool, profiles_file: Path | None, docker_host: str | None) -> Non
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the host profile as JSON (reusable with --host).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the host profile as JSON (reusable with --host)."
+)
 @click.pass_context
 def detect(ctx: click.Context, as_json: bool) -> None:
     """Detect this host: NVIDIA GPUs, CPU, RAM, disk and the Docker Engine."""
@@ -173,11 +189,11 @@ def models(as_json: bool) -> None:
 def plan(
     ctx: click.Context,
     profile: str,
-    host_file: Path | None,
+    host_file: str | None,
     max_context: int | None,
     backend: str | None,
     model_id: str | None,
-    model_path: Path | None,
+    model_path: str | None,
     as_json: bool,
 ) -> None:
     """Decide backend, quantisation, context and offload for a model on a profile, with reasons."""
@@ -185,7 +201,7 @@ def plan(
 
     settings = _settings(ctx, max_context=max_context, backend=backend)
     _, _, deployment = app.plan_only(
-        settings, profile=profile, host_file=host_file, model_id=model_id, model_path=model_path
+        settings, profile=profile, host_file=_path(host_file), model_id=model_id, model_path=_path(model_path)
     )
     if as_json:
         _print_json(deployment.model_dump(mode="json"))
@@ -198,7 +214,7 @@ def plan(
 @click.option(
     "--dir",
     "stack_dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(file_okay=False),
     default="deploykit-stack",
     show_default=True,
     help="Stack directory to write.",
@@ -215,16 +231,18 @@ def plan(
 def render(
     ctx: click.Context,
     profile: str,
-    host_file: Path | None,
+    host_file: str | None,
     max_context: int | None,
     backend: str | None,
     model_id: str | None,
-    model_path: Path | None,
-    stack_dir: Path,
+    model_path: str | None,
+    stack_dir: str,
     images: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Write the Docker Compose stack: compose.yaml, .env (secrets, 0600) and plan.json."""
+    from pathlib import Path
+
     from deploykit import app, output
     from deploykit.settings import parse_image_overrides
 
@@ -233,19 +251,21 @@ def render(
     result = app.render_stack(
         settings,
         profile=profile,
-        host_file=host_file,
+        host_file=_path(host_file),
         model_id=model_id,
-        model_path=model_path,
+        model_path=_path(model_path),
         image_overrides=overrides,
-        stack_dir=stack_dir,
+        stack_dir=Path(stack_dir),
     )
     if as_json:
-        _print_json({
-            "dir": str(result.stack_dir),
-            "changed": result.changed,
-            "project": result.spec.project,
-            "plan": result.spec.plan.model_dump(mode="json"),
-        })
+        _print_json(
+            {
+                "dir": str(result.stack_dir),
+                "changed": result.changed,
+                "project": result.spec.project,
+                "plan": result.spec.plan.model_dump(mode="json"),
+            }
+        )
     else:
         output.show_rendered(result)
 

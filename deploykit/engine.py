@@ -40,7 +40,7 @@ def probe_engine(docker_host: str | None, runner: Runner = run_cmd) -> DockerEng
             reachable=False, host=docker_host, compose_version=compose, error=str(exc).splitlines()[0][:300]
         )
     runtimes = tuple(sorted((info.get("Runtimes") or {}).keys()))
-    cdi = tuple(info.get("DiscoveredDevices") and [d.get("ID", "") for d in info["DiscoveredDevices"]] or ())
+    cdi = tuple((info.get("DiscoveredDevices") and [d.get("ID", "") for d in info["DiscoveredDevices"]]) or ())
     return DockerEngine(
         reachable=True,
         host=docker_host,

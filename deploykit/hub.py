@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from deploykit.errors import DownloadError, NotFoundError
@@ -25,8 +26,7 @@ def fetch_config(repo: str) -> tuple[dict[str, Any], int | None]:
             f"cannot fetch config.json of '{repo}': {exc}.",
             "Check the network, or plan from a local directory with --model-file.",
         ) from None
-    with open(path, encoding="utf-8") as fh:
-        config = json.load(fh)
+    config = json.loads(Path(path).read_text(encoding="utf-8"))
     params: int | None = None
     try:
         info = HfApi().model_info(repo)

@@ -36,9 +36,24 @@ def slug(text: str) -> str:
 
 # llama.cpp's LLAMA_FTYPE numbers for the file types people meet.
 _GGUF_FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 30: "IQ4_XS", 32: "BF16",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    30: "IQ4_XS",
+    32: "BF16",
 }
 
 
@@ -103,7 +118,9 @@ def read_gguf(path: Path, model_id: str | None = None) -> tuple[ModelSpec, Local
     return spec, weights
 
 
-def spec_from_hf_config(config: dict[str, Any], model_id: str, name: str, params: int | None = None) -> ModelSpec:
+def spec_from_hf_config(
+    config: dict[str, Any], model_id: str, name: str, params: int | None = None
+) -> ModelSpec:
     """Numbers from a Hugging Face ``config.json``; ``params`` from safetensors when known."""
     try:
         hidden = int(config["hidden_size"])

@@ -113,6 +113,10 @@ def show_rendered(result: RenderResult) -> None:
     plan = result.spec.plan
     changed = ", ".join(result.changed) if result.changed else "nothing changed"
     console.print(f"Stack written to [bold]{result.stack_dir}[/bold] ({changed}).")
-    console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context")
-    console.print(f"  Open WebUI will listen on port {result.spec.webui_port}; secrets are in .env (mode 0600).")
+    console.print(
+        f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context"
+    )
+    console.print(
+        f"  Open WebUI will listen on port {result.spec.webui_port}; secrets are in .env (mode 0600)."
+    )
     console.print(f"  Next: deploykit up --dir {result.stack_dir}")

@@ -248,7 +248,9 @@ def _plan_vllm_gpu(
         f"{max(1, (spare + kv) // max(_kv_bytes(model, ctx), 1))} full-length requests at once.",
     ]
     if len(host.gpus) > 1:
-        reasons.append(f"{len(host.gpus)} GPUs found; the plan uses the largest one and leaves the others free.")
+        reasons.append(
+            f"{len(host.gpus)} GPUs found; the plan uses the largest one and leaves the others free."
+        )
     return DeploymentPlan(
         profile=host.name,
         model_id=model.id,
@@ -432,11 +434,23 @@ def _plan_llamacpp_gpu(
             else "Flash attention left to llama.cpp's judgement on this older GPU.",
         ]
         return _llamacpp_plan(
-            host, model, quant, device="cuda", ctx=ctx, gpu_layers=model.layers,
-            flash_attention=flash, weights_bytes=size, reasons=reasons, settings=settings,
+            host,
+            model,
+            quant,
+            device="cuda",
+            ctx=ctx,
+            gpu_layers=model.layers,
+            flash_attention=flash,
+            weights_bytes=size,
+            reasons=reasons,
+            settings=settings,
             memory=MemoryBreakdown(
-                weights_bytes=size, kv_cache_bytes=kv, overhead_bytes=overhead, total_bytes=total,
-                budget_bytes=budget, budget_kind="vram",
+                weights_bytes=size,
+                kv_cache_bytes=kv,
+                overhead_bytes=overhead,
+                total_bytes=total,
+                budget_bytes=budget,
+                budget_kind="vram",
             ),
         )
 
@@ -468,11 +482,24 @@ def _plan_llamacpp_gpu(
         "Expect roughly CPU speed: each token still passes through the layers in RAM.",
     ]
     return _llamacpp_plan(
-        host, model, quant, device="cuda", ctx=ctx, gpu_layers=layers_on_gpu,
-        flash_attention=flash, weights_bytes=size, reasons=reasons, settings=settings,
+        host,
+        model,
+        quant,
+        device="cuda",
+        ctx=ctx,
+        gpu_layers=layers_on_gpu,
+        flash_attention=flash,
+        weights_bytes=size,
+        reasons=reasons,
+        settings=settings,
         memory=MemoryBreakdown(
-            weights_bytes=gpu_weights, kv_cache_bytes=gpu_kv, overhead_bytes=overhead, total_bytes=total,
-            budget_bytes=budget, budget_kind="vram", ram_bytes=cpu_side,
+            weights_bytes=gpu_weights,
+            kv_cache_bytes=gpu_kv,
+            overhead_bytes=overhead,
+            total_bytes=total,
+            budget_bytes=budget,
+            budget_kind="vram",
+            ram_bytes=cpu_side,
         ),
     )
 
@@ -482,7 +509,9 @@ def _plan_llamacpp_cpu(
 ) -> DeploymentPlan | NoFit:
     gguf = _gguf_size(model, weights)
     if gguf is None:
-        return NoFit(model.name, 0, 0, "ram", "no GGUF file is known for this model, so llama.cpp cannot run it")
+        return NoFit(
+            model.name, 0, 0, "ram", "no GGUF file is known for this model, so llama.cpp cannot run it"
+        )
     size, _, quant = gguf
     budget = _ram_budget(host)
     cap = _context_cap(model, settings)
@@ -503,11 +532,23 @@ def _plan_llamacpp_cpu(
         + (" (AVX-512 kernels)." if "avx512f" in host.cpu.flags else "."),
     ]
     return _llamacpp_plan(
-        host, model, quant, device="cpu", ctx=ctx, gpu_layers=0, flash_attention=True,
-        weights_bytes=size, reasons=reasons, settings=settings,
+        host,
+        model,
+        quant,
+        device="cpu",
+        ctx=ctx,
+        gpu_layers=0,
+        flash_attention=True,
+        weights_bytes=size,
+        reasons=reasons,
+        settings=settings,
         memory=MemoryBreakdown(
-            weights_bytes=size, kv_cache_bytes=kv, overhead_bytes=overhead, total_bytes=total,
-            budget_bytes=budget, budget_kind="ram",
+            weights_bytes=size,
+            kv_cache_bytes=kv,
+            overhead_bytes=overhead,
+            total_bytes=total,
+            budget_bytes=budget,
+            budget_kind="ram",
         ),
     )
 

@@ -208,7 +208,7 @@ def write_stack(stack_dir: Path, files: Mapping[str, str]) -> list[str]:
             os.fchmod(fd, 0o600 if name == ".env" else 0o644)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
-            os.replace(tmp, target)
+            Path(tmp).replace(target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -116,9 +116,7 @@ def load_settings(**flags: Any) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as exc:
-        lines = [
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        ]
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigError(
             "invalid settings — " + "; ".join(lines) + ".",
             f"Fix them in flags, DEPLOYKIT_* variables or {config_file()}.",
@@ -134,7 +132,9 @@ def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         service, sep, ref = pair.partition("=")
         if not sep or not ref:
-            raise UsageError(f"--image '{pair}' is not SERVICE=REF.", "e.g. --image open-webui=mirror/open-webui:v0.12.4")
+            raise UsageError(
+                f"--image '{pair}' is not SERVICE=REF.", "e.g. --image open-webui=mirror/open-webui:v0.12.4"
+            )
         if service not in services:
             raise UsageError(
                 f"--image names unknown service '{service}'.", f"Services are: {', '.join(services)}."
@@ -142,6 +142,8 @@ def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
         try:
             check_pinned(ref)
         except ValueError as exc:
-            raise UsageError(f"--image {service}: {exc}.", "Images must be pinned so stacks stay reproducible.") from None
+            raise UsageError(
+                f"--image {service}: {exc}.", "Images must be pinned so stacks stay reproducible."
+            ) from None
         out[service] = ref
     return out

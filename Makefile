@@ -1,0 +1,70 @@
+# deploykit — the two commands a fresh machine needs: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DK := $(BIN)/deploykit
+DIR ?= demo-stack
+VLLM_DIR ?= demo-stack-vllm
+MODEL_CACHE := $(or $(DEPLOYKIT_MODEL_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/deploykit/models)
+GGUF := $(MODEL_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+FP16 := $(MODEL_CACHE)/smollm2-135m-instruct-fp16
+IMAGES_ENV := build/images.env
+PROVISION := scripts/provision/provision.sh
+PYTEST_ARGS ?=
+
+.PHONY: help venv lint test unit e2e provision demo demo-vllm down down-vllm reference bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed  ## create .venv with deploykit and the test tools
+
+lint: venv  ## ruff + mypy (strict on deploykit/)
+	$(BIN)/ruff check deploykit tests scripts benchmarks
+	$(BIN)/mypy
+
+provision:  ## Docker Engine, compose v2, offline images, the tiny model, Chromium (root; skips what exists)
+	bash $(PROVISION) all
+
+unit: venv  ## unit tests only (no engine needed)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: venv provision lint  ## every test: unit + end-to-end on a real engine, model and browser
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+e2e: venv provision  ## end-to-end tests only
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+demo: venv  ## bring the demo stack up offline (llama.cpp, cpu profile) in ./demo-stack and print its URL
+	bash $(PROVISION) engine images model
+	. $(IMAGES_ENV) && $(DK) up --profile cpu --model smollm2-135m-instruct --model-file "$(GGUF)" \
+		--image inference="$$LLAMACPP_IMAGE" --image open-webui="$$OPENWEBUI_IMAGE" --dir "$(DIR)"
+
+demo-vllm: venv  ## the same with vLLM's CPU build and the FP16 model, in ./demo-stack-vllm
+	bash $(PROVISION) engine images images-vllm model model-fp16
+	. $(IMAGES_ENV) && $(DK) up --profile cpu-vllm --model smollm2-135m-instruct --model-file "$(FP16)" \
+		--image inference="$$VLLM_CPU_IMAGE" --image open-webui="$$OPENWEBUI_IMAGE" --dir "$(VLLM_DIR)"
+
+down: venv  ## stop the demo stack, keeping chats, accounts and the model cache
+	$(DK) down --dir "$(DIR)"
+
+down-vllm: venv  ## stop the vLLM demo stack, keeping data
+	$(DK) down --dir "$(VLLM_DIR)"
+
+reference: venv  ## re-render compose/<profile>/ for every built-in profile
+	$(BIN)/python scripts/render_reference.py
+
+bench: venv  ## benchmarks: figures side by side with their baselines
+	$(BIN)/python benchmarks/cli_startup.py
+
+clean:  ## remove the venv and build outputs (not images, volumes or the model cache)
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
