@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,15 @@ class Completed:
         return self.returncode == 0
 
 
-Runner = Callable[[Sequence[str]], Completed]
+class Runner(Protocol):
+    def __call__(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float | None = ...,
+        env: Mapping[str, str] | None = ...,
+        cwd: str | None = ...,
+    ) -> Completed: ...
 
 
 def run_cmd(

@@ -139,3 +139,22 @@ def test_multi_gpu_uses_the_largest() -> None:
 
 def test_plan_is_pure_and_repeatable() -> None:
     assert plan_for("cpu") == plan_for("cpu")
+
+
+def test_h200_plan_from_its_real_detection() -> None:
+    """The h200 profile agrees with what `deploykit detect --json` printed on a real H200."""
+    import json
+    from pathlib import Path
+
+    recorded = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "h200" / "detect.json"
+    detected = HostProfile.model_validate(json.loads(recorded.read_text()))
+    builtin = find_profile("h200", builtin_profiles())
+    assert detected.gpus[0].name == builtin.gpus[0].name == "NVIDIA H200"
+    assert detected.gpus[0].memory_total_bytes == builtin.gpus[0].memory_total_bytes
+    assert detected.gpus[0].compute_capability == builtin.gpus[0].compute_capability == "9.0"
+    model = find_model(R1_15B, builtin_models())
+    from_detect = plan_deployment(detected, model, PlanSettings())
+    assert (from_detect.backend, from_detect.dtype, from_detect.gpu_index) == ("vllm", "bfloat16", 0)
+    # 139.8 GiB were free, more than 90% of the card: the default utilisation stands.
+    assert from_detect.gpu_memory_utilization == 0.9
+    assert from_detect.memory == plan_deployment(builtin, model, PlanSettings()).memory
