@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from deploykit import lifecycle
 from deploykit.catalog import (
     ModelSpec,
     builtin_models,
@@ -24,6 +25,7 @@ from deploykit.catalog import (
 )
 from deploykit.errors import ConfigError, NotFoundError, PlanError, UsageError
 from deploykit.host import HostProfile
+from deploykit.lifecycle import LoadedStack, Reporter, UpReport, load_stack
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
 from deploykit.render import (
@@ -140,9 +142,7 @@ def make_plan(host: HostProfile, model: ResolvedModel, settings: Settings) -> De
         return plan_deployment(host, model.spec, plan_settings, model.weights)
     except NoFit as nofit:
         alternative = (
-            suggest_alternative(host, model.spec, plan_settings, builtin_models())
-            if model.weights is None
-            else None
+            suggest_alternative(host, model.spec, plan_settings, builtin_models()) if model.weights is None else None
         )
         if nofit.need_bytes:
             message = (
@@ -195,7 +195,18 @@ class RenderResult:
     changed: list[str]
 
 
-def render_stack(
+@dataclass(frozen=True)
+class PreparedStack:
+    """A rendered stack held in memory: checked before anything is written."""
+
+    stack_dir: Path
+    spec: StackSpec
+    files: dict[str, str]
+    secrets: dict[str, str]
+    model: dict[str, Any]
+
+
+def prepare_stack(
     settings: Settings,
     *,
     profile: str,
@@ -204,7 +215,7 @@ def render_stack(
     model_path: Path | None,
     image_overrides: dict[str, str],
     stack_dir: Path,
-) -> RenderResult:
+) -> PreparedStack:
     stack_dir = stack_dir.expanduser().absolute()
     check_stack_dir(stack_dir)  # before anything slow, and before anything is written
     host = resolve_host(settings, profile, host_file)
@@ -222,14 +233,58 @@ def render_stack(
     kept = read_secrets(stack_dir)
     fresh = new_secrets(settings.admin_email)
     stack_secrets = {key: kept.get(key) or fresh[key] for key in fresh}
+    model_data = model.spec.model_dump(mode="json")
     inputs: dict[str, Any] = {
         "host": host.model_dump(mode="json"),
-        "model": model.spec.model_dump(mode="json"),
+        "model": model_data,
         "settings": settings.plan_settings().model_dump(mode="json"),
     }
-    files = render_files(spec, stack_secrets, inputs)
-    changed = write_stack(stack_dir, files)
-    return RenderResult(stack_dir, spec, changed)
+    return PreparedStack(stack_dir, spec, render_files(spec, stack_secrets, inputs), stack_secrets, model_data)
+
+
+def render_stack(settings: Settings, **kwargs: Any) -> RenderResult:
+    prepared = prepare_stack(settings, **kwargs)
+    changed = write_stack(prepared.stack_dir, prepared.files)
+    return RenderResult(prepared.stack_dir, prepared.spec, changed)
+
+
+def up_stack(
+    settings: Settings,
+    *,
+    profile: str | None,
+    host_file: Path | None,
+    model_id: str | None,
+    model_path: Path | None,
+    image_overrides: dict[str, str],
+    stack_dir: Path,
+    timeout: float | None,
+    reporter: Reporter,
+) -> UpReport:
+    """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
+    stack_dir = stack_dir.expanduser().absolute()
+    asked = any(x is not None for x in (profile, host_file, model_id, model_path)) or bool(image_overrides)
+    if asked or not (stack_dir / "plan.json").is_file():
+        prepared = prepare_stack(
+            settings,
+            profile=profile or "auto",
+            host_file=host_file,
+            model_id=model_id,
+            model_path=model_path,
+            image_overrides=image_overrides,
+            stack_dir=stack_dir,
+        )
+        stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
+        return lifecycle.up(
+            stack,
+            settings.docker_host,
+            timeout,
+            reporter,
+            prepared.model,
+            write_files=lambda: write_stack(stack_dir, prepared.files),
+        )
+    stack = load_stack(stack_dir)
+    model = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
+    return lifecycle.up(stack, settings.docker_host, timeout, reporter, model)
 
 
 def plan_only(

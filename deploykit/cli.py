@@ -64,9 +64,7 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
     from deploykit.settings import load_settings
 
     root = ctx.find_root().params
-    return load_settings(
-        profiles_file=_path(root.get("profiles_file")), docker_host=root.get("docker_host"), **flags
-    )
+    return load_settings(profiles_file=_path(root.get("profiles_file")), docker_host=root.get("docker_host"), **flags)
 
 
 def model_options(fn: F) -> F:
@@ -116,9 +114,7 @@ def plan_options(fn: F) -> F:
 @click.group(cls=DeployKitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="deploykit")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.option(
-    "--profiles-file", type=click.Path(), help="Extra hardware profiles (TOML) [default: config dir]."
-)
+@click.option("--profiles-file", type=click.Path(), help="Extra hardware profiles (TOML) [default: config dir].")
 @click.option(
     "--docker-host",
     metavar="URL",
@@ -139,9 +135,7 @@ def cli(debug: bool, profiles_file: str | None, docker_host: str | None) -> None
 
 
 @cli.command()
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print the host profile as JSON (reusable with --host)."
-)
+@click.option("--json", "as_json", is_flag=True, help="Print the host profile as JSON (reusable with --host).")
 @click.pass_context
 def detect(ctx: click.Context, as_json: bool) -> None:
     """Detect this host: NVIDIA GPUs, CPU, RAM, disk and the Docker Engine."""
@@ -268,6 +262,197 @@ def render(
         )
     else:
         output.show_rendered(result)
+
+
+def stack_dir_option(default: str = "deploykit-stack") -> Callable[[F], F]:
+    return click.option(
+        "--dir",
+        "stack_dir",
+        type=click.Path(file_okay=False),
+        default=default,
+        show_default=True,
+        help="Stack directory.",
+    )
+
+
+def _stack(ctx: click.Context, stack_dir: str) -> Any:
+    from pathlib import Path
+
+    from deploykit.lifecycle import load_stack
+
+    return load_stack(Path(stack_dir).absolute())
+
+
+@cli.command()
+@click.option("--profile", "-p", default=None, help="Hardware profile [default: the stack's, else auto].")
+@click.option("--host", "host_file", type=click.Path(), help="A host profile saved with `deploykit detect --json`.")
+@click.option("--context", "max_context", type=int, metavar="TOKENS", help="Context length cap [default: 4096].")
+@click.option("--backend", type=click.Choice(["vllm", "llamacpp"]), help="Force a backend.")
+@model_options
+@click.option("--image", "images", multiple=True, metavar="SERVICE=REF", help="Image override; repeatable.")
+@stack_dir_option()
+@click.option(
+    "--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long [default: from the plan]."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the health report as JSON.")
+@click.pass_context
+def up(
+    ctx: click.Context,
+    profile: str | None,
+    host_file: str | None,
+    max_context: int | None,
+    backend: str | None,
+    model_id: str | None,
+    model_path: str | None,
+    images: tuple[str, ...],
+    stack_dir: str,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Render (or reuse) the stack, start it, and check it stage by stage up to a chat through Open WebUI."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit import app, output
+    from deploykit.settings import parse_image_overrides
+
+    overrides = parse_image_overrides(images)
+    settings = _settings(ctx, max_context=max_context, backend=backend)
+    report = app.up_stack(
+        settings,
+        profile=profile,
+        host_file=_path(host_file),
+        model_id=model_id,
+        model_path=_path(model_path),
+        image_overrides=overrides,
+        stack_dir=Path(stack_dir),
+        timeout=timeout,
+        reporter=output.ConsoleReporter(),
+    )
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        output.show_up(report)
+
+
+@cli.command()
+@stack_dir_option()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
+    """Per service: container state, health, URL, model served, uptime; and whether the stack is healthy."""
+    from deploykit import lifecycle, output
+
+    state = lifecycle.status(_stack(ctx, stack_dir), _settings(ctx).docker_host)
+    if as_json:
+        _print_json(state)
+    else:
+        output.show_status(state)
+    if not state["healthy"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
+@stack_dir_option()
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
+@click.option("--tail", default=100, show_default=True, help="Lines of history to show.")
+@click.pass_context
+def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, tail: int) -> None:
+    """Show the stack's logs (one service, or both)."""
+    import os
+
+    from deploykit.proc import run_attached
+
+    stack = _stack(ctx, stack_dir)
+    docker_host = _settings(ctx).docker_host
+    env = dict(os.environ) | ({"DOCKER_HOST": docker_host} if docker_host else {})
+    sys.exit(run_attached(stack.engine_stack(docker_host).logs_command(service, tail, follow), env=env))
+
+
+@cli.command()
+@click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
+@stack_dir_option()
+@click.pass_context
+def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
+    """Restart one service, or the whole stack."""
+    from deploykit import lifecycle
+
+    lifecycle.restart(_stack(ctx, stack_dir), _settings(ctx).docker_host, service)
+    click.echo(f"Restarted {service or 'inference and open-webui'}.")
+
+
+@cli.command()
+@stack_dir_option()
+@click.option("--volumes", is_flag=True, help="Also delete Open WebUI's data: accounts and chats (asks first).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting data.")
+@click.pass_context
+def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
+    """Stop and remove the stack's containers. Chats, accounts and the model cache are kept."""
+    from deploykit import lifecycle
+    from deploykit.errors import UsageError
+
+    stack = _stack(ctx, stack_dir)
+    if volumes and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "--volumes deletes every account and chat, and no terminal is here to confirm.",
+                "Add --yes if that is what you want.",
+            )
+        click.confirm(f"Delete all Open WebUI accounts and chats of {stack.spec.project}?", abort=True)
+    lifecycle.down(stack, _settings(ctx).docker_host, volumes)
+    kept = "data deleted" if volumes else "chats, accounts and the model cache kept"
+    click.echo(f"Stopped {stack.spec.project} ({kept}).")
+
+
+@cli.command()
+@click.argument("message")
+@stack_dir_option()
+@click.option("--direct", is_flag=True, help="Ask the inference server directly instead of going through Open WebUI.")
+@click.option("--max-tokens", default=256, show_default=True, help="Longest answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole JSON answer.")
+@click.pass_context
+def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tokens: int, as_json: bool) -> None:
+    """Send one message through Open WebUI (as the stack's admin) and print the answer."""
+    from deploykit import lifecycle
+    from deploykit.health import answer_text
+
+    data = lifecycle.chat(_stack(ctx, stack_dir), message, direct, max_tokens)
+    if as_json:
+        _print_json(data)
+        return
+    text = answer_text(data)
+    if not text:
+        from deploykit.errors import HealthError
+
+        raise HealthError(
+            "the model answered with no text.", "Try a larger --max-tokens; reasoning models think first."
+        )
+    click.echo(text)
+
+
+@cli.command()
+@click.option("--dir", "stack_dir", type=click.Path(file_okay=False), help="Also check this stack.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
+    """Check the host for running stacks: engine, compose v2, NVIDIA toolkit, driver, ports, disk, memory."""
+    from pathlib import Path
+
+    from deploykit import app, output
+    from deploykit.doctor import as_json as checks_json
+    from deploykit.doctor import run_checks
+    from deploykit.lifecycle import load_stack
+
+    settings = _settings(ctx)
+    stack = load_stack(Path(stack_dir).absolute()) if stack_dir else None
+    checks = run_checks(app.detect(settings), settings.docker_host, settings.model_cache, stack)
+    if as_json:
+        _print_json(checks_json(checks))
+    else:
+        output.show_checks(checks)
+    if any(c.status == "fail" for c in checks):
+        sys.exit(1)
 
 
 def main() -> None:

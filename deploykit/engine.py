@@ -6,10 +6,14 @@ so the same code drives a workstation over ``ssh://`` or a context later.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from deploykit.errors import EngineError
 from deploykit.host import DockerEngine
-from deploykit.proc import Runner, run_cmd
+from deploykit.proc import Completed, Runner, run_cmd
 
 
 def _client(docker_host: str | None, timeout: int = 10) -> Any:
@@ -51,3 +55,179 @@ def probe_engine(docker_host: str | None, runner: Runner = run_cmd) -> DockerEng
         nvidia_runtime="nvidia" in runtimes or any(d.startswith("nvidia.com/gpu") for d in cdi),
         cdi_devices=cdi,
     )
+
+
+def engine_error(docker_host: str | None, exc: Exception) -> EngineError:
+    where = docker_host or os.environ.get("DOCKER_HOST") or "the local socket (/var/run/docker.sock)"
+    return EngineError(
+        f"cannot connect to the Docker Engine at {where}: {str(exc).splitlines()[0][:200]}.",
+        "Is dockerd running? Start it (`systemctl start docker`, or `make provision` here) "
+        "or point --docker-host / DOCKER_HOST at a running engine.",
+    )
+
+
+def client(docker_host: str | None) -> Any:
+    """A connected SDK client, or an EngineError a person can act on."""
+    try:
+        c = _client(docker_host)
+        c.ping()
+    except Exception as exc:
+        raise engine_error(docker_host, exc) from None
+    return c
+
+
+def require_compose_v2(runner: Runner = run_cmd) -> str:
+    version = compose_version(runner)
+    if version is not None:
+        return version
+    v1 = runner(["docker-compose", "version", "--short"])
+    hint = (
+        "Install the compose v2 plugin (package docker-compose-plugin, or docker-compose 2.x in /usr/libexec/docker/"
+        "cli-plugins/); `make provision` does it on Debian."
+    )
+    if v1.ok:
+        raise EngineError(
+            f"only docker-compose v1 ({v1.stdout.strip()}) is installed; deploykit needs compose v2.", hint
+        )
+    raise EngineError("docker compose v2 is not installed.", hint)
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    service: str
+    name: str
+    state: str  # running | exited | restarting | created …
+    health: str | None  # healthy | unhealthy | starting | None (no healthcheck)
+    started_at: str | None
+    restart_count: int
+    exit_code: int | None
+    image: str
+    ports: tuple[str, ...]
+
+
+class Stack:
+    """One compose project on one engine: compose v2 CLI for orchestration, the SDK for queries."""
+
+    def __init__(self, stack_dir: Path, project: str, docker_host: str | None = None, runner: Runner = run_cmd):
+        self.stack_dir = stack_dir
+        self.project = project
+        self.docker_host = docker_host
+        self.runner = runner
+
+    def _compose(self, *args: str, timeout: float | None = 900) -> Completed:
+        env = dict(os.environ)
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
+        cmd = [
+            "docker",
+            "compose",
+            "--project-directory",
+            str(self.stack_dir),
+            "-f",
+            str(self.stack_dir / "compose.yaml"),
+            "-p",
+            self.project,
+            *args,
+        ]
+        return self.runner(cmd, timeout=timeout, env=env)
+
+    def _check(self, result: Completed, what: str) -> Completed:
+        if not result.ok:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            last = detail[-1] if detail else f"exit code {result.returncode}"
+            hint = "See `deploykit doctor`."
+            if "pull access denied" in result.stderr or "no such host" in result.stderr or "manifest" in result.stderr:
+                hint = "An image could not be pulled: check the network, or use --image SERVICE=REF with a local image."
+            raise EngineError(f"docker compose {what} failed: {last}", hint)
+        return result
+
+    def up(self, *services: str) -> None:
+        self._check(self._compose("up", "--detach", "--remove-orphans", *services), "up")
+
+    def down(self, volumes: bool = False) -> None:
+        args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
+        self._check(self._compose(*args), "down")
+
+    def restart(self, service: str | None) -> None:
+        self._check(self._compose("restart", *([service] if service else [])), "restart")
+
+    def logs_command(self, service: str | None, tail: int, follow: bool) -> list[str]:
+        """The compose command that streams logs; the CLI runs it attached to the terminal."""
+        args = [
+            "docker",
+            "compose",
+            "--project-directory",
+            str(self.stack_dir),
+            "-f",
+            str(self.stack_dir / "compose.yaml"),
+            "-p",
+            self.project,
+            "logs",
+            "--tail",
+            str(tail),
+        ]
+        if follow:
+            args.append("--follow")
+        if service:
+            args.append(service)
+        return args
+
+    def containers(self) -> list[ContainerState]:
+        c = client(self.docker_host)
+        found = c.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"})
+        out = []
+        for ctr in found:
+            state = ctr.attrs.get("State", {})
+            ports = []
+            for inner, binds in (ctr.attrs.get("NetworkSettings", {}).get("Ports") or {}).items():
+                for b in binds or []:
+                    ports.append(f"{b.get('HostIp')}:{b.get('HostPort')}->{inner}")
+            out.append(
+                ContainerState(
+                    service=ctr.labels.get("com.docker.compose.service", ctr.name),
+                    name=ctr.name,
+                    state=state.get("Status", "unknown"),
+                    health=(state.get("Health") or {}).get("Status"),
+                    started_at=state.get("StartedAt"),
+                    restart_count=int(ctr.attrs.get("RestartCount", 0)),
+                    exit_code=state.get("ExitCode"),
+                    image=ctr.attrs.get("Config", {}).get("Image", ""),
+                    ports=tuple(sorted(ports)),
+                )
+            )
+        return sorted(out, key=lambda s: s.service)
+
+    def log_tail(self, service: str, lines: int = 30) -> str:
+        try:
+            c = client(self.docker_host)
+            found = c.containers.list(
+                all=True,
+                filters={
+                    "label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]
+                },
+            )
+            if not found:
+                return ""
+            raw: bytes = found[0].logs(tail=lines)
+            return raw.decode("utf-8", "replace")
+        except EngineError:
+            return ""
+
+
+def image_present(docker_host: str | None, ref: str) -> bool:
+    import docker.errors
+
+    try:
+        client(docker_host).images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def list_labelled(docker_host: str | None, label: str) -> dict[str, list[str]]:
+    """Names of containers and volumes carrying ``label`` (tests clean up by label)."""
+    c = client(docker_host)
+    return {
+        "containers": [x.name for x in c.containers.list(all=True, filters={"label": label})],
+        "volumes": [v.name for v in c.volumes.list(filters={"label": label})],
+    }

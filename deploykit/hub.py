@@ -35,3 +35,41 @@ def fetch_config(repo: str) -> tuple[dict[str, Any], int | None]:
     except (HfHubHTTPError, OSError, ValueError, AttributeError):
         params = None  # the estimate from config.json is close enough
     return config, params
+
+
+def ensure_gguf(repo: str, filename: str, dest: Path) -> Path:
+    """The GGUF file at ``dest`` (= cache/REPO/FILE), downloaded with progress if missing; resumes partials."""
+    if dest.is_file():
+        return dest
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        path = hf_hub_download(repo, filename, local_dir=str(dest.parent))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise DownloadError(
+            f"cannot download {filename} from {repo}: {str(exc).splitlines()[0][:200]}.",
+            "Check the network (or HF_ENDPOINT for a mirror), or give a local file with --model-file.",
+        ) from None
+    return Path(path)
+
+
+def ensure_snapshot(repo: str, dest: Path) -> Path:
+    """A Hugging Face model directory for vLLM (config, tokenizer, safetensors) at ``dest``."""
+    if (dest / "config.json").is_file() and any(dest.glob("*.safetensors")):
+        return dest
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        snapshot_download(
+            repo,
+            local_dir=str(dest),
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"],
+        )
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise DownloadError(
+            f"cannot download {repo}: {str(exc).splitlines()[0][:200]}.",
+            "Check the network (or HF_ENDPOINT for a mirror), or give a local directory with --model-file.",
+        ) from None
+    return dest

@@ -112,15 +112,11 @@ def read_gguf(path: Path, model_id: str | None = None) -> tuple[ModelSpec, Local
         reasoning="deepseek_r1" if "<think>" in template or "r1" in name.lower().split("-") else None,
         gguf=GgufSource(file=path.name, quant=quant, size_bytes=path.stat().st_size),
     )
-    weights = LocalWeights(
-        path=str(path), format="gguf", size_bytes=size, quant=quant, non_layer_bytes=non_layer
-    )
+    weights = LocalWeights(path=str(path), format="gguf", size_bytes=size, quant=quant, non_layer_bytes=non_layer)
     return spec, weights
 
 
-def spec_from_hf_config(
-    config: dict[str, Any], model_id: str, name: str, params: int | None = None
-) -> ModelSpec:
+def spec_from_hf_config(config: dict[str, Any], model_id: str, name: str, params: int | None = None) -> ModelSpec:
     """Numbers from a Hugging Face ``config.json``; ``params`` from safetensors when known."""
     try:
         hidden = int(config["hidden_size"])
@@ -163,9 +159,7 @@ def read_hf_dir(path: Path, model_id: str | None = None) -> tuple[ModelSpec, Loc
     """A local Hugging Face model directory (config.json + safetensors), as vLLM loads it."""
     config_path = path / "config.json"
     if not config_path.is_file():
-        raise UsageError(
-            f"{path} has no config.json.", "Give a .gguf file or a Hugging Face model directory."
-        )
+        raise UsageError(f"{path} has no config.json.", "Give a .gguf file or a Hugging Face model directory.")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

@@ -113,10 +113,72 @@ def show_rendered(result: RenderResult) -> None:
     plan = result.spec.plan
     changed = ", ".join(result.changed) if result.changed else "nothing changed"
     console.print(f"Stack written to [bold]{result.stack_dir}[/bold] ({changed}).")
-    console.print(
-        f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context"
-    )
-    console.print(
-        f"  Open WebUI will listen on port {result.spec.webui_port}; secrets are in .env (mode 0600)."
-    )
+    console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context")
+    console.print(f"  Open WebUI will listen on port {result.spec.webui_port}; secrets are in .env (mode 0600).")
     console.print(f"  Next: deploykit up --dir {result.stack_dir}")
+
+
+class ConsoleReporter:
+    """Progress for `up` on stderr: one line per stage, a live elapsed counter on a terminal."""
+
+    def __init__(self) -> None:
+        self.err = Console(stderr=True, highlight=False)
+        self._status: Any = None
+        self._name = ""
+
+    def stage(self, name: str) -> None:
+        self._name = name
+        if self.err.is_terminal:
+            self._status = self.err.status(f"{name} …")
+            self._status.start()
+
+    def tick(self, elapsed: float, detail: str) -> None:
+        if self._status is not None:
+            self._status.update(f"{self._name} … {elapsed:.0f} s ({detail})")
+        elif int(elapsed) % 30 < 2 and elapsed >= 2:
+            self.err.print(f"  … {self._name}: {elapsed:.0f} s, {detail}")
+
+    def done(self, result: Any) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
+        self.err.print(f"{mark} {result.name:22} {result.seconds:6.1f} s  {result.detail}")
+
+    def note(self, text: str) -> None:
+        self.err.print(text)
+
+
+def show_up(report: Any) -> None:
+    console.print(f"\n[bold green]Ready:[/bold green] open [bold]{report.url}[/bold]")
+    if report.admin_created:
+        console.print("  An admin account was created for you.")
+    console.print(f"  Admin sign-in: {report.credentials}")
+    console.print("  Try: deploykit chat --dir " + report.stack_dir + ' "Say hello"')
+    for drift in report.drift:
+        console.print(
+            f"[yellow]Warning:[/yellow] {drift} (Open WebUI's saved settings override the stack's;"
+            " fix it under Admin Panel → Settings → Connections)."
+        )
+
+
+def show_status(state: dict[str, Any]) -> None:
+    mark = "[green]healthy[/green]" if state["healthy"] else "[red]not healthy[/red]"
+    console.print(
+        f"[bold]{state['project']}[/bold] ({state['backend']} on {state['device']}, {state['model']}): {mark}"
+    )
+    table = Table()
+    for col in ("service", "state", "health", "url", "model", "uptime"):
+        table.add_column(col)
+    for s in state["services"]:
+        uptime = f"{s['uptime_s'] // 60} min" if s.get("uptime_s") is not None else "—"
+        table.add_row(s["service"], s["state"], s.get("health") or "—", s.get("url", ""), s.get("model") or "—", uptime)
+    console.print(table)
+
+
+def show_checks(checks: Iterable[Any]) -> None:
+    colours = {"pass": "green", "warn": "yellow", "fail": "red"}
+    for c in checks:
+        console.print(f"[{colours[c.status]}]{c.status.upper():4}[/{colours[c.status]}] {c.name:16} {c.detail}")
+        if c.fix:
+            console.print(f"     {'':16} fix: {c.fix}")

@@ -248,9 +248,7 @@ def _plan_vllm_gpu(
         f"{max(1, (spare + kv) // max(_kv_bytes(model, ctx), 1))} full-length requests at once.",
     ]
     if len(host.gpus) > 1:
-        reasons.append(
-            f"{len(host.gpus)} GPUs found; the plan uses the largest one and leaves the others free."
-        )
+        reasons.append(f"{len(host.gpus)} GPUs found; the plan uses the largest one and leaves the others free.")
     return DeploymentPlan(
         profile=host.name,
         model_id=model.id,
@@ -509,9 +507,7 @@ def _plan_llamacpp_cpu(
 ) -> DeploymentPlan | NoFit:
     gguf = _gguf_size(model, weights)
     if gguf is None:
-        return NoFit(
-            model.name, 0, 0, "ram", "no GGUF file is known for this model, so llama.cpp cannot run it"
-        )
+        return NoFit(model.name, 0, 0, "ram", "no GGUF file is known for this model, so llama.cpp cannot run it")
     size, _, quant = gguf
     budget = _ram_budget(host)
     cap = _context_cap(model, settings)

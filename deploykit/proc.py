@@ -60,3 +60,13 @@ def run_cmd(
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         return Completed(tuple(args), 124, out, f"{args[0]}: timed out after {timeout} s")
     return Completed(tuple(args), cp.returncode, cp.stdout, cp.stderr)
+
+
+def run_attached(args: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Run ``args`` with the terminal attached (for `logs -f`); returns the exit code."""
+    if shutil.which(args[0]) is None:
+        return 127
+    try:
+        return subprocess.call(list(args), env=dict(env) if env is not None else None)
+    except KeyboardInterrupt:
+        return 130

@@ -136,9 +136,7 @@ def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
                 f"--image '{pair}' is not SERVICE=REF.", "e.g. --image open-webui=mirror/open-webui:v0.12.4"
             )
         if service not in services:
-            raise UsageError(
-                f"--image names unknown service '{service}'.", f"Services are: {', '.join(services)}."
-            )
+            raise UsageError(f"--image names unknown service '{service}'.", f"Services are: {', '.join(services)}.")
         try:
             check_pinned(ref)
         except ValueError as exc:

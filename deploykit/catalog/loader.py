@@ -69,9 +69,7 @@ def _bytes_from_gib(table: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
 
 
 def _profile_from(data: Mapping[str, Any], origin: str, source: Literal["builtin", "user"]) -> HostProfile:
@@ -96,17 +94,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _data_files(folder: str) -> list[tuple[str, str]]:
     root = resources.files("deploykit.catalog").joinpath(folder)
     return sorted(
-        (entry.name, entry.read_text(encoding="utf-8"))
-        for entry in root.iterdir()
-        if entry.name.endswith(".toml")
+        (entry.name, entry.read_text(encoding="utf-8")) for entry in root.iterdir() if entry.name.endswith(".toml")
     )
 
 
 @cache
 def builtin_profiles() -> tuple[HostProfile, ...]:
     return tuple(
-        _profile_from(tomllib.loads(text), f"built-in {name}", "builtin")
-        for name, text in _data_files("profiles")
+        _profile_from(tomllib.loads(text), f"built-in {name}", "builtin") for name, text in _data_files("profiles")
     )
 
 

@@ -1,0 +1,152 @@
+"""`deploykit doctor`: each thing a stack needs from the host, with pass/warn/fail and the fix."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from deploykit.host import GiB, HostProfile
+from deploykit.lifecycle import LoadedStack, port_free, ports_held_by, status
+from deploykit.plan import gib
+
+Status = Literal["pass", "warn", "fail"]
+# The CUDA runtime the pinned GPU images are built against; the host driver must support at least this.
+IMAGE_CUDA = {"vllm": (12, 8), "llamacpp": (12, 4)}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in (text or "").split(".")[:2])
+    except ValueError:
+        return ()
+
+
+def run_checks(host: HostProfile, docker_host: str | None, model_cache: Path, stack: LoadedStack | None) -> list[Check]:
+    checks: list[Check] = []
+    d = host.docker
+    if d is None or not d.reachable:
+        checks.append(
+            Check(
+                "engine",
+                "fail",
+                f"Docker Engine not reachable: {d.error if d else 'not probed'}",
+                "Start dockerd (`systemctl start docker`; here `make provision`) or set --docker-host / DOCKER_HOST.",
+            )
+        )
+    else:
+        checks.append(Check("engine", "pass", f"Docker Engine {d.server_version} (API {d.api_version})"))
+    if d is not None and d.compose_version:
+        checks.append(Check("compose", "pass", f"compose v2 {d.compose_version}"))
+    else:
+        checks.append(
+            Check(
+                "compose",
+                "fail",
+                "docker compose v2 is not installed",
+                "Install the compose v2 plugin (docker-compose-plugin); `make provision` does it on Debian.",
+            )
+        )
+    if host.gpus:
+        names = ", ".join(f"{g.name} ({gib(g.memory_total_bytes)})" for g in host.gpus)
+        checks.append(Check("gpu", "pass", f"{len(host.gpus)} NVIDIA GPU(s): {names}"))
+        if d is not None and d.reachable and not d.nvidia_runtime:
+            checks.append(
+                Check(
+                    "nvidia-toolkit",
+                    "fail",
+                    "GPUs exist but the engine has no NVIDIA runtime or CDI devices",
+                    "Install nvidia-container-toolkit, then `nvidia-ctk runtime "
+                    "configure --runtime=docker` and restart dockerd.",
+                )
+            )
+        elif d is not None and d.reachable:
+            checks.append(Check("nvidia-toolkit", "pass", "NVIDIA runtime/CDI available to containers"))
+    else:
+        why = f" ({host.gpu_probe_error})" if host.gpu_probe_error else ""
+        checks.append(Check("gpu", "pass", f"no NVIDIA GPU: stacks plan for the CPU{why}"))
+    if stack is not None and stack.spec.plan.device == "cuda" and host.gpus:
+        need = IMAGE_CUDA[stack.spec.plan.backend]
+        have = _version(host.gpus[0].cuda_version)
+        need_text = ".".join(map(str, need))
+        if have and have < need:
+            checks.append(
+                Check(
+                    "driver",
+                    "fail",
+                    f"driver supports CUDA {host.gpus[0].cuda_version}; the {stack.spec.plan.backend} "
+                    f"image needs {need_text}",
+                    "Update the NVIDIA driver, or pin an image built for an older CUDA with --image.",
+                )
+            )
+        else:
+            checks.append(Check("driver", "pass", f"driver CUDA {host.gpus[0].cuda_version} ≥ {need_text}"))
+    ports = [("0.0.0.0", 7860), ("127.0.0.1", 7861)]
+    ours: set[int] = set()
+    if stack is not None:
+        ports = [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
+        if d is not None and d.reachable:
+            ours = ports_held_by(stack, docker_host)
+    for bind, port in ports:
+        if port in ours:
+            checks.append(Check(f"port {port}", "pass", "published by this stack"))
+        elif port_free(bind, port):
+            checks.append(Check(f"port {port}", "pass", "free"))
+        else:
+            checks.append(
+                Check(
+                    f"port {port}",
+                    "fail",
+                    "in use by another program",
+                    f"Stop it (`ss -ltnp 'sport = :{port}'` shows who) or change the port in settings.",
+                )
+            )
+    probe_dir = next((p for p in (model_cache, *model_cache.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe_dir).free
+    level: Status = "pass" if free >= 10 * GiB else "warn" if free >= 2 * GiB else "fail"
+    checks.append(
+        Check(
+            "disk",
+            level,
+            f"{gib(free)} free for models at {probe_dir}",
+            "" if level == "pass" else "Free space or set DEPLOYKIT_MODEL_CACHE to a bigger disk.",
+        )
+    )
+    avail = host.memory.available_bytes or host.memory.total_bytes
+    level = "pass" if avail >= 4 * GiB else "warn"
+    checks.append(
+        Check(
+            "memory",
+            level,
+            f"{gib(avail)} of {gib(host.memory.total_bytes)} RAM available",
+            "" if level == "pass" else "Close programs or plan a smaller model / shorter context.",
+        )
+    )
+    if stack is not None and d is not None and d.reachable:
+        state = status(stack, docker_host)
+        if state["healthy"]:
+            checks.append(Check("stack", "pass", f"{state['project']} is healthy, serving {state['model']}"))
+        else:
+            bad = [f"{s['service']}: {s['state']}/{s['health']}" for s in state["services"]]
+            checks.append(
+                Check(
+                    "stack",
+                    "fail",
+                    f"{state['project']} is not healthy ({', '.join(bad)})",
+                    "`deploykit up --dir DIR` restarts it; `deploykit logs` shows why.",
+                )
+            )
+    return checks
+
+
+def as_json(checks: list[Check]) -> dict[str, Any]:
+    return {"ok": all(c.status != "fail" for c in checks), "checks": [asdict(c) for c in checks]}

@@ -1,0 +1,153 @@
+"""Staged health checks over HTTP, reusable by `up`, `status`, `chat` and a later `bench`.
+
+Each probe is a function ``(client) -> str`` that returns a short detail when the stage passes and
+raises ``NotReady`` while it does not. ``wait_until`` polls a probe until it passes or the time runs
+out, calling ``on_tick`` so the caller can show progress and stop early when a container dies.
+All HTTP goes through ``http_client``: the one seam for fakes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+class NotReady(Exception):
+    """The stage has not passed yet; the message says what was seen."""
+
+
+class StageFailed(Exception):
+    """The stage cannot pass (a container exited, a 401): stop waiting."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+@dataclass
+class HealthReport:
+    stages: list[StageResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.stages) and all(s.ok for s in self.stages)
+
+
+def http_client(base_url: str, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+
+def wait_until(
+    probe: Callable[[], str],
+    timeout: float,
+    *,
+    interval: float = 1.0,
+    on_tick: Callable[[float, str], None] | None = None,
+) -> tuple[bool, float, str]:
+    """Poll ``probe`` until it passes (True, seconds, detail) or ``timeout`` passes (False, seconds, last)."""
+    start = time.monotonic()
+    last = "not tried yet"
+    while True:
+        elapsed = time.monotonic() - start
+        try:
+            return True, elapsed, probe()
+        except NotReady as exc:
+            last = str(exc)
+        if on_tick is not None:
+            on_tick(elapsed, last)  # may raise StageFailed
+        if elapsed >= timeout:
+            return False, elapsed, last
+        time.sleep(interval)
+
+
+def _get(client: httpx.Client, path: str) -> httpx.Response:
+    try:
+        return client.get(path)
+    except httpx.HTTPError as exc:
+        raise NotReady(f"{type(exc).__name__} on {path}") from None
+
+
+def probe_inference_health(client: httpx.Client) -> str:
+    r = _get(client, "/health")
+    if r.status_code == 200:
+        return "ready"
+    # llama-server answers 503 {"error": {"message": "Loading model"}} while it loads.
+    try:
+        message = r.json().get("error", {}).get("message", "")
+    except ValueError:
+        message = r.text[:80]
+    raise NotReady(f"HTTP {r.status_code} {message}".strip())
+
+
+def probe_served_model(client: httpx.Client, model_id: str) -> str:
+    r = _get(client, "/v1/models")
+    if r.status_code in (401, 403):
+        raise StageFailed(f"/v1/models refused the API key (HTTP {r.status_code})")
+    if r.status_code != 200:
+        raise NotReady(f"/v1/models: HTTP {r.status_code}")
+    ids = [m.get("id") for m in r.json().get("data", [])]
+    if model_id not in ids:
+        raise NotReady(f"/v1/models lists {ids}, not '{model_id}'")
+    return f"serves '{model_id}'"
+
+
+def probe_webui_health(client: httpx.Client) -> str:
+    r = _get(client, "/health")
+    if r.status_code == 200 and r.json().get("status") is True:
+        return "ready"
+    raise NotReady(f"HTTP {r.status_code}")
+
+
+def probe_webui_model(client: httpx.Client, model_id: str) -> str:
+    r = _get(client, "/api/models")
+    if r.status_code != 200:
+        raise NotReady(f"/api/models: HTTP {r.status_code}")
+    ids = [m.get("id") for m in r.json().get("data", [])]
+    if model_id not in ids:
+        raise NotReady(f"Open WebUI lists {ids or 'no models'}, not '{model_id}'")
+    return f"lists '{model_id}'"
+
+
+def chat_once(
+    client: httpx.Client, path: str, model_id: str, message: str, max_tokens: int = 64, **extra: Any
+) -> dict[str, Any]:
+    """One non-streamed chat completion; returns the raw JSON answer."""
+    body: dict[str, Any] = {
+        "model": model_id,
+        "messages": [{"role": "user", "content": message}],
+        "stream": False,
+        "max_tokens": max_tokens,
+        **extra,
+    }
+    try:
+        r = client.post(path, json=body, timeout=300)
+    except httpx.HTTPError as exc:
+        raise NotReady(f"{type(exc).__name__} on {path}") from None
+    if r.status_code != 200:
+        raise NotReady(f"{path}: HTTP {r.status_code} {r.text[:200]}")
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def answer_text(data: dict[str, Any]) -> str:
+    try:
+        message = data["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return str(message.get("content") or "").strip()
+
+
+def probe_chat(client: httpx.Client, path: str, model_id: str) -> str:
+    text = answer_text(chat_once(client, path, model_id, "Say hello in one short sentence.", max_tokens=32))
+    if not text:
+        raise NotReady("the model answered with no text")
+    return f"answered: {text[:60]!r}"

@@ -1,0 +1,435 @@
+"""Running a rendered stack: preflight, model, compose up, staged health, and the day-2 commands.
+
+Functions take a stack directory and settings, talk to Docker through ``engine`` and to the
+servers through ``health``/``webui``, and return plain data; progress goes to a ``Reporter``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from deploykit import engine, health, webui
+from deploykit.errors import EngineError, HealthError, NotFoundError, PreflightError, UsageError
+from deploykit.host import GiB
+from deploykit.plan import gib
+from deploykit.render import StackSpec, read_secrets
+
+# Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
+WEBUI_START_SECONDS = 180
+
+
+class Reporter(Protocol):
+    def stage(self, name: str) -> None: ...
+    def tick(self, elapsed: float, detail: str) -> None: ...
+    def done(self, result: health.StageResult) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    def stage(self, name: str) -> None:
+        pass
+
+    def tick(self, elapsed: float, detail: str) -> None:
+        pass
+
+    def done(self, result: health.StageResult) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class LoadedStack:
+    dir: Path
+    spec: StackSpec
+    secrets: dict[str, str]
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.spec.inference_port}"
+
+    @property
+    def webui_url(self) -> str:
+        return f"http://127.0.0.1:{self.spec.webui_port}"
+
+    @property
+    def webui_internal_api(self) -> str:
+        return f"http://inference:{self.spec.inference_container_port}/v1"
+
+    def engine_stack(self, docker_host: str | None) -> engine.Stack:
+        return engine.Stack(self.dir, self.spec.project, docker_host)
+
+
+def load_stack(stack_dir: Path) -> LoadedStack:
+    plan_path = stack_dir / "plan.json"
+    if not plan_path.is_file():
+        raise NotFoundError(
+            f"no deploykit stack in {stack_dir} (no plan.json).",
+            f"Create one with `deploykit up --profile auto --dir {stack_dir}` or `deploykit render`.",
+        )
+    try:
+        data = json.loads(plan_path.read_text(encoding="utf-8"))
+        spec = StackSpec.model_validate(data["stack"])
+    except (ValueError, KeyError) as exc:
+        raise UsageError(
+            f"{plan_path} is not a stack plan this deploykit can read ({exc}).",
+            "Render the stack again with `deploykit render` (secrets are kept).",
+        ) from None
+    return LoadedStack(stack_dir, spec, read_secrets(stack_dir))
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def port_free(bind: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
+def ports_held_by(stack: LoadedStack, docker_host: str | None) -> set[int]:
+    held = set()
+    for ctr in stack.engine_stack(docker_host).containers():
+        for mapping in ctr.ports:
+            held.add(int(mapping.split("->")[0].rsplit(":", 1)[1]))
+    return held
+
+
+def _is_local(docker_host: str | None) -> bool:
+    return not docker_host or docker_host.startswith("unix://")
+
+
+def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: int) -> list[str]:
+    """Everything that would make `compose up` fail, checked first. Raises on the first failure."""
+    notes = []
+    probe = engine.probe_engine(docker_host)
+    if not probe.reachable:
+        raise engine.engine_error(docker_host, Exception(probe.error or "unreachable"))
+    engine.require_compose_v2()
+    plan = stack.spec.plan
+    if plan.device == "cuda" and not probe.nvidia_runtime:
+        raise PreflightError(
+            f"the plan runs {plan.backend} on an NVIDIA GPU but the Docker "
+            f"Engine has no NVIDIA runtime or CDI devices.",
+            "Install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker`, "
+            "or plan for the CPU with --profile cpu.",
+        )
+    if _is_local(docker_host):
+        ours = ports_held_by(stack, docker_host)
+        wanted = [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
+        for bind, port in wanted:
+            if port not in ours and not port_free(bind, port):
+                setting = "webui_port" if port == stack.spec.webui_port else "inference_port"
+                raise PreflightError(
+                    f"port {port} is already in use on this host, so the stack cannot publish it.",
+                    f"Stop what listens there (`ss -ltnp 'sport = :{port}'`) or set DEPLOYKIT_{setting.upper()} "
+                    "and render again.",
+                )
+        if model_missing_bytes:
+            cache = Path(stack.spec.model_host_path).parent
+            probe_dir = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
+            free = shutil.disk_usage(probe_dir).free
+            if free < model_missing_bytes + GiB:
+                raise PreflightError(
+                    f"the model needs {gib(model_missing_bytes)} and {probe_dir} has {gib(free)} free.",
+                    "Free some space or point DEPLOYKIT_MODEL_CACHE at a bigger disk.",
+                )
+    for service, ref in stack.spec.images.items():
+        if not engine.image_present(docker_host, ref):
+            notes.append(f"image {ref} ({service}) is not on this engine yet; compose will pull it.")
+    return notes
+
+
+# ---------------------------------------------------------------- model
+
+
+def ensure_model(stack: LoadedStack, model: dict[str, Any], reporter: Reporter) -> None:
+    """Put the weights where the stack mounts them: download from the hub when they are missing."""
+    from deploykit import hub
+
+    path = Path(stack.spec.model_host_path)
+    if path.exists():
+        return
+    gguf = model.get("gguf") or {}
+    if stack.spec.plan.backend == "llamacpp":
+        if not gguf.get("repo"):
+            raise UsageError(
+                f"model file {path} is missing and the catalog names no download for it.",
+                "Give the file with --model-file PATH.",
+            )
+        reporter.note(f"Downloading {gguf['file']} ({gib(gguf['size_bytes'])}) from {gguf['repo']} …")
+        hub.ensure_gguf(gguf["repo"], gguf["file"], path)
+    else:
+        repo = model.get("hf_repo")
+        if not repo:
+            raise UsageError(f"model directory {path} is missing.", "Give it with --model-file DIR.")
+        reporter.note(f"Downloading {repo} into {path} …")
+        hub.ensure_snapshot(repo, path)
+
+
+def model_missing_bytes(stack: LoadedStack) -> int:
+    if Path(stack.spec.model_host_path).exists():
+        return 0
+    return stack.spec.plan.memory.weights_bytes
+
+
+# ---------------------------------------------------------------- health
+
+
+@dataclass
+class UpReport:
+    stack_dir: str
+    url: str
+    healthy: bool
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    admin_created: bool = False
+    credentials: str = ""
+
+
+_HINTS = {
+    "inference /health": (
+        "The server did not become ready. If the log shows it still loading, give it longer with --timeout; "
+        "`deploykit logs inference` shows the rest."
+    ),
+    "inference /v1/models": "The server runs but does not serve the "
+    "expected model id: check --alias/--served-model-name.",
+    "open-webui /health": "Open WebUI did not start; `deploykit logs open-webui` shows why.",
+    "open-webui admin": "Remove the Open WebUI volume (`deploykit down "
+    "--volumes`) only if its accounts are expendable.",
+    "open-webui model": (
+        "Open WebUI cannot list the model: its connection to the inference server is wrong or unreachable "
+        "(see the drift notes; a trailing slash in OPENAI_API_BASE_URL also breaks the list)."
+    ),
+    "chat via open-webui": "The model did not answer through Open WebUI; "
+    "`deploykit logs inference` shows the server side.",
+}
+
+
+def _service_for(stage: str) -> str:
+    return "inference" if stage.startswith("inference") or stage.startswith("chat") else "open-webui"
+
+
+def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) -> Any:
+    """An on_tick hook that stops waiting as soon as the service's container has died or restarts."""
+    es = stack.engine_stack(docker_host)
+    last_check = [-10.0]
+
+    def check(elapsed: float, detail: str) -> None:
+        if elapsed - last_check[0] < 3:
+            return
+        last_check[0] = elapsed
+        for ctr in es.containers():
+            if ctr.service != service:
+                continue
+            if ctr.state in ("exited", "dead") or ctr.restart_count > 0:
+                raise health.StageFailed(
+                    f"the {service} container {ctr.state} (exit code {ctr.exit_code}, restarted {ctr.restart_count}×)"
+                )
+
+    return check
+
+
+def run_stages(stack: LoadedStack, docker_host: str | None, timeout: float, reporter: Reporter) -> UpReport:
+    """The staged health check, up to one chat answered through Open WebUI. Raises HealthError on failure."""
+    spec = stack.spec
+    plan = spec.plan
+    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    email = stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", "")
+    password = stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
+    report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{spec.webui_port}", healthy=False)
+    deadline_budget = [timeout]
+    token: list[str] = []
+
+    inference = health.http_client(stack.inference_url, key)
+    webui_anon = health.http_client(stack.webui_url)
+
+    def webui_authed() -> Any:
+        return health.http_client(stack.webui_url, token[0] if token else None)
+
+    def admin() -> str:
+        t, created = webui.admin_token(webui_anon, email, password)
+        token[:] = [t]
+        report.admin_created = created
+        return "admin account created" if created else "signed in as admin"
+
+    stages: list[tuple[str, Any, float]] = [
+        ("inference /health", lambda: health.probe_inference_health(inference), plan.startup_seconds + 60),
+        ("inference /v1/models", lambda: health.probe_served_model(inference, plan.model_id), 60),
+        ("open-webui /health", lambda: health.probe_webui_health(webui_anon), WEBUI_START_SECONDS),
+        ("open-webui admin", admin, 60),
+        ("open-webui model", lambda: health.probe_webui_model(webui_authed(), plan.model_id), 90),
+        (
+            "chat via open-webui",
+            lambda: health.probe_chat(webui_authed(), "/api/chat/completions", plan.model_id),
+            180,
+        ),
+    ]
+    try:
+        for name, probe, stage_timeout in stages:
+            reporter.stage(name)
+            watch = _container_watch(stack, docker_host, _service_for(name))
+
+            def tick(elapsed: float, detail: str, watch: Any = watch) -> None:
+                reporter.tick(elapsed, detail)
+                watch(elapsed, detail)
+
+            limit = max(5.0, min(stage_timeout, deadline_budget[0]))
+            try:
+                ok, seconds, detail = health.wait_until(probe, limit, interval=2.0, on_tick=tick)
+            except health.StageFailed as exc:
+                ok, seconds, detail = False, 0.0, str(exc)
+            deadline_budget[0] -= seconds
+            result = health.StageResult(name, ok, round(seconds, 1), detail)
+            report.stages.append(asdict(result))
+            reporter.done(result)
+            if not ok:
+                service = _service_for(name)
+                tail = stack.engine_stack(docker_host).log_tail(service, 25)
+                raise HealthError(
+                    f"stage '{name}' failed after {seconds:.0f} s: {detail}. The stack is left running for inspection.",
+                    _HINTS[name],
+                    log_tail=f"--- last lines of {service} ---\n{tail}" if tail else "",
+                )
+            if name == "inference /v1/models":
+                stack.engine_stack(docker_host).up()
+            if name == "open-webui admin":
+                report.drift = webui.connection_drift(webui_authed(), stack.webui_internal_api, key)
+    finally:
+        inference.close()
+        webui_anon.close()
+    report.healthy = True
+    report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
+    return report
+
+
+def up(
+    stack: LoadedStack,
+    docker_host: str | None,
+    timeout: float | None,
+    reporter: Reporter,
+    model: dict[str, Any],
+    write_files: Callable[[], object] | None = None,
+) -> UpReport:
+    """Preflight, then write the stack files (if new), fetch the model, start and check it."""
+    notes = preflight(stack, docker_host, model_missing_bytes(stack))
+    for note in notes:
+        reporter.note(note)
+    if write_files is not None:
+        write_files()
+    ensure_model(stack, model, reporter)
+    reporter.note(f"Starting project {stack.spec.project} …")
+    # The inference server first, so its (long) load is watched with progress here rather than
+    # hidden inside compose's wait for the healthy dependency.
+    stack.engine_stack(docker_host).up("inference")
+    budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
+    report = run_stages(stack, docker_host, budget, reporter)
+    report.notes = notes
+    return report
+
+
+# ---------------------------------------------------------------- status, chat
+
+
+def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
+    containers = stack.engine_stack(docker_host).containers()
+    plan = stack.spec.plan
+    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    now = datetime.now(UTC)
+    services = []
+    by_service = {c.service: c for c in containers}
+    for name in ("inference", "open-webui"):
+        ctr = by_service.get(name)
+        entry: dict[str, Any] = {"service": name, "state": "missing", "health": None, "uptime_s": None}
+        if ctr is not None:
+            started = ctr.started_at
+            uptime = None
+            if ctr.state == "running" and started:
+                try:
+                    uptime = int((now - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds())
+                except ValueError:
+                    uptime = None
+            entry.update(state=ctr.state, health=ctr.health, uptime_s=uptime, image=ctr.image, ports=list(ctr.ports))
+        services.append(entry)
+    with health.http_client(stack.inference_url, key, timeout=5) as client:
+        try:
+            served = health.probe_served_model(client, plan.model_id)
+            model_ok = True
+        except (health.NotReady, health.StageFailed) as exc:
+            served, model_ok = str(exc), False
+    services[0]["url"] = stack.inference_url + "/v1"
+    services[0]["model"] = plan.model_id if model_ok else None
+    services[0]["detail"] = served
+    services[1]["url"] = f"http://localhost:{stack.spec.webui_port}"
+    with health.http_client(stack.webui_url, timeout=5) as client:
+        try:
+            health.probe_webui_health(client)
+            webui_ok = True
+        except health.NotReady:
+            webui_ok = False
+    services[1]["detail"] = "answers /health" if webui_ok else "does not answer /health"
+    # Docker's own healthcheck lags by up to an interval: "starting" with a live HTTP answer is fine.
+    healthy = (
+        model_ok
+        and webui_ok
+        and all(s["state"] == "running" and s["health"] in ("healthy", "starting", None) for s in services)
+    )
+    return {
+        "stack_dir": str(stack.dir),
+        "project": stack.spec.project,
+        "backend": plan.backend,
+        "device": plan.device,
+        "model": plan.model_id,
+        "healthy": healthy,
+        "services": services,
+    }
+
+
+def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dict[str, Any]:
+    plan = stack.spec.plan
+    try:
+        if direct:
+            with health.http_client(stack.inference_url, stack.secrets.get("INFERENCE_API_KEY")) as client:
+                return health.chat_once(client, "/v1/chat/completions", plan.model_id, message, max_tokens)
+        with health.http_client(stack.webui_url) as anon:
+            token, _ = webui.admin_token(
+                anon, stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""), stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
+            )
+        with health.http_client(stack.webui_url, token) as client:
+            return health.chat_once(client, "/api/chat/completions", plan.model_id, message, max_tokens)
+    except (health.NotReady, health.StageFailed) as exc:
+        raise HealthError(
+            f"the chat did not go through: {exc}.", "Check `deploykit status` and `deploykit logs inference`."
+        ) from None
+
+
+def down(stack: LoadedStack, docker_host: str | None, volumes: bool) -> None:
+    stack.engine_stack(docker_host).down(volumes=volumes)
+
+
+def restart(stack: LoadedStack, docker_host: str | None, service: str | None) -> None:
+    if service not in (None, "inference", "open-webui"):
+        raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
+    stack.engine_stack(docker_host).restart(service)
+
+
+def ensure_engine(docker_host: str | None) -> None:
+    probe = engine.probe_engine(docker_host)
+    if not probe.reachable:
+        raise engine.engine_error(docker_host, Exception(probe.error or "unreachable"))
+
+
+__all__ = ["EngineError", "LoadedStack", "Reporter", "SilentReporter", "UpReport", "load_stack"]

@@ -1,0 +1,58 @@
+"""Open WebUI's own API: headless admin bootstrap and the PersistentConfig drift check.
+
+Open WebUI reads "PersistentConfig" variables (the OpenAI connection among them) from the
+environment on first boot only; afterwards its database wins, so an edited compose file can be
+silently ignored. ``connection_drift`` compares what Open WebUI really uses with the stack's
+settings, so `up` and `status` can say so instead of leaving users to wonder.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from deploykit.health import NotReady, StageFailed
+
+
+def admin_token(client: httpx.Client, email: str, password: str) -> tuple[str, bool]:
+    """Sign in as the stack's admin, creating it on a fresh database. Returns (token, created)."""
+    try:
+        config = client.get("/api/config").json()
+        onboarding = bool(config.get("onboarding"))
+        if onboarding:
+            r = client.post(
+                "/api/v1/auths/signup", json={"name": "deploykit admin", "email": email, "password": password}
+            )
+        else:
+            r = client.post("/api/v1/auths/signin", json={"email": email, "password": password})
+    except (httpx.HTTPError, ValueError) as exc:
+        raise NotReady(f"Open WebUI auth: {type(exc).__name__}") from None
+    if r.status_code in (400, 401, 403):
+        raise StageFailed(
+            f"Open WebUI refused the stack's admin credentials ({r.status_code}: {r.text[:120]}); the data volume "
+            "holds accounts from another stack or the password was changed in the UI"
+        )
+    if r.status_code != 200:
+        raise NotReady(f"Open WebUI auth: HTTP {r.status_code}")
+    return str(r.json()["token"]), onboarding
+
+
+def connection_drift(client: httpx.Client, expected_url: str, expected_key: str) -> list[str]:
+    """Differences between the OpenAI connection Open WebUI uses and the one the stack sets."""
+    try:
+        r = client.get("/openai/config")
+        r.raise_for_status()
+        config = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return [f"could not read Open WebUI's connection settings ({type(exc).__name__})"]
+    drift = []
+    if config.get("ENABLE_OPENAI_API") is False:
+        drift.append("the OpenAI API connection is switched off in Open WebUI")
+    urls = list(config.get("OPENAI_API_BASE_URLS") or [])
+    if expected_url not in urls:
+        drift.append(f"Open WebUI uses the API URLs {urls}, not {expected_url}")
+    else:
+        keys = list(config.get("OPENAI_API_KEYS") or [])
+        index = urls.index(expected_url)
+        if index >= len(keys) or keys[index] != expected_key:
+            drift.append(f"Open WebUI holds another API key for {expected_url}")
+    return drift

@@ -1,0 +1,227 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/provision/*.sh. Source it; do not run it.
+#
+# Rules kept here for every provisioning script:
+#  - no registry or mirror host name is ever written into the repository: the Debian mirror is
+#    read at run time from the machine's apt sources, pip uses its own configuration;
+#  - progress goes to stderr as short "provision: ..." lines, so a script's stdout stays free for
+#    its result (e.g. "LLAMACPP_IMAGE=...").
+
+PROVISION_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$PROVISION_DIR/../.." && pwd)"
+DEPLOYKIT_IMAGES_ENV="${DEPLOYKIT_IMAGES_ENV:-$REPO_ROOT/build/images.env}"
+export DEBIAN_FRONTEND=noninteractive
+# Logs of apt, debootstrap and pip are kept here (build scratch trees are not).
+LOG_DIR="${DEPLOYKIT_LOG_DIR:-/var/log}"
+
+log() { printf 'provision: %s\n' "$*" >&2; }
+die() { printf 'provision: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Seconds since the script started (bash's SECONDS), for "done in Ns" lines.
+took() { printf '%ss' "$SECONDS"; }
+
+require_root() {
+    [ "$(id -u)" -eq 0 ] || die "this script must run as root (it installs packages and starts services)."
+}
+
+# ---------------------------------------------------------------------------------------------
+# apt helpers
+
+_APT_UPDATED=""
+# apt/dpkg chatter goes to this log; its tail is shown when something fails.
+APT_LOG="${DEPLOYKIT_APT_LOG:-$LOG_DIR/deploykit-provision-apt.log}"
+
+apt_quiet() {
+    if ! "$@" >>"$APT_LOG" 2>&1; then
+        tail -n 15 "$APT_LOG" >&2 || true
+        return 1
+    fi
+}
+
+apt_update_once() {
+    if [ -z "$_APT_UPDATED" ]; then
+        log "apt-get update"
+        apt_quiet apt-get update || die "apt-get update failed (see the lines above); check the machine's apt sources."
+        _APT_UPDATED=1
+    fi
+}
+
+pkg_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
+# apt_install PKG...: installs the packages that are missing; runs apt-get update only when a
+# package has no install candidate in the current lists, or when the install fails (stale lists).
+apt_install() {
+    local missing=() p policy
+    for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    for p in "${missing[@]}"; do
+        policy="$(apt-cache policy "$p" 2>/dev/null || true)"
+        if ! printf '%s\n' "$policy" | grep -q 'Candidate: [^(]'; then
+            apt_update_once
+            break
+        fi
+    done
+    log "apt-get install ${missing[*]} (log: $APT_LOG)"
+    if ! apt_quiet apt-get install -y --no-install-recommends "${missing[@]}"; then
+        [ -z "$_APT_UPDATED" ] || die "apt-get install ${missing[*]} failed (see the lines above)."
+        apt_update_once
+        apt_quiet apt-get install -y --no-install-recommends "${missing[@]}" \
+            || die "apt-get install ${missing[*]} failed (see the lines above)."
+    fi
+}
+
+# Prints "URI KEYRING" of the machine's main Debian archive (the first source whose suite is a
+# plain release name such as "bookworm", not "bookworm-security"/"-updates"). DEPLOYKIT_APT_MIRROR
+# overrides the URI.
+apt_main_source() {
+    local deb822=/etc/apt/sources.list.d/debian.sources line uri="" keyring=""
+    if [ -r "$deb822" ]; then
+        line="$(awk '
+            function flush() {
+                if (uri != "" && types ~ /(^| )deb( |$)/ && suites ~ /(^| )[a-z]+( |$)/ && !done) {
+                    print uri, (key == "" ? "-" : key); done = 1
+                }
+                uri = ""; suites = ""; types = ""; key = ""
+            }
+            /^[[:space:]]*#/ { next }
+            /^[[:space:]]*$/ { flush(); next }
+            tolower($1) == "uris:"      { uri = $2 }
+            tolower($1) == "suites:"    { $1 = ""; suites = $0 }
+            tolower($1) == "types:"     { $1 = ""; types = $0 }
+            tolower($1) == "signed-by:" { key = $2 }
+            END { flush() }' "$deb822")"
+        uri="${line%% *}"; keyring="${line#* }"
+    fi
+    if [ -z "$uri" ] && [ -r /etc/apt/sources.list ]; then
+        # deb [opts] URI SUITE COMPONENTS...
+        line="$(sed -E -n 's/^[[:space:]]*deb[[:space:]]+(\[([^]]*)\][[:space:]]+)?([^[:space:]]+)[[:space:]]+([a-z]+)[[:space:]].*$/\3 \2/p' \
+            /etc/apt/sources.list | head -n1)"
+        uri="${line%% *}"
+        keyring="$(printf '%s\n' "${line#* }" | sed -n -E 's/.*signed-by=([^[:space:]]+).*/\1/p')"
+    fi
+    [ -n "${DEPLOYKIT_APT_MIRROR:-}" ] && uri="$DEPLOYKIT_APT_MIRROR"
+    [ -n "$uri" ] || die "could not read a Debian mirror URI from /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list (set DEPLOYKIT_APT_MIRROR)."
+    if [ -z "$keyring" ] || [ "$keyring" = "-" ] || [ ! -r "$keyring" ]; then
+        keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    fi
+    printf '%s %s\n' "${uri%/}" "$keyring"
+}
+
+# ---------------------------------------------------------------------------------------------
+# engine / images helpers
+
+engine_up() { docker info >/dev/null 2>&1; }
+
+require_engine() {
+    engine_up || die "the Docker engine does not answer ('docker info' fails); run scripts/provision/engine.sh first."
+}
+
+image_exists() { [ -n "$1" ] && docker image inspect "$1" >/dev/null 2>&1; }
+
+# images_env_get KEY: value of KEY in build/images.env, or nothing.
+images_env_get() {
+    [ -r "$DEPLOYKIT_IMAGES_ENV" ] || return 0
+    sed -n "s/^$1=//p" "$DEPLOYKIT_IMAGES_ENV" | tail -n1
+}
+
+# images_env_set KEY VALUE: merges one key into build/images.env (other keys are kept), atomically.
+images_env_set() {
+    local key="$1" value="$2" dir tmp
+    dir="$(dirname "$DEPLOYKIT_IMAGES_ENV")"
+    mkdir -p "$dir"
+    tmp="$(mktemp "$dir/.images.env.XXXXXX")"
+    if [ -r "$DEPLOYKIT_IMAGES_ENV" ]; then
+        grep -v "^$key=" "$DEPLOYKIT_IMAGES_ENV" >"$tmp" || true
+    fi
+    printf '%s=%s\n' "$key" "$value" >>"$tmp"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$DEPLOYKIT_IMAGES_ENV"
+}
+
+# human size of an image
+image_size() { docker image inspect -f '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1000000 }'; }
+
+# free_gb PATH: free space in whole GB on the filesystem holding PATH (or its nearest parent).
+free_gb() {
+    local p="$1"
+    while [ ! -e "$p" ]; do p="$(dirname "$p")"; done
+    df -P -B1G "$p" | awk 'NR == 2 { print $4 }'
+}
+
+# Build scratch space (rootfs trees). Big: keep it on a disk, not a tmpfs.
+build_tmp_root() { printf '%s\n' "${DEPLOYKIT_BUILD_TMP:-/var/tmp}"; }
+
+# provisioned_image COMPONENT: newest image this project provisioned for COMPONENT, if any.
+# (Lets a run skip a rebuild when build/images.env was removed but the engine still has the image.)
+provisioned_image() {
+    docker images --filter "label=org.deploykit.provisioned=true" \
+        --filter "label=org.deploykit.component=$1" --format '{{.Repository}}:{{.Tag}}' \
+        | grep -v '<none>' | head -n1 || true
+}
+
+# mounts_under DIR: mount points at or below DIR in this mount namespace (deepest first).
+mounts_under() {
+    local d
+    d="$(readlink -f "$1")"
+    awk -v d="$d" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r
+}
+
+# safe_rm_tree DIR: removes a build tree, but never through a mount that is still attached
+# (a bind mount of a host folder inside a rootfs must not have its contents deleted).
+# Builds run their mounts in a private mount namespace (unshare), so normally nothing is left.
+safe_rm_tree() {
+    local dir="$1" m left
+    [ -n "$dir" ] && [ -d "$dir" ] || return 0
+    while read -r m; do
+        [ -n "$m" ] && umount -R "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done < <(mounts_under "$dir")
+    left="$(mounts_under "$dir")"
+    if [ -n "$left" ]; then
+        log "WARNING: not removing $dir: still mounted: $left"
+        return 0
+    fi
+    rm -rf --one-file-system "$dir"
+}
+
+# in_private_mounts CMD...: runs CMD in its own mount namespace; whatever it mounts disappears
+# when it exits, however it exits.
+in_private_mounts() { unshare --mount --propagation private "$@"; }
+
+# debootstrap_rootfs SUITE ROOTFS INCLUDE LOGFILE: a minbase Debian tree from the machine's mirror.
+debootstrap_rootfs() {
+    local suite="$1" rootfs="$2" include="$3" logfile="$4" mirror keyring
+    apt_install debootstrap
+    read -r mirror keyring < <(apt_main_source)
+    log "debootstrap $suite (minbase + $include) into $rootfs (log: $logfile)"
+    if ! in_private_mounts debootstrap --variant=minbase --include="$include" --keyring="$keyring" \
+            "$suite" "$rootfs" "$mirror" >"$logfile" 2>&1; then
+        tail -n 20 "$logfile" >&2
+        [ -r "$rootfs/debootstrap/debootstrap.log" ] && tail -n 20 "$rootfs/debootstrap/debootstrap.log" >&2
+        die "debootstrap $suite failed (see the lines above)."
+    fi
+}
+
+# rootfs_slim ROOTFS: drops apt caches/lists and the build host's DNS/host name from a tree.
+rootfs_slim() {
+    local r="$1"
+    rm -rf "$r"/var/cache/apt/*.bin "$r"/var/cache/apt/archives/*.deb \
+           "$r"/var/cache/apt/archives/partial/* "$r"/var/lib/apt/lists/* \
+           "$r"/var/cache/debconf/*-old "$r"/var/log/apt/* "$r"/var/log/dpkg.log \
+           "$r"/root/.cache "$r"/tmp/* "$r"/var/tmp/*
+    mkdir -p "$r/var/lib/apt/lists/partial"
+    # The engine provides these at run time; the build host's must not end up in the image.
+    : >"$r/etc/resolv.conf"
+    : >"$r/etc/hostname"
+}
+
+# import_rootfs ROOTFS TAG CHANGE...: tar the tree into the engine as TAG with --change lines.
+import_rootfs() {
+    local rootfs="$1" tag="$2"; shift 2
+    local args=() c
+    for c in "$@"; do args+=(--change "$c"); done
+    log "docker import -> $tag"
+    tar --numeric-owner -C "$rootfs" -cf - . | docker import "${args[@]}" - "$tag" >/dev/null \
+        || die "docker import of $tag failed."
+}
