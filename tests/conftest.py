@@ -14,6 +14,6 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
     for key in list(os.environ):
-        if key.startswith("DEPLOYKIT_") and key not in ("DEPLOYKIT_MODEL_CACHE",):
+        if key.startswith("DEPLOYKIT_"):
             monkeypatch.delenv(key)
     return home
