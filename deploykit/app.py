@@ -89,7 +89,18 @@ def resolve_host(settings: Settings, profile: str, host_file: Path | None) -> Ho
         return load_host_file(host_file)
     if profile == "auto":
         return detect(settings)
-    return find_profile(profile, all_profiles(settings))
+    chosen = find_profile(profile, all_profiles(settings))
+    if not chosen.detect:
+        return chosen
+    detected = detect(settings)
+    return detected.model_copy(
+        update={
+            "name": chosen.name,
+            "description": chosen.description,
+            "preferred_backend": chosen.preferred_backend,
+            "gpus": chosen.gpus,
+        }
+    )
 
 
 @dataclass(frozen=True)

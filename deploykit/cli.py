@@ -415,13 +415,13 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
 def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tokens: int, as_json: bool) -> None:
     """Send one message through Open WebUI (as the stack's admin) and print the answer."""
     from deploykit import lifecycle
-    from deploykit.health import answer_text
+    from deploykit.health import split_answer
 
     data = lifecycle.chat(_stack(ctx, stack_dir), message, direct, max_tokens)
     if as_json:
         _print_json(data)
         return
-    text = answer_text(data)
+    _, text = split_answer(data)
     if not text:
         from deploykit.errors import HealthError
 
@@ -429,6 +429,25 @@ def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tok
             "the model answered with no text.", "Try a larger --max-tokens; reasoning models think first."
         )
     click.echo(text)
+
+
+@cli.command()
+@stack_dir_option()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
+    """Check what matters for the served model: JSON-schema output, reasoning wiring, tool calling."""
+    from deploykit import lifecycle
+
+    stack = _stack(ctx, stack_dir)
+    checks = lifecycle.smoke(stack, (stack.dir / "compose.yaml").read_text(encoding="utf-8"))
+    if as_json:
+        _print_json({"ok": all(c["status"] != "fail" for c in checks), "checks": checks})
+    else:
+        for c in checks:
+            click.echo(f"{c['status'].upper():5} {c['name']:32} {c['detail']}")
+    if any(c["status"] == "fail" for c in checks):
+        sys.exit(1)
 
 
 @cli.command()

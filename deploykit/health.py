@@ -151,3 +151,77 @@ def probe_chat(client: httpx.Client, path: str, model_id: str) -> str:
     if not text:
         raise NotReady("the model answered with no text")
     return f"answered: {text[:60]!r}"
+
+
+def split_answer(data: dict[str, Any]) -> tuple[str, str]:
+    """(reasoning, answer) of a chat completion.
+
+    vLLM's ``--reasoning-parser deepseek_r1`` and llama.cpp's ``--reasoning-format deepseek`` put an R1
+    model's thinking in ``reasoning_content``. A server without that wiring leaves ``<think>…</think>``
+    in the content; split it here too, so the answer a user sees is the answer.
+    """
+    try:
+        message = data["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        return "", ""
+    reasoning = str(message.get("reasoning_content") or message.get("reasoning") or "").strip()
+    content = str(message.get("content") or "")
+    if "</think>" in content:
+        thought, _, content = content.partition("</think>")
+        reasoning = (reasoning + "\n" + thought.replace("<think>", "")).strip()
+    return reasoning, content.strip()
+
+
+# A small schema with a string and an integer: enough to tell grammar-constrained output from luck.
+PERSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+
+
+def schema_errors(value: object, schema: dict[str, Any]) -> list[str]:
+    """The JSON-schema subset the smoke check uses: object, required, string/integer/number/boolean types."""
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "object": dict,
+        "string": str,
+        "integer": int,
+        "number": (int, float),
+        "boolean": bool,
+        "array": list,
+    }
+    expected = schema.get("type")
+    if (expected and not isinstance(value, kinds[expected])) or (expected == "integer" and isinstance(value, bool)):
+        return [f"expected {expected}, got {type(value).__name__}"]
+    errors = []
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                errors.append(f"missing required '{key}'")
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                errors += [f"{key}: {e}" for e in schema_errors(value[key], sub)]
+    return errors
+
+
+def probe_structured_output(client: httpx.Client, path: str, model_id: str) -> str:
+    """A ``response_format`` JSON-schema request must come back as JSON that validates."""
+    import json
+
+    data = chat_once(
+        client,
+        path,
+        model_id,
+        "Invent a person. Reply with JSON only.",
+        max_tokens=96,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA}},
+    )
+    _, text = split_answer(data)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise StageFailed(f"not JSON: {text[:80]!r}") from None
+    errors = schema_errors(value, PERSON_SCHEMA)
+    if errors:
+        raise StageFailed(f"JSON does not match the schema: {'; '.join(errors)} in {text[:80]!r}")
+    return f"valid JSON: {text[:60]!r}"

@@ -81,6 +81,9 @@ class HostProfile(_Frozen):
     gpu_probe_error: str | None = None
     # A profile may say which backend it is for (``cpu-vllm`` runs vLLM's CPU build).
     preferred_backend: Literal["vllm", "llamacpp"] | None = None
+    # A profile of "this machine, served this way": CPU, RAM and disk are detected when it is used;
+    # its own figures are only what listings and reference stacks show.
+    detect: bool = False
 
     @property
     def vram_total_bytes(self) -> int:

@@ -416,6 +416,42 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
         ) from None
 
 
+def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
+    """Checks that matter for the served model: structured output, reasoning wiring, tool calling."""
+    plan = stack.spec.plan
+    checks: list[dict[str, Any]] = []
+    with health.http_client(stack.inference_url, stack.secrets.get("INFERENCE_API_KEY")) as client:
+        try:
+            detail = health.probe_structured_output(client, "/v1/chat/completions", plan.model_id)
+            checks.append({"name": "structured output (json_schema)", "status": "pass", "detail": detail})
+        except (health.StageFailed, health.NotReady) as exc:
+            checks.append({"name": "structured output (json_schema)", "status": "fail", "detail": str(exc)})
+    flag = {"vllm": "--reasoning-parser", "llamacpp": "--reasoning-format"}[plan.backend]
+    wired = flag in compose_text
+    if plan.reasoning_parser:
+        checks.append(
+            {
+                "name": "reasoning separation",
+                "status": "pass" if wired else "fail",
+                "detail": f"{flag} is {'set' if wired else 'missing'} in compose.yaml; thinking arrives in "
+                "reasoning_content (wiring checked; no R1 model runs in this check)",
+            }
+        )
+    else:
+        checks.append({"name": "reasoning separation", "status": "skip", "detail": "not a reasoning model"})
+    model = json.loads((stack.dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
+    checks.append(
+        {
+            "name": "tool calling",
+            "status": "skip" if not model.get("tool_calling") else "pass",
+            "detail": "unsupported for this model: its chat template has no tool format either server parses well"
+            if not model.get("tool_calling")
+            else "the model's template supports tools (not exercised by this check)",
+        }
+    )
+    return checks
+
+
 def down(stack: LoadedStack, docker_host: str | None, volumes: bool) -> None:
     stack.engine_stack(docker_host).down(volumes=volumes)
 

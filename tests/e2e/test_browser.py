@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
@@ -50,10 +51,8 @@ def test_browser_signs_in_and_sees_the_model(llama_stack: Stack, tmp_path_factor
             page.wait_for_url("**/", timeout=60_000)
             # A fresh account is greeted with the release notes: close them as a person would.
             notes = page.get_by_text("Okay, Let's Go!")
-            try:
+            with contextlib.suppress(playwright.TimeoutError):
                 notes.click(timeout=10_000)
-            except playwright.TimeoutError:
-                pass
             # The chat page's model selector names the served model (DEFAULT_MODELS in compose).
             selector = page.get_by_text(MODEL_ID).first
             selector.wait_for(state="visible", timeout=60_000)

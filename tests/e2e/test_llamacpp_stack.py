@@ -211,3 +211,11 @@ def test_a_failing_stage_names_itself_and_shows_the_log(engine: dict[str, str], 
     finally:
         deploykit("down", "--dir", str(stack.dir), "--volumes", "--yes", env=stack.env)
         remove_by_label(f"org.deploykit.stack={stack.project}")
+
+
+def test_smoke_checks_pass_on_llamacpp(llama_stack: Stack) -> None:
+    result = deploykit("smoke", "--dir", str(llama_stack.dir), "--json", env=llama_stack.env)
+    assert result.code == 0, result.out + result.err
+    checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
+    assert checks["structured output (json_schema)"]["status"] == "pass"
+    assert checks["tool calling"]["status"] == "skip"

@@ -149,9 +149,7 @@ def test_nothing_fits_is_a_clear_refusal(tmp_path: Path) -> None:
         "[profiles.tiny-board]\n[profiles.tiny-board.cpu]\narch = 'aarch64'\nphysical_cores = 4\nlogical_cores = 4\n"
         "[profiles.tiny-board.memory]\ntotal_gib = 4\n"
     )
-    result = run(
-        "--profiles-file", str(profiles), "plan", "-p", "tiny-board", "--model", "deepseek-r1-distill-qwen-7b"
-    )
+    result = run("--profiles-file", str(profiles), "plan", "-p", "tiny-board", "--model", "deepseek-r1-distill-qwen-7b")
     assert result.exit_code == 5
     assert "needs" in result.output and "tiny-board has" in result.output
     assert "--model deepseek-r1-distill-qwen-1.5b" in result.output

@@ -232,12 +232,8 @@ def test_nvml_failing_falls_back_to_nvidia_smi() -> None:
 
 
 def test_driver_not_loaded_is_a_cpu_host_that_says_why(tmp_path: Path) -> None:
-    runner = runner_replaying(
-        dict([recorded(NVIDIA_SMI_XML_ARGS, DRIVER_NOT_LOADED, DRIVER_NOT_LOADED_EXIT)])
-    )
-    host = detect_host(
-        model_cache=tmp_path, runner=runner, nvml=nvml_failing(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
-    )
+    runner = runner_replaying(dict([recorded(NVIDIA_SMI_XML_ARGS, DRIVER_NOT_LOADED, DRIVER_NOT_LOADED_EXIT)]))
+    host = detect_host(model_cache=tmp_path, runner=runner, nvml=nvml_failing(pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
     assert host.gpus == ()
     assert host.gpu_probe == "none"
     assert host.gpu_probe_error is not None

@@ -38,9 +38,7 @@ def plan_for(profile: str, model: str = R1_15B, **settings: object):
         ("cpu", R1_7B, "llamacpp", "cpu", "Q4_K_M", 0),
     ],
 )
-def test_plan_table(
-    profile: str, model: str, backend: str, device: str, quant: str, gpu_layers: int | None
-) -> None:
+def test_plan_table(profile: str, model: str, backend: str, device: str, quant: str, gpu_layers: int | None) -> None:
     plan = plan_for(profile, model)
     assert (plan.backend, plan.device, plan.quantization, plan.gpu_layers) == (
         backend,

@@ -53,9 +53,7 @@ def test_reference_stacks_are_current(profile: str) -> None:
     for name, text in app.reference_stack(profile).items():
         path = ROOT / "compose" / profile / name
         assert path.is_file(), f"{path} missing: run `make reference`"
-        assert path.read_text(encoding="utf-8") == text, (
-            f"{path} is stale: run `make reference` and review the diff"
-        )
+        assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run `make reference` and review the diff"
 
 
 @pytest.mark.parametrize("value", HOSTILE)
