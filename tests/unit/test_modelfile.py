@@ -1,0 +1,53 @@
+"""Model numbers read from files: a GGUF header and a Hugging Face config.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploykit.catalog import builtin_models, find_model
+from deploykit.errors import UsageError
+from deploykit.modelfile import read_gguf, read_hf_dir, read_model_path, spec_from_hf_config
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SHAPE = ("layers", "hidden_size", "intermediate_size", "attention_heads", "kv_heads", "head_dim", "vocab_size")
+
+
+def test_hf_config_gives_the_catalog_numbers() -> None:
+    spec, weights = read_hf_dir(FIXTURES / "hf" / "smollm2-135m-instruct-fp16")
+    catalog = find_model("smollm2-135m-instruct", builtin_models())
+    assert {k: getattr(spec, k) for k in SHAPE} == {k: getattr(catalog, k) for k in SHAPE}
+    assert spec.max_context == 8192 and spec.torch_dtype == "float16" and spec.architecture == "llama"
+    assert weights.format == "hf"
+    # No safetensors beside the fixture: the parameter count is estimated from the shapes, within 2 %.
+    assert abs(spec.params - catalog.params) / catalog.params < 0.02
+    assert spec.kv_bytes_per_token() == catalog.kv_bytes_per_token()
+
+
+def test_hf_config_without_llm_fields_is_refused() -> None:
+    with pytest.raises(UsageError, match="decoder-only"):
+        spec_from_hf_config({"model_type": "bert"}, "x", "x")
+
+
+def test_gguf_header() -> None:
+    spec, weights = read_gguf(FIXTURES / "gguf" / "tiny.gguf")
+    assert (spec.layers, spec.hidden_size, spec.attention_heads, spec.kv_heads) == (2, 64, 4, 2)
+    assert spec.head_dim == 16 and spec.max_context == 2048 and spec.vocab_size == 256
+    assert weights.format == "gguf" and weights.quant == "F16"
+    assert weights.non_layer_bytes == 2 * 256 * 64 * 2  # token embedding + output head, f16
+
+
+def test_directory_without_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no config.json"):
+        read_model_path(tmp_path)
+
+
+def test_broken_config_json_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(UsageError, match="not readable JSON"):
+        read_hf_dir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(UsageError):
+        read_hf_dir(tmp_path)
