@@ -12,10 +12,12 @@ set -euo pipefail
 declare -A TARGET_SCRIPTS=(
     [engine]="engine.sh"
     [images]="image-llamacpp.sh image-openwebui.sh"
+    [images-vllm]="image-vllm.sh"
     [model]="model-smollm2.sh"
+    [model-fp16]="model-smollm2-fp16.sh"
     [browser]="browser.sh"
 )
-ALL_TARGETS=(engine images model browser)
+ALL_TARGETS=(engine images images-vllm model model-fp16 browser)
 MIN_FREE_GB="${DEPLOYKIT_MIN_FREE_GB:-12}"
 
 usage() {

@@ -40,7 +40,7 @@ def test_gguf_header() -> None:
 
 
 def test_directory_without_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="no config.json"):
+    with pytest.raises(UsageError, match=r"no config\.json"):
         read_model_path(tmp_path)
 
 
