@@ -85,30 +85,56 @@ def model_options(fn: F) -> F:
     return fn
 
 
-def plan_options(fn: F) -> F:
-    fn = model_options(fn)
-    fn = click.option(
-        "--backend",
-        type=click.Choice(["vllm", "llamacpp"]),
-        help="Force a backend instead of letting the planner choose.",
-    )(fn)
-    fn = click.option(
-        "--context", "max_context", type=int, metavar="TOKENS", help="Context length cap [default: 4096]."
-    )(fn)
-    fn = click.option(
-        "--host",
-        "host_file",
-        type=click.Path(),
-        help="A host profile saved with `deploykit detect --json`, to plan a machine from elsewhere.",
-    )(fn)
-    fn = click.option(
-        "--profile",
-        "-p",
-        default="auto",
+def plan_options(profile_default: str | None = "auto") -> Callable[[F], F]:
+    """--profile, --host, --context, --backend and the model options, shared by plan, render and up."""
+
+    def decorate(fn: F) -> F:
+        fn = model_options(fn)
+        fn = click.option(
+            "--backend",
+            type=click.Choice(["vllm", "llamacpp"]),
+            help="Force a backend instead of letting the planner choose.",
+        )(fn)
+        fn = click.option(
+            "--context", "max_context", type=int, metavar="TOKENS", help="Context length cap [default: 4096]."
+        )(fn)
+        fn = click.option(
+            "--host",
+            "host_file",
+            type=click.Path(),
+            help="A host profile saved with `deploykit detect --json`, to plan a machine from elsewhere.",
+        )(fn)
+        fn = click.option(
+            "--profile",
+            "-p",
+            default=profile_default,
+            show_default=profile_default is not None,
+            help="Hardware profile: a built-in (see `deploykit profiles`), a user profile, or auto (this host)."
+            + ("" if profile_default else " [default: the stack's, else auto]"),
+        )(fn)
+        return fn
+
+    return decorate
+
+
+def stack_dir_option(default: str = "deploykit-stack") -> Callable[[F], F]:
+    return click.option(
+        "--dir",
+        "stack_dir",
+        type=click.Path(file_okay=False),
+        default=default,
         show_default=True,
-        help="Hardware profile: a built-in (see `deploykit profiles`), a user profile, or auto (this host).",
-    )(fn)
-    return fn
+        help="Stack directory.",
+    )
+
+
+image_option = click.option(
+    "--image",
+    "images",
+    multiple=True,
+    metavar="SERVICE=REF",
+    help="Use another image for a service (inference, open-webui); repeatable.",
+)
 
 
 @click.group(cls=DeployKitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -177,7 +203,7 @@ def models(as_json: bool) -> None:
 
 
 @cli.command()
-@plan_options
+@plan_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
 def plan(
@@ -204,22 +230,9 @@ def plan(
 
 
 @cli.command()
-@plan_options
-@click.option(
-    "--dir",
-    "stack_dir",
-    type=click.Path(file_okay=False),
-    default="deploykit-stack",
-    show_default=True,
-    help="Stack directory to write.",
-)
-@click.option(
-    "--image",
-    "images",
-    multiple=True,
-    metavar="SERVICE=REF",
-    help="Use another image for a service (inference, open-webui); repeatable.",
-)
+@plan_options()
+@stack_dir_option()
+@image_option
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.pass_context
 def render(
@@ -264,17 +277,6 @@ def render(
         output.show_rendered(result)
 
 
-def stack_dir_option(default: str = "deploykit-stack") -> Callable[[F], F]:
-    return click.option(
-        "--dir",
-        "stack_dir",
-        type=click.Path(file_okay=False),
-        default=default,
-        show_default=True,
-        help="Stack directory.",
-    )
-
-
 def _stack(ctx: click.Context, stack_dir: str) -> Any:
     from pathlib import Path
 
@@ -284,12 +286,8 @@ def _stack(ctx: click.Context, stack_dir: str) -> Any:
 
 
 @cli.command()
-@click.option("--profile", "-p", default=None, help="Hardware profile [default: the stack's, else auto].")
-@click.option("--host", "host_file", type=click.Path(), help="A host profile saved with `deploykit detect --json`.")
-@click.option("--context", "max_context", type=int, metavar="TOKENS", help="Context length cap [default: 4096].")
-@click.option("--backend", type=click.Choice(["vllm", "llamacpp"]), help="Force a backend.")
-@model_options
-@click.option("--image", "images", multiple=True, metavar="SERVICE=REF", help="Image override; repeatable.")
+@plan_options(profile_default=None)
+@image_option
 @stack_dir_option()
 @click.option(
     "--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long [default: from the plan]."
@@ -360,14 +358,10 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 @click.pass_context
 def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, tail: int) -> None:
     """Show the stack's logs (one service, or both)."""
-    import os
-
     from deploykit.proc import run_attached
 
-    stack = _stack(ctx, stack_dir)
-    docker_host = _settings(ctx).docker_host
-    env = dict(os.environ) | ({"DOCKER_HOST": docker_host} if docker_host else {})
-    sys.exit(run_attached(stack.engine_stack(docker_host).logs_command(service, tail, follow), env=env))
+    engine_stack = _stack(ctx, stack_dir).engine_stack(_settings(ctx).docker_host)
+    sys.exit(run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env()))
 
 
 @cli.command()

@@ -115,21 +115,25 @@ class Stack:
         self.runner = runner
 
     def _compose(self, *args: str, timeout: float | None = 900) -> Completed:
-        env = dict(os.environ)
-        if self.docker_host:
-            env["DOCKER_HOST"] = self.docker_host
-        cmd = [
+        return self.runner(self.compose_command(*args), timeout=timeout, env=self.env())
+
+    def env(self) -> dict[str, str]:
+        """The environment for compose: this stack's engine, whatever DOCKER_HOST the shell has."""
+        return dict(os.environ) | ({"DOCKER_HOST": self.docker_host} if self.docker_host else {})
+
+    def compose_command(self, *args: str) -> list[str]:
+        stack_file = str(self.stack_dir / "compose.yaml")
+        return [
             "docker",
             "compose",
             "--project-directory",
             str(self.stack_dir),
             "-f",
-            str(self.stack_dir / "compose.yaml"),
+            stack_file,
             "-p",
             self.project,
             *args,
         ]
-        return self.runner(cmd, timeout=timeout, env=env)
 
     def _check(self, result: Completed, what: str) -> Completed:
         if not result.ok:

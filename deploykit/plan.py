@@ -249,25 +249,18 @@ def _plan_vllm_gpu(
     ]
     if len(host.gpus) > 1:
         reasons.append(f"{len(host.gpus)} GPUs found; the plan uses the largest one and leaves the others free.")
-    return DeploymentPlan(
-        profile=host.name,
-        model_id=model.id,
-        model_name=model.name,
+    return _make_plan(
+        host,
+        model,
+        settings,
         backend="vllm",
         device="cuda",
         quantization="bf16" if bf16 else "fp16",
         dtype=dtype,
-        context_length=ctx,
-        parallel=settings.parallel,
-        gpu_layers=None,
-        total_layers=model.layers,
-        threads=_threads(host),
+        ctx=ctx,
         gpu_memory_utilization=util,
-        cpu_kv_cache_bytes=None,
-        flash_attention=None,
-        reasoning_parser=model.reasoning,
-        gpu_count=1,
-        gpu_index=gpu.index,
+        weights_bytes=weight_bytes,
+        reasons=reasons,
         memory=MemoryBreakdown(
             weights_bytes=weight_bytes,
             kv_cache_bytes=kv,
@@ -276,8 +269,6 @@ def _plan_vllm_gpu(
             budget_bytes=budget,
             budget_kind="vram",
         ),
-        startup_seconds=_startup_seconds(weight_bytes, "vllm", "cuda"),
-        reasons=tuple(reasons),
     )
 
 
@@ -328,25 +319,18 @@ def _plan_vllm_cpu(
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
         f"{_threads(host)} OpenMP threads, one per physical core.",
     ]
-    return DeploymentPlan(
-        profile=host.name,
-        model_id=model.id,
-        model_name=model.name,
+    return _make_plan(
+        host,
+        model,
+        settings,
         backend="vllm",
         device="cpu",
         quantization="bf16" if bf16 else "fp32",
         dtype=dtype,
-        context_length=ctx,
-        parallel=settings.parallel,
-        gpu_layers=None,
-        total_layers=model.layers,
-        threads=_threads(host),
-        gpu_memory_utilization=None,
+        ctx=ctx,
         cpu_kv_cache_bytes=kv_space,
-        flash_attention=None,
-        reasoning_parser=model.reasoning,
-        gpu_count=0,
-        gpu_index=None,
+        weights_bytes=weight_bytes,
+        reasons=reasons,
         memory=MemoryBreakdown(
             weights_bytes=weight_bytes,
             kv_cache_bytes=kv_space,
@@ -355,46 +339,49 @@ def _plan_vllm_cpu(
             budget_bytes=budget,
             budget_kind="ram",
         ),
-        startup_seconds=_startup_seconds(weight_bytes, "vllm", "cpu"),
-        reasons=tuple(reasons),
     )
 
 
-def _llamacpp_plan(
+def _make_plan(
     host: HostProfile,
     model: ModelSpec,
-    quant: str,
+    settings: PlanSettings,
     *,
+    backend: Backend,
     device: Literal["cuda", "cpu"],
+    quantization: str,
     ctx: int,
-    gpu_layers: int | None,
-    flash_attention: bool,
     memory: MemoryBreakdown,
     weights_bytes: int,
     reasons: list[str],
-    settings: PlanSettings,
+    dtype: str | None = None,
+    gpu_layers: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    cpu_kv_cache_bytes: int | None = None,
+    flash_attention: bool | None = None,
 ) -> DeploymentPlan:
+    """The fields every plan fills the same way, around what the backend decided."""
     return DeploymentPlan(
         profile=host.name,
         model_id=model.id,
         model_name=model.name,
-        backend="llamacpp",
+        backend=backend,
         device=device,
-        quantization=quant,
-        dtype=None,
+        quantization=quantization,
+        dtype=dtype,
         context_length=ctx,
         parallel=settings.parallel,
         gpu_layers=gpu_layers,
         total_layers=model.layers,
         threads=_threads(host),
-        gpu_memory_utilization=None,
-        cpu_kv_cache_bytes=None,
+        gpu_memory_utilization=gpu_memory_utilization,
+        cpu_kv_cache_bytes=cpu_kv_cache_bytes,
         flash_attention=flash_attention,
         reasoning_parser=model.reasoning,
         gpu_count=1 if device == "cuda" else 0,
         gpu_index=_best_gpu(host).index if device == "cuda" else None,
         memory=memory,
-        startup_seconds=_startup_seconds(weights_bytes, "llamacpp", device),
+        startup_seconds=_startup_seconds(weights_bytes, backend, device),
         reasons=tuple(reasons),
     )
 
@@ -431,17 +418,18 @@ def _plan_llamacpp_gpu(
             if flash
             else "Flash attention left to llama.cpp's judgement on this older GPU.",
         ]
-        return _llamacpp_plan(
+        return _make_plan(
             host,
             model,
-            quant,
+            settings,
+            backend="llamacpp",
             device="cuda",
+            quantization=quant,
             ctx=ctx,
             gpu_layers=model.layers,
             flash_attention=flash,
             weights_bytes=size,
             reasons=reasons,
-            settings=settings,
             memory=MemoryBreakdown(
                 weights_bytes=size,
                 kv_cache_bytes=kv,
@@ -479,17 +467,18 @@ def _plan_llamacpp_gpu(
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
         "Expect roughly CPU speed: each token still passes through the layers in RAM.",
     ]
-    return _llamacpp_plan(
+    return _make_plan(
         host,
         model,
-        quant,
+        settings,
+        backend="llamacpp",
         device="cuda",
+        quantization=quant,
         ctx=ctx,
         gpu_layers=layers_on_gpu,
         flash_attention=flash,
         weights_bytes=size,
         reasons=reasons,
-        settings=settings,
         memory=MemoryBreakdown(
             weights_bytes=gpu_weights,
             kv_cache_bytes=gpu_kv,
@@ -527,17 +516,18 @@ def _plan_llamacpp_cpu(
         f"{_threads(host)} threads, one per physical core"
         + (" (AVX-512 kernels)." if "avx512f" in host.cpu.flags else "."),
     ]
-    return _llamacpp_plan(
+    return _make_plan(
         host,
         model,
-        quant,
+        settings,
+        backend="llamacpp",
         device="cpu",
+        quantization=quant,
         ctx=ctx,
         gpu_layers=0,
         flash_attention=True,
         weights_bytes=size,
         reasons=reasons,
-        settings=settings,
         memory=MemoryBreakdown(
             weights_bytes=size,
             kv_cache_bytes=kv,
