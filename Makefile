@@ -65,6 +65,8 @@ reference: venv  ## re-render compose/<profile>/ for every built-in profile
 
 bench: venv  ## benchmarks: figures side by side with their baselines
 	$(BIN)/python benchmarks/cli_startup.py
+	@if [ -f "$(DIR)/plan.json" ]; then $(BIN)/python benchmarks/memory_estimate.py "$(DIR)"; \
+	else echo "memory_estimate: no running stack in $(DIR) (make demo first)"; fi
 
 clean:  ## remove the venv and build outputs (not images, volumes or the model cache)
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -43,8 +43,10 @@ VLLM_MAX_SEQS = 256
 # What llama.cpp's CUDA backend holds besides buffers: context + cuBLAS.
 LLAMACPP_CUDA_RUNTIME_BYTES = 320 * MiB
 LLAMACPP_UBATCH = 512
-# Process, tokenizer and HTTP server of the inference container, on the CPU side.
-CPU_RUNTIME_BYTES = 256 * MiB
+# llama-server's own process (binary, threads, HTTP server) besides its buffers, on the CPU side.
+CPU_RUNTIME_BYTES = 64 * MiB
+# vLLM's CPU build: Python, PyTorch, the tokenizer and the API server process, before any tensor.
+VLLM_CPU_RUNTIME_BYTES = 1024 * MiB
 # Open WebUI's Python process beside the model, and the OS: not ours to spend on KV cache.
 WEBUI_AND_OS_RESERVE_BYTES = 2 * GiB
 # Default share of VRAM handed to the server; the rest covers fragmentation and the desktop.
@@ -186,7 +188,7 @@ def _vllm_overhead(model: ModelSpec, device: Literal["cuda", "cpu"]) -> int:
     inter = model.intermediate_size or 4 * model.hidden_size
     activations = VLLM_MAX_BATCHED_TOKENS * (model.hidden_size * 4 + inter * 2) * 2
     sampler = VLLM_MAX_SEQS * model.vocab_size * 4
-    runtime = VLLM_GPU_RUNTIME_BYTES if device == "cuda" else CPU_RUNTIME_BYTES * 4
+    runtime = VLLM_GPU_RUNTIME_BYTES if device == "cuda" else VLLM_CPU_RUNTIME_BYTES
     return runtime + activations + sampler
 
 
