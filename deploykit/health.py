@@ -147,7 +147,9 @@ def answer_text(data: dict[str, Any]) -> str:
 
 
 def probe_chat(client: httpx.Client, path: str, model_id: str) -> str:
-    text = answer_text(chat_once(client, path, model_id, "Say hello in one short sentence.", max_tokens=32))
+    # Greedy decoding: a health probe should not depend on a tiny model's luck at temperature 1.
+    data = chat_once(client, path, model_id, "Say hello in one short sentence.", max_tokens=32, temperature=0)
+    text = answer_text(data)
     if not text:
         raise NotReady("the model answered with no text")
     return f"answered: {text[:60]!r}"
@@ -214,6 +216,7 @@ def probe_structured_output(client: httpx.Client, path: str, model_id: str) -> s
         model_id,
         "Invent a person. Reply with JSON only.",
         max_tokens=96,
+        temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA}},
     )
     _, text = split_answer(data)

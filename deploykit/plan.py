@@ -319,7 +319,8 @@ def _plan_vllm_cpu(
         ),
         f"VLLM_CPU_KVCACHE_SPACE={kv_space // GiB} GiB holds {ctx} tokens × {settings.parallel} sequence(s).",
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
-        f"{_threads(host)} OpenMP threads, one per physical core.",
+        f"{_threads(host)} physical cores: vLLM binds one OpenMP thread to each and keeps one core for its API "
+        "server (VLLM_CPU_OMP_THREADS_BIND=auto).",
     ]
     return _make_plan(
         host,
