@@ -177,7 +177,8 @@ def split_answer(data: dict[str, Any]) -> tuple[str, str]:
 # A small schema with a string and an integer: enough to tell grammar-constrained output from luck.
 PERSON_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    # A length bound keeps a tiny model from rambling inside the string until max_tokens cuts the JSON.
+    "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"}},
     "required": ["name", "age"],
 }
 
@@ -196,6 +197,8 @@ def schema_errors(value: object, schema: dict[str, Any]) -> list[str]:
     if (expected and not isinstance(value, kinds[expected])) or (expected == "integer" and isinstance(value, bool)):
         return [f"expected {expected}, got {type(value).__name__}"]
     errors = []
+    if isinstance(value, str) and len(value) > schema.get("maxLength", len(value)):
+        errors.append(f"string longer than {schema['maxLength']}")
     if isinstance(value, dict):
         for key in schema.get("required", []):
             if key not in value:

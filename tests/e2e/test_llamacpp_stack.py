@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -219,3 +220,14 @@ def test_smoke_checks_pass_on_llamacpp(llama_stack: Stack) -> None:
     checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
     assert checks["structured output (json_schema)"]["status"] == "pass"
     assert checks["tool calling"]["status"] == "skip"
+
+
+def test_restart_inference_comes_back(llama_stack: Stack) -> None:
+    assert deploykit("restart", "inference", "--dir", str(llama_stack.dir), env=llama_stack.env).code == 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = deploykit("status", "--dir", str(llama_stack.dir), "--json", env=llama_stack.env)
+        if status.code == 0:
+            break
+        time.sleep(2)
+    assert json.loads(status.out)["healthy"] is True

@@ -194,3 +194,19 @@ def test_model_file_gguf(tmp_path: Path) -> None:
     junk.write_bytes(b"not a gguf at all")
     result = run("plan", "-p", "cpu", "--model-file", str(junk))
     assert result.exit_code == 2 and "GGUF" in result.output
+
+
+def test_down_volumes_without_a_terminal_asks_for_yes(tmp_path: Path) -> None:
+    stack = tmp_path / "stack"
+    assert run("render", "-p", "cpu", "--dir", str(stack)).exit_code == 0
+    result = run("down", "--dir", str(stack), "--volumes")
+    assert result.exit_code == 2
+    assert "--yes" in result.output
+    assert sorted(p.name for p in stack.iterdir()) == [".env", "compose.yaml", "plan.json"]
+
+
+def test_stack_commands_name_a_missing_stack(tmp_path: Path) -> None:
+    for command in (["status"], ["chat", "hi"], ["down"], ["logs"], ["smoke"]):
+        result = run(*command, "--dir", str(tmp_path / "nothing"))
+        assert result.exit_code == 3, command
+        assert "no deploykit stack" in result.output

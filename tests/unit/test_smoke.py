@@ -68,6 +68,7 @@ def test_plain_answer_has_no_reasoning() -> None:
         ({"name": "Ava", "age": "23"}, False),
         ({"name": "Ava", "age": True}, False),
         (["Ava", 23], False),
+        ({"name": "A" * 41, "age": 1}, False),
     ],
 )
 def test_schema_check(value: object, ok: bool) -> None:
