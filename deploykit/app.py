@@ -196,6 +196,7 @@ def new_secrets(admin_email: str) -> dict[str, str]:
         "WEBUI_SECRET_KEY": secrets_mod.token_urlsafe(48),
         "DEPLOYKIT_ADMIN_EMAIL": admin_email,
         "DEPLOYKIT_ADMIN_PASSWORD": secrets_mod.token_urlsafe(18),
+        "DEPLOYKIT_STACK_ID": secrets_mod.token_hex(8),
     }
 
 
@@ -346,6 +347,7 @@ REFERENCE_SECRETS = {
     "WEBUI_SECRET_KEY": "change-me-webui-secret",
     "DEPLOYKIT_ADMIN_EMAIL": "admin@deploykit.local",
     "DEPLOYKIT_ADMIN_PASSWORD": "change-me-admin-password",
+    "DEPLOYKIT_STACK_ID": "change-me-stack-id",
 }
 
 

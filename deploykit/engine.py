@@ -218,6 +218,22 @@ class Stack:
             return ""
 
 
+def project_owners(docker_host: str | None, project: str) -> dict[str, str]:
+    """Stack ids found on the containers and volumes of ``project``, with where each came from."""
+    c = client(docker_host)
+    label = f"com.docker.compose.project={project}"
+    owners: dict[str, str] = {}
+    for ctr in c.containers.list(all=True, filters={"label": label}):
+        stack_id = ctr.labels.get("org.deploykit.stack-id")
+        if stack_id:
+            owners[stack_id] = ctr.labels.get("com.docker.compose.project.working_dir", "an unknown directory")
+    for vol in c.volumes.list(filters={"label": label}):
+        stack_id = (vol.attrs.get("Labels") or {}).get("org.deploykit.stack-id")
+        if stack_id:
+            owners.setdefault(stack_id, f"volume {vol.name}")
+    return owners
+
+
 def image_present(docker_host: str | None, ref: str) -> bool:
     import docker.errors
 

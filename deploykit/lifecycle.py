@@ -118,6 +118,16 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     if not probe.reachable:
         raise engine.engine_error(docker_host, Exception(probe.error or "unreachable"))
     engine.require_compose_v2()
+    stack_id = stack.secrets.get("DEPLOYKIT_STACK_ID")
+    others = {k: v for k, v in engine.project_owners(docker_host, stack.spec.project).items() if k != stack_id}
+    if others:
+        where = next(iter(others.values()))
+        raise PreflightError(
+            f"the compose project '{stack.spec.project}' already belongs to another stack ({where}); its volume "
+            "holds that stack's accounts and chats.",
+            "Give this stack a directory with another name (the project is named after it), or remove the other "
+            "one with `deploykit down --volumes` in its directory if it is expendable.",
+        )
     plan = stack.spec.plan
     if plan.device == "cuda" and not probe.nvidia_runtime:
         raise PreflightError(

@@ -26,7 +26,15 @@ from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan
 
 STACK_FILES = ("compose.yaml", ".env", "plan.json")
-SECRET_KEYS = ("INFERENCE_API_KEY", "WEBUI_SECRET_KEY", "DEPLOYKIT_ADMIN_EMAIL", "DEPLOYKIT_ADMIN_PASSWORD")
+# DEPLOYKIT_STACK_ID is no secret: it tells this stack's containers and volume from another stack's
+# that happens to share the project name (a directory of the same name elsewhere).
+SECRET_KEYS = (
+    "INFERENCE_API_KEY",
+    "WEBUI_SECRET_KEY",
+    "DEPLOYKIT_ADMIN_EMAIL",
+    "DEPLOYKIT_ADMIN_PASSWORD",
+    "DEPLOYKIT_STACK_ID",
+)
 GiB = 1024**3
 
 

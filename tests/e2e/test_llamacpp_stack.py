@@ -231,3 +231,31 @@ def test_restart_inference_comes_back(llama_stack: Stack) -> None:
             break
         time.sleep(2)
     assert json.loads(status.out)["healthy"] is True
+
+
+def test_a_same_named_stack_elsewhere_is_refused(llama_stack: Stack, engine: dict[str, str], tmp_path: Path) -> None:
+    # Compose names projects after the directory: a second "e2e-llama" elsewhere must not take over
+    # the first one's containers and volume (its accounts and chats).
+    twin = make_stack(tmp_path, llama_stack.dir.name, 57860, 57861)
+    before = container_ids(llama_stack)
+    result = deploykit(
+        "up",
+        "--profile",
+        "cpu",
+        "--model",
+        MODEL_ID,
+        "--model-file",
+        str(GGUF),
+        "--image",
+        f"inference={engine['LLAMACPP_IMAGE']}",
+        "--image",
+        f"open-webui={engine['OPENWEBUI_IMAGE']}",
+        "--dir",
+        str(twin.dir),
+        env=twin.env,
+    )
+    assert result.code == 7, result.err
+    assert "already belongs to another stack" in result.err
+    assert str(llama_stack.dir) in result.err
+    assert container_ids(llama_stack) == before
+    assert not twin.dir.exists()

@@ -20,9 +20,22 @@ def vllm_stack(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     stack = make_stack(tmp_path_factory.mktemp("stacks"), "e2e-vllm", 47860, 47861)
     remove_by_label(f"org.deploykit.stack={stack.project}")
     result = deploykit(
-        "up", "--profile", "cpu-vllm", "--model", MODEL_ID, "--model-file", str(FP16_DIR),
-        "--image", f"inference={engine['VLLM_CPU_IMAGE']}", "--image", f"open-webui={engine['OPENWEBUI_IMAGE']}",
-        "--dir", str(stack.dir), "--json", env=stack.env, timeout=1200,
+        "up",
+        "--profile",
+        "cpu-vllm",
+        "--model",
+        MODEL_ID,
+        "--model-file",
+        str(FP16_DIR),
+        "--image",
+        f"inference={engine['VLLM_CPU_IMAGE']}",
+        "--image",
+        f"open-webui={engine['OPENWEBUI_IMAGE']}",
+        "--dir",
+        str(stack.dir),
+        "--json",
+        env=stack.env,
+        timeout=1200,
     )
     stack.up_result = result  # type: ignore[attr-defined]
     try:
