@@ -45,8 +45,10 @@ LLAMACPP_CUDA_RUNTIME_BYTES = 320 * MiB
 LLAMACPP_UBATCH = 512
 # llama-server's own process (binary, threads, HTTP server) besides its buffers, on the CPU side.
 CPU_RUNTIME_BYTES = 64 * MiB
-# vLLM's CPU build: Python, PyTorch, the tokenizer and the API server process, before any tensor.
-VLLM_CPU_RUNTIME_BYTES = 1024 * MiB
+# vLLM's CPU build: two Python processes (API server, engine core), each with PyTorch loaded, and the
+# inductor-compiled kernels. Measured (benchmarks/memory_estimate.py, vllm-cpu 0.32.0, SmolLM2-135M,
+# 2026-11-28): 3651 MiB in all, of which 2370 MiB beside weights and KV cache space.
+VLLM_CPU_RUNTIME_BYTES = 2432 * MiB
 # Open WebUI's Python process beside the model, and the OS: not ours to spend on KV cache.
 WEBUI_AND_OS_RESERVE_BYTES = 2 * GiB
 # Default share of VRAM handed to the server; the rest covers fragmentation and the desktop.
