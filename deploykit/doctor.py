@@ -13,7 +13,7 @@ from deploykit.plan import gib
 
 Status = Literal["pass", "warn", "fail"]
 # The CUDA runtime the pinned GPU images are built against; the host driver must support at least this.
-IMAGE_CUDA = {"vllm": (12, 8), "llamacpp": (12, 4)}
+IMAGE_CUDA = {"vllm": (12, 9), "llamacpp": (12, 4)}
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,8 @@ class Images(BaseModel):
 
     llama_server: str = Field("ghcr.io/ggml-org/llama.cpp:server-b9603", pattern=IMAGE_REF)
     llama_server_cuda: str = Field("ghcr.io/ggml-org/llama.cpp:server-cuda12-b9603", pattern=IMAGE_REF)
-    vllm: str = Field("vllm/vllm-openai:v0.11.0", pattern=IMAGE_REF)
-    vllm_cpu: str = Field("public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0", pattern=IMAGE_REF)
+    vllm: str = Field("vllm/vllm-openai:v0.17.1", pattern=IMAGE_REF)
+    vllm_cpu: str = Field("public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.17.1", pattern=IMAGE_REF)
     open_webui: str = Field("ghcr.io/open-webui/open-webui:v0.12.4", pattern=IMAGE_REF)
 
     @field_validator("*")
