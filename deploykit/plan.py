@@ -177,10 +177,17 @@ def _gguf_size(model: ModelSpec, weights: LocalWeights | None) -> tuple[int, int
     return size, min(non_layer, size // 2), model.gguf.quant
 
 
-def _llamacpp_overhead(model: ModelSpec, ctx: int, flash_attention: bool) -> int:
-    # Compute buffer: logits for one micro-batch, activations, and (without flash attention)
-    # the attention score matrix.
-    compute = LLAMACPP_UBATCH * model.vocab_size * 4 + LLAMACPP_UBATCH * model.hidden_size * 4 * 8
+def _llamacpp_overhead(model: ModelSpec, ctx: int, flash_attention: bool, device: str) -> int:
+    """llama.cpp's compute buffer: activations of one micro-batch, logits, and without flash attention
+    the attention scores.
+
+    On the CPU, llama-server reserved 18.6 MiB of compute buffer and 0.2 MiB of logits for SmolLM2-135M
+    (hidden 576, ubatch 512, b11669, measured 2026-11-28): 16 floats of activation per hidden unit and
+    token, logits for the one output row. On CUDA, unmeasured here, the logits of a whole micro-batch
+    are counted as well, to stay on the safe side.
+    """
+    compute = LLAMACPP_UBATCH * model.hidden_size * 4 * 16
+    compute += (LLAMACPP_UBATCH if device == "cuda" else 1) * model.vocab_size * 4
     if not flash_attention:
         compute += LLAMACPP_UBATCH * ctx * model.attention_heads * 4
     return compute
@@ -408,11 +415,11 @@ def _plan_llamacpp_gpu(
     flash = cc is None or cc >= (7, 0)
 
     # Full offload: every layer and the output head on the GPU.
-    fixed = size + LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, cap, flash)
+    fixed = size + LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, cap, flash, "cuda")
     ctx = _fit_context(fixed, per_token, budget, cap)
     if ctx >= min(LLAMACPP_MIN_CONTEXT, cap):
         kv = per_token * ctx
-        overhead = LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, flash)
+        overhead = LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, flash, "cuda")
         total = size + kv + overhead
         reasons = [
             f"GGUF {quant} ({gib(size)}) with all {model.layers} layers on the {gpu.name}: {gib(size)} weights "
@@ -447,7 +454,7 @@ def _plan_llamacpp_gpu(
 
     # Partial offload: the context the user asked for, as many repeating layers as fit.
     ctx = cap
-    overhead = LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, flash)
+    overhead = LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, flash, "cuda")
     per_layer = layer_bytes + per_token * ctx / model.layers
     room = budget - overhead
     layers_on_gpu = max(0, min(model.layers - 1, int(room // per_layer))) if room > 0 else 0
@@ -506,13 +513,13 @@ def _plan_llamacpp_cpu(
     budget = _ram_budget(host)
     cap = _context_cap(model, settings)
     per_token = model.kv_bytes_per_token() * settings.parallel
-    fixed = size + CPU_RUNTIME_BYTES + _llamacpp_overhead(model, cap, True)
+    fixed = size + CPU_RUNTIME_BYTES + _llamacpp_overhead(model, cap, True, "cpu")
     ctx = _fit_context(fixed, per_token, budget, cap)
     if ctx < min(CPU_MIN_CONTEXT, cap):
         need = fixed + per_token * min(CPU_MIN_CONTEXT, cap)
         return NoFit(model.name, need, max(budget, 0), "ram", f"GGUF {quant} on the CPU")
     kv = per_token * ctx
-    overhead = CPU_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, True)
+    overhead = CPU_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, True, "cpu")
     total = size + kv + overhead
     reasons = [
         f"GGUF {quant} on the CPU: {gib(size)} weights + {gib(kv)} KV cache for {ctx} tokens "
