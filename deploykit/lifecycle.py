@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from deploykit import engine, health, webui
-from deploykit.errors import EngineError, HealthError, NotFoundError, PreflightError, UsageError
+from deploykit.errors import HealthError, NotFoundError, PreflightError, UsageError
 from deploykit.host import GiB
 from deploykit.plan import gib
 from deploykit.render import StackSpec, read_secrets
@@ -30,20 +31,6 @@ class Reporter(Protocol):
     def tick(self, elapsed: float, detail: str) -> None: ...
     def done(self, result: health.StageResult) -> None: ...
     def note(self, text: str) -> None: ...
-
-
-class SilentReporter:
-    def stage(self, name: str) -> None:
-        pass
-
-    def tick(self, elapsed: float, detail: str) -> None:
-        pass
-
-    def done(self, result: health.StageResult) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -233,19 +220,18 @@ def _service_for(stage: str) -> str:
     return "inference" if stage.startswith("inference") or stage.startswith("chat") else "open-webui"
 
 
-def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) -> Any:
+def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) -> Callable[[float, str], None]:
     """An on_tick hook that stops waiting as soon as the service's container has died or restarts."""
     es = stack.engine_stack(docker_host)
-    last_check = [-10.0]
+    last_check = -10.0
 
     def check(elapsed: float, detail: str) -> None:
-        if elapsed - last_check[0] < 3:
+        nonlocal last_check
+        if elapsed - last_check < 3:
             return
-        last_check[0] = elapsed
+        last_check = elapsed
         for ctr in es.containers():
-            if ctr.service != service:
-                continue
-            if ctr.state in ("exited", "dead") or ctr.restart_count > 0:
+            if ctr.service == service and (ctr.state in ("exited", "dead") or ctr.restart_count > 0):
                 raise health.StageFailed(
                     f"the {service} container {ctr.state} (exit code {ctr.exit_code}, restarted {ctr.restart_count}×)"
                 )
@@ -261,53 +247,46 @@ def run_stages(stack: LoadedStack, docker_host: str | None, timeout: float, repo
     email = stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", "")
     password = stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
     report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{spec.webui_port}", healthy=False)
-    deadline_budget = [timeout]
-    token: list[str] = []
 
-    inference = health.http_client(stack.inference_url, key)
-    webui_anon = health.http_client(stack.webui_url)
+    with health.http_client(stack.inference_url, key) as inference, health.http_client(stack.webui_url) as ui:
 
-    def webui_authed() -> Any:
-        return health.http_client(stack.webui_url, token[0] if token else None)
+        def admin() -> str:
+            token, created = webui.admin_token(ui, email, password)
+            ui.headers["Authorization"] = f"Bearer {token}"  # later stages act as the admin
+            report.admin_created = created
+            return "admin account created" if created else "signed in as admin"
 
-    def admin() -> str:
-        t, created = webui.admin_token(webui_anon, email, password)
-        token[:] = [t]
-        report.admin_created = created
-        return "admin account created" if created else "signed in as admin"
-
-    stages: list[tuple[str, Any, float]] = [
-        ("inference /health", lambda: health.probe_inference_health(inference), plan.startup_seconds + 60),
-        ("inference /v1/models", lambda: health.probe_served_model(inference, plan.model_id), 60),
-        ("open-webui /health", lambda: health.probe_webui_health(webui_anon), WEBUI_START_SECONDS),
-        ("open-webui admin", admin, 60),
-        ("open-webui model", lambda: health.probe_webui_model(webui_authed(), plan.model_id), 90),
-        (
-            "chat via open-webui",
-            lambda: health.probe_chat(webui_authed(), "/api/chat/completions", plan.model_id),
-            180,
-        ),
-    ]
-    try:
+        stages: list[tuple[str, Callable[[], str], float]] = [
+            ("inference /health", lambda: health.probe_inference_health(inference), plan.startup_seconds + 60),
+            ("inference /v1/models", lambda: health.probe_served_model(inference, plan.model_id), 60),
+            ("open-webui /health", lambda: health.probe_webui_health(ui), WEBUI_START_SECONDS),
+            ("open-webui admin", admin, 60),
+            ("open-webui model", lambda: health.probe_webui_model(ui, plan.model_id), 90),
+            ("chat via open-webui", lambda: health.probe_chat(ui, "/api/chat/completions", plan.model_id), 180),
+        ]
+        budget = timeout
         for name, probe, stage_timeout in stages:
             reporter.stage(name)
-            watch = _container_watch(stack, docker_host, _service_for(name))
+            service = _service_for(name)
+            watch = _container_watch(stack, docker_host, service)
 
-            def tick(elapsed: float, detail: str, watch: Any = watch) -> None:
+            def tick(elapsed: float, detail: str, watch: Callable[[float, str], None] = watch) -> None:
                 reporter.tick(elapsed, detail)
                 watch(elapsed, detail)
 
-            limit = max(5.0, min(stage_timeout, deadline_budget[0]))
+            started = time.monotonic()
             try:
-                ok, seconds, detail = health.wait_until(probe, limit, interval=2.0, on_tick=tick)
+                ok, _, detail = health.wait_until(
+                    probe, max(5.0, min(stage_timeout, budget)), interval=2.0, on_tick=tick
+                )
             except health.StageFailed as exc:
-                ok, seconds, detail = False, 0.0, str(exc)
-            deadline_budget[0] -= seconds
+                ok, detail = False, str(exc)
+            seconds = time.monotonic() - started
+            budget -= seconds
             result = health.StageResult(name, ok, round(seconds, 1), detail)
             report.stages.append(asdict(result))
             reporter.done(result)
             if not ok:
-                service = _service_for(name)
                 tail = stack.engine_stack(docker_host).log_tail(service, 25)
                 raise HealthError(
                     f"stage '{name}' failed after {seconds:.0f} s: {detail}. The stack is left running for inspection.",
@@ -315,12 +294,10 @@ def run_stages(stack: LoadedStack, docker_host: str | None, timeout: float, repo
                     log_tail=f"--- last lines of {service} ---\n{tail}" if tail else "",
                 )
             if name == "inference /v1/models":
+                # The inference server is ready: now start Open WebUI, which waits for it to be healthy.
                 stack.engine_stack(docker_host).up()
             if name == "open-webui admin":
-                report.drift = webui.connection_drift(webui_authed(), stack.webui_internal_api, key)
-    finally:
-        inference.close()
-        webui_anon.close()
+                report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
     report.healthy = True
     report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
     return report
@@ -476,6 +453,3 @@ def ensure_engine(docker_host: str | None) -> None:
     probe = engine.probe_engine(docker_host)
     if not probe.reachable:
         raise engine.engine_error(docker_host, Exception(probe.error or "unreachable"))
-
-
-__all__ = ["EngineError", "LoadedStack", "Reporter", "SilentReporter", "UpReport", "load_stack"]
