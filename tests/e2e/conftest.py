@@ -104,6 +104,19 @@ class Stack:
     env: dict[str, str]
     webui_port: int
     inference_port: int
+    up_result: Result | None = None
+
+    def up(self, images: dict[str, str], *args: str, backend_image: str = "LLAMACPP_IMAGE") -> Result:
+        """`deploykit up` for this stack with the offline images; ``args`` name the profile and model."""
+        return deploykit(
+            "up", *args,
+            "--image", f"inference={images[backend_image]}", "--image", f"open-webui={images['OPENWEBUI_IMAGE']}",
+            "--dir", str(self.dir), env=self.env, timeout=1200,
+        )  # fmt: skip
+
+    def remove(self) -> None:
+        deploykit("down", "--dir", str(self.dir), "--volumes", "--yes", env=self.env)
+        remove_by_label(f"org.deploykit.stack={self.project}")
 
 
 def make_stack(tmp: Path, name: str, webui_port: int, inference_port: int) -> Stack:
@@ -119,28 +132,11 @@ def make_stack(tmp: Path, name: str, webui_port: int, inference_port: int) -> St
 def llama_stack(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack(tmp_path_factory.mktemp("stacks"), "e2e-llama", 17860, 17861)
     remove_by_label(f"org.deploykit.stack={stack.project}")
-    result = deploykit(
-        "up",
-        "--profile",
-        "cpu",
-        "--model",
-        MODEL_ID,
-        "--model-file",
-        str(GGUF),
-        "--image",
-        f"inference={engine['LLAMACPP_IMAGE']}",
-        "--image",
-        f"open-webui={engine['OPENWEBUI_IMAGE']}",
-        "--dir",
-        str(stack.dir),
-        "--json",
-        env=stack.env,
-    )
-    stack.up_result = result  # type: ignore[attr-defined]
+    result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json")
+    stack.up_result = result
     assert result.code == 0, result.err
     yield stack
-    deploykit("down", "--dir", str(stack.dir), "--volumes", "--yes", env=stack.env)
-    remove_by_label(f"org.deploykit.stack={stack.project}")
+    stack.remove()
 
 
 @pytest.fixture(autouse=True)

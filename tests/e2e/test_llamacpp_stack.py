@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import GGUF, MODEL_ID, ROOT, Stack, deploykit, docker, make_stack, remove_by_label
+from tests.e2e.conftest import GGUF, MODEL_ID, ROOT, Stack, deploykit, docker, make_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def container_ids(stack: Stack) -> dict[str, str]:
 
 
 def test_up_reaches_a_chat_through_open_webui(llama_stack: Stack) -> None:
-    report = json.loads(llama_stack.up_result.out)  # type: ignore[attr-defined]
+    report = json.loads(llama_stack.up_result.out)  # type: ignore[union-attr]
     assert report["healthy"] is True
     names = [s["name"] for s in report["stages"]]
     assert names == [
@@ -58,7 +58,7 @@ def test_up_reaches_a_chat_through_open_webui(llama_stack: Stack) -> None:
     assert report["admin_created"] is True
     assert report["drift"] == []
     # progress went to stderr, stage by stage
-    assert "chat via open-webui" in llama_stack.up_result.err  # type: ignore[attr-defined]
+    assert "chat via open-webui" in llama_stack.up_result.err  # type: ignore[union-attr]
 
 
 def test_status_health_and_ports(llama_stack: Stack) -> None:
@@ -158,22 +158,7 @@ def test_port_in_use_refuses_before_starting_anything(engine: dict[str, str], tm
     with socket.socket() as blocker:
         blocker.bind(("0.0.0.0", 27860))
         blocker.listen()
-        result = deploykit(
-            "up",
-            "--profile",
-            "cpu",
-            "--model",
-            MODEL_ID,
-            "--model-file",
-            str(GGUF),
-            "--image",
-            f"inference={engine['LLAMACPP_IMAGE']}",
-            "--image",
-            f"open-webui={engine['OPENWEBUI_IMAGE']}",
-            "--dir",
-            str(stack.dir),
-            env=stack.env,
-        )
+        result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF))
     assert result.code == 7, result.err
     assert "port 27860 is already in use" in result.err
     assert "Traceback" not in result.err
@@ -188,30 +173,14 @@ def test_a_failing_stage_names_itself_and_shows_the_log(engine: dict[str, str], 
     broken.write_bytes((ROOT / "tests" / "fixtures" / "gguf" / "tiny.gguf").read_bytes())
     stack = make_stack(tmp_path, "e2e-broken", 37860, 37861)
     try:
-        result = deploykit(
-            "up",
-            "--profile",
-            "cpu",
-            "--model-file",
-            str(broken),
-            "--image",
-            f"inference={engine['LLAMACPP_IMAGE']}",
-            "--image",
-            f"open-webui={engine['OPENWEBUI_IMAGE']}",
-            "--dir",
-            str(stack.dir),
-            "--timeout",
-            "90",
-            env=stack.env,
-        )
+        result = stack.up(engine, "--profile", "cpu", "--model-file", str(broken), "--timeout", "90")
         assert result.code == 8, result.err
         assert "stage 'inference /health' failed" in result.err
         assert "--- last lines of inference ---" in result.err
         assert "Hint:" in result.err
         assert "Traceback" not in result.err
     finally:
-        deploykit("down", "--dir", str(stack.dir), "--volumes", "--yes", env=stack.env)
-        remove_by_label(f"org.deploykit.stack={stack.project}")
+        stack.remove()
 
 
 def test_smoke_checks_pass_on_llamacpp(llama_stack: Stack) -> None:
@@ -238,22 +207,7 @@ def test_a_same_named_stack_elsewhere_is_refused(llama_stack: Stack, engine: dic
     # the first one's containers and volume (its accounts and chats).
     twin = make_stack(tmp_path, llama_stack.dir.name, 57860, 57861)
     before = container_ids(llama_stack)
-    result = deploykit(
-        "up",
-        "--profile",
-        "cpu",
-        "--model",
-        MODEL_ID,
-        "--model-file",
-        str(GGUF),
-        "--image",
-        f"inference={engine['LLAMACPP_IMAGE']}",
-        "--image",
-        f"open-webui={engine['OPENWEBUI_IMAGE']}",
-        "--dir",
-        str(twin.dir),
-        env=twin.env,
-    )
+    result = twin.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF))
     assert result.code == 7, result.err
     assert "already belongs to another stack" in result.err
     assert str(llama_stack.dir) in result.err

@@ -19,35 +19,27 @@ def vllm_stack(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     need((FP16_DIR / "config.json").is_file(), f"the FP16 model {FP16_DIR} is missing (model-smollm2-fp16.sh)")
     stack = make_stack(tmp_path_factory.mktemp("stacks"), "e2e-vllm", 47860, 47861)
     remove_by_label(f"org.deploykit.stack={stack.project}")
-    result = deploykit(
-        "up",
+    result = stack.up(
+        engine,
         "--profile",
         "cpu-vllm",
         "--model",
         MODEL_ID,
         "--model-file",
         str(FP16_DIR),
-        "--image",
-        f"inference={engine['VLLM_CPU_IMAGE']}",
-        "--image",
-        f"open-webui={engine['OPENWEBUI_IMAGE']}",
-        "--dir",
-        str(stack.dir),
         "--json",
-        env=stack.env,
-        timeout=1200,
+        backend_image="VLLM_CPU_IMAGE",
     )
-    stack.up_result = result  # type: ignore[attr-defined]
+    stack.up_result = result
     try:
         assert result.code == 0, result.err
         yield stack
     finally:
-        deploykit("down", "--dir", str(stack.dir), "--volumes", "--yes", env=stack.env)
-        remove_by_label(f"org.deploykit.stack={stack.project}")
+        stack.remove()
 
 
 def test_vllm_cpu_stack_is_healthy(vllm_stack: Stack) -> None:
-    report = json.loads(vllm_stack.up_result.out)  # type: ignore[attr-defined]
+    report = json.loads(vllm_stack.up_result.out)  # type: ignore[union-attr]
     assert report["healthy"] is True
     plan = json.loads((vllm_stack.dir / "plan.json").read_text())["stack"]["plan"]
     assert (plan["backend"], plan["device"], plan["dtype"]) == ("vllm", "cpu", "bfloat16")
