@@ -25,6 +25,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 class DeployKitGroup(click.Group):
     """Runs every command inside the one error handler: message, hint, exit code; traceback only with --debug."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # In the order of the workflow (detect → plan → render → up → day 2), not alphabetically.
+        return list(self.commands)
+
     def invoke(self, ctx: click.Context) -> Any:
         from deploykit.errors import DeployKitError
 
@@ -160,7 +164,7 @@ def cli(debug: bool, profiles_file: str | None, docker_host: str | None) -> None
     """
 
 
-@cli.command()
+@cli.command(short_help="Detect GPUs, CPU, RAM, disk and Docker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the host profile as JSON (reusable with --host).")
 @click.pass_context
 def detect(ctx: click.Context, as_json: bool) -> None:
@@ -174,7 +178,7 @@ def detect(ctx: click.Context, as_json: bool) -> None:
         output.show_host(host)
 
 
-@cli.command()
+@cli.command(short_help="List hardware profiles and their backends.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 def profiles(ctx: click.Context, as_json: bool) -> None:
@@ -188,7 +192,7 @@ def profiles(ctx: click.Context, as_json: bool) -> None:
         output.show_profiles(rows)
 
 
-@cli.command()
+@cli.command(short_help="List the model catalog.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def models(as_json: bool) -> None:
     """List the model catalog."""
@@ -202,7 +206,7 @@ def models(as_json: bool) -> None:
         output.show_models(catalog)
 
 
-@cli.command()
+@cli.command(short_help="Choose backend, context and offload, with reasons.")
 @plan_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
@@ -229,7 +233,7 @@ def plan(
         output.show_plan(deployment)
 
 
-@cli.command()
+@cli.command(short_help="Write compose.yaml, .env and plan.json.")
 @plan_options()
 @stack_dir_option()
 @image_option
@@ -285,7 +289,7 @@ def _stack(ctx: click.Context, stack_dir: str) -> Any:
     return load_stack(Path(stack_dir).absolute())
 
 
-@cli.command()
+@cli.command(short_help="Start the stack and check it up to a chat.")
 @plan_options(profile_default=None)
 @image_option
 @stack_dir_option()
@@ -333,7 +337,7 @@ def up(
         output.show_up(report)
 
 
-@cli.command()
+@cli.command(short_help="Show each service's state, health and model.")
 @stack_dir_option()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
@@ -350,7 +354,7 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(short_help="Show the stack's logs.")
 @click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
 @stack_dir_option()
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
@@ -364,7 +368,7 @@ def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, 
     sys.exit(run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env()))
 
 
-@cli.command()
+@cli.command(short_help="Restart one service or both.")
 @click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
 @stack_dir_option()
 @click.pass_context
@@ -376,7 +380,7 @@ def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
     click.echo(f"Restarted {service or 'inference and open-webui'}.")
 
 
-@cli.command()
+@cli.command(short_help="Stop the stack (keeps chats unless --volumes).")
 @stack_dir_option()
 @click.option("--volumes", is_flag=True, help="Also delete Open WebUI's data: accounts and chats (asks first).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting data.")
@@ -399,7 +403,7 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
     click.echo(f"Stopped {stack.spec.project} ({kept}).")
 
 
-@cli.command()
+@cli.command(short_help="Send one message and print the answer.")
 @click.argument("message")
 @stack_dir_option()
 @click.option("--direct", is_flag=True, help="Ask the inference server directly instead of going through Open WebUI.")
@@ -425,7 +429,7 @@ def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tok
     click.echo(text)
 
 
-@cli.command()
+@cli.command(short_help="Check JSON output, reasoning and tool wiring.")
 @stack_dir_option()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
@@ -444,7 +448,7 @@ def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(short_help="Check the host: engine, GPU toolkit, ports, disk.")
 @click.option("--dir", "stack_dir", type=click.Path(file_okay=False), help="Also check this stack.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
