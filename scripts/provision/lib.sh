@@ -225,3 +225,160 @@ import_rootfs() {
     tar --numeric-owner -C "$rootfs" -cf - . | docker import "${args[@]}" - "$tag" >/dev/null \
         || die "docker import of $tag failed."
 }
+
+# ---------------------------------------------------------------------------------------------
+# pip builds inside a rootfs (image-openwebui.sh, image-vllm.sh)
+#
+# Such a build brings this machine's pip configuration (files, PIP_* and proxy variables, the
+# local folders they name such as find-links) and DNS into the tree (pip_build_prepare), runs pip
+# there from the script's inner step in a private mount namespace with those folders bound
+# read-only (pip_build_run, pip_build_chroot), then takes all of it out again (pip_build_clean).
+# The steps share this state as globals, not locals, because they run one after another from the
+# script's top level (and a script may read them for its own log lines or clean-up):
+#   injected    paths inside the tree created for the build, removed by pip_build_clean
+#   conf_files  the host's pip configuration files that the build uses
+#   envs        the whole environment of the pip step inside the tree (written to WORKDIR/env)
+injected=()
+conf_files=()
+envs=()
+
+# mkdir_tracked ROOTFS DIR: creates DIR in the tree, remembering the top-most folder it had to
+# create (in injected), so that pip_build_clean removes exactly what the build added.
+mkdir_tracked() {
+    local rootfs="$1" d="$2" top=""
+    while [ ! -e "$rootfs$d" ]; do top="$d"; d="$(dirname "$d")"; done
+    [ -z "$top" ] && return 0
+    mkdir -p "$rootfs$2"
+    injected+=("$top")
+}
+
+# inject_file ROOTFS HOST_FILE PATH_IN_ROOTFS: copies a host file into the tree for the build
+# (tracked in injected); a file the tree has already is left alone.
+inject_file() {
+    local rootfs="$1" src="$2" dst="$1$3"
+    [ -e "$dst" ] && return 0
+    mkdir_tracked "$rootfs" "$(dirname "$3")"
+    cp -L "$src" "$dst"
+    injected+=("$3")
+}
+
+# pip_local_paths WHEELS_DIR: local paths that pip's configuration names (find-links folders,
+# file:// indexes, cert and constraint files), plus WHEELS_DIR; resolved, one a line. A file://
+# index ".../simple" links to "../../files", so its parent folder is given.
+pip_local_paths() {
+    local wheels_dir="$1"
+    { [ "${#conf_files[@]}" -gt 0 ] && sed -n 's/^[^#;=]*=//p' "${conf_files[@]}"; \
+      env | sed -n 's/^PIP_[A-Z0-9_]*=//p'; echo "$wheels_dir"; } \
+    | tr -s '[:space:],' '\n' | sed -n -E 's#^file://##; s#/+$##; /^\//p' \
+    | while IFS= read -r p; do
+        [ -e "$p" ] || continue
+        [ "$(basename "$p")" = simple ] && p="$(dirname "$p")"
+        readlink -f "$p"
+    done | sort -u
+}
+
+# pip_build_prepare ROOTFS WORKDIR WHEELS_DIR [NAME=VALUE...]: readies ROOTFS for the pip step.
+# Copies this machine's DNS and pip configuration files in (the user's land in /root, a
+# PIP_CONFIG_FILE at /etc/deploykit-build-pip.conf); makes the mount targets for the local paths
+# that configuration names and lists them in WORKDIR/binds (bound read-only by pip_build_chroot,
+# at the same place, so the configuration stays valid inside); writes the step's environment to
+# WORKDIR/env: a plain root environment, the NAME=VALUE pairs the script passes (what its inner
+# step reads), the host's PIP_* and proxy variables, and FIND_LINKS ("--find-links WHEELS_DIR"
+# when that folder exists, for the step's pip command line).
+pip_build_prepare() {
+    local rootfs="$1" workdir="$2" wheels_dir="$3"; shift 3
+    local xdg_dirs d user_conf kv find_links="" p
+    cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
+    cat /etc/hosts >"$rootfs/etc/hosts"
+
+    injected=()
+    conf_files=()
+    xdg_dirs="${XDG_CONFIG_DIRS:-/etc/xdg}"
+    for d in ${xdg_dirs//:/ }; do
+        [ -f "$d/pip/pip.conf" ] && { inject_file "$rootfs" "$d/pip/pip.conf" "$d/pip/pip.conf"; conf_files+=("$d/pip/pip.conf"); }
+    done
+    [ -f /etc/pip.conf ] && { inject_file "$rootfs" /etc/pip.conf /etc/pip.conf; conf_files+=(/etc/pip.conf); }
+    user_conf="${XDG_CONFIG_HOME:-$HOME/.config}/pip/pip.conf"
+    [ -f "$user_conf" ] && { inject_file "$rootfs" "$user_conf" /root/.config/pip/pip.conf; conf_files+=("$user_conf"); }
+    [ -f "$HOME/.pip/pip.conf" ] && { inject_file "$rootfs" "$HOME/.pip/pip.conf" /root/.pip/pip.conf; conf_files+=("$HOME/.pip/pip.conf"); }
+
+    envs=(HOME=/root LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+          PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 "$@")
+    if [ -n "${PIP_CONFIG_FILE:-}" ] && [ -f "$PIP_CONFIG_FILE" ]; then
+        inject_file "$rootfs" "$PIP_CONFIG_FILE" /etc/deploykit-build-pip.conf
+        conf_files+=("$PIP_CONFIG_FILE")
+        envs+=(PIP_CONFIG_FILE=/etc/deploykit-build-pip.conf)
+    fi
+    while IFS= read -r kv; do
+        case "$kv" in PIP_CONFIG_FILE=*) ;; *) envs+=("$kv") ;; esac
+    done < <(env | grep -E '^(PIP_[A-Z0-9_]+|https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)=' || true)
+    if [ -d "$wheels_dir" ]; then
+        find_links="--find-links $wheels_dir"
+    fi
+    envs+=("FIND_LINKS=$find_links")
+
+    : >"$workdir/binds"
+    while IFS= read -r p; do
+        [ "$p" = / ] && continue
+        if [ -d "$p" ]; then
+            [ -e "$rootfs$p" ] && [ ! -d "$rootfs$p" ] && { log "WARNING: cannot bind folder $p over a file"; continue; }
+            mkdir_tracked "$rootfs" "$p"
+        else
+            [ -d "$rootfs$p" ] && { log "WARNING: cannot bind file $p over a folder"; continue; }
+            if [ ! -e "$rootfs$p" ]; then
+                mkdir_tracked "$rootfs" "$(dirname "$p")"
+                : >"$rootfs$p"
+                injected+=("$p")
+            fi
+        fi
+        echo "$p" >>"$workdir/binds"
+    done < <(pip_local_paths "$wheels_dir")
+    printf '%s\n' "${envs[@]}" >"$workdir/env"
+    log "pip configuration for the build: ${conf_files[*]:-none}; local paths bound: $(tr '\n' ' ' <"$workdir/binds")"
+}
+
+# pip_build_run SCRIPT ROOTFS WORKDIR LOGFILE FAILMSG: runs the script's inner step
+# ("bash SCRIPT __build ROOTFS WORKDIR/binds WORKDIR/env", which calls pip_build_chroot) in a
+# private mount namespace, with its output in LOGFILE; if it fails, shows the log's tail and dies
+# with FAILMSG. (SCRIPT is the caller's own path: BASH_SOURCE here would name lib.sh.)
+pip_build_run() {
+    local script="$1" rootfs="$2" workdir="$3" logfile="$4" failmsg="$5"
+    if ! in_private_mounts "$BASH" "$script" __build "$rootfs" "$workdir/binds" "$workdir/env" \
+            >"$logfile" 2>&1; then
+        tail -n 25 "$logfile" >&2
+        die "$failmsg"
+    fi
+}
+
+# pip_build_chroot ROOTFS BINDS_FILE ENV_FILE SH_SCRIPT: the inner step's body, to be called in
+# the private mount namespace that pip_build_run opens (every mount made here vanishes when it
+# exits, whatever happens). Mounts /proc, /dev and each path of BINDS_FILE (read-only) into the
+# tree, then replaces this process with `sh -euc SH_SCRIPT` chrooted there, in the environment of
+# ENV_FILE only.
+pip_build_chroot() {
+    local rootfs="$1" binds="$2" envfile="$3" script="$4" p
+    local -a step_env
+    mount -t proc proc "$rootfs/proc"
+    mount --bind /dev "$rootfs/dev"
+    while IFS= read -r p; do
+        [ -n "$p" ] || continue
+        mount --bind "$p" "$rootfs$p"
+        mount -o remount,bind,ro "$rootfs$p"
+    done <"$binds"
+    mapfile -t step_env <"$envfile"
+    exec chroot "$rootfs" /usr/bin/env -i "${step_env[@]}" /bin/sh -euc "$script"
+}
+
+# pip_build_clean ROOTFS: takes out again what pip_build_prepare and pip brought in: the
+# injected paths (newest first), pip's configuration and cache in /etc and /root, and the build
+# host's /etc/hosts. Refuses while anything is still mounted in the tree.
+pip_build_clean() {
+    local rootfs="$1" i
+    [ -z "$(mounts_under "$rootfs")" ] || die "mounts are still attached under $rootfs; not continuing."
+    for ((i = ${#injected[@]} - 1; i >= 0; i--)); do
+        rm -rf --one-file-system "${rootfs:?}${injected[$i]}"
+    done
+    rm -f "$rootfs/etc/pip.conf" "$rootfs/etc/deploykit-build-pip.conf"
+    rm -rf "$rootfs/root/.cache" "$rootfs/root/.config/pip" "$rootfs/root/.pip"
+    printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$rootfs/etc/hosts"
+}
