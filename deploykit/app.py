@@ -10,11 +10,10 @@ import json
 import secrets as secrets_mod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from deploykit import lifecycle
 from deploykit.catalog import (
     ModelSpec,
     builtin_models,
@@ -25,7 +24,6 @@ from deploykit.catalog import (
 )
 from deploykit.errors import ConfigError, NotFoundError, PlanError, UsageError
 from deploykit.host import HostProfile
-from deploykit.lifecycle import LoadedStack, Reporter, UpReport, load_stack
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
 from deploykit.render import (
@@ -37,6 +35,10 @@ from deploykit.render import (
     write_stack,
 )
 from deploykit.settings import Settings, config_dir
+
+if TYPE_CHECKING:
+    # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
+    from deploykit.lifecycle import Reporter, UpReport
 
 
 def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
@@ -273,6 +275,9 @@ def up_stack(
     reporter: Reporter,
 ) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
+    from deploykit import lifecycle
+    from deploykit.lifecycle import LoadedStack, load_stack
+
     stack_dir = stack_dir.expanduser().absolute()
     asked = any(x is not None for x in (profile, host_file, model_id, model_path)) or bool(image_overrides)
     if asked or not (stack_dir / "plan.json").is_file():
