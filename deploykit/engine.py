@@ -242,12 +242,3 @@ def image_present(docker_host: str | None, ref: str) -> bool:
     except docker.errors.ImageNotFound:
         return False
     return True
-
-
-def list_labelled(docker_host: str | None, label: str) -> dict[str, list[str]]:
-    """Names of containers and volumes carrying ``label`` (tests clean up by label)."""
-    c = client(docker_host)
-    return {
-        "containers": [x.name for x in c.containers.list(all=True, filters={"label": label})],
-        "volumes": [v.name for v in c.volumes.list(filters={"label": label})],
-    }

@@ -447,9 +447,3 @@ def restart(stack: LoadedStack, docker_host: str | None, service: str | None) ->
     if service not in (None, "inference", "open-webui"):
         raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
     stack.engine_stack(docker_host).restart(service)
-
-
-def ensure_engine(docker_host: str | None) -> None:
-    probe = engine.probe_engine(docker_host)
-    if not probe.reachable:
-        raise engine.engine_error(docker_host, Exception(probe.error or "unreachable"))
