@@ -252,22 +252,12 @@ def render(
     as_json: bool,
 ) -> None:
     """Write the Docker Compose stack: compose.yaml, .env (secrets, 0600) and plan.json."""
-    from pathlib import Path
-
     from deploykit import app, output
-    from deploykit.settings import parse_image_overrides
 
-    overrides = parse_image_overrides(images)
-    settings = _settings(ctx, max_context=max_context, backend=backend)
-    result = app.render_stack(
-        settings,
-        profile=profile,
-        host_file=_path(host_file),
-        model_id=model_id,
-        model_path=_path(model_path),
-        image_overrides=overrides,
-        stack_dir=Path(stack_dir),
+    settings, inputs = _stack_inputs(
+        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
     )
+    result = app.render_stack(settings, profile=profile, **inputs)
     if as_json:
         _print_json(
             {
@@ -279,6 +269,33 @@ def render(
         )
     else:
         output.show_rendered(result)
+
+
+def _stack_inputs(
+    ctx: click.Context,
+    profile: str | None,
+    host_file: str | None,
+    max_context: int | None,
+    backend: str | None,
+    model_id: str | None,
+    model_path: str | None,
+    images: tuple[str, ...],
+    stack_dir: str,
+) -> tuple[Settings, dict[str, Any]]:
+    """Settings and the stack arguments render and up share, from their common options."""
+    from pathlib import Path
+
+    from deploykit.settings import parse_image_overrides
+
+    overrides = parse_image_overrides(images)  # before settings: a bad --image is the first thing said
+    settings = _settings(ctx, max_context=max_context, backend=backend)
+    return settings, {
+        "host_file": _path(host_file),
+        "model_id": model_id,
+        "model_path": _path(model_path),
+        "image_overrides": overrides,
+        "stack_dir": Path(stack_dir),
+    }
 
 
 def _stack(ctx: click.Context, stack_dir: str) -> Any:
@@ -313,24 +330,13 @@ def up(
 ) -> None:
     """Render (or reuse) the stack, start it, and check it stage by stage up to a chat through Open WebUI."""
     from dataclasses import asdict
-    from pathlib import Path
 
     from deploykit import app, output
-    from deploykit.settings import parse_image_overrides
 
-    overrides = parse_image_overrides(images)
-    settings = _settings(ctx, max_context=max_context, backend=backend)
-    report = app.up_stack(
-        settings,
-        profile=profile,
-        host_file=_path(host_file),
-        model_id=model_id,
-        model_path=_path(model_path),
-        image_overrides=overrides,
-        stack_dir=Path(stack_dir),
-        timeout=timeout,
-        reporter=output.ConsoleReporter(),
+    settings, inputs = _stack_inputs(
+        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
     )
+    report = app.up_stack(settings, profile=profile, timeout=timeout, reporter=output.ConsoleReporter(), **inputs)
     if as_json:
         _print_json(asdict(report))
     else:

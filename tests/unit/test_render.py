@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -46,6 +47,20 @@ def require_compose() -> str:
             pytest.fail("docker compose v2 is required in CI (make provision installs it)")
         pytest.skip("docker compose v2 not installed")
     return docker
+
+
+def compose_config(stack_dir: Path) -> dict[str, Any]:
+    """What `docker compose config` makes of the rendered file (it must accept it)."""
+    docker = require_compose()
+    out = subprocess.run(
+        [docker, "compose", "-f", str(stack_dir / "compose.yaml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 @pytest.mark.parametrize("profile", [p.name for p in builtin_profiles()])
@@ -134,15 +149,7 @@ def test_hostile_model_path_reaches_compose_exactly(tmp_path: Path, hostile: str
     volume = compose["services"]["inference"]["volumes"][0]
     assert volume["source"].replace("$$", "$") == str(model.parent)
     assert compose["services"]["inference"]["command"][1].replace("$$", "$") == f"/models/{model.name}"
-    docker = require_compose()
-    out = subprocess.run(
-        [docker, "compose", "-f", str(result.stack_dir / "compose.yaml"), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    resolved = json.loads(out.stdout)["services"]["inference"]
+    resolved = compose_config(result.stack_dir)["services"]["inference"]
     # compose prints its normalised file, where a literal "$" is written "$$" again.
     assert resolved["volumes"][0]["source"].replace("$$", "$") == str(model.parent)
     assert resolved["command"][1].replace("$$", "$") == f"/models/{model.name}"
@@ -150,15 +157,7 @@ def test_hostile_model_path_reaches_compose_exactly(tmp_path: Path, hostile: str
 
 def test_rendered_stack_passes_compose_config(tmp_path: Path) -> None:
     result = render(tmp_path)
-    docker = require_compose()
-    out = subprocess.run(
-        [docker, "compose", "-f", str(result.stack_dir / "compose.yaml"), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    resolved = json.loads(out.stdout)
+    resolved = compose_config(result.stack_dir)
     ports = resolved["services"]["inference"]["ports"]
     assert all(p["host_ip"] == "127.0.0.1" for p in ports)
     assert resolved["services"]["open-webui"]["ports"][0]["published"] == "7860"
