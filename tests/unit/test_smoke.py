@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from deploykit import app
-from deploykit.health import PERSON_SCHEMA, schema_errors, split_answer
+from deploykit.health import PERSON_SCHEMA, NotReady, chat_verdict, schema_errors, split_answer
 from deploykit.settings import load_settings
 
 
@@ -73,3 +73,14 @@ def test_plain_answer_has_no_reasoning() -> None:
 )
 def test_schema_check(value: object, ok: bool) -> None:
     assert (schema_errors(value, PERSON_SCHEMA) == []) is ok
+
+
+def test_chat_stage_accepts_a_model_still_thinking_when_the_budget_ends() -> None:
+    # R1 at the probe's 32-token budget: the server's reasoning parser puts everything in reasoning_content.
+    data = {"choices": [{"message": {"content": "", "reasoning_content": "Okay, the user wants a greeting"}}]}
+    assert chat_verdict(data).startswith("answered (still thinking)")
+
+
+def test_chat_stage_waits_on_an_empty_completion() -> None:
+    with pytest.raises(NotReady):
+        chat_verdict({"choices": [{"message": {"content": ""}}]})
