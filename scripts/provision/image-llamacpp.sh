@@ -17,20 +17,10 @@ PACKAGES=llama.cpp-tools,ca-certificates,curl
 if [ "${DEPLOYKIT_REFRESH_IMAGES:-0}" != 1 ]; then
     recorded="$(images_env_get "$KEY")"
     image_exists "$recorded" || recorded="$(provisioned_image llama-server)"
-    if image_exists "$recorded"; then
-        log "llama.cpp image already there: $recorded ($(image_size "$recorded"))"
-        [ "$(images_env_get "$KEY")" = "$recorded" ] || images_env_set "$KEY" "$recorded"
-        echo "$KEY=$recorded"
-        exit 0
-    fi
+    reuse_image llama.cpp "$KEY" "$recorded" && exit 0
 fi
 
-tmp="$(mktemp -d "$(build_tmp_root)/deploykit-llamacpp.XXXXXX")"
-trap 'safe_rm_tree "$tmp"' EXIT
-rootfs="$tmp/rootfs"
-
-debootstrap_rootfs "$SUITE" "$rootfs" "$PACKAGES" "$LOG_DIR/deploykit-llamacpp-debootstrap.log"
-log "rootfs ready ($(took), $(du -sh "$rootfs" | cut -f1))"
+new_rootfs llamacpp "$SUITE" "$PACKAGES"
 
 version="$(dpkg-query --admindir="$rootfs/var/lib/dpkg" -W -f='${Version}' llama.cpp-tools)"
 [ -n "$version" ] || die "llama.cpp-tools is not installed in the $SUITE rootfs."

@@ -37,19 +37,8 @@ fi
 require_root
 require_engine
 
-if image_exists "$TAG"; then
-    log "Open WebUI image already there: $TAG ($(image_size "$TAG"))"
-    [ "$(images_env_get "$KEY")" = "$TAG" ] || images_env_set "$KEY" "$TAG"
-    echo "$KEY=$TAG"
-    exit 0
-fi
-
-tmp="$(mktemp -d "$(build_tmp_root)/deploykit-openwebui.XXXXXX")"
-trap 'safe_rm_tree "$tmp"' EXIT
-rootfs="$tmp/rootfs"
-
-debootstrap_rootfs "$SUITE" "$rootfs" "$PACKAGES" "$LOG_DIR/deploykit-openwebui-debootstrap.log"
-log "rootfs ready ($(took), $(du -sh "$rootfs" | cut -f1))"
+reuse_image "Open WebUI" "$KEY" "$TAG" && exit 0
+new_rootfs openwebui "$SUITE" "$PACKAGES"
 
 # --- bring this machine's pip configuration and DNS in (removed again below) -------------------
 # The NAME=VALUE pairs are what the inner step's sh script reads.

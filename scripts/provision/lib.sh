@@ -203,6 +203,28 @@ debootstrap_rootfs() {
     fi
 }
 
+# reuse_image LABEL KEY TAG: when TAG is in the engine, records it as KEY in build/images.env,
+# prints KEY=TAG and succeeds; otherwise fails, and the caller builds it.
+reuse_image() {
+    local label="$1" key="$2" tag="$3"
+    image_exists "$tag" || return 1
+    log "$label image already there: $tag ($(image_size "$tag"))"
+    [ "$(images_env_get "$key")" = "$tag" ] || images_env_set "$key" "$tag"
+    echo "$key=$tag"
+}
+
+# new_rootfs NAME SUITE INCLUDE: a scratch folder that is removed when the script exits, holding a
+# fresh minbase tree; sets the globals tmp (the folder) and rootfs (the tree in it). The
+# debootstrap log is kept as $LOG_DIR/deploykit-NAME-debootstrap.log.
+new_rootfs() {
+    local name="$1" suite="$2" include="$3"
+    tmp="$(mktemp -d "$(build_tmp_root)/deploykit-$name.XXXXXX")"
+    trap 'safe_rm_tree "$tmp"' EXIT
+    rootfs="$tmp/rootfs"
+    debootstrap_rootfs "$suite" "$rootfs" "$include" "$LOG_DIR/deploykit-$name-debootstrap.log"
+    log "rootfs ready ($(took), $(du -sh "$rootfs" | cut -f1))"
+}
+
 # rootfs_slim ROOTFS: drops apt caches/lists and the build host's DNS/host name from a tree.
 rootfs_slim() {
     local r="$1"
