@@ -218,20 +218,29 @@ class Stack:
             return ""
 
 
-def project_owners(docker_host: str | None, project: str) -> dict[str, str]:
-    """Stack ids found on the containers and volumes of ``project``, with where each came from."""
+@dataclass(frozen=True)
+class ProjectOwner:
+    """A deploykit stack found in a compose project: where its containers were started, and its volumes."""
+
+    working_dir: str | None
+    volumes: tuple[str, ...]
+
+
+def project_owners(docker_host: str | None, project: str) -> dict[str, ProjectOwner]:
+    """The stacks (by stack id) whose containers or volumes are in ``project``."""
     c = client(docker_host)
     label = f"com.docker.compose.project={project}"
-    owners: dict[str, str] = {}
+    dirs: dict[str, str] = {}
+    volumes: dict[str, list[str]] = {}
     for ctr in c.containers.list(all=True, filters={"label": label}):
         stack_id = ctr.labels.get("org.deploykit.stack-id")
         if stack_id:
-            owners[stack_id] = ctr.labels.get("com.docker.compose.project.working_dir", "an unknown directory")
+            dirs[stack_id] = ctr.labels.get("com.docker.compose.project.working_dir", "an unknown directory")
     for vol in c.volumes.list(filters={"label": label}):
         stack_id = (vol.attrs.get("Labels") or {}).get("org.deploykit.stack-id")
         if stack_id:
-            owners.setdefault(stack_id, f"volume {vol.name}")
-    return owners
+            volumes.setdefault(stack_id, []).append(vol.name)
+    return {sid: ProjectOwner(dirs.get(sid), tuple(volumes.get(sid, ()))) for sid in dirs.keys() | volumes.keys()}
 
 
 def image_present(docker_host: str | None, ref: str) -> bool:

@@ -108,12 +108,19 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     stack_id = stack.secrets.get("DEPLOYKIT_STACK_ID")
     others = {k: v for k, v in engine.project_owners(docker_host, stack.spec.project).items() if k != stack_id}
     if others:
-        where = next(iter(others.values()))
+        owner = next(iter(others.values()))
+        if owner.working_dir:
+            where, removal = owner.working_dir, f"`deploykit down --volumes` in {owner.working_dir}"
+        else:
+            # Only its volume is left (the stack was taken down): its directory is not recorded anywhere.
+            names = " ".join(owner.volumes)
+            where = f"volume {names}"
+            removal = f"`deploykit down --volumes` in its directory, or `docker volume rm {names}` if that is gone"
         raise PreflightError(
             f"the compose project '{stack.spec.project}' already belongs to another stack ({where}); its volume "
             "holds that stack's accounts and chats.",
-            "Give this stack a directory with another name (the project is named after it), or remove the other "
-            "one with `deploykit down --volumes` in its directory if it is expendable.",
+            "Give this stack a directory with another name (the project is named after it), or, if the other "
+            f"stack is expendable, remove it with {removal}.",
         )
     plan = stack.spec.plan
     if plan.device == "cuda" and not probe.nvidia_runtime:

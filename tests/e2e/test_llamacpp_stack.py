@@ -210,6 +210,29 @@ def test_a_same_named_stack_elsewhere_is_refused(llama_stack: Stack, engine: dic
     result = twin.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF))
     assert result.code == 7, result.err
     assert "already belongs to another stack" in result.err
-    assert str(llama_stack.dir) in result.err
+    assert f"`deploykit down --volumes` in {llama_stack.dir}" in result.err
     assert container_ids(llama_stack) == before
     assert not twin.dir.exists()
+
+
+def test_a_volume_left_by_a_stack_taken_down_is_not_taken_over(engine: dict[str, str], tmp_path: Path) -> None:
+    # After `deploykit down` only the data volume remains, and nothing records the directory it came
+    # from (a deleted clone, say): the refusal must still say how to free the name.
+    stack = make_stack(tmp_path, "e2e-orphan", 57870, 57871)
+    volume = f"{stack.project}_open-webui-data"
+    labels = {
+        "com.docker.compose.project": stack.project,
+        "org.deploykit.stack": stack.project,
+        "org.deploykit.stack-id": "0123456789abcdef",
+    }
+    docker("volume", "create", *[f"--label={k}={v}" for k, v in labels.items()], volume)
+    try:
+        result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF))
+        assert result.code == 7, result.err
+        assert f"already belongs to another stack (volume {volume})" in result.err
+        assert f"`docker volume rm {volume}`" in result.err
+        assert "Traceback" not in result.err
+        assert not stack.dir.exists()
+        assert docker("volume", "ls", "-q", "--filter", f"name={volume}").split() == [volume]
+    finally:
+        stack.remove()
