@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import secrets as secrets_mod
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +40,9 @@ from deploykit.settings import Settings, config_dir
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
-    from deploykit.lifecycle import Reporter, UpReport
+    from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
+    from deploykit.host import DockerEngine, Gpu
+    from deploykit.lifecycle import LoadedStack, Reporter, UpReport
 
 
 def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
@@ -91,11 +95,15 @@ def resolve_host(settings: Settings, profile: str, host_file: Path | None) -> Ho
         return load_host_file(host_file)
     if profile == "auto":
         return detect(settings)
+    return apply_profile(settings, profile, lambda: detect(settings))
+
+
+def apply_profile(settings: Settings, profile: str, detected: Callable[[], HostProfile]) -> HostProfile:
+    """A named profile; one that stands for "this machine, served this way" keeps the detected CPU and RAM."""
     chosen = find_profile(profile, all_profiles(settings))
     if not chosen.detect:
         return chosen
-    detected = detect(settings)
-    return detected.model_copy(
+    return detected().model_copy(
         update={
             "name": chosen.name,
             "description": chosen.description,
@@ -234,6 +242,18 @@ def prepare_stack(
     check_stack_dir(stack_dir)  # before anything slow, and before anything is written
     host = resolve_host(settings, profile, host_file)
     model = resolve_model(settings, model_id, model_path)
+    return prepare_for_host(settings, host, model, image_overrides, stack_dir)
+
+
+def prepare_for_host(
+    settings: Settings,
+    host: HostProfile,
+    model: ResolvedModel,
+    image_overrides: dict[str, str],
+    stack_dir: Path,
+    model_volume: str | None = None,
+) -> PreparedStack:
+    """Plan and render for a host already described; ``model_volume`` mounts the weights from that volume."""
     plan = make_plan(host, model, settings)
     spec = StackSpec(
         project=project_name(stack_dir),
@@ -243,6 +263,7 @@ def prepare_stack(
         webui_port=settings.webui_port,
         webui_bind=settings.webui_bind,
         inference_port=settings.inference_port,
+        model_volume=model_volume,
     )
     kept = read_secrets(stack_dir)
     fresh = new_secrets(settings.admin_email)
@@ -383,3 +404,322 @@ def reference_stack(profile: str) -> dict[str, str]:
         ".env.example": files[".env"],
         "plan.json": files["plan.json"],
     }
+
+
+# ---------------------------------------------------------------- fleet of workstations
+
+
+@dataclass(frozen=True)
+class FleetRequest:
+    """What every `deploykit fleet` command is given."""
+
+    inventory: Path
+    hosts: str | None
+    parallel: int
+    fleet_dir: Path
+    profile: str = "auto"
+    model_id: str | None = None
+    model_path: Path | None = None
+    image_overrides: dict[str, str] | None = None
+    timeout: float | None = None
+
+
+def _fleet_hosts(req: FleetRequest) -> tuple[FleetHost, ...]:
+    from deploykit.fleet import load_inventory, select_hosts
+
+    return select_hosts(load_inventory(req.inventory), req.hosts)
+
+
+def _host_settings(settings: Settings, host: FleetHost, url: str) -> Settings:
+    return settings.model_copy(
+        update={"webui_port": host.ui_port, "inference_port": host.inference_port, "docker_host": url}
+    )
+
+
+def _reach(host: FleetHost) -> tuple[str, DockerEngine]:
+    """The host's engine URL and what its engine says; an unreachable engine is an EngineError (unreachable)."""
+    from deploykit import engine
+    from deploykit.errors import EngineError
+    from deploykit.fleet import engine_url
+
+    url = engine_url(host)
+    probe = engine.probe_engine(url)
+    if not probe.reachable:
+        raise EngineError(
+            f"cannot reach the Docker Engine of {host.name} at {url}: {probe.error}.",
+            "Is the workstation on, its engine running and the ssh key accepted (`docker -H URL info`)?",
+        )
+    return url, probe
+
+
+def detect_fleet_host(
+    settings: Settings, host: FleetHost, url: str, probe: DockerEngine, gpu_image: str, default_profile: str = "auto"
+) -> HostProfile:
+    """The host as its engine describes it: CPUs, RAM and architecture from /info; GPUs from nvidia-smi in a
+    short-lived probe container with GPU access, where the engine has the NVIDIA runtime."""
+    from deploykit import engine
+    from deploykit.detect import describe_failure, normalise_arch, parse_nvidia_smi_xml
+    from deploykit.host import Cpu, Memory
+    from deploykit.proc import Completed
+
+    res = engine.engine_resources(url)
+    gpus: tuple[Gpu, ...] = ()
+    source, error = "none", None
+    if not probe.nvidia_runtime:
+        error = "the engine has no NVIDIA runtime"
+    elif not engine.image_present(url, gpu_image):
+        error = f"image {gpu_image} is not on the engine to run the GPU probe in"
+    else:
+        code, out = engine.run_probe(url, gpu_image, ["nvidia-smi", "-q", "-x"], gpus=True, label="deploykit-probe")
+        try:
+            if code != 0:
+                raise ValueError(describe_failure(Completed(("nvidia-smi",), code, out, "")))
+            gpus, source = parse_nvidia_smi_xml(out), "nvidia-smi (probe container)"
+        except ValueError as exc:
+            error = f"nvidia-smi in a probe container: {exc}"
+    detected = HostProfile(
+        name=host.name,
+        source="detected",
+        cpu=Cpu(arch=normalise_arch(res.arch), physical_cores=res.cpus, logical_cores=res.cpus),
+        memory=Memory(total_bytes=res.memory_bytes),
+        gpus=gpus,
+        docker=probe,
+        gpu_probe=source,
+        gpu_probe_error=error,
+    )
+    profile = host.profile or default_profile
+    return detected if profile == "auto" else apply_profile(settings, profile, lambda: detected)
+
+
+@dataclass(frozen=True)
+class FleetStack:
+    url: str
+    address: str
+    prepared: PreparedStack
+    payload: ModelPayload | None  # set when the weights travel as a volume
+
+
+def _fleet_stack(
+    settings: Settings,
+    req: FleetRequest,
+    host: FleetHost,
+    model: ResolvedModel,
+    payloads: PayloadCache,
+    reached: tuple[str, DockerEngine],
+) -> FleetStack:
+    from deploykit.fleet import address_of, is_remote
+
+    url, probe = reached
+    hs = _host_settings(settings, host, url)
+    stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
+    check_stack_dir(stack_dir)
+    overrides = req.image_overrides or {}
+    gpu_image = overrides.get("open-webui", settings.images.open_webui)
+    profile = detect_fleet_host(settings, host, url, probe, gpu_image, req.profile)
+    payload = None
+    if is_remote(url):
+        path = model_host_path(hs, make_plan(profile, model, hs), model)
+        if not path.exists():
+            raise NotFoundError(
+                f"the model {path} is not on this controller, so it cannot be sent to {host.name}.",
+                "Give it with --model-file, or fetch it first (`deploykit up` on this machine downloads it).",
+            )
+        payload = payloads.get(path)
+    prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, payload.volume if payload else None)
+    return FleetStack(url, address_of(host, url), prepared, payload)
+
+
+def _fleet_model(settings: Settings, req: FleetRequest) -> ResolvedModel:
+    return resolve_model(settings, req.model_id, req.model_path)
+
+
+def fleet_detect(settings: Settings, req: FleetRequest) -> list[HostResult]:
+    from deploykit.fleet import HostResult, run_parallel
+
+    overrides = req.image_overrides or {}
+
+    def one(host: FleetHost) -> HostResult:
+        url, probe = _reach(host)
+        profile = detect_fleet_host(
+            settings, host, url, probe, overrides.get("open-webui", settings.images.open_webui), req.profile
+        )
+        return HostResult(
+            host.name,
+            "detected",
+            profile=host.profile or req.profile,
+            details={"host": profile.model_dump(mode="json")},
+        )
+
+    return run_parallel(_fleet_hosts(req), one, req.parallel)
+
+
+def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> list[HostResult]:
+    """Plan every host (``write``: and render its stack folder)."""
+    from deploykit.fleet import HostResult, PayloadCache, run_parallel
+
+    model, payloads = _fleet_model(settings, req), PayloadCache()
+
+    def one(host: FleetHost) -> HostResult:
+        fs = _fleet_stack(settings, req, host, model, payloads, _reach(host))
+        spec = fs.prepared.spec
+        details: dict[str, Any] = {"plan": spec.plan.model_dump(mode="json"), "model_volume": spec.model_volume}
+        if write:
+            details["dir"] = str(fs.prepared.stack_dir)
+            details["changed"] = write_stack(fs.prepared.stack_dir, fs.prepared.files)
+        return HostResult(
+            host.name,
+            "rendered" if write else "planned",
+            profile=spec.plan.profile,
+            backend=f"{spec.plan.backend} on {spec.plan.device}",
+            url=f"http://{fs.address}:{spec.webui_port}",
+            details=details,
+        )
+
+    return run_parallel(_fleet_hosts(req), one, req.parallel)
+
+
+def deliver_model(url: str, payload: ModelPayload, image: str) -> str:
+    """The weights into the host's named volume through its engine, checked by SHA-256 on the host's disk;
+    nothing sent when the volume already holds that digest."""
+    from deploykit import engine
+    from deploykit.errors import DownloadError
+    from deploykit.fleet import archive_stream
+
+    volume = payload.volume
+    label = "deploykit-model-delivery"
+    if engine.volume_exists(url, volume):
+        _, marker = engine.run_probe(url, image, payload.marker_command(), label=label, volume=volume)
+        if marker.strip() == payload.digest:
+            return f"already in volume {volume}"
+    labels = {
+        "org.deploykit.managed": "true",
+        "org.deploykit.model-sha256": payload.digest,
+        "org.deploykit.stack": label,
+    }
+    started = time.monotonic()
+    code, out = engine.fill_volume(url, volume, image, archive_stream(payload), payload.check_command(), labels)
+    if code != 0:
+        raise DownloadError(
+            f"the model sent into volume {volume} failed its SHA-256 check on the host: {out.strip()[:200]}.",
+            "Run `deploykit fleet up` again to resend it; check the host's disk if it fails again.",
+        )
+    return f"sent into volume {volume} and SHA-256 checked there ({time.monotonic() - started:.1f} s)"
+
+
+def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str], Reporter]) -> list[HostResult]:
+    """Per host, at most ``parallel`` at once: images and model through its engine, render, start, check."""
+    from deploykit import engine, lifecycle
+    from deploykit.errors import DeployKitError
+    from deploykit.fleet import HostResult, PayloadCache, run_parallel
+
+    model, payloads = _fleet_model(settings, req), PayloadCache()
+    controller = settings.docker_host
+
+    def one(host: FleetHost) -> HostResult:
+        reporter = reporter_for(host.name)
+        url, probe = _reach(host)
+        overrides = req.image_overrides or {}
+        delivery = {}
+        # Open WebUI's image first: the GPU probe runs in it.
+        webui_image = overrides.get("open-webui", settings.images.open_webui)
+        delivery["open-webui image"] = engine.copy_image(controller, url, webui_image)
+        fs = _fleet_stack(settings, req, host, model, payloads, (url, probe))
+        spec = fs.prepared.spec
+        row = HostResult(
+            host.name,
+            "failed",
+            profile=spec.plan.profile,
+            backend=f"{spec.plan.backend} on {spec.plan.device}",
+            url=f"http://{fs.address}:{spec.webui_port}",
+            details={"delivery": delivery, "dir": str(fs.prepared.stack_dir)},
+        )
+        try:
+            reporter.note(f"images: open-webui {delivery['open-webui image']}")
+            delivery["inference image"] = engine.copy_image(controller, url, spec.images["inference"])
+            reporter.note(f"images: inference {delivery['inference image']}")
+            if fs.payload is not None:
+                delivery["model"] = deliver_model(url, fs.payload, spec.images["inference"])
+                reporter.note(f"model: {delivery['model']}")
+            stack = lifecycle.LoadedStack(fs.prepared.stack_dir, spec, fs.prepared.secrets, fs.address)
+            report = lifecycle.up(
+                stack,
+                url,
+                req.timeout,
+                reporter,
+                fs.prepared.model,
+                write_files=lambda: write_stack(fs.prepared.stack_dir, fs.prepared.files),
+            )
+        except DeployKitError as exc:
+            row.error, row.hint, row.exit_code = exc.message, exc.hint, exc.exit_code
+            return row
+        row.state = "healthy" if report.healthy else "unhealthy"
+        row.details["stages"] = report.stages
+        row.details["drift"] = report.drift
+        return row
+
+    return run_parallel(_fleet_hosts(req), one, req.parallel)
+
+
+def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[str, LoadedStack] | HostResult:
+    """The host's engine URL and its stack (addressed for this controller), or the row saying why not."""
+    from dataclasses import replace
+
+    from deploykit.fleet import HostResult, address_of
+    from deploykit.lifecycle import load_stack
+
+    stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
+    if not (stack_dir / "plan.json").is_file():
+        return HostResult(
+            host.name,
+            "not deployed",
+            error=f"no stack in {stack_dir}",
+            hint=f"Run `deploykit fleet up --inventory {req.inventory} --hosts {host.name}`.",
+        )
+    url, _ = _reach(host)
+    return url, replace(load_stack(stack_dir), address=address_of(host, url))
+
+
+def fleet_status(settings: Settings, req: FleetRequest) -> list[HostResult]:
+    from deploykit import lifecycle
+    from deploykit.fleet import HostResult, run_parallel
+
+    def one(host: FleetHost) -> HostResult:
+        found = _fleet_loaded(req, host)
+        if isinstance(found, HostResult):
+            return found
+        url, stack = found
+        state = lifecycle.status(stack, url)
+        broken = [
+            f"{s['service']}: {s['state']}, {s.get('detail') or s.get('health') or ''}".rstrip(", ")
+            for s in state["services"]
+            if s["state"] != "running" or s.get("health") == "unhealthy" or not state["healthy"]
+        ]
+        plan = stack.spec.plan
+        return HostResult(
+            host.name,
+            "healthy" if state["healthy"] else "unhealthy",
+            profile=plan.profile,
+            backend=f"{plan.backend} on {plan.device}",
+            url=stack.webui_url,
+            error=None if state["healthy"] else "; ".join(broken),
+            details={"services": state["services"]},
+        )
+
+    return run_parallel(_fleet_hosts(req), one, req.parallel)
+
+
+def fleet_down(settings: Settings, req: FleetRequest) -> list[HostResult]:
+    from deploykit import lifecycle
+    from deploykit.fleet import HostResult, run_parallel
+
+    def one(host: FleetHost) -> HostResult:
+        found = _fleet_loaded(req, host)
+        if isinstance(found, HostResult):
+            found.state = "down"  # nothing to stop is what down wants
+            return found
+        url, stack = found
+        lifecycle.down(stack, url, volumes=False)
+        plan = stack.spec.plan
+        return HostResult(host.name, "down", profile=plan.profile, backend=f"{plan.backend} on {plan.device}")
+
+    return run_parallel(_fleet_hosts(req), one, req.parallel)

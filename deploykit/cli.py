@@ -478,5 +478,163 @@ def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+# ---------------------------------------------------------------- fleet of workstations
+
+
+@cli.group(short_help="Many workstations from one inventory file.")
+def fleet() -> None:
+    """Template the stack onto a room of workstations, each reached through its own Docker Engine.
+
+    \b
+    The inventory is TOML, one [[hosts]] table per workstation:
+      [[hosts]]
+      name = "lab-01"
+      engine = "ssh://root@lab-01"     # or context = "lab-01" (a docker context)
+      profile = "cpu"                  # optional: overrides --profile / detection
+      labels = { room = "b12" }
+      ui_port = 7860                   # Open WebUI on that host
+      inference_port = 7861            # loopback of that host only
+
+    \b
+    Images and the model reach each host through its engine (no registry, no shared disk);
+    hosts run side by side (--parallel); one host failing never stops the others; the exit code
+    is 1 when any host failed or could not be reached. Re-running converges.
+    """
+
+
+def fleet_options(fn: F) -> F:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print every host's result as JSON.")(fn)
+    fn = click.option(
+        "--dir",
+        "fleet_dir",
+        type=click.Path(file_okay=False),
+        default="deploykit-fleet",
+        show_default=True,
+        help="Where the stack folders go: one per host, named after it.",
+    )(fn)
+    fn = click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Hosts at once.")(fn)
+    fn = click.option("--hosts", metavar="PATTERN", help="Only hosts whose name matches (globs, comma-separated).")(fn)
+    fn = click.option("--inventory", required=True, type=click.Path(dir_okay=False), help="The inventory file (TOML).")(
+        fn
+    )
+    return fn
+
+
+def fleet_plan_options(fn: F) -> F:
+    fn = image_option(fn)
+    fn = model_options(fn)
+    fn = click.option("--context", "max_context", type=int, metavar="TOKENS", help="Context length cap.")(fn)
+    fn = click.option(
+        "--profile", "-p", default="auto", show_default=True, help="Profile for hosts whose entry names none."
+    )(fn)
+    return fn
+
+
+def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings, Any]:
+    from pathlib import Path
+
+    from deploykit.app import FleetRequest
+    from deploykit.settings import parse_image_overrides
+
+    overrides = parse_image_overrides(params.get("images", ()))
+    settings = _settings(ctx, max_context=params.get("max_context"))
+    return settings, FleetRequest(
+        inventory=Path(params["inventory"]),
+        hosts=params.get("hosts"),
+        parallel=params["parallel"],
+        fleet_dir=Path(params["fleet_dir"]),
+        profile=params.get("profile") or "auto",
+        model_id=params.get("model_id"),
+        model_path=_path(params.get("model_path")),
+        image_overrides=overrides,
+        timeout=params.get("timeout"),
+    )
+
+
+def _fleet_report(title: str, results: list[Any], as_json: bool) -> None:
+    from deploykit import output
+    from deploykit.fleet import summary
+
+    if as_json:
+        _print_json(summary(results))
+    else:
+        output.show_fleet(title, results)
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@fleet.command("detect", short_help="What each host's engine reports: CPU, RAM, GPUs.")
+@fleet_options
+@click.pass_context
+def fleet_detect(ctx: click.Context, /, **params: Any) -> None:
+    """Each host through its engine: CPUs, RAM and architecture from engine info; GPUs from nvidia-smi in a
+    short-lived probe container where the engine has the NVIDIA runtime."""
+    from deploykit import app
+
+    settings, req = _fleet_request(ctx, params)
+    _fleet_report("Fleet: detect", app.fleet_detect(settings, req), params["as_json"])
+
+
+@fleet.command("plan", short_help="The plan for each host.")
+@fleet_options
+@fleet_plan_options
+@click.pass_context
+def fleet_plan(ctx: click.Context, /, **params: Any) -> None:
+    """Detect and plan each host: backend, device and the URL its Open WebUI will have."""
+    from deploykit import app
+
+    settings, req = _fleet_request(ctx, params)
+    _fleet_report("Fleet: plan", app.fleet_plan(settings, req), params["as_json"])
+
+
+@fleet.command("render", short_help="Write a stack folder per host.")
+@fleet_options
+@fleet_plan_options
+@click.pass_context
+def fleet_render(ctx: click.Context, /, **params: Any) -> None:
+    """Write DIR/HOST/{compose.yaml,.env,plan.json} for each host; a remote host's stack mounts the model
+    from a named volume on that host instead of a path on this controller's disk."""
+    from deploykit import app
+
+    settings, req = _fleet_request(ctx, params)
+    _fleet_report("Fleet: render", app.fleet_plan(settings, req, write=True), params["as_json"])
+
+
+@fleet.command("up", short_help="Deliver, start and check every host, in parallel.")
+@fleet_options
+@fleet_plan_options
+@click.option("--timeout", type=float, metavar="SECONDS", help="Per host: give up waiting after this long.")
+@click.pass_context
+def fleet_up(ctx: click.Context, /, **params: Any) -> None:
+    """Per host: load the images it lacks from this controller's engine, send the model into a volume
+    (SHA-256 checked there), render, start and check up to a chat through Open WebUI."""
+    from deploykit import app, output
+
+    settings, req = _fleet_request(ctx, params)
+    _fleet_report("Fleet: up", app.fleet_up(settings, req, output.HostReporter), params["as_json"])
+
+
+@fleet.command("status", short_help="State, URL and error of every host.")
+@fleet_options
+@click.pass_context
+def fleet_status(ctx: click.Context, /, **params: Any) -> None:
+    """Each host's stack: healthy or not, its URL, and what is wrong; exit 1 when any host is not healthy."""
+    from deploykit import app
+
+    settings, req = _fleet_request(ctx, params)
+    _fleet_report("Fleet: status", app.fleet_status(settings, req), params["as_json"])
+
+
+@fleet.command("down", short_help="Stop every host's stack (data and model volumes kept).")
+@fleet_options
+@click.pass_context
+def fleet_down(ctx: click.Context, /, **params: Any) -> None:
+    """Stop and remove each host's containers; chats, accounts and the delivered model are kept."""
+    from deploykit import app
+
+    settings, req = _fleet_request(ctx, params)
+    _fleet_report("Fleet: down", app.fleet_down(settings, req), params["as_json"])
+
+
 def main() -> None:
     cli(prog_name="deploykit")

@@ -7,6 +7,7 @@ so the same code drives a workstation over ``ssh://`` or a context later.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ def _client(docker_host: str | None, timeout: int = 10) -> Any:
     import docker
 
     if docker_host:
-        return docker.DockerClient(base_url=docker_host, timeout=timeout)
+        # ssh:// through the system ssh client, as compose's docker CLI does: one ~/.ssh/config, agent,
+        # ProxyJump and known_hosts for both, rather than paramiko's partial reading of them.
+        ssh = docker_host.startswith("ssh://")
+        return docker.DockerClient(base_url=docker_host, timeout=timeout, use_ssh_client=ssh)
     return docker.from_env(timeout=timeout)
 
 
@@ -66,10 +70,10 @@ def engine_error(docker_host: str | None, exc: Exception) -> EngineError:
     )
 
 
-def client(docker_host: str | None) -> Any:
+def client(docker_host: str | None, timeout: int = 10) -> Any:
     """A connected SDK client, or an EngineError a person can act on."""
     try:
-        c = _client(docker_host)
+        c = _client(docker_host, timeout)
         c.ping()
     except Exception as exc:
         raise engine_error(docker_host, exc) from None
@@ -251,3 +255,114 @@ def image_present(docker_host: str | None, ref: str) -> bool:
     except docker.errors.ImageNotFound:
         return False
     return True
+
+
+# ---------------------------------------------------------------- fleet: resources, GPUs, delivery
+
+
+@dataclass(frozen=True)
+class EngineResources:
+    """What an engine's /info says about its machine: enough to plan without a shell on it."""
+
+    name: str
+    arch: str
+    cpus: int
+    memory_bytes: int
+
+
+def engine_resources(docker_host: str | None) -> EngineResources:
+    info = client(docker_host).info()
+    return EngineResources(
+        name=str(info.get("Name", "")),
+        arch=str(info.get("Architecture", "")),
+        cpus=int(info.get("NCPU", 1)),
+        memory_bytes=int(info.get("MemTotal", 0)),
+    )
+
+
+def run_probe(
+    docker_host: str | None,
+    image: str,
+    command: list[str],
+    *,
+    label: str,
+    gpus: bool = False,
+    volume: str | None = None,
+) -> tuple[int, str]:
+    """A short-lived container (no network; all GPUs when asked; ``volume`` read-only at /data): exit code
+    and output. Always removed."""
+    import docker.types
+
+    c = client(docker_host, timeout=120)
+    requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
+    ctr = c.containers.create(
+        image, entrypoint=command[:1], command=command[1:], network_mode="none", device_requests=requests,
+        volumes={volume: {"bind": "/data", "mode": "ro"}} if volume else None,
+        labels={"org.deploykit.managed": "true", "org.deploykit.stack": label},
+    )  # fmt: skip
+    try:
+        ctr.start()
+        code = int(ctr.wait(timeout=120).get("StatusCode", 1))
+        return code, ctr.logs(stdout=True, stderr=code != 0).decode("utf-8", "replace")
+    finally:
+        ctr.remove(force=True)
+
+
+def copy_image(source_host: str | None, target_host: str | None, ref: str) -> str:
+    """Stream ``ref`` from one engine into another (docker save | docker load), unless the same id is there."""
+    import docker.errors
+
+    source = client(source_host, timeout=600)
+    target = client(target_host, timeout=600)
+    try:
+        local_id = source.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        return "not on the controller's engine: the host will pull it"
+    try:
+        if target.images.get(ref).id == local_id:
+            return "already there"
+    except docker.errors.ImageNotFound:
+        pass
+    # get_image by name keeps the tag in the archive (an id-only save loads untagged).
+    for chunk in target.api.load_image(source.api.get_image(ref, chunk_size=1 << 20)):
+        if isinstance(chunk, dict) and chunk.get("error"):
+            raise EngineError(f"loading {ref} into {target_host} failed: {chunk['error']}", "See `docker info` there.")
+    return "loaded"
+
+
+def volume_exists(docker_host: str | None, name: str) -> bool:
+    import docker.errors
+
+    try:
+        client(docker_host).volumes.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def fill_volume(
+    docker_host: str | None,
+    volume: str,
+    image: str,
+    archive: Iterator[bytes],
+    check: list[str],
+    labels: dict[str, str],
+) -> tuple[int, str]:
+    """Create ``volume``, extract ``archive`` (a tar stream) into it through a stopped container made from
+    ``image``, then run ``check`` in that container (mounted at /data); its exit code and output."""
+    c = client(docker_host, timeout=1800)
+    if not volume_exists(docker_host, volume):
+        c.volumes.create(volume, labels=labels)
+    ctr = c.containers.create(
+        image, entrypoint=check[:1], command=check[1:], network_mode="none",
+        volumes={volume: {"bind": "/data", "mode": "rw"}}, labels=labels,
+    )  # fmt: skip
+    try:
+        # The engine extracts the archive itself, into the volume on ITS disk: no tar needed in the image.
+        if not ctr.put_archive("/data", archive):
+            raise EngineError(f"the engine at {docker_host} refused the model archive for {volume}.")
+        ctr.start()
+        code = int(ctr.wait(timeout=1800).get("StatusCode", 1))
+        return code, ctr.logs().decode("utf-8", "replace")
+    finally:
+        ctr.remove(force=True)

@@ -38,14 +38,17 @@ class LoadedStack:
     dir: Path
     spec: StackSpec
     secrets: dict[str, str]
+    # Where this controller reaches the engine's published ports: its own loopback for a local engine,
+    # the workstation's name for a fleet host.
+    address: str = "127.0.0.1"
 
     @property
     def inference_url(self) -> str:
-        return f"http://127.0.0.1:{self.spec.inference_port}"
+        return f"http://{self.address}:{self.spec.inference_port}"
 
     @property
     def webui_url(self) -> str:
-        return f"http://127.0.0.1:{self.spec.webui_port}"
+        return f"http://{self.address}:{self.spec.webui_port}"
 
     @property
     def webui_internal_api(self) -> str:

@@ -182,3 +182,48 @@ def show_checks(checks: Iterable[Any]) -> None:
         console.print(f"[{colours[c.status]}]{c.status.upper():4}[/{colours[c.status]}] {c.name:16} {c.detail}")
         if c.fix:
             console.print(f"     {'':16} fix: {c.fix}")
+
+
+class HostReporter:
+    """Progress of one fleet host on stderr, each line prefixed with its name: hosts run side by side,
+    so there is no live spinner, only a line per stage and one every 30 s of waiting."""
+
+    def __init__(self, host: str) -> None:
+        self.err = Console(stderr=True, highlight=False)
+        self.prefix = f"[bold]{host}[/bold] "
+        self._name = ""
+
+    def stage(self, name: str) -> None:
+        self._name = name
+
+    def tick(self, elapsed: float, detail: str) -> None:
+        if int(elapsed) % 30 < 2 and elapsed >= 2:
+            self.err.print(f"{self.prefix}… {self._name}: {elapsed:.0f} s, {detail}")
+
+    def done(self, result: Any) -> None:
+        mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
+        self.err.print(f"{self.prefix}{mark} {result.name:22} {result.seconds:6.1f} s  {result.detail}")
+
+    def note(self, text: str) -> None:
+        self.err.print(f"{self.prefix}{text}")
+
+
+def show_fleet(title: str, rows: Iterable[Any]) -> None:
+    """The fleet summary: host, profile, backend, state, URL, error; failures and their hints after it."""
+    colours = {"healthy": "green", "failed": "red", "unreachable": "red", "unhealthy": "yellow"}
+    table = Table(title=title)
+    for col in ("host", "profile", "backend", "state", "URL", "error"):
+        table.add_column(col, overflow="fold")
+    rows = list(rows)
+    for r in rows:
+        colour = colours.get(r.state, "white")
+        table.add_row(
+            r.host, r.profile or "—", r.backend or "—", f"[{colour}]{r.state}[/{colour}]", r.url or "—", r.error or ""
+        )
+    console.print(table)
+    bad = [r for r in rows if not r.ok]
+    for r in bad:
+        if r.hint:
+            console.print(f"[yellow]{r.host}:[/yellow] {r.hint}")
+    if bad:
+        console.print(f"[red]{len(bad)} of {len(rows)} host(s) failed or unreachable.[/red]")

@@ -50,6 +50,9 @@ class StackSpec(BaseModel):
     webui_port: int
     webui_bind: str
     inference_port: int
+    # A named volume holding the weights (fleet hosts: a remote engine cannot see the controller's disk);
+    # None mounts model_host_path from the engine's own disk.
+    model_volume: str | None = None
 
     @property
     def inference_container_port(self) -> int:
@@ -154,6 +157,7 @@ def render_files(spec: StackSpec, secrets: Mapping[str, str], inputs: Mapping[st
         "inference_port": spec.inference_port,
         "inference_url": f"http://inference:{spec.inference_container_port}/v1",
         "model_host_dir": host_dir,
+        "model_volume": spec.model_volume,
         "model_container_dir": container_dir,
         "model_container_path": container_path,
         "ngl": ngl,

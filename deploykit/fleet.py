@@ -1,0 +1,317 @@
+"""A fleet of workstations: the inventory, host selection, per-host results and the parallel runner.
+
+Each workstation keeps its own Docker Engine; deploykit reaches it through that engine (``ssh://``,
+``tcp://``, ``unix://`` or a docker context) and never runs a scheduler of its own. The model reaches a
+remote engine as a named volume filled through the engine API, because a remote engine resolves bind
+mounts on its own disk, not the controller's. One host's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import os
+import re
+import tarfile
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deploykit.errors import ConfigError, DeployKitError, EngineError, NotFoundError, UsageError
+
+HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# Failed and unreachable hosts are kept apart (as Ansible does): the fix differs.
+State = Literal[
+    "detected", "planned", "rendered", "healthy", "unhealthy", "down", "not deployed", "failed", "unreachable"
+]
+BAD_STATES = ("unhealthy", "not deployed", "failed", "unreachable")
+
+
+class FleetHost(BaseModel):
+    """One workstation of the inventory."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(pattern=HOST_NAME)
+    engine: str | None = Field(None, description="ssh://user@host[:port], tcp://host:port or unix:///path")
+    context: str | None = Field(None, description="a docker context name (instead of engine)")
+    profile: str | None = None
+    labels: dict[str, str] = {}
+    ui_port: int = Field(7860, ge=1, le=65535)
+    inference_port: int = Field(7861, ge=1, le=65535)
+    # Where this controller reaches the published ports; default: the engine URL's host name.
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> FleetHost:
+        if (self.engine is None) == (self.context is None):
+            raise ValueError("give exactly one of engine (a URL) or context (a docker context name)")
+        if self.engine is not None:
+            scheme = urlparse(self.engine).scheme
+            if scheme not in ("ssh", "tcp", "unix"):
+                raise ValueError(f"engine '{self.engine}' is not ssh://, tcp:// or unix://")
+        if self.ui_port == self.inference_port:
+            raise ValueError("ui_port and inference_port must differ")
+        return self
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    hosts: list[FleetHost] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Inventory:
+        seen: set[str] = set()
+        for host in self.hosts:
+            if host.name in seen:
+                raise ValueError(f"host name '{host.name}' appears twice")
+            seen.add(host.name)
+        return self
+
+
+def load_inventory(path: Path) -> Inventory:
+    """The inventory file, checked: a TOML or schema error names the line it is on."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NotFoundError(f"cannot read inventory {path}: {exc.strerror}.", "Check the --inventory path.") from None
+    hint = "Each [[hosts]] table takes name, engine or context, profile, labels, ui_port, inference_port, address."
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}.", hint) from None
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as exc:
+        problems = [_located(text, err["loc"], err["msg"]) for err in exc.errors()]
+        raise ConfigError(f"{path}: " + "; ".join(problems) + ".", hint) from None
+
+
+def _located(text: str, loc: Sequence[str | int], msg: str) -> str:
+    """'line N: hosts[1].key: message' — the line of the key in the index-th [[hosts]] table, when found."""
+    where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    line = _line_of(text, loc)
+    return f"line {line}: {where}: {msg}" if line else f"{where}: {msg}"
+
+
+def _line_of(text: str, loc: Sequence[str | int]) -> int | None:
+    lines = text.splitlines()
+    start = 0
+    if len(loc) >= 2 and loc[0] == "hosts" and isinstance(loc[1], int):
+        headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*hosts\s*\]\]", line)]
+        if loc[1] >= len(headers):
+            return None
+        start = headers[loc[1]]
+        key = loc[2] if len(loc) > 2 else None
+        if not isinstance(key, str):
+            return start + 1
+        for i in range(start + 1, len(lines)):
+            if re.match(r"\s*\[", lines[i]):
+                break
+            if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+                return i + 1
+        return start + 1
+    return None
+
+
+def select_hosts(inventory: Inventory, patterns: str | None) -> tuple[FleetHost, ...]:
+    """Hosts whose name matches one of the comma-separated glob patterns (all without patterns)."""
+    if not patterns:
+        return tuple(inventory.hosts)
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    chosen = tuple(h for h in inventory.hosts if any(fnmatch.fnmatchcase(h.name, p) for p in wanted))
+    if not chosen:
+        names = ", ".join(h.name for h in inventory.hosts)
+        raise NotFoundError(f"--hosts '{patterns}' matches no host of the inventory.", f"Hosts are: {names}.")
+    return chosen
+
+
+def engine_url(host: FleetHost) -> str:
+    """The engine's URL; a docker context is read from the docker CLI's context store."""
+    if host.engine is not None:
+        return host.engine
+    from docker.context import ContextAPI
+
+    try:
+        ctx = ContextAPI.get_context(host.context)
+    except Exception as exc:  # the SDK raises its own errors for a malformed store
+        raise EngineError(
+            f"docker context '{host.context}' cannot be read: {exc}.", "See `docker context ls`."
+        ) from None
+    if ctx is None:
+        raise NotFoundError(f"docker context '{host.context}' does not exist.", "See `docker context ls`.")
+    if ctx.TLSConfig:
+        raise UsageError(
+            f"docker context '{host.context}' uses TLS, which fleet hosts do not support yet.",
+            "Reach that engine over ssh:// instead.",
+        )
+    return str(ctx.Host)
+
+
+def is_remote(url: str) -> bool:
+    """A remote engine resolves bind mounts on its own disk: the model must reach it another way."""
+    return not url.startswith("unix://")
+
+
+def address_of(host: FleetHost, url: str) -> str:
+    return host.address or urlparse(url).hostname or "127.0.0.1"
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class HostResult:
+    """One host's outcome, as Compose Farm's CommandResult: the table row and the JSON entry."""
+
+    host: str
+    state: State
+    profile: str | None = None
+    backend: str | None = None
+    url: str | None = None
+    error: str | None = None
+    hint: str | None = None
+    exit_code: int = 0
+    seconds: float = 0.0
+    engine: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state not in BAD_STATES
+
+
+def run_parallel(
+    hosts: Sequence[FleetHost], work: Callable[[FleetHost], HostResult], parallel: int
+) -> list[HostResult]:
+    """``work`` on every host, at most ``parallel`` at a time; results in inventory order. A host that
+    raises becomes a failed (or, for an engine error, unreachable) row; the others carry on."""
+
+    def guarded(host: FleetHost) -> HostResult:
+        started = time.monotonic()
+        try:
+            result = work(host)
+        except EngineError as exc:
+            result = HostResult(host.name, "unreachable", error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+        except DeployKitError as exc:
+            result = HostResult(host.name, "failed", error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+        except Exception as exc:  # one host's surprise must not take the fleet down with it
+            result = HostResult(host.name, "failed", error=f"{type(exc).__name__}: {exc}", exit_code=1)
+        result.seconds = round(time.monotonic() - started, 1)
+        result.engine = result.engine or host.engine or f"context {host.context}"
+        result.labels = dict(host.labels)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="fleet") as pool:
+        return list(pool.map(guarded, hosts))
+
+
+def summary(results: Sequence[HostResult]) -> dict[str, Any]:
+    failed = [r.host for r in results if not r.ok and r.state != "unreachable"]
+    unreachable = [r.host for r in results if r.state == "unreachable"]
+    return {
+        "ok": all(r.ok for r in results),
+        "failed": failed,
+        "unreachable": unreachable,
+        "hosts": [asdict(r) | {"ok": r.ok} for r in results],
+    }
+
+
+# ---------------------------------------------------------------- model delivery
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """The weights as they travel: a manifest in sha256sum format and the digest that names the volume."""
+
+    path: Path
+    digest: str
+    sums: str
+
+    @property
+    def volume(self) -> str:
+        return f"deploykit-model-{self.digest[:16]}"
+
+    def check_command(self) -> list[str]:
+        """Run in the fill container: verify every file on the host's disk, then mark the volume done."""
+        return ["sh", "-c", f"cd /data && sha256sum -c --quiet SHA256SUMS && echo {self.digest} > .deploykit-verified"]
+
+    @staticmethod
+    def marker_command() -> list[str]:
+        return ["sh", "-c", "cat /data/.deploykit-verified 2>/dev/null || true"]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_payload(path: Path) -> ModelPayload:
+    """A GGUF file is named by its own SHA-256; a model directory by that of its SHA256SUMS manifest."""
+    if path.is_file():
+        digest = _sha256(path)
+        return ModelPayload(path, digest, f"{digest}  {path.name}\n")
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    sums = "".join(f"{_sha256(p)}  {p.relative_to(path).as_posix()}\n" for p in files)
+    return ModelPayload(path, hashlib.sha256(sums.encode()).hexdigest(), sums)
+
+
+def archive_stream(payload: ModelPayload, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """A tar of the weights and SHA256SUMS, produced while it is sent (no copy on the controller's disk)."""
+    read_fd, write_fd = os.pipe()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as out, tarfile.open(fileobj=out, mode="w|") as tar:
+                root = payload.path
+                members = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+                for member in members:
+                    name = member.name if root.is_file() else member.relative_to(root).as_posix()
+                    info = tar.gettarinfo(str(member), arcname=name)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    with member.open("rb") as fh:
+                        tar.addfile(info, fh)
+                sums = payload.sums.encode()
+                info = tarfile.TarInfo("SHA256SUMS")
+                info.size, info.mode = len(sums), 0o644
+                tar.addfile(info, io.BytesIO(sums))
+        except BaseException as exc:  # reported by the reader below
+            errors.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with os.fdopen(read_fd, "rb") as source:
+        yield from iter(lambda: source.read(chunk), b"")
+    writer.join()
+    if errors:
+        raise errors[0]
+
+
+class PayloadCache:
+    """Hashes each model path once per run, whichever thread asks first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[Path, ModelPayload] = {}
+
+    def get(self, path: Path) -> ModelPayload:
+        with self._lock:
+            if path not in self._done:
+                self._done[path] = model_payload(path)
+            return self._done[path]
