@@ -622,6 +622,7 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
         delivery = {}
         # Open WebUI's image first: the GPU probe runs in it.
         webui_image = overrides.get("open-webui", settings.images.open_webui)
+        reporter.note(f"images: {webui_image} …")
         delivery["open-webui image"] = engine.copy_image(controller, url, webui_image)
         fs = _fleet_stack(settings, req, host, model, payloads, (url, probe))
         spec = fs.prepared.spec
@@ -634,10 +635,11 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
             details={"delivery": delivery, "dir": str(fs.prepared.stack_dir)},
         )
         try:
-            reporter.note(f"images: open-webui {delivery['open-webui image']}")
+            reporter.note(f"images: open-webui {delivery['open-webui image']}; {spec.images['inference']} …")
             delivery["inference image"] = engine.copy_image(controller, url, spec.images["inference"])
             reporter.note(f"images: inference {delivery['inference image']}")
             if fs.payload is not None:
+                reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
                 delivery["model"] = deliver_model(url, fs.payload, spec.images["inference"])
                 reporter.note(f"model: {delivery['model']}")
             stack = lifecycle.LoadedStack(fs.prepared.stack_dir, spec, fs.prepared.secrets, fs.address)

@@ -7,6 +7,7 @@ so the same code drives a workstation over ``ssh://`` or a context later.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,11 +324,13 @@ def copy_image(source_host: str | None, target_host: str | None, ref: str) -> st
             return "already there"
     except docker.errors.ImageNotFound:
         pass
+    started = time.monotonic()
     # get_image by name keeps the tag in the archive (an id-only save loads untagged).
     for chunk in target.api.load_image(source.api.get_image(ref, chunk_size=1 << 20)):
         if isinstance(chunk, dict) and chunk.get("error"):
             raise EngineError(f"loading {ref} into {target_host} failed: {chunk['error']}", "See `docker info` there.")
-    return "loaded"
+    size = int(source.images.get(ref).attrs.get("Size", 0))
+    return f"loaded ({size / 1e9:.2f} GB in {time.monotonic() - started:.0f} s)"
 
 
 def volume_exists(docker_host: str | None, name: str) -> bool:

@@ -1,0 +1,184 @@
+"""The fleet's pure parts: inventory, host selection, the parallel runner, the model payload, rendering."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from deploykit.cli import cli
+from deploykit.errors import ConfigError, EngineError, NotFoundError, UsageError
+from deploykit.fleet import (
+    FleetHost,
+    HostResult,
+    archive_stream,
+    load_inventory,
+    model_payload,
+    run_parallel,
+    select_hosts,
+    summary,
+)
+
+INVENTORY = """
+[[hosts]]
+name = "lab-01"
+engine = "ssh://root@lab-01"
+labels = { room = "b12" }
+
+[[hosts]]
+name = "lab-02"
+engine = "unix:///var/run/docker.sock"
+ui_port = 7870
+inference_port = 7871
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "inventory.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_inventory_loads_with_defaults(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, INVENTORY))
+    assert [h.name for h in inv.hosts] == ["lab-01", "lab-02"]
+    assert inv.hosts[0].ui_port == 7860 and inv.hosts[0].labels == {"room": "b12"}
+    assert inv.hosts[1].ui_port == 7870
+
+
+def test_unknown_key_is_refused_with_its_line(tmp_path: Path) -> None:
+    text = INVENTORY + '\n[[hosts]]\nname = "lab-03"\nengine = "ssh://lab-03"\nuiport = 7860\n'
+    with pytest.raises(ConfigError) as err:
+        load_inventory(write(tmp_path, text))
+    line = text.splitlines().index("uiport = 7860") + 1
+    assert f"line {line}: hosts[2].uiport: Extra inputs are not permitted" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ('name = "a"', "exactly one of engine"),
+        ('name = "a"\nengine = "http://a"', "is not ssh://"),
+        ('name = "a"\nengine = "ssh://a"\nui_port = "7860"', "valid integer"),
+        ('name = "a/b"\nengine = "ssh://a"', "pattern"),
+        ('name = "a"\nengine = "ssh://a"\nui_port = 7861', "must differ"),
+    ],
+)
+def test_bad_hosts_are_refused(tmp_path: Path, entry: str, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_inventory(write(tmp_path, f"[[hosts]]\n{entry}\n"))
+    assert says in err.value.message
+
+
+def test_duplicate_names_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_inventory(write(tmp_path, INVENTORY + '[[hosts]]\nname = "lab-01"\nengine = "ssh://x"\n'))
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_inventory(write(tmp_path, "[[hosts]\n"))
+    with pytest.raises(NotFoundError):
+        load_inventory(tmp_path / "missing.toml")
+
+
+def test_select_hosts_by_glob(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, INVENTORY))
+    assert [h.name for h in select_hosts(inv, "lab-0[2]")] == ["lab-02"]
+    assert len(select_hosts(inv, "lab-01,lab-02")) == 2
+    with pytest.raises(NotFoundError, match="matches no host"):
+        select_hosts(inv, "pc-*")
+
+
+def test_one_failure_never_stops_the_others_and_concurrency_is_bounded() -> None:
+    hosts = [FleetHost(name=f"h{i}", engine=f"ssh://h{i}") for i in range(6)]
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def work(host: FleetHost) -> HostResult:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        if host.name == "h1":
+            raise EngineError("cannot reach h1", "is it on?")
+        if host.name == "h2":
+            raise RuntimeError("boom")
+        return HostResult(host.name, "healthy")
+
+    results = run_parallel(hosts, work, parallel=2)
+    assert [r.host for r in results] == [h.name for h in hosts]
+    assert [r.state for r in results] == ["healthy", "unreachable", "failed", "healthy", "healthy", "healthy"]
+    assert peak == 2
+    data = summary(results)
+    assert data["ok"] is False and data["unreachable"] == ["h1"] and data["failed"] == ["h2"]
+    assert data["hosts"][1]["error"] == "cannot reach h1" and data["hosts"][1]["hint"] == "is it on?"
+
+
+def test_payload_of_a_file_and_a_directory(tmp_path: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 50)
+    payload = model_payload(gguf)
+    assert payload.digest == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert payload.volume == f"deploykit-model-{payload.digest[:16]}"
+    with tarfile.open(fileobj=io.BytesIO(b"".join(archive_stream(payload, chunk=1000)))) as tar:
+        assert sorted(tar.getnames()) == ["SHA256SUMS", "m.gguf"]
+        sums = tar.extractfile("SHA256SUMS")
+        assert sums is not None and sums.read().decode() == f"{payload.digest}  m.gguf\n"
+
+    model_dir = tmp_path / "hf"
+    (model_dir / "sub").mkdir(parents=True)
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "sub" / "w.safetensors").write_bytes(b"x" * 10)
+    payload = model_payload(model_dir)
+    assert payload.sums.splitlines()[1].endswith("  sub/w.safetensors")
+    assert payload.digest == hashlib.sha256(payload.sums.encode()).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(b"".join(archive_stream(payload)))) as tar:
+        assert sorted(tar.getnames()) == ["SHA256SUMS", "config.json", "sub/w.safetensors"]
+
+
+def test_render_mounts_a_model_volume_safely(tmp_path: Path) -> None:
+    from deploykit.app import ResolvedModel, prepare_for_host
+    from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
+    from deploykit.settings import Settings
+
+    settings = Settings(model_cache=tmp_path / "cache")
+    host = find_profile("cpu", builtin_profiles())
+    model = ResolvedModel(find_model(settings.model, builtin_models()), None)
+    prepared = prepare_for_host(settings, host, model, {}, tmp_path / "lab-01", model_volume='deploykit-model-"x$y')
+    compose = yaml.safe_load(prepared.files["compose.yaml"])
+    mount = compose["services"]["inference"]["volumes"][0]
+    assert mount == {"type": "volume", "source": "model", "target": "/models", "read_only": True}
+    # $ is doubled for compose's interpolation; YAML itself holds the name exactly.
+    assert compose["volumes"]["model"] == {"name": 'deploykit-model-"x$$y', "external": True}
+    plain = prepare_for_host(settings, host, model, {}, tmp_path / "lab-02")
+    assert yaml.safe_load(plain.files["compose.yaml"])["services"]["inference"]["volumes"][0]["type"] == "bind"
+
+
+def test_cli_fleet_status_reports_an_unreachable_host(tmp_path: Path) -> None:
+    inv = write(tmp_path, '[[hosts]]\nname = "gone"\nengine = "unix:///nonexistent/docker.sock"\n')
+    stack = tmp_path / "fleet" / "gone"
+    stack.mkdir(parents=True)
+    (stack / "plan.json").write_text("{}")
+    result = CliRunner().invoke(
+        cli, ["fleet", "status", "--inventory", str(inv), "--dir", str(tmp_path / "fleet"), "--json"]
+    )
+    assert result.exit_code == 1
+    assert '"state": "unreachable"' in result.output
+
+
+def test_cli_fleet_missing_stack_is_not_deployed(tmp_path: Path) -> None:
+    inv = write(tmp_path, INVENTORY)
+    result = CliRunner().invoke(
+        cli, ["fleet", "status", "--inventory", str(inv), "--dir", str(tmp_path / "none"), "--hosts", "lab-01"]
+    )
+    assert result.exit_code == 1
+    assert "not deployed" in result.output
