@@ -551,11 +551,14 @@ def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings
     )
 
 
-def _fleet_report(title: str, results: list[Any], as_json: bool) -> None:
-    from deploykit import output
+def _fleet_run(ctx: click.Context, params: dict[str, Any], title: str, action: Callable[..., list[Any]]) -> None:
+    """Run ``action(app, settings, request)`` and print its per-host results; exit 1 when any host failed."""
+    from deploykit import app, output
     from deploykit.fleet import summary
 
-    if as_json:
+    settings, req = _fleet_request(ctx, params)
+    results = action(app, settings, req)
+    if params["as_json"]:
         _print_json(summary(results))
     else:
         output.show_fleet(title, results)
@@ -569,10 +572,7 @@ def _fleet_report(title: str, results: list[Any], as_json: bool) -> None:
 def fleet_detect(ctx: click.Context, /, **params: Any) -> None:
     """Each host through its engine: CPUs, RAM and architecture from engine info; GPUs from nvidia-smi in a
     short-lived probe container where the engine has the NVIDIA runtime."""
-    from deploykit import app
-
-    settings, req = _fleet_request(ctx, params)
-    _fleet_report("Fleet: detect", app.fleet_detect(settings, req), params["as_json"])
+    _fleet_run(ctx, params, "Fleet: detect", lambda app, s, r: app.fleet_detect(s, r))
 
 
 @fleet.command("plan", short_help="The plan for each host.")
@@ -581,10 +581,7 @@ def fleet_detect(ctx: click.Context, /, **params: Any) -> None:
 @click.pass_context
 def fleet_plan(ctx: click.Context, /, **params: Any) -> None:
     """Detect and plan each host: backend, device and the URL its Open WebUI will have."""
-    from deploykit import app
-
-    settings, req = _fleet_request(ctx, params)
-    _fleet_report("Fleet: plan", app.fleet_plan(settings, req), params["as_json"])
+    _fleet_run(ctx, params, "Fleet: plan", lambda app, s, r: app.fleet_plan(s, r))
 
 
 @fleet.command("render", short_help="Write a stack folder per host.")
@@ -594,10 +591,7 @@ def fleet_plan(ctx: click.Context, /, **params: Any) -> None:
 def fleet_render(ctx: click.Context, /, **params: Any) -> None:
     """Write DIR/HOST/{compose.yaml,.env,plan.json} for each host; a remote host's stack mounts the model
     from a named volume on that host instead of a path on this controller's disk."""
-    from deploykit import app
-
-    settings, req = _fleet_request(ctx, params)
-    _fleet_report("Fleet: render", app.fleet_plan(settings, req, write=True), params["as_json"])
+    _fleet_run(ctx, params, "Fleet: render", lambda app, s, r: app.fleet_plan(s, r, write=True))
 
 
 @fleet.command("up", short_help="Deliver, start and check every host, in parallel.")
@@ -608,10 +602,9 @@ def fleet_render(ctx: click.Context, /, **params: Any) -> None:
 def fleet_up(ctx: click.Context, /, **params: Any) -> None:
     """Per host: load the images it lacks from this controller's engine, send the model into a volume
     (SHA-256 checked there), render, start and check up to a chat through Open WebUI."""
-    from deploykit import app, output
+    from deploykit.output import HostReporter
 
-    settings, req = _fleet_request(ctx, params)
-    _fleet_report("Fleet: up", app.fleet_up(settings, req, output.HostReporter), params["as_json"])
+    _fleet_run(ctx, params, "Fleet: up", lambda app, s, r: app.fleet_up(s, r, HostReporter))
 
 
 @fleet.command("status", short_help="State, URL and error of every host.")
@@ -619,10 +612,7 @@ def fleet_up(ctx: click.Context, /, **params: Any) -> None:
 @click.pass_context
 def fleet_status(ctx: click.Context, /, **params: Any) -> None:
     """Each host's stack: healthy or not, its URL, and what is wrong; exit 1 when any host is not healthy."""
-    from deploykit import app
-
-    settings, req = _fleet_request(ctx, params)
-    _fleet_report("Fleet: status", app.fleet_status(settings, req), params["as_json"])
+    _fleet_run(ctx, params, "Fleet: status", lambda app, s, r: app.fleet_status(s, r))
 
 
 @fleet.command("down", short_help="Stop every host's stack (data and model volumes kept).")
@@ -630,10 +620,7 @@ def fleet_status(ctx: click.Context, /, **params: Any) -> None:
 @click.pass_context
 def fleet_down(ctx: click.Context, /, **params: Any) -> None:
     """Stop and remove each host's containers; chats, accounts and the delivered model are kept."""
-    from deploykit import app
-
-    settings, req = _fleet_request(ctx, params)
-    _fleet_report("Fleet: down", app.fleet_down(settings, req), params["as_json"])
+    _fleet_run(ctx, params, "Fleet: down", lambda app, s, r: app.fleet_down(s, r))
 
 
 def main() -> None:
