@@ -669,6 +669,7 @@ def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[str, LoadedStack]
     from deploykit.fleet import HostResult, address_of
     from deploykit.lifecycle import load_stack
 
+    url, _ = _reach(host)  # an unreachable host is that first, deployed or not
     stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
     if not (stack_dir / "plan.json").is_file():
         return HostResult(
@@ -677,7 +678,6 @@ def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[str, LoadedStack]
             error=f"no stack in {stack_dir}",
             hint=f"Run `deploykit fleet up --inventory {req.inventory} --hosts {host.name}`.",
         )
-    url, _ = _reach(host)
     return url, replace(load_stack(stack_dir), address=address_of(host, url))
 
 
