@@ -135,7 +135,8 @@ def test_two_engines_come_up_to_a_chat_and_the_third_is_unreachable(fleet: Fleet
     assert fleet.up.code == 1, fleet.up.err  # one host could not be reached
     data = json.loads(fleet.up.out)
     assert data["ok"] is False
-    assert data["unreachable"] == [GONE] and data["failed"] == []
+    errors = {h["host"]: h["error"] for h in data["hosts"]}
+    assert data["unreachable"] == [GONE] and data["failed"] == [], errors
     by_host = hosts(fleet.up)
     for name, port in ((LOCAL, 22860), (SECOND, 22862)):
         row = by_host[name]
