@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import secrets as secrets_mod
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -642,15 +643,16 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
                 reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
                 delivery["model"] = deliver_model(url, fs.payload, spec.images["inference"])
                 reporter.note(f"model: {delivery['model']}")
-            stack = lifecycle.LoadedStack(fs.prepared.stack_dir, spec, fs.prepared.secrets, fs.address)
-            report = lifecycle.up(
-                stack,
-                url,
-                req.timeout,
-                reporter,
-                fs.prepared.model,
-                write_files=lambda: write_stack(fs.prepared.stack_dir, fs.prepared.files),
-            )
+            loaded = lifecycle.LoadedStack(fs.prepared.stack_dir, spec, fs.prepared.secrets, fs.address)
+            with inference_route(loaded, url) as stack:
+                report = lifecycle.up(
+                    stack,
+                    url,
+                    req.timeout,
+                    reporter,
+                    fs.prepared.model,
+                    write_files=lambda: write_stack(fs.prepared.stack_dir, fs.prepared.files),
+                )
         except DeployKitError as exc:
             row.error, row.hint, row.exit_code = exc.message, exc.hint, exc.exit_code
             return row
@@ -660,6 +662,32 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
         return row
 
     return run_parallel(_fleet_hosts(req), one, req.parallel)
+
+
+@contextmanager
+def inference_route(stack: LoadedStack, url: str) -> Iterator[LoadedStack]:
+    """The stack with an inference URL this controller can reach: the stack publishes that port on its engine
+    host's loopback only, so an ssh:// host is reached through an ``ssh -L`` forward while the block runs."""
+    from dataclasses import replace
+    from urllib.parse import urlparse
+
+    from deploykit.errors import EngineError
+    from deploykit.proc import ssh_forward
+
+    parsed = urlparse(url)
+    if parsed.scheme != "ssh":
+        yield stack
+        return
+    target = f"{parsed.username}@{parsed.hostname}" if parsed.username else str(parsed.hostname)
+    forward = ssh_forward(target, parsed.port, stack.spec.inference_port)
+    try:
+        local = forward.__enter__()
+    except OSError as exc:
+        raise EngineError(f"{exc}.", "Check that sshd there allows TCP forwarding (AllowTcpForwarding).") from None
+    try:
+        yield replace(stack, inference_base=f"http://127.0.0.1:{local}")
+    finally:
+        forward.__exit__(None, None, None)
 
 
 def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[str, LoadedStack] | HostResult:
@@ -689,8 +717,9 @@ def fleet_status(settings: Settings, req: FleetRequest) -> list[HostResult]:
         found = _fleet_loaded(req, host)
         if isinstance(found, HostResult):
             return found
-        url, stack = found
-        state = lifecycle.status(stack, url)
+        url, loaded = found
+        with inference_route(loaded, url) as stack:
+            state = lifecycle.status(stack, url)
         broken = [
             f"{s['service']}: {s['state']}, {s.get('detail') or s.get('health') or ''}".rstrip(", ")
             for s in state["services"]

@@ -41,10 +41,13 @@ class LoadedStack:
     # Where this controller reaches the engine's published ports: its own loopback for a local engine,
     # the workstation's name for a fleet host.
     address: str = "127.0.0.1"
+    # The inference port is published on the engine host's loopback only; for a remote host the fleet
+    # reaches it through an ssh forward and sets this.
+    inference_base: str | None = None
 
     @property
     def inference_url(self) -> str:
-        return f"http://{self.address}:{self.spec.inference_port}"
+        return self.inference_base or f"http://{self.address}:{self.spec.inference_port}"
 
     @property
     def webui_url(self) -> str:

@@ -7,8 +7,11 @@ Tests that cannot have the real program (``nvidia-smi`` on a machine without a G
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,3 +73,36 @@ def run_attached(args: Sequence[str], env: Mapping[str, str] | None = None) -> i
         return subprocess.call(list(args), env=dict(env) if env is not None else None)
     except KeyboardInterrupt:
         return 130
+
+
+@contextmanager
+def ssh_forward(target: str, port: int | None, remote_port: int, timeout: float = 15) -> Iterator[int]:
+    """``ssh -N -L`` from a free loopback port here to ``remote_port`` on the target's loopback, for as long as
+    the block runs; yields the local port. The system ssh client, so ~/.ssh/config and known_hosts apply."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = int(probe.getsockname()[1])
+    args = ["ssh", "-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
+    args += ["-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}", *(["-p", str(port)] if port else []), "--", target]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", local)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = (
+                    proc.stderr.read().decode(errors="replace").strip()
+                    if proc.stderr and proc.poll() is not None
+                    else ""
+                )
+                raise OSError(f"ssh -L to {target} for port {remote_port} did not open: {err or 'timed out'}")
+            time.sleep(0.2)
+        yield local
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()

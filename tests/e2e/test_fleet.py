@@ -173,6 +173,9 @@ def test_status_json_lists_each_host_with_state_url_and_error(fleet: Fleet) -> N
         assert {"state", "url", "error"} <= row.keys()
     assert by_host[LOCAL]["state"] == by_host[SECOND]["state"] == "healthy"
     assert by_host[SECOND]["url"] == "http://127.0.0.1:22862" and by_host[SECOND]["error"] is None
+    # The inference port stays on the host's loopback: the controller went through an ssh -L forward.
+    inference = by_host[SECOND]["details"]["services"][0]  # type: ignore[index]
+    assert inference["model"] == MODEL_ID and not inference["url"].endswith(":22863/v1"), inference
     assert by_host[GONE]["state"] == "unreachable" and by_host[GONE]["error"]
     table = fleet.run("status")
     assert table.code == 1 and GONE in table.out and "unreachable" in table.out
