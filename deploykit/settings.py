@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from deploykit.errors import ConfigError, UsageError
 from deploykit.plan import PlanSettings
+from deploykit.versions import pinned
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
 IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*$"
@@ -55,11 +56,12 @@ class Images(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    llama_server: str = Field("ghcr.io/ggml-org/llama.cpp:server-b9603", pattern=IMAGE_REF)
-    llama_server_cuda: str = Field("ghcr.io/ggml-org/llama.cpp:server-cuda12-b9603", pattern=IMAGE_REF)
-    vllm: str = Field("vllm/vllm-openai:v0.17.1", pattern=IMAGE_REF)
-    vllm_cpu: str = Field("public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.17.1", pattern=IMAGE_REF)
-    open_webui: str = Field("ghcr.io/open-webui/open-webui:v0.12.4", pattern=IMAGE_REF)
+    # Defaults come from deploykit/catalog/versions.toml, the one place that names each version.
+    llama_server: str = Field(pinned().llama_server, pattern=IMAGE_REF)
+    llama_server_cuda: str = Field(pinned().llama_server_cuda.image, pattern=IMAGE_REF)
+    vllm: str = Field(pinned().vllm.image, pattern=IMAGE_REF)
+    vllm_cpu: str = Field(pinned().vllm_cpu, pattern=IMAGE_REF)
+    open_webui: str = Field(pinned().open_webui, pattern=IMAGE_REF)
 
     @field_validator("*")
     @classmethod
