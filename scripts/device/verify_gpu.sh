@@ -144,6 +144,19 @@ PY
                     "-DCMAKE_CUDA_FLAGS=-I$wheel/include" "-DCMAKE_CXX_FLAGS=-I$wheel/include")
         fi
     fi
+    # The driver library for the VMM memory pool: the toolkit's stub, or the driver itself; else no VMM.
+    local cuda="${CUDA_HOME:-/usr/local/cuda}" driver
+    if ! ls "$cuda"/lib64/stubs/libcuda.so "$cuda"/lib64/libcuda.so >/dev/null 2>&1; then
+        driver="$(ldconfig -p 2>/dev/null | awk '/libcuda\.so(\.1)? /{print $NF; exit}')"
+        [ -n "$driver" ] || driver="$(ls /usr/local/nvidia/lib64/libcuda.so* /usr/lib/x86_64-linux-gnu/libcuda.so* 2>/dev/null | head -n1 || true)"
+        if [ -n "$driver" ]; then
+            echo "no libcuda stub in $cuda; linking the driver's $driver"
+            extra+=("-DCUDA_cuda_driver_LIBRARY=$driver")
+        else
+            echo "no libcuda anywhere: building without VMM (GGML_CUDA_NO_VMM=ON; the legacy memory pool)"
+            extra+=(-DGGML_CUDA_NO_VMM=ON)
+        fi
+    fi
     cmake -S "$WORK/llama.cpp" -B "$WORK/llama.cpp/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
         -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "${extra[@]}"
@@ -156,7 +169,7 @@ else
     export -f configure
     export WORK PY
     step configure 90 bash -c configure || exit 1
-    step build 360 cmake --build "$WORK/llama.cpp/build" --target llama-server -j "$(nproc)" || exit 1
+    step build 400 cmake --build "$WORK/llama.cpp/build" --target llama-server -j "$(nproc)" || exit 1
     "$SERVER" --version >"$LOGS/llama-server-version.log" 2>&1 || true
     ls -l "$SERVER" >>"$LOGS/llama-server-version.log"
 fi
