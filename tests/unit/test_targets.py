@@ -120,6 +120,9 @@ def test_swarm_stack_passes_docker_stack_schema(profile: str, tmp_path: Path) ->
         assert reservations["generic_resources"][0]["discrete_resource_spec"]["kind"] == "NVIDIA-GPU"
         assert inference["deploy"]["placement"]["constraints"] == ["node.labels.org.deploykit.gpu == nvidia"]
     assert set(stack["secrets"]) == {"inference_api_key", "webui_secret_key"}
+    # the secret files come from the directory deploykit names at deploy time
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["secrets"]["inference_api_key"]["file"] == "/run/deploykit-test/inference_api_key"
 
 
 def test_swarm_schema_rejects_what_compose_v2_accepts(tmp_path: Path) -> None:
