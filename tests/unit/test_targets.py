@@ -176,3 +176,20 @@ def test_swarm_render_writes_the_stack_file(tmp_path: Path) -> None:
     result = render(tmp_path, "swarm")
     assert sorted(p.name for p in result.stack_dir.iterdir()) == [".env", "plan.json", "swarm.yaml"]
     assert stack_config(result.stack_dir / "swarm.yaml").returncode == 0
+
+
+def test_cli_render_kubernetes_and_what_deploykit_does_not_run(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from deploykit.cli import cli
+
+    runner = CliRunner()
+    stack_dir = str(tmp_path / "k8s")
+    rendered = runner.invoke(cli, ["render", "--profile", "rtx3060", "--target", "kubernetes", "--dir", stack_dir])
+    assert rendered.exit_code == 0, rendered.output
+    assert "kubectl apply" in rendered.output
+    # deploykit runs compose and swarm stacks; Kubernetes manifests are kubectl's
+    assert runner.invoke(cli, ["up", "--target", "kubernetes", "--dir", stack_dir]).exit_code == 2
+    status = runner.invoke(cli, ["status", "--dir", stack_dir])
+    assert status.exit_code == 2
+    assert "Kubernetes manifests" in status.output
