@@ -234,7 +234,7 @@ def plan(
         output.show_plan(deployment)
 
 
-@cli.command(short_help="Write compose.yaml, .env and plan.json.")
+@cli.command(short_help="Write the stack: compose.yaml (or swarm/kubernetes), .env, plan.json.")
 @plan_options()
 @stack_dir_option()
 @image_option
@@ -468,7 +468,7 @@ def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
     from deploykit import lifecycle
 
     stack = _stack(ctx, stack_dir)
-    checks = lifecycle.smoke(stack, (stack.dir / "compose.yaml").read_text(encoding="utf-8"))
+    checks = lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8"))
     if as_json:
         _print_json({"ok": all(c["status"] != "fail" for c in checks), "checks": checks})
     else:

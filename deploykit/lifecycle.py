@@ -20,7 +20,7 @@ from deploykit import engine, health, webui
 from deploykit.errors import HealthError, NotFoundError, PreflightError, UsageError
 from deploykit.host import GiB
 from deploykit.plan import gib
-from deploykit.render import StackSpec, read_secrets
+from deploykit.render import TARGET_FILES, StackSpec, read_secrets
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
@@ -38,6 +38,11 @@ class LoadedStack:
     dir: Path
     spec: StackSpec
     secrets: dict[str, str]
+
+    @property
+    def stack_file(self) -> Path:
+        """compose.yaml, swarm.yaml or kubernetes.yaml: what the stack was rendered for."""
+        return self.dir / TARGET_FILES[self.spec.target]
 
     @property
     def inference_url(self) -> str:
@@ -462,7 +467,7 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
             {
                 "name": "reasoning separation",
                 "status": "pass" if wired else "fail",
-                "detail": f"{flag} is {'set' if wired else 'missing'} in compose.yaml; thinking arrives in "
+                "detail": f"{flag} is {'set' if wired else 'missing'} in the stack file; thinking arrives in "
                 "reasoning_content (wiring checked; no R1 model runs in this check)",
             }
         )

@@ -101,6 +101,8 @@ def test_swarm_up_reaches_a_chat_and_down_leaves_nothing(
         chat = deploykit("chat", "--dir", str(stack.dir), "Say hello", env=stack.env)
         assert chat.code == 0, chat.err
         assert chat.out.strip()
+        smoke = deploykit("smoke", "--dir", str(stack.dir), "--json", env=stack.env)
+        assert smoke.code == 0, smoke.out + smoke.err
     finally:
         down = deploykit("down", "--dir", str(stack.dir), "--volumes", "--yes", env=stack.env)
     assert down.code == 0, down.err
