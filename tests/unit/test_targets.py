@@ -193,3 +193,21 @@ def test_cli_render_kubernetes_and_what_deploykit_does_not_run(tmp_path: Path) -
     status = runner.invoke(cli, ["status", "--dir", stack_dir])
     assert status.exit_code == 2
     assert "Kubernetes manifests" in status.output
+
+
+def test_swarm_up_on_an_engine_that_is_no_manager_says_so_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from deploykit import engine
+    from deploykit.cli import cli
+    from deploykit.host import DockerEngine
+
+    monkeypatch.setattr(engine, "probe_engine", lambda docker_host: DockerEngine(reachable=True))
+    monkeypatch.setattr(engine, "swarm_state", lambda docker_host: ("inactive", False))
+    target = tmp_path / "stack"
+    result = CliRunner().invoke(cli, ["up", "--target", "swarm", "-p", "cpu", "--dir", str(target)])
+    assert result.exit_code == 7, result.output
+    assert "not a swarm manager" in result.output and "docker swarm init" in result.output
+    assert not target.exists()
