@@ -284,6 +284,8 @@ class SwarmStack(Stack):
             hint = "See `deploykit doctor`."
             if "not a swarm manager" in result.stderr:
                 hint = "Run it on a swarm manager (`docker swarm init` makes this engine one)."
+            elif "only updates to Labels are allowed" in result.stderr:
+                hint = "A secret in .env changed and Swarm secrets cannot: `deploykit down` first, then up again."
             raise self._fail(result, "stack deploy", hint)
 
     def deployed(self) -> bool:
