@@ -27,11 +27,14 @@ from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
 from deploykit.render import (
+    TARGET_FILES,
     StackSpec,
+    Target,
     check_stack_dir,
     project_name,
     read_secrets,
     render_files,
+    render_target,
     write_stack,
 )
 from deploykit.settings import Settings, config_dir
@@ -229,6 +232,7 @@ def prepare_stack(
     model_path: Path | None,
     image_overrides: dict[str, str],
     stack_dir: Path,
+    target: Target = "compose",
 ) -> PreparedStack:
     stack_dir = stack_dir.expanduser().absolute()
     check_stack_dir(stack_dir)  # before anything slow, and before anything is written
@@ -243,6 +247,7 @@ def prepare_stack(
         webui_port=settings.webui_port,
         webui_bind=settings.webui_bind,
         inference_port=settings.inference_port,
+        target=target,
     )
     kept = read_secrets(stack_dir)
     fresh = new_secrets(settings.admin_email)
@@ -273,13 +278,19 @@ def up_stack(
     stack_dir: Path,
     timeout: float | None,
     reporter: Reporter,
+    target: Target | None = None,
 ) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
     from deploykit import lifecycle
     from deploykit.lifecycle import LoadedStack, load_stack
 
+    if target == "kubernetes":
+        raise UsageError(
+            "deploykit does not run Kubernetes stacks itself.",
+            "Render the manifests with `deploykit render --target kubernetes` and apply them with kubectl.",
+        )
     stack_dir = stack_dir.expanduser().absolute()
-    asked = any(x is not None for x in (profile, host_file, model_id, model_path)) or bool(image_overrides)
+    asked = any(x is not None for x in (profile, host_file, model_id, model_path, target)) or bool(image_overrides)
     if asked or not (stack_dir / "plan.json").is_file():
         prepared = prepare_stack(
             settings,
@@ -289,6 +300,7 @@ def up_stack(
             model_path=model_path,
             image_overrides=image_overrides,
             stack_dir=stack_dir,
+            target=target or _rendered_target(stack_dir),
         )
         stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
         return lifecycle.up(
@@ -302,6 +314,16 @@ def up_stack(
     stack = load_stack(stack_dir)
     model = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
     return lifecycle.up(stack, settings.docker_host, timeout, reporter, model)
+
+
+def _rendered_target(stack_dir: Path) -> Target:
+    """The target a stack directory was rendered for (compose when new or unreadable)."""
+    try:
+        data = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
+        target = data["stack"].get("target", "compose")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return "compose"
+    return target if target in TARGET_FILES else "compose"
 
 
 def plan_only(
@@ -357,7 +379,8 @@ REFERENCE_SECRETS = {
 
 
 def reference_stack(profile: str) -> dict[str, str]:
-    """The files of compose/<profile>/: compose.yaml, .env.example and plan.json, for the default model."""
+    """The files of compose/<profile>/ for the default model: compose.yaml, .env.example and plan.json,
+    and the same stack for the other targets: swarm.yaml and kubernetes.yaml."""
     # Defaults only: no config file or DEPLOYKIT_* variable of this machine leaks into the reference.
     settings = Settings.model_construct(model_cache=REFERENCE_MODEL_CACHE)
     host = find_profile(profile, builtin_profiles())
@@ -382,4 +405,8 @@ def reference_stack(profile: str) -> dict[str, str]:
         "compose.yaml": files["compose.yaml"],
         ".env.example": files[".env"],
         "plan.json": files["plan.json"],
+        **{
+            TARGET_FILES[target]: render_target(spec.model_copy(update={"target": target}), inputs, REFERENCE_SECRETS)
+            for target in ("swarm", "kubernetes")
+        },
     }

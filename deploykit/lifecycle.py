@@ -20,7 +20,7 @@ from deploykit import engine, health, webui
 from deploykit.errors import HealthError, NotFoundError, PreflightError, UsageError
 from deploykit.host import GiB
 from deploykit.plan import gib
-from deploykit.render import StackSpec, read_secrets
+from deploykit.render import TARGET_FILES, StackSpec, read_secrets
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
@@ -40,6 +40,11 @@ class LoadedStack:
     secrets: dict[str, str]
 
     @property
+    def stack_file(self) -> Path:
+        """compose.yaml, swarm.yaml or kubernetes.yaml: what the stack was rendered for."""
+        return self.dir / TARGET_FILES[self.spec.target]
+
+    @property
     def inference_url(self) -> str:
         return f"http://127.0.0.1:{self.spec.inference_port}"
 
@@ -52,6 +57,13 @@ class LoadedStack:
         return f"http://inference:{self.spec.inference_container_port}/v1"
 
     def engine_stack(self, docker_host: str | None) -> engine.Stack:
+        if self.spec.target == "swarm":
+            return engine.SwarmStack(self.dir, self.spec.project, docker_host, self.secrets)
+        if self.spec.target == "kubernetes":
+            raise UsageError(
+                f"{self.dir} holds Kubernetes manifests; deploykit does not run them itself.",
+                "Use kubectl, or render it again with --target compose or --target swarm.",
+            )
         return engine.Stack(self.dir, self.spec.project, docker_host)
 
 
@@ -104,6 +116,8 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     probe = engine.probe_engine(docker_host)
     if not probe.reachable:
         raise engine.engine_error(docker_host, Exception(probe.error or "unreachable"))
+    if stack.spec.target == "swarm":
+        return preflight_swarm(stack, docker_host)
     engine.require_compose_v2()
     stack_id = stack.secrets.get("DEPLOYKIT_STACK_ID")
     others = {k: v for k, v in engine.project_owners(docker_host, stack.spec.project).items() if k != stack_id}
@@ -153,6 +167,32 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     for service, ref in stack.spec.images.items():
         if not engine.image_present(docker_host, ref):
             notes.append(f"image {ref} ({service}) is not on this engine yet; compose will pull it.")
+    return notes
+
+
+def preflight_swarm(stack: LoadedStack, docker_host: str | None) -> list[str]:
+    """A swarm manager to deploy to, and the ports free unless this stack already holds them."""
+    state, manager = engine.swarm_state(docker_host)
+    if state != "active" or not manager:
+        raise PreflightError(
+            f"the Docker Engine is not a swarm manager (swarm state: {state}).",
+            "Run `docker swarm init` here (or point --docker-host at a manager), or use --target compose.",
+        )
+    es = stack.engine_stack(docker_host)
+    assert isinstance(es, engine.SwarmStack)
+    notes = []
+    if _is_local(docker_host) and not es.deployed():
+        for port in (stack.spec.webui_port, stack.spec.inference_port):
+            if not port_free("0.0.0.0", port):
+                raise PreflightError(
+                    f"port {port} is already in use on this host, so the swarm cannot publish it.",
+                    f"Stop what listens there (`ss -ltnp 'sport = :{port}'`) or set another port and render again.",
+                )
+    if stack.spec.plan.device == "cuda":
+        notes.append(
+            "the inference service runs on a node labelled org.deploykit.gpu=nvidia that advertises an "
+            "NVIDIA-GPU generic resource (see swarm.yaml)."
+        )
     return notes
 
 
@@ -427,7 +467,7 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
             {
                 "name": "reasoning separation",
                 "status": "pass" if wired else "fail",
-                "detail": f"{flag} is {'set' if wired else 'missing'} in compose.yaml; thinking arrives in "
+                "detail": f"{flag} is {'set' if wired else 'missing'} in the stack file; thinking arrives in "
                 "reasoning_content (wiring checked; no R1 model runs in this check)",
             }
         )

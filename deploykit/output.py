@@ -114,6 +114,10 @@ def show_rendered(result: RenderResult) -> None:
     changed = ", ".join(result.changed) if result.changed else "nothing changed"
     console.print(f"Stack written to [bold]{result.stack_dir}[/bold] ({changed}).")
     console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context")
+    if result.spec.target == "kubernetes":
+        console.print("  Secrets are in .env and in kubernetes.yaml's Secret (both mode 0600).")
+        console.print(f"  Next: kubectl apply -n NAMESPACE -f {result.stack_dir / 'kubernetes.yaml'}")
+        return
     console.print(f"  Open WebUI will listen on port {result.spec.webui_port}; secrets are in .env (mode 0600).")
     console.print(f"  Next: deploykit up --dir {result.stack_dir}")
 
