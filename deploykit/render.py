@@ -8,6 +8,7 @@ double-quoted scalar of it, with ``$`` doubled so compose does not interpolate i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan
 
 STACK_FILES = ("compose.yaml", ".env", "plan.json")
+SITE_FILES = ("compose.override.yaml", "deploykit.toml")  # the site's own; never written by render
 # DEPLOYKIT_STACK_ID is no secret: it tells this stack's containers and volume from another stack's
 # that happens to share the project name (a directory of the same name elsewhere).
 SECRET_KEYS = (
@@ -50,6 +52,7 @@ class StackSpec(BaseModel):
     webui_port: int
     webui_bind: str
     inference_port: int
+    webui_env: dict[str, str] = {}  # the [webui_env] table: extra Open WebUI environment settings
 
     @property
     def inference_container_port(self) -> int:
@@ -111,10 +114,51 @@ def _templates_root() -> Any:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+TEMPLATES_MANIFEST = "deploykit-templates.json"
+
+
+def builtin_templates() -> dict[str, str]:
+    """Every built-in template by relative name ("services/vllm.yaml.j2") and its text."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".j2"):
+                out[prefix + child.name] = child.read_text(encoding="utf-8")
+
+    walk(_templates_root(), "")
+    return dict(sorted(out.items()))
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def shadowed_templates(templates_dir: Path | None) -> dict[str, dict[str, str]]:
+    """The built-in templates a site's folder shadows, each with the hash of the built-in and of the site's file.
+
+    Recorded in plan.json, so a later deploykit can tell the site that a built-in it copied has changed.
+    """
+    if templates_dir is None:
+        return {}
+    return {
+        name: {"builtin_sha256": sha256_text(text), "site_sha256": sha256_text(site.read_text(encoding="utf-8"))}
+        for name, text in builtin_templates().items()
+        if (site := templates_dir / name).is_file()
+    }
+
+
 @cache
-def _environment() -> jinja2.Environment:
+def _environment(templates_dir: str | None = None) -> jinja2.Environment:
+    builtin = jinja2.FileSystemLoader(str(_templates_root()))
+    # A site's folder first: its files shadow the built-ins one by one; the rest still come from deploykit.
+    loader: jinja2.BaseLoader = (
+        jinja2.ChoiceLoader([jinja2.FileSystemLoader(templates_dir), builtin]) if templates_dir else builtin
+    )
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_templates_root())),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -132,8 +176,17 @@ def _shm_size(spec: StackSpec) -> str:
     return f"{max(2, -(-weights // GiB))}gb"
 
 
-def render_files(spec: StackSpec, secrets: Mapping[str, str], inputs: Mapping[str, Any]) -> dict[str, str]:
-    """The stack's files as text, keyed by name. Pure and deterministic."""
+def render_files(
+    spec: StackSpec,
+    secrets: Mapping[str, str],
+    inputs: Mapping[str, Any],
+    templates_dir: Path | None = None,
+    customised: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The stack's files as text, keyed by name. Deterministic: reads only the templates.
+
+    ``customised`` (what plan.json says about the override file and shadowed templates) is recorded as given.
+    """
     missing = [k for k in SECRET_KEYS if not secrets.get(k)]
     if missing:
         raise ValueError(f"secrets missing: {', '.join(missing)}")
@@ -158,12 +211,29 @@ def render_files(spec: StackSpec, secrets: Mapping[str, str], inputs: Mapping[st
         "model_container_path": container_path,
         "ngl": ngl,
         "shm_size": _shm_size(spec),
+        "webui_env": spec.webui_env,
     }
-    env = _environment()
-    compose = env.get_template("compose.yaml.j2").render(context)
+    env = _environment(str(templates_dir) if templates_dir else None)
+    try:
+        compose = env.get_template("compose.yaml.j2").render(context)
+    except jinja2.TemplateError as exc:
+        if templates_dir is None:
+            raise
+        where = str(templates_dir)
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            where = f"{exc.filename or templates_dir} line {exc.lineno}"
+        raise UsageError(
+            f"the site templates in {where} do not render: {exc.message or exc}.",
+            "Fix the template (`deploykit templates export DIR` writes the built-ins to compare with).",
+        ) from None
     dotenv = env.get_template("env.j2").render(secrets={k: secrets[k] for k in SECRET_KEYS})
     plan_json = json.dumps(
-        {"deploykit_version": __version__, "stack": spec.model_dump(mode="json"), "inputs": dict(inputs)},
+        {
+            "deploykit_version": __version__,
+            "stack": spec.model_dump(mode="json"),
+            "inputs": dict(inputs),
+            **({"customised": dict(customised)} if customised else {}),
+        },
         indent=2,
         ensure_ascii=False,
     )
@@ -193,7 +263,8 @@ def check_stack_dir(stack_dir: Path) -> None:
         raise UsageError(f"{stack_dir} exists and is not a directory.", "Choose another --dir.")
     if not stack_dir.is_dir():
         return
-    entries = {p.name for p in stack_dir.iterdir()}
+    # A site may prepare its own files before the first render: deploykit writes neither of them.
+    entries = {p.name for p in stack_dir.iterdir()} - set(SITE_FILES)
     if entries and "plan.json" not in entries:
         raise UsageError(
             f"{stack_dir} is not empty and holds no deploykit stack (no plan.json).",
