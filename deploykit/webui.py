@@ -8,6 +8,8 @@ settings, so `up` and `status` can say so instead of leaving users to wonder.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from deploykit.health import NotReady, StageFailed
@@ -36,14 +38,22 @@ def admin_token(client: httpx.Client, email: str, password: str) -> tuple[str, b
     return str(r.json()["token"]), onboarding
 
 
+def _read(client: httpx.Client, path: str) -> dict[str, Any] | Exception:
+    """A JSON object from Open WebUI's API, or the error that stopped it."""
+    try:
+        r = client.get(path)
+        r.raise_for_status()
+        data = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return exc
+    return data if isinstance(data, dict) else ValueError(f"{path} gave no JSON object")
+
+
 def connection_drift(client: httpx.Client, expected_url: str, expected_key: str) -> list[str]:
     """Differences between the OpenAI connection Open WebUI uses and the one the stack sets."""
-    try:
-        r = client.get("/openai/config")
-        r.raise_for_status()
-        config = r.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return [f"could not read Open WebUI's connection settings ({type(exc).__name__})"]
+    config = _read(client, "/openai/config")
+    if isinstance(config, Exception):
+        return [f"could not read Open WebUI's connection settings ({type(config).__name__})"]
     drift = []
     if config.get("ENABLE_OPENAI_API") is False:
         drift.append("the OpenAI API connection is switched off in Open WebUI")
@@ -69,12 +79,9 @@ def apply_stored(client: httpx.Client, wanted: dict[str, str]) -> list[str]:
 
     if not wanted:
         return []
-    try:
-        r = client.get("/api/v1/configs/export")
-        r.raise_for_status()
-        current = r.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return [f"could not read Open WebUI's stored settings ({type(exc).__name__}); [webui_env] not applied"]
+    current = _read(client, "/api/v1/configs/export")
+    if isinstance(current, Exception):
+        return [f"could not read Open WebUI's stored settings ({type(current).__name__}); [webui_env] not applied"]
     updates: dict[str, object] = {}
     notes = []
     for key, text in wanted.items():

@@ -202,3 +202,24 @@ def test_a_broken_site_template_is_one_sentence(tmp_path: Path, isolated_home: P
     assert not (tmp_path / "s").exists()
     missing = config_file(isolated_home, f'templates_dir = "{tmp_path / "nope"}"\n')
     assert run(*RENDER, "--dir", str(tmp_path / "s"), env={"DEPLOYKIT_CONFIG": str(missing)}).exit_code == 3
+
+
+def test_apply_stored_writes_only_what_differs_typed_like_open_webui() -> None:
+    import httpx
+
+    from deploykit.webui import apply_stored
+
+    stored = {"ui.watermark": "old", "ui.enable_message_rating": True, "ui.default_locale": "de-DE"}
+    posted: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/configs/export":
+            return httpx.Response(200, json=stored)
+        posted.append(json.loads(request.content))
+        return httpx.Response(200, json={})
+
+    with httpx.Client(base_url="http://ui", transport=httpx.MockTransport(handler)) as client:
+        wanted = {"ui.watermark": "new", "ui.enable_message_rating": "false", "ui.default_locale": "de-DE"}
+        notes = apply_stored(client, wanted)
+    assert posted == [{"config": {"ui.watermark": "new", "ui.enable_message_rating": False}}]
+    assert notes == ["applied 2 stored Open WebUI setting(s): ui.enable_message_rating, ui.watermark"]
