@@ -265,6 +265,7 @@ def render(
                 "changed": result.changed,
                 "project": result.spec.project,
                 "plan": result.spec.plan.model_dump(mode="json"),
+                "notes": result.notes,
             }
         )
     else:

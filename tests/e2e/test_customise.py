@@ -76,9 +76,9 @@ def test_override_and_webui_env_apply_on_first_up(site_stack: Stack) -> None:
     assert "Using compose.override.yaml" in result.err
     config = webui_config(site_stack)
     assert config["name"] == "Physics Lab (Open WebUI)"  # Open WebUI appends its own name to a custom one
-    features = config["features"]
-    assert isinstance(features, dict)
-    assert features["response_watermark"] == "Lab A"
+    features, ui = config["features"], config["ui"]
+    assert isinstance(features, dict) and isinstance(ui, dict)
+    assert ui["response_watermark"] == "Lab A"
     assert features["enable_message_rating"] is False
     state = deploykit("status", "--dir", str(site_stack.dir), "--json", env=site_stack.env)
     assert state.code == 0, state.err
@@ -104,7 +104,7 @@ def test_render_keeps_the_override_and_a_changed_setting_lands_on_the_next_up(
     assert again.code == 0, again.err
     config = webui_config(site_stack)
     assert config["name"] == "Physics Lab (Open WebUI)"
-    assert config["features"]["response_watermark"] == "Lab B"  # type: ignore[index]
+    assert config["ui"]["response_watermark"] == "Lab B"  # type: ignore[index]
     assert any("ui.watermark" in note for note in json.loads(again.out)["notes"])
     # TODO(upgrade): when `deploykit upgrade` lands (helper trust-data), run it here and assert the name again.
 

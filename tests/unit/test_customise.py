@@ -223,3 +223,23 @@ def test_apply_stored_writes_only_what_differs_typed_like_open_webui() -> None:
         notes = apply_stored(client, wanted)
     assert posted == [{"config": {"ui.watermark": "new", "ui.enable_message_rating": False}}]
     assert notes == ["applied 2 stored Open WebUI setting(s): ui.enable_message_rating, ui.watermark"]
+
+
+def test_up_on_an_existing_stack_renders_todays_webui_env(tmp_path: Path, isolated_home: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from deploykit.app import reprepare_stack
+    from deploykit.settings import load_settings
+
+    config = config_file(isolated_home, '[webui_env]\nRESPONSE_WATERMARK = "A"\n')
+    monkeypatch.setenv("DEPLOYKIT_CONFIG", str(config))
+    assert run(*RENDER, "--dir", str(tmp_path / "s")).exit_code == 0
+    config.write_text('[webui_env]\nRESPONSE_WATERMARK = "B"\n')
+    prepared = reprepare_stack(load_settings(), tmp_path / "s")
+    assert prepared.spec.webui_env == {"RESPONSE_WATERMARK": "B"}
+    assert '"RESPONSE_WATERMARK": "B"' in prepared.files["compose.yaml"]
+    assert prepared.secrets == app_secrets(tmp_path / "s")  # the stack's secrets, never new ones
+
+
+def app_secrets(stack_dir: Path) -> dict[str, str]:
+    from deploykit.render import read_secrets
+
+    return read_secrets(stack_dir)
