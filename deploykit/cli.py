@@ -484,9 +484,9 @@ def templates() -> None:
     """A site's own templates: files in the `templates_dir` setting shadow the built-in ones one by one.
 
     \b
-      deploykit templates export ./site-templates   copy the built-ins to start from
-      (keep only the files you change; set templates_dir = "./site-templates" in config.toml)
-      deploykit templates rebase ./site-templates   after a deploykit upgrade, once your copies are current
+      deploykit templates export /srv/lab/templates   copy the built-ins to start from
+      (keep only the files you change; set templates_dir = "/srv/lab/templates" in config.toml)
+      deploykit templates rebase /srv/lab/templates   after a deploykit upgrade, once your copies are current
     """
 
 
