@@ -34,7 +34,6 @@ from deploykit.render import (
     project_name,
     read_secrets,
     render_files,
-    render_target,
     write_stack,
 )
 from deploykit.settings import Settings, config_dir
@@ -210,6 +209,7 @@ class RenderResult:
     stack_dir: Path
     spec: StackSpec
     changed: list[str]
+    notes: list[str]
 
 
 @dataclass(frozen=True)
@@ -221,6 +221,7 @@ class PreparedStack:
     files: dict[str, str]
     secrets: dict[str, str]
     model: dict[str, Any]
+    notes: list[str]  # warnings about the site's customisation, for the user to read
 
 
 def prepare_stack(
@@ -258,13 +259,36 @@ def prepare_stack(
         "model": model_data,
         "settings": settings.plan_settings().model_dump(mode="json"),
     }
-    return PreparedStack(stack_dir, spec, render_files(spec, stack_secrets, inputs), stack_secrets, model_data)
+    return _prepare(settings, stack_dir, spec, stack_secrets, inputs)
+
+
+def _prepare(
+    settings: Settings, stack_dir: Path, spec: StackSpec, stack_secrets: dict[str, str], inputs: dict[str, Any]
+) -> PreparedStack:
+    """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override."""
+    from deploykit import webui_env
+    from deploykit.customise import customisation
+
+    notes = webui_env.check(settings.webui_env)
+    spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
+    customised, template_notes = customisation(settings.templates_dir, stack_dir)
+    files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
+    return PreparedStack(stack_dir, spec, files, stack_secrets, inputs["model"], [*notes, *template_notes])
+
+
+def reprepare_stack(settings: Settings, stack_dir: Path) -> PreparedStack:
+    """An existing stack rendered again from its plan.json, with today's [webui_env] and templates."""
+    from deploykit.lifecycle import load_stack
+
+    stack = load_stack(stack_dir)
+    data = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
+    return _prepare(settings, stack_dir, stack.spec, stack.secrets, data["inputs"])
 
 
 def render_stack(settings: Settings, **kwargs: Any) -> RenderResult:
     prepared = prepare_stack(settings, **kwargs)
     changed = write_stack(prepared.stack_dir, prepared.files)
-    return RenderResult(prepared.stack_dir, prepared.spec, changed)
+    return RenderResult(prepared.stack_dir, prepared.spec, changed, prepared.notes)
 
 
 def up_stack(
@@ -282,7 +306,7 @@ def up_stack(
 ) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
     from deploykit import lifecycle
-    from deploykit.lifecycle import LoadedStack, load_stack
+    from deploykit.lifecycle import LoadedStack
 
     if target == "kubernetes":
         raise UsageError(
@@ -302,18 +326,13 @@ def up_stack(
             stack_dir=stack_dir,
             target=target or _rendered_target(stack_dir),
         )
-        stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
-        return lifecycle.up(
-            stack,
-            settings.docker_host,
-            timeout,
-            reporter,
-            prepared.model,
-            write_files=lambda: write_stack(stack_dir, prepared.files),
-        )
-    stack = load_stack(stack_dir)
-    model = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
-    return lifecycle.up(stack, settings.docker_host, timeout, reporter, model)
+    else:
+        # Reuse the stack's plan, but with today's [webui_env] and templates: a changed setting takes effect.
+        prepared = reprepare_stack(settings, stack_dir)
+    for note in prepared.notes:
+        reporter.note(note)
+    stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
+    return lifecycle.up(stack, settings.docker_host, timeout, reporter, prepared.model, prepared.files)
 
 
 def _rendered_target(stack_dir: Path) -> Target:
@@ -406,7 +425,9 @@ def reference_stack(profile: str) -> dict[str, str]:
         ".env.example": files[".env"],
         "plan.json": files["plan.json"],
         **{
-            TARGET_FILES[target]: render_target(spec.model_copy(update={"target": target}), inputs, REFERENCE_SECRETS)
+            TARGET_FILES[target]: render_files(spec.model_copy(update={"target": target}), REFERENCE_SECRETS, inputs)[
+                TARGET_FILES[target]
+            ]
             for target in ("swarm", "kubernetes")
         },
     }

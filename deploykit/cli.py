@@ -275,6 +275,7 @@ def render(
                 "changed": result.changed,
                 "project": result.spec.project,
                 "plan": result.spec.plan.model_dump(mode="json"),
+                "notes": result.notes,
             }
         )
     else:
@@ -500,6 +501,46 @@ def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
         output.show_checks(checks)
     if any(c.status == "fail" for c in checks):
         sys.exit(1)
+
+
+@cli.group(short_help="Start or maintain a site's own templates.")
+def templates() -> None:
+    """A site's own templates: files in the `templates_dir` setting shadow the built-in ones one by one.
+
+    \b
+      deploykit templates export /srv/lab/templates   copy the built-ins to start from
+      (keep only the files you change; set templates_dir = "/srv/lab/templates" in config.toml)
+      deploykit templates rebase /srv/lab/templates   after a deploykit upgrade, once your copies are current
+    """
+
+
+@templates.command("export", short_help="Write the built-in templates into DIR.")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite templates already in DIR.")
+def templates_export(directory: str, force: bool) -> None:
+    """Write the built-in templates into DIRECTORY, with a record of which built-ins they are."""
+    from pathlib import Path
+
+    from deploykit.customise import export_templates
+
+    names = export_templates(Path(directory), force)
+    click.echo(f"Wrote {len(names)} templates to {directory}: {', '.join(names)}.")
+    click.echo("Keep only the ones you change, and point templates_dir at the directory.")
+
+
+@templates.command("rebase", short_help="Record that DIR's copies match this deploykit's built-ins.")
+@click.argument("directory", type=click.Path(file_okay=False))
+def templates_rebase(directory: str) -> None:
+    """Record that the copies in DIRECTORY are current with this deploykit's built-in templates.
+
+    Run it after bringing a copy up to date with a changed built-in; `render` stops saying it changed.
+    """
+    from pathlib import Path
+
+    from deploykit.customise import rebase_templates
+
+    names = rebase_templates(Path(directory))
+    click.echo(f"Recorded {', '.join(names) or 'no shadowed templates'} as current in {directory}.")
 
 
 def main() -> None:

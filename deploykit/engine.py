@@ -145,19 +145,42 @@ class Stack:
         """The environment for compose: this stack's engine, whatever DOCKER_HOST the shell has."""
         return dict(os.environ) | ({"DOCKER_HOST": self.docker_host} if self.docker_host else {})
 
-    def compose_command(self, *args: str) -> list[str]:
-        stack_file = str(self.stack_dir / "compose.yaml")
-        return [
-            "docker",
-            "compose",
-            "--project-directory",
-            str(self.stack_dir),
-            "-f",
-            stack_file,
-            "-p",
-            self.project,
-            *args,
-        ]
+    def compose_files(self) -> list[Path]:
+        """compose.yaml, then the site's compose.override.yaml when there is one (Compose's own convention)."""
+        from deploykit.override import override_path
+
+        override = override_path(self.stack_dir)
+        return [self.stack_dir / "compose.yaml", *([override] if override else [])]
+
+    def compose_command(self, *args: str, files: list[Path] | None = None) -> list[str]:
+        # The one place that builds the -f list: every compose command sees the override too.
+        file_args = [arg for f in (files or self.compose_files()) for arg in ("-f", str(f))]
+        return ["docker", "compose", "--project-directory", str(self.stack_dir), *file_args, "-p", self.project, *args]
+
+    def check_override(self, rendered: dict[str, str]) -> None:
+        """Refuse an override that does not merge with the stack about to run (nothing is started or written).
+
+        The rendered compose.yaml and .env are checked from a scratch directory, so a stack not yet written is
+        checked the same way; paths in the override still resolve against the stack directory.
+        """
+        import tempfile
+
+        from deploykit.override import check_syntax, merge_error, override_path
+
+        override = override_path(self.stack_dir)
+        if override is None:
+            return
+        check_syntax(override)
+        with tempfile.TemporaryDirectory(prefix="deploykit-check-") as scratch:
+            base = Path(scratch) / "compose.yaml"
+            base.write_text(rendered["compose.yaml"], encoding="utf-8")
+            env_file = Path(scratch) / ".env"
+            env_file.write_text(rendered[".env"], encoding="utf-8")
+            command = self.compose_command("config", "--quiet", files=[base, override])
+            command[2:2] = ["--env-file", str(env_file)]
+            result = self.runner(command, timeout=60, env=self.env())
+        if not result.ok:
+            raise merge_error(override, result.stderr or result.stdout, ["inference", "open-webui"])
 
     def _check(self, result: Completed, what: str) -> Completed:
         if not result.ok:
@@ -181,19 +204,7 @@ class Stack:
 
     def logs_command(self, service: str | None, tail: int, follow: bool) -> list[str]:
         """The compose command that streams logs; the CLI runs it attached to the terminal."""
-        args = [
-            "docker",
-            "compose",
-            "--project-directory",
-            str(self.stack_dir),
-            "-f",
-            str(self.stack_dir / "compose.yaml"),
-            "-p",
-            self.project,
-            "logs",
-            "--tail",
-            str(tail),
-        ]
+        args = self.compose_command("logs", "--tail", str(tail))
         if follow:
             args.append("--follow")
         if service:

@@ -10,7 +10,7 @@ import json
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +19,10 @@ from typing import Any, Protocol
 from deploykit import engine, health, webui
 from deploykit.errors import HealthError, NotFoundError, PreflightError, UsageError
 from deploykit.host import GiB
+from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import gib
-from deploykit.render import TARGET_FILES, StackSpec, read_secrets
+from deploykit.render import TARGET_FILES, StackSpec, read_secrets, write_stack
+from deploykit.webui_env import stored_settings
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
@@ -345,6 +347,11 @@ def run_stages(stack: LoadedStack, docker_host: str | None, timeout: float, repo
                 stack.engine_stack(docker_host).up()
             if name == "open-webui admin":
                 report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
+                # Settings Open WebUI keeps in its database: written on every up, or a changed value never lands.
+                applied = webui.apply_stored(ui, stored_settings(spec.webui_env))
+                for note in applied:
+                    reporter.note(note)
+                report.notes += applied
     report.healthy = True
     report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
     return report
@@ -356,22 +363,25 @@ def up(
     timeout: float | None,
     reporter: Reporter,
     model: dict[str, Any],
-    write_files: Callable[[], object] | None = None,
+    files: Mapping[str, str],
 ) -> UpReport:
-    """Preflight, then write the stack files (if new), fetch the model, start and check it."""
+    """Preflight, check the site's override merges, write the stack files (if changed), fetch the model, start."""
     notes = preflight(stack, docker_host, model_missing_bytes(stack))
     for note in notes:
         reporter.note(note)
-    if write_files is not None:
-        write_files()
+    engine_stack = stack.engine_stack(docker_host)
+    engine_stack.check_override(dict(files))
+    if override_path(stack.dir) is not None:
+        reporter.note(f"Using {OVERRIDE_FILE} on top of compose.yaml.")
+    write_stack(stack.dir, files)
     ensure_model(stack, model, reporter)
     reporter.note(f"Starting project {stack.spec.project} …")
     # The inference server first, so its (long) load is watched with progress here rather than
     # hidden inside compose's wait for the healthy dependency.
-    stack.engine_stack(docker_host).up("inference")
+    engine_stack.up("inference")
     budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
     report = run_stages(stack, docker_host, budget, reporter)
-    report.notes = notes
+    report.notes = [*notes, *report.notes]
     return report
 
 
@@ -428,6 +438,7 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
         "device": plan.device,
         "model": plan.model_id,
         "healthy": healthy,
+        "override": describe(stack.dir),  # the site's compose.override.yaml, when one is in effect
         "services": services,
     }
 

@@ -11,6 +11,7 @@ double-quoted scalar of it, with ``$`` doubled so compose does not interpolate i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ PRIVATE_FILES = (".env", "kubernetes.yaml")
 # The secrets a running stack needs (the admin's are only for deploykit's own checks). Swarm mounts
 # them as files under /run/secrets; Kubernetes keeps them in one Secret.
 RUNTIME_SECRETS = ("INFERENCE_API_KEY", "WEBUI_SECRET_KEY")
+SITE_FILES = ("compose.override.yaml", "deploykit.toml")  # the site's own; never written by render
 # DEPLOYKIT_STACK_ID is no secret: it tells this stack's containers and volume from another stack's
 # that happens to share the project name (a directory of the same name elsewhere).
 SECRET_KEYS = (
@@ -61,6 +63,7 @@ class StackSpec(BaseModel):
     webui_bind: str
     inference_port: int
     target: Target = "compose"
+    webui_env: dict[str, str] = {}  # the [webui_env] table: extra Open WebUI environment settings
 
     @property
     def inference_container_port(self) -> int:
@@ -126,10 +129,51 @@ def _templates_root() -> Any:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+TEMPLATES_MANIFEST = "deploykit-templates.json"
+
+
+def builtin_templates() -> dict[str, str]:
+    """Every built-in template by relative name ("services/vllm.yaml.j2") and its text."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".j2"):
+                out[prefix + child.name] = child.read_text(encoding="utf-8")
+
+    walk(_templates_root(), "")
+    return dict(sorted(out.items()))
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def shadowed_templates(templates_dir: Path | None) -> dict[str, dict[str, str]]:
+    """The built-in templates a site's folder shadows, each with the hash of the built-in and of the site's file.
+
+    Recorded in plan.json, so a later deploykit can tell the site that a built-in it copied has changed.
+    """
+    if templates_dir is None:
+        return {}
+    return {
+        name: {"builtin_sha256": sha256_text(text), "site_sha256": sha256_text(site.read_text(encoding="utf-8"))}
+        for name, text in builtin_templates().items()
+        if (site := templates_dir / name).is_file()
+    }
+
+
 @cache
-def _environment() -> jinja2.Environment:
+def _environment(templates_dir: str | None = None) -> jinja2.Environment:
+    builtin = jinja2.FileSystemLoader(str(_templates_root()))
+    # A site's folder first: its files shadow the built-ins one by one; the rest still come from deploykit.
+    loader: jinja2.BaseLoader = (
+        jinja2.ChoiceLoader([jinja2.FileSystemLoader(templates_dir), builtin]) if templates_dir else builtin
+    )
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_templates_root())),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -191,7 +235,9 @@ def _kubernetes_context(spec: StackSpec, inputs: Mapping[str, Any]) -> dict[str,
     }
 
 
-def render_target(spec: StackSpec, inputs: Mapping[str, Any], secrets: Mapping[str, str]) -> str:
+def render_target(
+    spec: StackSpec, inputs: Mapping[str, Any], secrets: Mapping[str, str], env: jinja2.Environment
+) -> str:
     """The target's own file (compose.yaml, swarm.yaml or kubernetes.yaml) as text. Pure."""
     host_dir, container_dir, container_path = spec.model_mount
     plan = spec.plan
@@ -217,6 +263,7 @@ def render_target(spec: StackSpec, inputs: Mapping[str, Any], secrets: Mapping[s
         "ngl": ngl,
         "shm_size": f"{_shm_bytes(spec) // GiB}gb",
         "shm_bytes": _shm_bytes(spec),
+        "webui_env": spec.webui_env,
     }
     if spec.target == "kubernetes":
         context |= _kubernetes_context(spec, inputs)
@@ -224,19 +271,45 @@ def render_target(spec: StackSpec, inputs: Mapping[str, Any], secrets: Mapping[s
         context["inference_url"] = (
             f"http://{context['names']['inference']}:{spec.inference_container_port}/v1"
         )
-        return _environment().get_template("kubernetes/stack.yaml.j2").render(context)
-    return _environment().get_template("compose.yaml.j2").render(context)
+        return env.get_template("kubernetes/stack.yaml.j2").render(context)
+    return env.get_template("compose.yaml.j2").render(context)
 
 
-def render_files(spec: StackSpec, secrets: Mapping[str, str], inputs: Mapping[str, Any]) -> dict[str, str]:
-    """The stack's files as text, keyed by name. Pure and deterministic."""
+def render_files(
+    spec: StackSpec,
+    secrets: Mapping[str, str],
+    inputs: Mapping[str, Any],
+    templates_dir: Path | None = None,
+    customised: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The stack's files as text, keyed by name. Deterministic: reads only the templates.
+
+    ``customised`` (what plan.json says about the override file and shadowed templates) is recorded as given.
+    """
     missing = [k for k in SECRET_KEYS if not secrets.get(k)]
     if missing:
         raise ValueError(f"secrets missing: {', '.join(missing)}")
-    main = render_target(spec, inputs, secrets)
-    dotenv = _environment().get_template("env.j2").render(secrets={k: secrets[k] for k in SECRET_KEYS})
+    env = _environment(str(templates_dir) if templates_dir else None)
+    try:
+        main = render_target(spec, inputs, secrets, env)
+    except jinja2.TemplateError as exc:
+        if templates_dir is None:
+            raise
+        where = str(templates_dir)
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            where = f"{exc.filename or templates_dir} line {exc.lineno}"
+        raise UsageError(
+            f"the site templates in {where} do not render: {exc.message or exc}.",
+            "Fix the template (`deploykit templates export DIR` writes the built-ins to compare with).",
+        ) from None
+    dotenv = env.get_template("env.j2").render(secrets={k: secrets[k] for k in SECRET_KEYS})
     plan_json = json.dumps(
-        {"deploykit_version": __version__, "stack": spec.model_dump(mode="json"), "inputs": dict(inputs)},
+        {
+            "deploykit_version": __version__,
+            "stack": spec.model_dump(mode="json"),
+            "inputs": dict(inputs),
+            **({"customised": dict(customised)} if customised else {}),
+        },
         indent=2,
         ensure_ascii=False,
     )
@@ -266,7 +339,8 @@ def check_stack_dir(stack_dir: Path) -> None:
         raise UsageError(f"{stack_dir} exists and is not a directory.", "Choose another --dir.")
     if not stack_dir.is_dir():
         return
-    entries = {p.name for p in stack_dir.iterdir()}
+    # A site may prepare its own files before the first render: deploykit writes neither of them.
+    entries = {p.name for p in stack_dir.iterdir()} - set(SITE_FILES)
     if entries and "plan.json" not in entries:
         raise UsageError(
             f"{stack_dir} is not empty and holds no deploykit stack (no plan.json).",

@@ -90,6 +90,26 @@ class Settings(BaseSettings):
     admin_email: str = Field("admin@deploykit.local", pattern=r"^[^@\s']+@[^@\s']+\.[^@\s']+$")
     docker_host: str | None = None
     images: Images = Images()
+    # Open WebUI environment settings (``[webui_env]`` in the config file), checked against the pinned
+    # version's names by deploykit.webui_env; values arrive as strings, as in any environment.
+    webui_env: dict[str, str] = Field(default_factory=dict)
+    # A site's own templates: files here shadow the built-in ones of the same relative name.
+    templates_dir: Path | None = None
+
+    @field_validator("webui_env", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+
+        # TOML gives true/8/0.5 as typed values; Open WebUI parses strings ("true") like any environment.
+        # Names are matched upper-case: DEPLOYKIT_WEBUI_ENV__WEBUI_NAME arrives lower-cased.
+        def text(v: Any) -> Any:
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            return str(v) if isinstance(v, int | float) else v
+
+        return {str(k).upper(): text(v) for k, v in value.items()}
 
     @classmethod
     def settings_customise_sources(
