@@ -546,7 +546,7 @@ def templates_rebase(directory: str) -> None:
 # ---------------------------------------------------------------- fleet of workstations
 
 
-@cli.group(short_help="Many workstations from one inventory file.")
+@cli.group(cls=DeployKitGroup, short_help="Many workstations from one inventory file.")
 def fleet() -> None:
     """Template the stack onto a room of workstations, each reached through its own Docker Engine.
 
