@@ -143,3 +143,13 @@ def llama_stack(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 def _real_home_for_e2e(monkeypatch: pytest.MonkeyPatch) -> None:
     # The unit suite isolates XDG dirs; e2e subprocesses get the model cache explicitly instead.
     monkeypatch.setenv("DEPLOYKIT_MODEL_CACHE", str(MODEL_CACHE))
+
+
+# Tests that change the engine itself run after every compose stack test: on Docker 20.10 turning Swarm
+# mode on or off can leave compose networks' embedded DNS answering NXDOMAIN for a while (moby#45144),
+# which would fail an unrelated stack's Open WebUI → inference lookups.
+ENGINE_CHANGING = ("test_swarm_stack.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: ENGINE_CHANGING.index(item.path.name) + 1 if item.path.name in ENGINE_CHANGING else 0)
