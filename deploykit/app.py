@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from deploykit import stackdir
 from deploykit.catalog import (
     ModelSpec,
     builtin_models,
@@ -22,18 +23,11 @@ from deploykit.catalog import (
     find_profile,
     load_profiles_file,
 )
-from deploykit.errors import ConfigError, NotFoundError, PlanError, UsageError
+from deploykit.errors import ConfigError, NotFoundError, PlanError, StackDirError, UsageError
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
-from deploykit.render import (
-    StackSpec,
-    check_stack_dir,
-    project_name,
-    read_secrets,
-    render_files,
-    write_stack,
-)
+from deploykit.render import StackSpec, project_name, render_files
 from deploykit.settings import Settings, config_dir
 
 if TYPE_CHECKING:
@@ -207,6 +201,7 @@ class RenderResult:
     stack_dir: Path
     spec: StackSpec
     changed: list[str]
+    notes: list[str]
 
 
 @dataclass(frozen=True)
@@ -218,6 +213,11 @@ class PreparedStack:
     files: dict[str, str]
     secrets: dict[str, str]
     model: dict[str, Any]
+    backup_compose: bool  # the compose.yaml being replaced was edited by hand (--force): keep a copy
+    notes: list[str]  # what a person must know: secrets generated because .env lacked them
+
+    def write(self) -> list[str]:
+        return stackdir.write_stack(self.stack_dir, self.files, self.backup_compose)
 
 
 def prepare_stack(
@@ -229,9 +229,10 @@ def prepare_stack(
     model_path: Path | None,
     image_overrides: dict[str, str],
     stack_dir: Path,
+    force: bool = False,
 ) -> PreparedStack:
     stack_dir = stack_dir.expanduser().absolute()
-    check_stack_dir(stack_dir)  # before anything slow, and before anything is written
+    existing = stackdir.open_for_render(stack_dir)  # before anything slow, and before anything is written
     host = resolve_host(settings, profile, host_file)
     model = resolve_model(settings, model_id, model_path)
     plan = make_plan(host, model, settings)
@@ -244,22 +245,37 @@ def prepare_stack(
         webui_bind=settings.webui_bind,
         inference_port=settings.inference_port,
     )
-    kept = read_secrets(stack_dir)
+    kept = existing.env.values
+    if existing.plan is not None and existing.env.text is None and not force:
+        raise StackDirError(
+            f"{existing.env.path} is missing, so this stack's secrets are gone; new ones would lock you out "
+            "of the accounts Open WebUI already has.",
+            "Restore .env from a backup, or render with --force to generate new secrets.",
+        )
     fresh = new_secrets(settings.admin_email)
     stack_secrets = {key: kept.get(key) or fresh[key] for key in fresh}
+    notes = [
+        f"{key} was not in .env: a new one was generated"
+        + (" (Open WebUI keeps the admin password it was first given)." if key.startswith("DEPLOYKIT_ADMIN") else ".")
+        for key in fresh
+        if existing.env.text is not None and key not in kept
+    ]
     model_data = model.spec.model_dump(mode="json")
     inputs: dict[str, Any] = {
         "host": host.model_dump(mode="json"),
         "model": model_data,
         "settings": settings.plan_settings().model_dump(mode="json"),
     }
-    return PreparedStack(stack_dir, spec, render_files(spec, stack_secrets, inputs), stack_secrets, model_data)
+    files = render_files(spec, stack_secrets, inputs)
+    files[".env"] = stackdir.merged_env(existing.env, stack_secrets, files[".env"])
+    backup = stackdir.compose_backup_needed(existing, files["compose.yaml"], force)
+    return PreparedStack(stack_dir, spec, files, stack_secrets, model_data, backup, notes)
 
 
 def render_stack(settings: Settings, **kwargs: Any) -> RenderResult:
     prepared = prepare_stack(settings, **kwargs)
-    changed = write_stack(prepared.stack_dir, prepared.files)
-    return RenderResult(prepared.stack_dir, prepared.spec, changed)
+    changed = prepared.write()
+    return RenderResult(prepared.stack_dir, prepared.spec, changed, prepared.notes)
 
 
 def up_stack(
@@ -273,6 +289,7 @@ def up_stack(
     stack_dir: Path,
     timeout: float | None,
     reporter: Reporter,
+    force: bool = False,
 ) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
     from deploykit import lifecycle
@@ -289,7 +306,10 @@ def up_stack(
             model_path=model_path,
             image_overrides=image_overrides,
             stack_dir=stack_dir,
+            force=force,
         )
+        for note in prepared.notes:
+            reporter.note(note)
         stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
         return lifecycle.up(
             stack,
@@ -297,11 +317,10 @@ def up_stack(
             timeout,
             reporter,
             prepared.model,
-            write_files=lambda: write_stack(stack_dir, prepared.files),
+            write_files=prepared.write,
         )
     stack = load_stack(stack_dir)
-    model = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
-    return lifecycle.up(stack, settings.docker_host, timeout, reporter, model)
+    return lifecycle.up(stack, settings.docker_host, timeout, reporter, stack.model)
 
 
 def plan_only(

@@ -40,6 +40,31 @@ class DeployKitGroup(click.Group):
             _fail(exc.message, exc.hint, exc.exit_code, getattr(exc, "log_tail", ""))
         except KeyboardInterrupt:
             _fail("interrupted.", None, 130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            if isinstance(exc, OSError) and exc.filename and exc.strerror:
+                # A file the user pointed at (or its folder) that the system refused: their input, not a bug.
+                _fail(f"cannot use {exc.filename}: {exc.strerror}.", "Check the path and its permissions.", 2)
+            _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> None:
+    """An exception nobody planned for: never a traceback on the terminal, never its text (it may hold
+    a secret), but the type and where the whole traceback was kept."""
+    import traceback
+
+    from deploykit.errors import InternalError, write_crash_report
+
+    where = write_crash_report("".join(traceback.format_exception(exc)))
+    _fail(
+        f"internal error ({type(exc).__name__}): this is a bug in deploykit {__version__}; "
+        f"the traceback is in {where}.",
+        "Run the command again with --debug to see it, and report it with that file.",
+        InternalError.exit_code,
+    )
 
 
 def _fail(message: str, hint: str | None, code: int, log_tail: str = "") -> None:
@@ -131,6 +156,12 @@ def stack_dir_option(default: str = "deploykit-stack") -> Callable[[F], F]:
         help="Stack directory.",
     )
 
+
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite a compose.yaml edited by hand (a backup is kept), or make new secrets for a lost .env.",
+)
 
 image_option = click.option(
     "--image",
@@ -237,6 +268,7 @@ def plan(
 @plan_options()
 @stack_dir_option()
 @image_option
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.pass_context
 def render(
@@ -249,6 +281,7 @@ def render(
     model_path: str | None,
     stack_dir: str,
     images: tuple[str, ...],
+    force: bool,
     as_json: bool,
 ) -> None:
     """Write the Docker Compose stack: compose.yaml, .env (secrets, 0600) and plan.json."""
@@ -257,12 +290,13 @@ def render(
     settings, inputs = _stack_inputs(
         ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
     )
-    result = app.render_stack(settings, profile=profile, **inputs)
+    result = app.render_stack(settings, profile=profile, force=force, **inputs)
     if as_json:
         _print_json(
             {
                 "dir": str(result.stack_dir),
                 "changed": result.changed,
+                "notes": result.notes,
                 "project": result.spec.project,
                 "plan": result.spec.plan.model_dump(mode="json"),
             }
@@ -310,6 +344,7 @@ def _stack(ctx: click.Context, stack_dir: str) -> Any:
 @plan_options(profile_default=None)
 @image_option
 @stack_dir_option()
+@force_option
 @click.option(
     "--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long [default: from the plan]."
 )
@@ -325,6 +360,7 @@ def up(
     model_path: str | None,
     images: tuple[str, ...],
     stack_dir: str,
+    force: bool,
     timeout: float | None,
     as_json: bool,
 ) -> None:
@@ -336,7 +372,9 @@ def up(
     settings, inputs = _stack_inputs(
         ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
     )
-    report = app.up_stack(settings, profile=profile, timeout=timeout, reporter=output.ConsoleReporter(), **inputs)
+    report = app.up_stack(
+        settings, profile=profile, timeout=timeout, reporter=output.ConsoleReporter(), force=force, **inputs
+    )
     if as_json:
         _print_json(asdict(report))
     else:

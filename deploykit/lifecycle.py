@@ -6,7 +6,6 @@ servers through ``health``/``webui``, and return plain data; progress goes to a 
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import time
@@ -16,11 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from deploykit import engine, health, webui
-from deploykit.errors import HealthError, NotFoundError, PreflightError, UsageError
+from deploykit.errors import HealthError, NotFoundError, PreflightError, StackDirError, UsageError
 from deploykit.host import GiB
 from deploykit.plan import gib
-from deploykit.render import StackSpec, read_secrets
+from deploykit.render import StackSpec
+from deploykit.stackdir import read_plan, read_secrets, recover
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
@@ -38,6 +40,7 @@ class LoadedStack:
     dir: Path
     spec: StackSpec
     secrets: dict[str, str]
+    model: dict[str, Any] = field(default_factory=dict)  # the model's numbers, as plan.json records them
 
     @property
     def inference_url(self) -> str:
@@ -57,20 +60,29 @@ class LoadedStack:
 
 def load_stack(stack_dir: Path) -> LoadedStack:
     plan_path = stack_dir / "plan.json"
-    if not plan_path.is_file():
+    recover(stack_dir)  # a write deploykit left interrupted is finished (or undone) first
+    data = read_plan(stack_dir) if stack_dir.is_dir() else None
+    if data is None:
         raise NotFoundError(
             f"no deploykit stack in {stack_dir} (no plan.json).",
             f"Create one with `deploykit up --profile auto --dir {stack_dir}` or `deploykit render`.",
         )
+    inputs = data.get("inputs")
+    model = inputs.get("model") if isinstance(inputs, dict) else None
     try:
-        data = json.loads(plan_path.read_text(encoding="utf-8"))
         spec = StackSpec.model_validate(data["stack"])
-    except (ValueError, KeyError) as exc:
-        raise UsageError(
-            f"{plan_path} is not a stack plan this deploykit can read ({exc}).",
+    except ValidationError as exc:
+        fields = ", ".join(sorted({".".join(map(str, e["loc"][:2])) for e in exc.errors()})[:4])
+        raise StackDirError(
+            f"{plan_path} is not a stack plan this deploykit can read (stack: {fields}).",
             "Render the stack again with `deploykit render` (secrets are kept).",
         ) from None
-    return LoadedStack(stack_dir, spec, read_secrets(stack_dir))
+    if not isinstance(model, dict):
+        raise StackDirError(
+            f"{plan_path} has no inputs.model, so this deploykit cannot read it.",
+            "Render the stack again with `deploykit render` (secrets are kept).",
+        )
+    return LoadedStack(stack_dir, spec, read_secrets(stack_dir), model)
 
 
 # ---------------------------------------------------------------- preflight
@@ -433,7 +445,7 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
         )
     else:
         checks.append({"name": "reasoning separation", "status": "skip", "detail": "not a reasoning model"})
-    model = json.loads((stack.dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
+    model = stack.model
     checks.append(
         {
             "name": "tool calling",

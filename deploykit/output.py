@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deploykit.plan import gib
@@ -112,10 +113,12 @@ def show_plan(plan: DeploymentPlan) -> None:
 def show_rendered(result: RenderResult) -> None:
     plan = result.spec.plan
     changed = ", ".join(result.changed) if result.changed else "nothing changed"
-    console.print(f"Stack written to [bold]{result.stack_dir}[/bold] ({changed}).")
+    console.print(f"Stack written to [bold]{escape(str(result.stack_dir))}[/bold] ({changed}).")
     console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context")
     console.print(f"  Open WebUI will listen on port {result.spec.webui_port}; secrets are in .env (mode 0600).")
-    console.print(f"  Next: deploykit up --dir {result.stack_dir}")
+    for note in result.notes:
+        console.print(f"[yellow]Note:[/yellow] {escape(note)}")
+    console.print(f"  Next: deploykit up --dir {escape(str(result.stack_dir))}")
 
 
 class ConsoleReporter:
