@@ -7,6 +7,7 @@ return plain data for the CLI to print; they never print.
 from __future__ import annotations
 
 import json
+import re
 import secrets as secrets_mod
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from deploykit import stackdir
 from deploykit.catalog import (
+    MODEL_ID,
     ModelSpec,
     builtin_models,
     builtin_profiles,
@@ -39,8 +41,10 @@ def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
     """Built-in profiles, then the user's (config dir, or --profiles-file); a user profile wins a name clash."""
     user: tuple[HostProfile, ...] = ()
     path = settings.profiles_file or config_dir() / "profiles.toml"
-    if settings.profiles_file is not None and not path.is_file():
+    if settings.profiles_file is not None and not path.exists():
         raise NotFoundError(f"profiles file {path} does not exist.", "Check the --profiles-file path.")
+    if settings.profiles_file is not None and not path.is_file():
+        raise ConfigError(f"profiles file {path} is not a regular file.", "Give the path of a TOML file.")
     if path.is_file():
         user = load_profiles_file(path)
     names = {p.name for p in user}
@@ -55,10 +59,11 @@ def detect(settings: Settings) -> HostProfile:
 
 
 def load_host_file(path: Path) -> HostProfile:
+    from deploykit.textfile import read_text
+
+    text = read_text(path, "host file", "Check the --host path; save one with `deploykit detect --json`.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read host file {path}: {exc.strerror}.", "Check the --host path.") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"{path} is not JSON ({exc.msg} at line {exc.lineno}).",
@@ -107,11 +112,21 @@ class ResolvedModel:
 
 def resolve_model(settings: Settings, model_id: str | None, model_path: Path | None) -> ResolvedModel:
     catalog = builtin_models()
+    if model_path is not None and model_id is not None and not re.fullmatch(MODEL_ID, model_id):
+        raise UsageError(
+            f"--model {model_id!r} is not a model id: use letters, digits, '.', '_' and '-'.",
+            "`deploykit models` lists the catalog; with --model-file, --model names the file's model.",
+        )
     if model_path is not None:
         path = model_path.expanduser().resolve()
         if not path.exists():
             raise UsageError(
                 f"model file {model_path} does not exist.",
+                "Give the path of a .gguf file or a Hugging Face model directory.",
+            )
+        if not (path.is_file() or path.is_dir()):
+            raise UsageError(
+                f"model file {model_path} is not a regular file or directory.",
                 "Give the path of a .gguf file or a Hugging Face model directory.",
             )
         known = next((m for m in catalog if m.id == model_id), None) if model_id else None
