@@ -174,7 +174,8 @@ def make_plan(host: HostProfile, model: ResolvedModel, settings: Settings) -> De
         else:
             message = f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}"
         raise PlanError(
-            message, f"Try {alternative}" if alternative else "Use a smaller model or a bigger machine."
+            message,
+            alternative[0].upper() + alternative[1:] if alternative else "Use a smaller model or a bigger machine.",
         ) from None
 
 

@@ -406,9 +406,13 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 @click.pass_context
 def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, tail: int) -> None:
     """Show the stack's logs (one service, or both)."""
+    from deploykit.engine import client, require_compose_v2
     from deploykit.proc import run_attached
 
-    engine_stack = _stack(ctx, stack_dir).engine_stack(_settings(ctx).docker_host)
+    docker_host = _settings(ctx).docker_host
+    engine_stack = _stack(ctx, stack_dir).engine_stack(docker_host)
+    client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
+    require_compose_v2()
     sys.exit(run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env()))
 
 
@@ -507,7 +511,8 @@ def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
 
     settings = _settings(ctx)
     stack = load_stack(Path(stack_dir).absolute()) if stack_dir else None
-    checks = run_checks(app.detect(settings), settings.docker_host, settings.model_cache, stack)
+    ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
+    checks = run_checks(app.detect(settings), settings.docker_host, settings.model_cache, stack, ports)
     if as_json:
         _print_json(checks_json(checks))
     else:

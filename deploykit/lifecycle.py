@@ -6,6 +6,7 @@ servers through ``health``/``webui``, and return plain data; progress goes to a 
 
 from __future__ import annotations
 
+import errno
 import shutil
 import socket
 import time
@@ -88,14 +89,21 @@ def load_stack(stack_dir: Path) -> LoadedStack:
 # ---------------------------------------------------------------- preflight
 
 
-def port_free(bind: str, port: int) -> bool:
+def port_problem(bind: str, port: int) -> str | None:
+    """None when ``bind:port`` could be published here, else why not, in words."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((bind, port))
-        except OSError:
-            return False
-    return True
+        except (socket.gaierror, UnicodeError, ValueError):
+            return f"{bind!r} is not an IPv4 address"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "in use by another program"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"{bind} is not an address of this host"
+            return f"cannot be bound ({exc.strerror})"
+    return None
 
 
 def ports_held_by(stack: LoadedStack, docker_host: str | None) -> set[int]:
@@ -146,10 +154,11 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
         ours = ports_held_by(stack, docker_host)
         wanted = [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
         for bind, port in wanted:
-            if port not in ours and not port_free(bind, port):
+            problem = None if port in ours else port_problem(bind, port)
+            if problem:
                 setting = "webui_port" if port == stack.spec.webui_port else "inference_port"
                 raise PreflightError(
-                    f"port {port} is already in use on this host, so the stack cannot publish it.",
+                    f"port {port} on {bind}: {problem}, so the stack cannot publish it.",
                     f"Stop what listens there (`ss -ltnp 'sport = :{port}'`) or set DEPLOYKIT_{setting.upper()} "
                     "and render again.",
                 )

@@ -87,8 +87,10 @@ def _regular(path: Path, why: str) -> bool:
 
 
 def is_deploykit_plan(data: object) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("deploykit_version"), str) and isinstance(
-        data.get("stack"), dict
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("deploykit_version"), str)
+        and isinstance(data.get("stack"), dict)
     )
 
 
@@ -216,7 +218,7 @@ def read_env(stack_dir: Path) -> EnvFile:
     if not _regular(
         path,
         "deploykit keeps secrets only in a regular file inside the stack folder (mode 0600): replace the link "
-        f"with the file itself (`cp --remove-destination \"$(readlink -f {path})\" {path}`).",
+        f'with the file itself (`cp --remove-destination "$(readlink -f {path})" {path}`).',
     ):
         return EnvFile(path)
     raw = _read_bytes(path)
