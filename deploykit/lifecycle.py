@@ -468,10 +468,12 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
 
 
 def down(stack: LoadedStack, docker_host: str | None, volumes: bool) -> None:
+    engine.client(docker_host)  # no engine: say so in its own words (exit 6), not compose's
     stack.engine_stack(docker_host).down(volumes=volumes)
 
 
 def restart(stack: LoadedStack, docker_host: str | None, service: str | None) -> None:
     if service not in (None, "inference", "open-webui"):
         raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
+    engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)

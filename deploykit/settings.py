@@ -91,11 +91,12 @@ class Images(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    llama_server: str = Field("ghcr.io/ggml-org/llama.cpp:server-b9603", pattern=IMAGE_REF)
-    llama_server_cuda: str = Field("ghcr.io/ggml-org/llama.cpp:server-cuda12-b9603", pattern=IMAGE_REF)
-    vllm: str = Field("vllm/vllm-openai:v0.17.1", pattern=IMAGE_REF)
-    vllm_cpu: str = Field("public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.17.1", pattern=IMAGE_REF)
-    open_webui: str = Field("ghcr.io/open-webui/open-webui:v0.12.4", pattern=IMAGE_REF)
+    # Checked by check_image_ref below: the same rule, and the same words, as --image.
+    llama_server: str = "ghcr.io/ggml-org/llama.cpp:server-b9603"
+    llama_server_cuda: str = "ghcr.io/ggml-org/llama.cpp:server-cuda12-b9603"
+    vllm: str = "vllm/vllm-openai:v0.17.1"
+    vllm_cpu: str = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.17.1"
+    open_webui: str = "ghcr.io/open-webui/open-webui:v0.12.4"
 
     @field_validator("*")
     @classmethod
