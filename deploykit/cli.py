@@ -76,6 +76,13 @@ def _fail(message: str, hint: str | None, code: int, log_tail: str = "") -> None
     sys.exit(code)
 
 
+def _not_nan(param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets nan through: every comparison with nan is false.
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number of seconds.", param=param)
+    return value
+
+
 def _print_json(data: Any) -> None:
     import json
 
@@ -346,7 +353,11 @@ def _stack(ctx: click.Context, stack_dir: str) -> Any:
 @stack_dir_option()
 @force_option
 @click.option(
-    "--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long [default: from the plan]."
+    "--timeout",
+    type=click.FloatRange(min=1, max=7 * 86400),
+    callback=lambda ctx, param, value: _not_nan(param, value),
+    metavar="SECONDS",
+    help="Give up waiting after this long [default: from the plan].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the health report as JSON.")
 @click.pass_context
@@ -402,7 +413,7 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 @click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
 @stack_dir_option()
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
-@click.option("--tail", default=100, show_default=True, help="Lines of history to show.")
+@click.option("--tail", default=100, type=click.IntRange(min=0), show_default=True, help="Lines of history to show.")
 @click.pass_context
 def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, tail: int) -> None:
     """Show the stack's logs (one service, or both)."""
@@ -455,7 +466,9 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
 @click.argument("message")
 @stack_dir_option()
 @click.option("--direct", is_flag=True, help="Ask the inference server directly instead of going through Open WebUI.")
-@click.option("--max-tokens", default=256, show_default=True, help="Longest answer.")
+@click.option(
+    "--max-tokens", default=256, type=click.IntRange(min=1, max=1_000_000), show_default=True, help="Longest answer."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole JSON answer.")
 @click.pass_context
 def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tokens: int, as_json: bool) -> None:

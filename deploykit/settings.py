@@ -198,6 +198,14 @@ def load_settings(**flags: Any) -> Settings:
     from pydantic_settings import SettingsError
 
     given = {k: v for k, v in flags.items() if v is not None}
+    path = config_file()
+    named = "DEPLOYKIT_CONFIG" in os.environ
+    if (named and not path.exists()) or (path.exists() and path.is_dir()):
+        raise ConfigError(
+            f"config file {path} {'is a directory' if path.is_dir() else 'does not exist'}"
+            + (" (named by DEPLOYKIT_CONFIG)." if named else "."),
+            "Point DEPLOYKIT_CONFIG at a TOML file, or unset it." if named else "Remove it, or make it a TOML file.",
+        )
     try:
         return Settings(**given)
     except ValidationError as exc:
@@ -241,5 +249,7 @@ def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
             raise UsageError(
                 f"--image {service}: {exc}.", "Images must be pinned so stacks stay reproducible."
             ) from None
+        if out.get(service, ref) != ref:
+            raise UsageError(f"--image names {service} twice, with different images.", "Give each service once.")
         out[service] = ref
     return out

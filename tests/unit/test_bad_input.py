@@ -179,6 +179,12 @@ CASES = [
          10, r"not KEY=VALUE"),
     Case("S10", "symlinked .env", ".env is a link to a 0644 file elsewhere",
          _then(_symlink_env, _render_s()), 10, r"\.env is a symbolic link.*regular file inside the stack folder"),
+    Case("S13", "secret unreadable", "a secret key written without `=`",
+         _then(lambda t: _env_edit(t, lambda s: PASSWORD_LINE.sub("DEPLOYKIT_ADMIN_PASSWORD", s)), _render_s()),
+         10, r"DEPLOYKIT_ADMIN_PASSWORD has no value"),
+    Case("S14", "secret unreadable", ".env is a named pipe (reading it would hang)",
+         _then(lambda t: (t / "s" / ".env").unlink() or os.mkfifo(t / "s" / ".env"), _render_s()),
+         10, r"\.env is a special file"),
     Case("S11", "comment after a secret", "`  # note` after the password (valid dotenv): kept, not rewritten",
          _then(lambda t: _env_edit(t, lambda s: PASSWORD_LINE.sub(lambda m: m.group(0) + "  # note", s)),
                _render_s()),
@@ -187,6 +193,15 @@ CASES = [
          _then(lambda t: _env_edit(t, lambda s: s.replace("INFERENCE_API_KEY", "export INFERENCE_API_KEY") + "X=1\n"),
                _render_s()),
          0, r"nothing changed"),
+    Case("F09", "folder takeover", "plan.json is a link to another file",
+         _then(lambda t: (t / "s" / "plan.json").unlink() or (t / "s" / "plan.json").symlink_to("/etc/hostname"),
+               _render_s()),
+         10, r"plan\.json is a symbolic link"),
+    Case("F10", "folder takeover", "a .deploykit-staging folder deploykit did not leave",
+         _then(lambda t: _write(t / "s" / ".deploykit-staging" / "compose.yaml", "x"), _render_s()),
+         10, r"holds no deploykit plan; deploykit did not leave it there"),
+    Case("F11", "folder takeover", "--dir through a file (`s/.env/x`)",
+         lambda t: ["render", *CPU, "--dir", str(t / "s" / ".env" / "x")], 10, r"Not a directory"),
     # ---- half-written stacks
     Case("H01", "half-written stack", "a model file whose name holds a byte that is not UTF-8",
          lambda t: ["render", *CPU, "--model-file", str(_write(Path(os.fsdecode(bytes(t) + b"/m\xff.gguf")),
@@ -273,6 +288,17 @@ CASES = [
          4, r"gpu_memory_utilization in .*: must be a finite number"),
     Case("V13", "setting", "an admin e-mail with a quote", lambda t: ["plan", *CPU],
          4, r"DEPLOYKIT_ADMIN_EMAIL: String should match", {"DEPLOYKIT_ADMIN_EMAIL": "a'b@c.de"}),
+    Case("V14", "setting", "`--image` naming one service twice", _render_s("--image", "inference=a:1", "--image",
+                                                                       "inference=b:2"),
+         2, r"--image names inference twice"),
+    Case("V15", "setting", "DEPLOYKIT_CONFIG naming a file that does not exist", lambda t: ["plan", *CPU],
+         4, r"config file /nonexistent/c\.toml does not exist \(named by DEPLOYKIT_CONFIG\)",
+         {"DEPLOYKIT_CONFIG": "/nonexistent/c.toml"}),
+    Case("V16", "setting", "config.toml is a directory",
+         lambda t: _write(Path(os.environ["XDG_CONFIG_HOME"]) / "deploykit" / "config.toml" / "x", "")
+         and ["plan", *CPU], 4, r"config\.toml is a directory"),
+    Case("V17", "setting", "`up --timeout nan`",
+         lambda t: [*NO_ENGINE, "up", "--dir", str(t / "s"), "--timeout", "nan"], 2, r"nan is not a number of seconds"),
     # ---- words that must not mislead
     Case("W01", "wording", "`--model-file /dev/null`", lambda t: ["plan", *CPU, "--model-file", "/dev/null"],
          2, r"/dev/null is not a regular file or directory"),
@@ -307,10 +333,10 @@ def _snapshot(root: Path) -> dict[str, tuple[str, bytes | str, int]]:
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
                 out[str(path)] = ("link", os.readlink(path), st.st_mode)
-            elif stat.S_ISDIR(st.st_mode):
-                out[str(path)] = ("dir", b"", st.st_mode)
-            else:
+            elif stat.S_ISREG(st.st_mode):
                 out[str(path)] = ("file", path.read_bytes(), st.st_mode)
+            else:  # a folder, or a pipe a case made (reading it would hang)
+                out[str(path)] = ("other", b"", st.st_mode)
     return out
 
 
