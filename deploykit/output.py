@@ -52,7 +52,7 @@ def show_host(host: HostProfile) -> None:
                 f"compose {d.compose_version or 'v2 missing'}, {gpu}"
             )
         else:
-            console.print(f"  Docker  not reachable: {d.error}")
+            console.print(f"  Docker  not reachable: {escape(str(d.error))}")
 
 
 def show_profiles(rows: Iterable[dict[str, Any]]) -> None:
@@ -96,7 +96,7 @@ def show_plan(plan: DeploymentPlan) -> None:
     mem = plan.memory
     where = "VRAM" if mem.budget_kind == "vram" else "RAM"
     console.print(
-        f"[bold]{plan.model_name}[/bold] on [bold]{plan.profile}[/bold]: "
+        f"[bold]{escape(plan.model_name)}[/bold] on [bold]{escape(plan.profile)}[/bold]: "
         f"[green]{plan.backend}[/green] on {plan.device}, {plan.quantization}, {plan.context_length} tokens"
     )
     if plan.gpu_layers is not None and plan.device == "cuda":
@@ -107,7 +107,7 @@ def show_plan(plan: DeploymentPlan) -> None:
     )
     console.print("  Why:")
     for reason in plan.reasons:
-        console.print(f"    - {reason}")
+        console.print(f"    - {escape(reason)}")
 
 
 def show_rendered(result: RenderResult) -> None:
@@ -168,7 +168,8 @@ def show_up(report: Any) -> None:
 def show_status(state: dict[str, Any]) -> None:
     mark = "[green]healthy[/green]" if state["healthy"] else "[red]not healthy[/red]"
     console.print(
-        f"[bold]{state['project']}[/bold] ({state['backend']} on {state['device']}, {state['model']}): {mark}"
+        f"[bold]{escape(state['project'])}[/bold] ({state['backend']} on {state['device']}, "
+        f"{escape(state['model'])}): {mark}"
     )
     table = Table()
     for col in ("service", "state", "health", "url", "model", "uptime"):
@@ -182,6 +183,6 @@ def show_status(state: dict[str, Any]) -> None:
 def show_checks(checks: Iterable[Any]) -> None:
     colours = {"pass": "green", "warn": "yellow", "fail": "red"}
     for c in checks:
-        console.print(f"[{colours[c.status]}]{c.status.upper():4}[/{colours[c.status]}] {c.name:16} {c.detail}")
+        console.print(f"[{colours[c.status]}]{c.status.upper():4}[/{colours[c.status]}] {c.name:16} {escape(c.detail)}")
         if c.fix:
-            console.print(f"     {'':16} fix: {c.fix}")
+            console.print(f"     {'':16} fix: {escape(c.fix)}")
