@@ -7,17 +7,20 @@ return plain data for the CLI to print; they never print.
 from __future__ import annotations
 
 import json
+import re
 import secrets as secrets_mod
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
 
+from deploykit import stackdir
 from deploykit.catalog import (
+    MODEL_ID,
     ModelSpec,
     builtin_models,
     builtin_profiles,
@@ -25,21 +28,13 @@ from deploykit.catalog import (
     find_profile,
     load_profiles_file,
 )
-from deploykit.errors import ConfigError, NotFoundError, PlanError, UsageError
+from deploykit.errors import ConfigError, NotFoundError, PlanError, StackDirError, UsageError
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
-from deploykit.render import (
-    TARGET_FILES,
-    StackSpec,
-    Target,
-    check_stack_dir,
-    project_name,
-    read_secrets,
-    render_files,
-    write_stack,
-)
+from deploykit.render import StackSpec, Target, project_name, render_files
 from deploykit.settings import Settings, config_dir
+from deploykit.stackdir import TARGET_FILES
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -52,8 +47,10 @@ def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
     """Built-in profiles, then the user's (config dir, or --profiles-file); a user profile wins a name clash."""
     user: tuple[HostProfile, ...] = ()
     path = settings.profiles_file or config_dir() / "profiles.toml"
-    if settings.profiles_file is not None and not path.is_file():
+    if settings.profiles_file is not None and not path.exists():
         raise NotFoundError(f"profiles file {path} does not exist.", "Check the --profiles-file path.")
+    if settings.profiles_file is not None and not path.is_file():
+        raise ConfigError(f"profiles file {path} is not a regular file.", "Give the path of a TOML file.")
     if path.is_file():
         user = load_profiles_file(path)
     names = {p.name for p in user}
@@ -68,10 +65,11 @@ def detect(settings: Settings) -> HostProfile:
 
 
 def load_host_file(path: Path) -> HostProfile:
+    from deploykit.textfile import read_text
+
+    text = read_text(path, "host file", "Check the --host path; save one with `deploykit detect --json`.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read host file {path}: {exc.strerror}.", "Check the --host path.") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"{path} is not JSON ({exc.msg} at line {exc.lineno}).",
@@ -124,11 +122,21 @@ class ResolvedModel:
 
 def resolve_model(settings: Settings, model_id: str | None, model_path: Path | None) -> ResolvedModel:
     catalog = builtin_models()
+    if model_path is not None and model_id is not None and not re.fullmatch(MODEL_ID, model_id):
+        raise UsageError(
+            f"--model {model_id!r} is not a model id: use letters, digits, '.', '_' and '-'.",
+            "`deploykit models` lists the catalog; with --model-file, --model names the file's model.",
+        )
     if model_path is not None:
         path = model_path.expanduser().resolve()
         if not path.exists():
             raise UsageError(
                 f"model file {model_path} does not exist.",
+                "Give the path of a .gguf file or a Hugging Face model directory.",
+            )
+        if not (path.is_file() or path.is_dir()):
+            raise UsageError(
+                f"model file {model_path} is not a regular file or directory.",
                 "Give the path of a .gguf file or a Hugging Face model directory.",
             )
         known = next((m for m in catalog if m.id == model_id), None) if model_id else None
@@ -176,7 +184,8 @@ def make_plan(host: HostProfile, model: ResolvedModel, settings: Settings) -> De
         else:
             message = f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}"
         raise PlanError(
-            message, f"Try {alternative}" if alternative else "Use a smaller model or a bigger machine."
+            message,
+            alternative[0].upper() + alternative[1:] if alternative else "Use a smaller model or a bigger machine.",
         ) from None
 
 
@@ -230,7 +239,11 @@ class PreparedStack:
     files: dict[str, str]
     secrets: dict[str, str]
     model: dict[str, Any]
-    notes: list[str]  # warnings about the site's customisation, for the user to read
+    backup: str | None  # the stack file being replaced was edited by hand (--force): keep a copy of it
+    notes: list[str]  # what a person must know: secrets generated, the site's customisation
+
+    def write(self) -> list[str]:
+        return stackdir.write_stack(self.stack_dir, self.files, self.backup)
 
 
 def prepare_stack(
@@ -243,12 +256,15 @@ def prepare_stack(
     image_overrides: dict[str, str],
     stack_dir: Path,
     target: Target = "compose",
+    force: bool = False,
 ) -> PreparedStack:
     stack_dir = stack_dir.expanduser().absolute()
-    check_stack_dir(stack_dir)  # before anything slow, and before anything is written
+    existing = stackdir.open_for_render(stack_dir)  # before anything slow, and before anything is written
     host = resolve_host(settings, profile, host_file)
     model = resolve_model(settings, model_id, model_path)
-    return prepare_for_host(settings, host, model, image_overrides, stack_dir, target=target)
+    return prepare_for_host(
+        settings, host, model, image_overrides, stack_dir, target=target, force=force, existing=existing
+    )
 
 
 def prepare_for_host(
@@ -259,8 +275,12 @@ def prepare_for_host(
     stack_dir: Path,
     model_volume: str | None = None,
     target: Target = "compose",
+    force: bool = False,
+    existing: stackdir.ExistingStack | None = None,
 ) -> PreparedStack:
     """Plan and render for a host already described; ``model_volume`` mounts the weights from that volume."""
+    if existing is None:
+        existing = stackdir.open_for_render(stack_dir)
     plan = make_plan(host, model, settings)
     spec = StackSpec(
         project=project_name(stack_dir),
@@ -273,44 +293,68 @@ def prepare_for_host(
         target=target,
         model_volume=model_volume,
     )
-    kept = read_secrets(stack_dir)
+    kept = existing.env.values
+    if existing.plan is not None and existing.env.text is None and not force:
+        raise StackDirError(
+            f"{existing.env.path} is missing, so this stack's secrets are gone; new ones would lock you out "
+            "of the accounts Open WebUI already has.",
+            "Restore .env from a backup, or render with --force to generate new secrets.",
+        )
     fresh = new_secrets(settings.admin_email)
     stack_secrets = {key: kept.get(key) or fresh[key] for key in fresh}
+    notes = [
+        f"{key} was not in .env: a new one was generated"
+        + (" (Open WebUI keeps the admin password it was first given)." if key.startswith("DEPLOYKIT_ADMIN") else ".")
+        for key in fresh
+        if existing.env.text is not None and key not in kept
+    ]
     model_data = model.spec.model_dump(mode="json")
     inputs: dict[str, Any] = {
         "host": host.model_dump(mode="json"),
         "model": model_data,
         "settings": settings.plan_settings().model_dump(mode="json"),
     }
-    return _prepare(settings, stack_dir, spec, stack_secrets, inputs)
+    return _prepare(settings, existing, spec, stack_secrets, inputs, force, notes)
 
 
 def _prepare(
-    settings: Settings, stack_dir: Path, spec: StackSpec, stack_secrets: dict[str, str], inputs: dict[str, Any]
+    settings: Settings,
+    existing: stackdir.ExistingStack,
+    spec: StackSpec,
+    stack_secrets: dict[str, str],
+    inputs: dict[str, Any],
+    force: bool,
+    notes: list[str],
 ) -> PreparedStack:
     """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override."""
     from deploykit import webui_env
     from deploykit.customise import customisation
 
-    notes = webui_env.check(settings.webui_env)
+    stack_dir = existing.dir
+    env_notes = webui_env.check(settings.webui_env)
     spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
     customised, template_notes = customisation(settings.templates_dir, stack_dir)
     files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
-    return PreparedStack(stack_dir, spec, files, stack_secrets, inputs["model"], [*notes, *template_notes])
+    files[".env"] = stackdir.merged_env(existing.env, stack_secrets, files[".env"])
+    main = TARGET_FILES[spec.target]
+    backup = main if stackdir.backup_needed(existing, main, files[main], force) else None
+    all_notes = [*notes, *env_notes, *template_notes]
+    return PreparedStack(stack_dir, spec, files, stack_secrets, inputs["model"], backup, all_notes)
 
 
-def reprepare_stack(settings: Settings, stack_dir: Path) -> PreparedStack:
+def reprepare_stack(settings: Settings, stack_dir: Path, force: bool = False) -> PreparedStack:
     """An existing stack rendered again from its plan.json, with today's [webui_env] and templates."""
     from deploykit.lifecycle import load_stack
 
     stack = load_stack(stack_dir)
-    data = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
-    return _prepare(settings, stack_dir, stack.spec, stack.secrets, data["inputs"])
+    existing = stackdir.open_for_render(stack_dir)
+    assert existing.plan is not None  # load_stack has read it
+    return _prepare(settings, existing, stack.spec, stack.secrets, existing.plan["inputs"], force, [])
 
 
 def render_stack(settings: Settings, **kwargs: Any) -> RenderResult:
     prepared = prepare_stack(settings, **kwargs)
-    changed = write_stack(prepared.stack_dir, prepared.files)
+    changed = prepared.write()
     return RenderResult(prepared.stack_dir, prepared.spec, changed, prepared.notes)
 
 
@@ -326,6 +370,7 @@ def up_stack(
     timeout: float | None,
     reporter: Reporter,
     target: Target | None = None,
+    force: bool = False,
 ) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
     from deploykit import lifecycle
@@ -348,24 +393,25 @@ def up_stack(
             image_overrides=image_overrides,
             stack_dir=stack_dir,
             target=target or _rendered_target(stack_dir),
+            force=force,
         )
     else:
         # Reuse the stack's plan, but with today's [webui_env] and templates: a changed setting takes effect.
-        prepared = reprepare_stack(settings, stack_dir)
+        prepared = reprepare_stack(settings, stack_dir, force)
     for note in prepared.notes:
         reporter.note(note)
-    stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
-    return lifecycle.up(stack, settings.docker_host, timeout, reporter, prepared.model, prepared.files)
+    stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets, prepared.model)
+    return lifecycle.up(
+        stack, settings.docker_host, timeout, reporter, prepared.model, prepared.files, write_files=prepared.write
+    )
 
 
 def _rendered_target(stack_dir: Path) -> Target:
     """The target a stack directory was rendered for (compose when new or unreadable)."""
-    try:
-        data = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
-        target = data["stack"].get("target", "compose")
-    except (OSError, ValueError, KeyError, AttributeError):
-        return "compose"
-    return target if target in TARGET_FILES else "compose"
+    data = stackdir.read_plan(stack_dir) if stack_dir.is_dir() else None
+    stack = data.get("stack") if data else None
+    target = stack.get("target") if isinstance(stack, dict) else None
+    return cast("Target", target) if target in TARGET_FILES else "compose"
 
 
 def plan_only(
@@ -562,7 +608,7 @@ def _fleet_stack(
     url, probe = reached
     hs = _host_settings(settings, host, url)
     stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
-    check_stack_dir(stack_dir)
+    existing = stackdir.open_for_render(stack_dir)  # before detection: a folder that is not ours stops here
     overrides = req.image_overrides or {}
     gpu_image = overrides.get("open-webui", settings.images.open_webui)
     profile = detect_fleet_host(settings, host, url, probe, gpu_image, req.profile)
@@ -575,7 +621,8 @@ def _fleet_stack(
                 "Give it with --model-file, or fetch it first (`deploykit up` on this machine downloads it).",
             )
         payload = payloads.get(path)
-    prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, payload.volume if payload else None)
+    volume = payload.volume if payload else None
+    prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, volume, existing=existing)
     return FleetStack(url, address_of(host, url), prepared, payload)
 
 
@@ -615,7 +662,7 @@ def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> li
         details: dict[str, Any] = {"plan": spec.plan.model_dump(mode="json"), "model_volume": spec.model_volume}
         if write:
             details["dir"] = str(fs.prepared.stack_dir)
-            details["changed"] = write_stack(fs.prepared.stack_dir, fs.prepared.files)
+            details["changed"] = fs.prepared.write()
         return HostResult(
             host.name,
             "rendered" if write else "planned",
@@ -692,9 +739,14 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
                 reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
                 delivery["model"] = deliver_model(url, fs.payload, spec.images["inference"])
                 reporter.note(f"model: {delivery['model']}")
-            loaded = lifecycle.LoadedStack(fs.prepared.stack_dir, spec, fs.prepared.secrets, fs.address)
+            prepared = fs.prepared
+            loaded = lifecycle.LoadedStack(
+                prepared.stack_dir, spec, prepared.secrets, prepared.model, address=fs.address
+            )
             with inference_route(loaded, url) as stack:
-                report = lifecycle.up(stack, url, req.timeout, reporter, fs.prepared.model, fs.prepared.files)
+                report = lifecycle.up(
+                    stack, url, req.timeout, reporter, prepared.model, prepared.files, write_files=prepared.write
+                )
         except DeployKitError as exc:
             row.error, row.hint, row.exit_code = exc.message, exc.hint, exc.exit_code
             return row

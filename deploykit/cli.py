@@ -41,6 +41,31 @@ class DeployKitGroup(click.Group):
             _fail(exc.message, exc.hint, exc.exit_code, getattr(exc, "log_tail", ""))
         except KeyboardInterrupt:
             _fail("interrupted.", None, 130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            if isinstance(exc, OSError) and exc.filename and exc.strerror:
+                # A file the user pointed at (or its folder) that the system refused: their input, not a bug.
+                _fail(f"cannot use {exc.filename}: {exc.strerror}.", "Check the path and its permissions.", 2)
+            _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> None:
+    """An exception nobody planned for: never a traceback on the terminal, never its text (it may hold
+    a secret), but the type and where the whole traceback was kept."""
+    import traceback
+
+    from deploykit.errors import InternalError, write_crash_report
+
+    where = write_crash_report("".join(traceback.format_exception(exc)))
+    _fail(
+        f"internal error ({type(exc).__name__}): this is a bug in deploykit {__version__}; "
+        f"the traceback is in {where}.",
+        "Run the command again with --debug to see it, and report it with that file.",
+        InternalError.exit_code,
+    )
 
 
 def _fail(message: str, hint: str | None, code: int, log_tail: str = "") -> None:
@@ -50,6 +75,13 @@ def _fail(message: str, hint: str | None, code: int, log_tail: str = "") -> None
     if hint:
         click.echo(click.style("Hint: ", fg="yellow") + hint, err=True)
     sys.exit(code)
+
+
+def _not_nan(param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets nan through: every comparison with nan is false.
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number of seconds.", param=param)
+    return value
 
 
 def _print_json(data: Any) -> None:
@@ -132,6 +164,12 @@ def stack_dir_option(default: str = "deploykit-stack") -> Callable[[F], F]:
         help="Stack directory.",
     )
 
+
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite a compose.yaml edited by hand (a backup is kept), or make new secrets for a lost .env.",
+)
 
 image_option = click.option(
     "--image",
@@ -246,6 +284,7 @@ def plan(
     help="What to write: compose.yaml (Docker Compose), swarm.yaml (`docker stack deploy`) or "
     "kubernetes.yaml (manifests for kubectl apply).",
 )
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.pass_context
 def render(
@@ -259,6 +298,7 @@ def render(
     stack_dir: str,
     images: tuple[str, ...],
     target: str,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Write the stack: compose.yaml (or swarm.yaml, or kubernetes.yaml), .env (secrets, 0600) and plan.json."""
@@ -267,15 +307,15 @@ def render(
     settings, inputs = _stack_inputs(
         ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
     )
-    result = app.render_stack(settings, profile=profile, target=target, **inputs)
+    result = app.render_stack(settings, profile=profile, target=target, force=force, **inputs)
     if as_json:
         _print_json(
             {
                 "dir": str(result.stack_dir),
                 "changed": result.changed,
+                "notes": result.notes,
                 "project": result.spec.project,
                 "plan": result.spec.plan.model_dump(mode="json"),
-                "notes": result.notes,
             }
         )
     else:
@@ -321,8 +361,13 @@ def _stack(ctx: click.Context, stack_dir: str) -> Any:
 @plan_options(profile_default=None)
 @image_option
 @stack_dir_option()
+@force_option
 @click.option(
-    "--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long [default: from the plan]."
+    "--timeout",
+    type=click.FloatRange(min=1, max=7 * 86400),
+    callback=lambda ctx, param, value: _not_nan(param, value),
+    metavar="SECONDS",
+    help="Give up waiting after this long [default: from the plan].",
 )
 @click.option(
     "--target",
@@ -342,6 +387,7 @@ def up(
     model_path: str | None,
     images: tuple[str, ...],
     stack_dir: str,
+    force: bool,
     timeout: float | None,
     target: str | None,
     as_json: bool,
@@ -360,6 +406,7 @@ def up(
         timeout=timeout,
         target=cast("Target | None", target),
         reporter=output.ConsoleReporter(),
+        force=force,
         **inputs,
     )
     if as_json:
@@ -389,13 +436,17 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 @click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
 @stack_dir_option()
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
-@click.option("--tail", default=100, show_default=True, help="Lines of history to show.")
+@click.option("--tail", default=100, type=click.IntRange(min=0), show_default=True, help="Lines of history to show.")
 @click.pass_context
 def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, tail: int) -> None:
     """Show the stack's logs (one service, or both)."""
+    from deploykit.engine import client, require_compose_v2
     from deploykit.proc import run_attached
 
-    engine_stack = _stack(ctx, stack_dir).engine_stack(_settings(ctx).docker_host)
+    docker_host = _settings(ctx).docker_host
+    engine_stack = _stack(ctx, stack_dir).engine_stack(docker_host)
+    client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
+    require_compose_v2()
     sys.exit(run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env()))
 
 
@@ -438,7 +489,9 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
 @click.argument("message")
 @stack_dir_option()
 @click.option("--direct", is_flag=True, help="Ask the inference server directly instead of going through Open WebUI.")
-@click.option("--max-tokens", default=256, show_default=True, help="Longest answer.")
+@click.option(
+    "--max-tokens", default=256, type=click.IntRange(min=1, max=1_000_000), show_default=True, help="Longest answer."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole JSON answer.")
 @click.pass_context
 def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tokens: int, as_json: bool) -> None:
@@ -494,7 +547,8 @@ def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
 
     settings = _settings(ctx)
     stack = load_stack(Path(stack_dir).absolute()) if stack_dir else None
-    checks = run_checks(app.detect(settings), settings.docker_host, settings.model_cache, stack)
+    ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
+    checks = run_checks(app.detect(settings), settings.docker_host, settings.model_cache, stack, ports)
     if as_json:
         _print_json(checks_json(checks))
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from deploykit.host import GiB, HostProfile
-from deploykit.lifecycle import LoadedStack, port_free, ports_held_by, status
+from deploykit.lifecycle import LoadedStack, port_problem, ports_held_by, status
 from deploykit.plan import gib
 from deploykit.versions import pinned
 
@@ -30,7 +30,14 @@ def _version(text: str | None) -> tuple[int, ...]:
         return ()
 
 
-def run_checks(host: HostProfile, docker_host: str | None, model_cache: Path, stack: LoadedStack | None) -> list[Check]:
+def run_checks(
+    host: HostProfile,
+    docker_host: str | None,
+    model_cache: Path,
+    stack: LoadedStack | None,
+    ports: list[tuple[str, int]] | None = None,
+) -> list[Check]:
+    """``ports``: (bind address, port) to check when no stack is given — the settings' ports."""
     checks: list[Check] = []
     d = host.docker
     if d is None or not d.reachable:
@@ -94,7 +101,7 @@ def run_checks(host: HostProfile, docker_host: str | None, model_cache: Path, st
             )
         else:
             checks.append(Check("driver", "pass", f"driver CUDA {host.gpus[0].cuda_version} ≥ {image.cuda_text}"))
-    ports = [("0.0.0.0", 7860), ("127.0.0.1", 7861)]
+    ports = ports or [("0.0.0.0", 7860), ("127.0.0.1", 7861)]
     ours: set[int] = set()
     if stack is not None:
         ports = [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
@@ -103,17 +110,19 @@ def run_checks(host: HostProfile, docker_host: str | None, model_cache: Path, st
     for bind, port in ports:
         if port in ours:
             checks.append(Check(f"port {port}", "pass", "published by this stack"))
-        elif port_free(bind, port):
+        elif (problem := port_problem(bind, port)) is None:
             checks.append(Check(f"port {port}", "pass", "free"))
-        else:
+        elif problem.startswith("in use"):
             checks.append(
                 Check(
                     f"port {port}",
                     "fail",
-                    "in use by another program",
+                    problem,
                     f"Stop it (`ss -ltnp 'sport = :{port}'` shows who) or change the port in settings.",
                 )
             )
+        else:
+            checks.append(Check(f"port {port}", "fail", problem, "Set webui_bind to an address of this host."))
     probe_dir = next((p for p in (model_cache, *model_cache.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(probe_dir).free
     level: Status = "pass" if free >= 10 * GiB else "warn" if free >= 2 * GiB else "fail"

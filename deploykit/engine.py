@@ -7,6 +7,7 @@ so the same code drives a workstation over ``ssh://`` or a context later.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -18,6 +19,13 @@ from typing import Any
 from deploykit.errors import EngineError
 from deploykit.host import DockerEngine
 from deploykit.proc import Completed, Runner, run_cmd
+
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with any password inside a URL (scheme://user:password@host) replaced by ***."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
 def _client(docker_host: str | None, timeout: int = 10) -> Any:
@@ -48,13 +56,16 @@ def probe_engine(docker_host: str | None, runner: Runner = run_cmd) -> DockerEng
         version = client.version()
     except Exception as exc:  # the SDK raises many types for "not there"; all mean unreachable
         return DockerEngine(
-            reachable=False, host=docker_host, compose_version=compose, error=str(exc).splitlines()[0][:300]
+            reachable=False,
+            host=redact(docker_host) if docker_host else None,
+            compose_version=compose,
+            error=redact((str(exc).splitlines() or [type(exc).__name__])[0][:300]),
         )
     runtimes = tuple(sorted((info.get("Runtimes") or {}).keys()))
     cdi = tuple((info.get("DiscoveredDevices") and [d.get("ID", "") for d in info["DiscoveredDevices"]]) or ())
     return DockerEngine(
         reachable=True,
-        host=docker_host,
+        host=redact(docker_host) if docker_host else None,
         server_version=version.get("Version"),
         api_version=version.get("ApiVersion"),
         compose_version=compose,
@@ -66,8 +77,9 @@ def probe_engine(docker_host: str | None, runner: Runner = run_cmd) -> DockerEng
 
 def engine_error(docker_host: str | None, exc: Exception) -> EngineError:
     where = docker_host or os.environ.get("DOCKER_HOST") or "the local socket (/var/run/docker.sock)"
+    detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
     return EngineError(
-        f"cannot connect to the Docker Engine at {where}: {str(exc).splitlines()[0][:200]}.",
+        f"cannot connect to the Docker Engine at {redact(where)}: {redact(detail)}.",
         "Is dockerd running? Start it (`systemctl start docker`, or `make provision` here) "
         "or point --docker-host / DOCKER_HOST at a running engine.",
     )
@@ -192,7 +204,7 @@ class Stack:
             hint = "See `deploykit doctor`."
             if "pull access denied" in result.stderr or "no such host" in result.stderr or "manifest" in result.stderr:
                 hint = "An image could not be pulled: check the network, or use --image SERVICE=REF with a local image."
-            raise EngineError(f"docker compose {what} failed: {last}", hint)
+            raise EngineError(f"docker compose {what} failed: {redact(last)}", hint)
         return result
 
     def up(self, *services: str) -> None:

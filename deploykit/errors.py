@@ -69,3 +69,52 @@ class DownloadError(DeployKitError):
     """A model could not be fetched."""
 
     exit_code = 9
+
+
+class StackDirError(UsageError):
+    """The stack folder holds something deploykit will not overwrite or cannot read: not a stack,
+    a hand-edited compose.yaml, an unreadable secret."""
+
+    exit_code = 10
+
+
+class InternalError(DeployKitError):
+    """A bug: an exception nobody planned for. The traceback goes to a file, not the terminal."""
+
+    exit_code = 70
+
+
+# Exit codes a user can meet, for the README table and the docs (keep in step with the classes above).
+EXIT_CODES = {
+    0: "success",
+    1: "not healthy (`status`), a failed check (`doctor`, `smoke`)",
+    UsageError.exit_code: "bad input: a flag, argument or file given",
+    NotFoundError.exit_code: "not found: profile, model, file or stack",
+    ConfigError.exit_code: "invalid settings or data file",
+    PlanError.exit_code: "nothing fits the hardware",
+    EngineError.exit_code: "Docker Engine or compose unreachable or refused",
+    PreflightError.exit_code: "preflight failed; nothing started",
+    HealthError.exit_code: "a health stage failed",
+    DownloadError.exit_code: "model download failed",
+    StackDirError.exit_code: "stack folder refused: not a stack, edited by hand, unreadable secret",
+    InternalError.exit_code: "internal error (a bug); the traceback is written to a file",
+    130: "interrupted (Ctrl-C)",
+}
+
+
+def write_crash_report(text: str) -> str:
+    """Keep a traceback in ``$XDG_CACHE_HOME/deploykit/crash/`` (mode 0600); return where, or why not."""
+    import os
+    import time
+    from pathlib import Path
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deploykit" / "crash"
+    path = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
+            fh.write(text)
+    except OSError as exc:
+        return f"nowhere ({folder}: {exc.strerror})"
+    return str(path)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GiB = 1024**3
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Strict: `true` is not a number and "8" is not a count, in a profile file or a host file alike.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class Gpu(_Frozen):
@@ -42,7 +43,16 @@ class Cpu(_Frozen):
     arch: str = "x86_64"
     physical_cores: int = Field(gt=0)
     logical_cores: int = Field(gt=0)
-    flags: tuple[str, ...] = ()  # the SIMD flags that matter: avx2, avx512f, avx512_bf16, amx, neon…
+    flags: tuple[str, ...] = Field((), strict=False)  # the SIMD flags that matter: avx2, avx512f, amx, neon…
+
+    @model_validator(mode="after")
+    def _threads_cover_cores(self) -> Cpu:
+        if self.logical_cores < self.physical_cores:
+            raise ValueError(
+                f"logical_cores ({self.logical_cores}) is less than physical_cores ({self.physical_cores}); "
+                "every core runs at least one thread"
+            )
+        return self
 
 
 class Memory(_Frozen):
@@ -61,9 +71,9 @@ class DockerEngine(_Frozen):
     server_version: str | None = None
     api_version: str | None = None
     compose_version: str | None = None
-    runtimes: tuple[str, ...] = ()
+    runtimes: tuple[str, ...] = Field((), strict=False)
     nvidia_runtime: bool = False
-    cdi_devices: tuple[str, ...] = ()
+    cdi_devices: tuple[str, ...] = Field((), strict=False)
     error: str | None = None
 
 
@@ -73,7 +83,7 @@ class HostProfile(_Frozen):
     source: Literal["builtin", "user", "detected", "file"] = "builtin"
     cpu: Cpu
     memory: Memory
-    gpus: tuple[Gpu, ...] = ()
+    gpus: tuple[Gpu, ...] = Field((), strict=False)
     disk: Disk | None = None
     docker: DockerEngine | None = None
     # Where detection of NVIDIA GPUs came from, and why it failed if it did ("nvml", "nvidia-smi", "none").

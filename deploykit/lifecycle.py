@@ -6,7 +6,7 @@ servers through ``health``/``webui``, and return plain data; progress goes to a 
 
 from __future__ import annotations
 
-import json
+import errno
 import shutil
 import socket
 import time
@@ -16,12 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from deploykit import engine, health, webui
-from deploykit.errors import HealthError, NotFoundError, PreflightError, UsageError
+from deploykit.errors import HealthError, NotFoundError, PreflightError, StackDirError, UsageError
 from deploykit.host import GiB
 from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import gib
-from deploykit.render import TARGET_FILES, StackSpec, read_secrets, write_stack
+from deploykit.render import StackSpec
+from deploykit.stackdir import TARGET_FILES, read_plan, read_secrets, recover
 from deploykit.webui_env import stored_settings
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
@@ -40,6 +43,7 @@ class LoadedStack:
     dir: Path
     spec: StackSpec
     secrets: dict[str, str]
+    model: dict[str, Any] = field(default_factory=dict)  # the model's numbers, as plan.json records them
     # Where this controller reaches the engine's published ports: its own loopback for a local engine,
     # the workstation's name for a fleet host.
     address: str = "127.0.0.1"
@@ -77,33 +81,49 @@ class LoadedStack:
 
 def load_stack(stack_dir: Path) -> LoadedStack:
     plan_path = stack_dir / "plan.json"
-    if not plan_path.is_file():
+    recover(stack_dir)  # a write deploykit left interrupted is finished (or undone) first
+    data = read_plan(stack_dir) if stack_dir.is_dir() else None
+    if data is None:
         raise NotFoundError(
             f"no deploykit stack in {stack_dir} (no plan.json).",
             f"Create one with `deploykit up --profile auto --dir {stack_dir}` or `deploykit render`.",
         )
+    inputs = data.get("inputs")
+    model = inputs.get("model") if isinstance(inputs, dict) else None
     try:
-        data = json.loads(plan_path.read_text(encoding="utf-8"))
         spec = StackSpec.model_validate(data["stack"])
-    except (ValueError, KeyError) as exc:
-        raise UsageError(
-            f"{plan_path} is not a stack plan this deploykit can read ({exc}).",
+    except ValidationError as exc:
+        fields = ", ".join(sorted({".".join(map(str, e["loc"][:2])) for e in exc.errors()})[:4])
+        raise StackDirError(
+            f"{plan_path} is not a stack plan this deploykit can read (stack: {fields}).",
             "Render the stack again with `deploykit render` (secrets are kept).",
         ) from None
-    return LoadedStack(stack_dir, spec, read_secrets(stack_dir))
+    if not isinstance(model, dict):
+        raise StackDirError(
+            f"{plan_path} has no inputs.model, so this deploykit cannot read it.",
+            "Render the stack again with `deploykit render` (secrets are kept).",
+        )
+    return LoadedStack(stack_dir, spec, read_secrets(stack_dir), model)
 
 
 # ---------------------------------------------------------------- preflight
 
 
-def port_free(bind: str, port: int) -> bool:
+def port_problem(bind: str, port: int) -> str | None:
+    """None when ``bind:port`` could be published here, else why not, in words."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((bind, port))
-        except OSError:
-            return False
-    return True
+        except (socket.gaierror, UnicodeError, ValueError):
+            return f"{bind!r} is not an IPv4 address"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "in use by another program"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"{bind} is not an address of this host"
+            return f"cannot be bound ({exc.strerror})"
+    return None
 
 
 def ports_held_by(stack: LoadedStack, docker_host: str | None) -> set[int]:
@@ -156,10 +176,11 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
         ours = ports_held_by(stack, docker_host)
         wanted = [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
         for bind, port in wanted:
-            if port not in ours and not port_free(bind, port):
+            problem = None if port in ours else port_problem(bind, port)
+            if problem:
                 setting = "webui_port" if port == stack.spec.webui_port else "inference_port"
                 raise PreflightError(
-                    f"port {port} is already in use on this host, so the stack cannot publish it.",
+                    f"port {port} on {bind}: {problem}, so the stack cannot publish it.",
                     f"Stop what listens there (`ss -ltnp 'sport = :{port}'`) or set DEPLOYKIT_{setting.upper()} "
                     "and render again.",
                 )
@@ -191,9 +212,9 @@ def preflight_swarm(stack: LoadedStack, docker_host: str | None) -> list[str]:
     notes = []
     if _is_local(docker_host) and not es.deployed():
         for port in (stack.spec.webui_port, stack.spec.inference_port):
-            if not port_free("0.0.0.0", port):
+            if (problem := port_problem("0.0.0.0", port)) is not None:
                 raise PreflightError(
-                    f"port {port} is already in use on this host, so the swarm cannot publish it.",
+                    f"port {port} cannot be published by the swarm on this host: {problem}.",
                     f"Stop what listens there (`ss -ltnp 'sport = :{port}'`) or set another port and render again.",
                 )
     if stack.spec.plan.device == "cuda":
@@ -370,6 +391,7 @@ def up(
     reporter: Reporter,
     model: dict[str, Any],
     files: Mapping[str, str],
+    write_files: Callable[[], object],
 ) -> UpReport:
     """Preflight, check the site's override merges, write the stack files (if changed), fetch the model, start."""
     notes = preflight(stack, docker_host, model_missing_bytes(stack))
@@ -379,7 +401,7 @@ def up(
     engine_stack.check_override(dict(files))
     if override_path(stack.dir) is not None:
         reporter.note(f"Using {OVERRIDE_FILE} on top of compose.yaml.")
-    write_stack(stack.dir, files)
+    write_files()
     ensure_model(stack, model, reporter)
     reporter.note(f"Starting project {stack.spec.project} …")
     # The inference server first, so its (long) load is watched with progress here rather than
@@ -490,7 +512,7 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
         )
     else:
         checks.append({"name": "reasoning separation", "status": "skip", "detail": "not a reasoning model"})
-    model = json.loads((stack.dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
+    model = stack.model
     checks.append(
         {
             "name": "tool calling",
@@ -504,10 +526,12 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
 
 
 def down(stack: LoadedStack, docker_host: str | None, volumes: bool) -> None:
+    engine.client(docker_host)  # no engine: say so in its own words (exit 6), not compose's
     stack.engine_stack(docker_host).down(volumes=volumes)
 
 
 def restart(stack: LoadedStack, docker_host: str | None, service: str | None) -> None:
     if service not in (None, "inference", "open-webui"):
         raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
+    engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.catalog import GgufSource, ModelSpec
 from deploykit.errors import UsageError
@@ -62,14 +62,20 @@ def read_gguf(path: Path, model_id: str | None = None) -> tuple[ModelSpec, Local
     from gguf import GGUFReader  # numpy-backed; only paid for when a file is given
 
     if not path.is_file():
-        raise UsageError(f"model file {path} does not exist.", "Give the path of a .gguf file.")
+        raise UsageError(f"model file {path} is not a regular file.", "Give the path of a .gguf file.")
     try:
-        reader = GGUFReader(str(path))
-    except (ValueError, OSError) as exc:
+        return _read_gguf(GGUFReader, path, model_id)
+    except UsageError:
+        raise
+    except Exception as exc:  # a cut-short or hostile file: the gguf reader raises many kinds
         raise UsageError(
-            f"{path} is not a readable GGUF file ({exc}).",
+            f"{path} is not a readable GGUF file ({type(exc).__name__}: {str(exc)[:120]}).",
             "Check the file is complete; llama.cpp needs GGUF, not safetensors or .bin.",
         ) from None
+
+
+def _read_gguf(reader_class: Any, path: Path, model_id: str | None) -> tuple[ModelSpec, LocalWeights]:
+    reader = reader_class(str(path))
 
     def field(key: str) -> Any:
         f = reader.fields.get(key)
@@ -116,43 +122,65 @@ def read_gguf(path: Path, model_id: str | None = None) -> tuple[ModelSpec, Local
     return spec, weights
 
 
+def _count(config: dict[str, Any], key: str, name: str, default: int | None = None) -> int:
+    """A positive whole number from config.json (not a bool, a float or a string)."""
+    value = config.get(key)
+    if value is None and default is not None:
+        return default
+    if value is None:
+        raise UsageError(
+            f"config.json of {name} lacks {key} — it does not look like a decoder-only LLM.",
+            "deploykit plans decoder-only models such as Llama, Qwen2 or Mistral.",
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**40:
+        raise UsageError(
+            f"config.json of {name}: {key} is {str(value)[:40]!r}, not a positive whole number.",
+            "Fix config.json, or use the model's original file.",
+        )
+    return value
+
+
 def spec_from_hf_config(config: dict[str, Any], model_id: str, name: str, params: int | None = None) -> ModelSpec:
     """Numbers from a Hugging Face ``config.json``; ``params`` from safetensors when known."""
-    try:
-        hidden = int(config["hidden_size"])
-        layers = int(config["num_hidden_layers"])
-        heads = int(config["num_attention_heads"])
-        vocab = int(config["vocab_size"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(
-            f"config.json of {name} lacks {exc} — it does not look like a decoder-only LLM.",
-            "deploykit plans decoder-only models such as Llama, Qwen2 or Mistral.",
-        ) from None
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    inter = config.get("intermediate_size")
+    if not isinstance(config, dict):
+        raise UsageError(f"config.json of {name} is not a JSON object.", "Use the model's original config.json.")
+    hidden = _count(config, "hidden_size", name)
+    layers = _count(config, "num_hidden_layers", name)
+    heads = _count(config, "num_attention_heads", name)
+    vocab = _count(config, "vocab_size", name)
+    kv_heads = _count(config, "num_key_value_heads", name, heads)
+    head_dim = _count(config, "head_dim", name, max(1, hidden // heads))
+    inter = _count(config, "intermediate_size", name, 0) or None
+    max_context = _count(config, "max_position_embeddings", name, 4096)
     if params is None:
         # Embedding (+ untied head) + per-layer attention and MLP: good to a few percent for dense models.
         attn = hidden * (heads * head_dim) * 2 + hidden * (kv_heads * head_dim) * 2
         mlp = 3 * hidden * int(inter or 4 * hidden)
         head = 0 if config.get("tie_word_embeddings") else vocab * hidden
         params = vocab * hidden + head + layers * (attn + mlp)
-    return ModelSpec(
-        id=model_id,
-        name=name,
-        hf_repo=None,
-        architecture=str(config.get("model_type") or "unknown"),
-        params=params,
-        layers=layers,
-        hidden_size=hidden,
-        intermediate_size=int(inter) if inter else None,
-        attention_heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        vocab_size=vocab,
-        max_context=int(config.get("max_position_embeddings") or 4096),
-        torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
-    )
+    try:
+        return ModelSpec(
+            id=model_id,
+            name=name,
+            hf_repo=None,
+            architecture=str(config.get("model_type") or "unknown"),
+            params=params,
+            layers=layers,
+            hidden_size=hidden,
+            intermediate_size=inter,
+            attention_heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            vocab_size=vocab,
+            max_context=max_context,
+            torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
+        )
+    except ValidationError as exc:
+        fields = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
+        raise UsageError(
+            f"config.json of {name} gives values deploykit cannot plan with ({fields}).",
+            "Fix config.json, or use the model's original file.",
+        ) from None
 
 
 def read_hf_dir(path: Path, model_id: str | None = None) -> tuple[ModelSpec, LocalWeights]:
@@ -160,10 +188,15 @@ def read_hf_dir(path: Path, model_id: str | None = None) -> tuple[ModelSpec, Loc
     config_path = path / "config.json"
     if not config_path.is_file():
         raise UsageError(f"{path} has no config.json.", "Give a .gguf file or a Hugging Face model directory.")
+    from deploykit.textfile import read_text
+
+    text = read_text(config_path, "model config", "Use the model's original config.json.")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{config_path} is not readable JSON ({exc}).") from None
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{config_path} is not JSON ({exc.msg} at line {exc.lineno}).", "Use the model's original config.json."
+        ) from None
     weights = sorted(path.glob("*.safetensors"))
     size = sum(w.stat().st_size for w in weights)
     spec = spec_from_hf_config(config, model_id or slug(path.name), path.name)

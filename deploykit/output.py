@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deploykit.plan import gib
@@ -51,7 +52,7 @@ def show_host(host: HostProfile) -> None:
                 f"compose {d.compose_version or 'v2 missing'}, {gpu}"
             )
         else:
-            console.print(f"  Docker  not reachable: {d.error}")
+            console.print(f"  Docker  not reachable: {escape(str(d.error))}")
 
 
 def show_profiles(rows: Iterable[dict[str, Any]]) -> None:
@@ -95,7 +96,7 @@ def show_plan(plan: DeploymentPlan) -> None:
     mem = plan.memory
     where = "VRAM" if mem.budget_kind == "vram" else "RAM"
     console.print(
-        f"[bold]{plan.model_name}[/bold] on [bold]{plan.profile}[/bold]: "
+        f"[bold]{escape(plan.model_name)}[/bold] on [bold]{escape(plan.profile)}[/bold]: "
         f"[green]{plan.backend}[/green] on {plan.device}, {plan.quantization}, {plan.context_length} tokens"
     )
     if plan.gpu_layers is not None and plan.device == "cuda":
@@ -106,24 +107,22 @@ def show_plan(plan: DeploymentPlan) -> None:
     )
     console.print("  Why:")
     for reason in plan.reasons:
-        console.print(f"    - {reason}")
+        console.print(f"    - {escape(reason)}")
 
 
 def show_rendered(result: RenderResult) -> None:
     plan = result.spec.plan
     changed = ", ".join(result.changed) if result.changed else "nothing changed"
-    console.print(f"Stack written to [bold]{result.stack_dir}[/bold] ({changed}).")
+    console.print(f"Stack written to [bold]{escape(str(result.stack_dir))}[/bold] ({changed}).")
     console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context")
     if result.spec.target == "kubernetes":
         console.print("  Secrets are in .env and in kubernetes.yaml's Secret (both mode 0600).")
         console.print(f"  Next: kubectl apply -n NAMESPACE -f {result.stack_dir / 'kubernetes.yaml'}")
         return
     console.print(f"  Open WebUI will listen on port {result.spec.webui_port}; secrets are in .env (mode 0600).")
-    from rich.markup import escape
-
     for note in result.notes:
         Console(stderr=True, highlight=False).print(f"[yellow]Note:[/yellow] {escape(note)}")
-    console.print(f"  Next: deploykit up --dir {result.stack_dir}")
+    console.print(f"  Next: deploykit up --dir {escape(str(result.stack_dir))}")
 
 
 class ConsoleReporter:
@@ -173,7 +172,8 @@ def show_up(report: Any) -> None:
 def show_status(state: dict[str, Any]) -> None:
     mark = "[green]healthy[/green]" if state["healthy"] else "[red]not healthy[/red]"
     console.print(
-        f"[bold]{state['project']}[/bold] ({state['backend']} on {state['device']}, {state['model']}): {mark}"
+        f"[bold]{escape(state['project'])}[/bold] ({state['backend']} on {state['device']}, "
+        f"{escape(state['model'])}): {mark}"
     )
     table = Table()
     for col in ("service", "state", "health", "url", "model", "uptime"):
@@ -189,9 +189,9 @@ def show_status(state: dict[str, Any]) -> None:
 def show_checks(checks: Iterable[Any]) -> None:
     colours = {"pass": "green", "warn": "yellow", "fail": "red"}
     for c in checks:
-        console.print(f"[{colours[c.status]}]{c.status.upper():4}[/{colours[c.status]}] {c.name:16} {c.detail}")
+        console.print(f"[{colours[c.status]}]{c.status.upper():4}[/{colours[c.status]}] {c.name:16} {escape(c.detail)}")
         if c.fix:
-            console.print(f"     {'':16} fix: {c.fix}")
+            console.print(f"     {'':16} fix: {escape(c.fix)}")
 
 
 class HostReporter:

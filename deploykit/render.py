@@ -4,7 +4,7 @@ Three targets share one ``StackSpec``: Docker Compose (compose.yaml), Docker Swa
 variant of the same templates for ``docker stack deploy``) and Kubernetes (kubernetes.yaml).
 
 ``render_files`` is pure: the same ``StackSpec`` and secrets give byte-identical files.
-``write_stack`` is the only part that touches the disk, and it writes atomically.
+Writing them, all-or-nothing, is ``deploykit.stackdir``'s job.
 Every value a user can influence reaches YAML through the ``q`` filter, which makes one
 double-quoted scalar of it, with ``$`` doubled so compose does not interpolate it.
 """
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
@@ -28,25 +26,12 @@ from pydantic import BaseModel, ConfigDict
 from deploykit import __version__
 from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan
+from deploykit.stackdir import SECRET_KEYS, TARGET_FILES, sha256
 
 Target = Literal["compose", "swarm", "kubernetes"]
-TARGET_FILES: dict[str, str] = {"compose": "compose.yaml", "swarm": "swarm.yaml", "kubernetes": "kubernetes.yaml"}
-STACK_FILES = ("compose.yaml", ".env", "plan.json")
-# Files that hold secret values in clear: written 0600 from the start.
-PRIVATE_FILES = (".env", "kubernetes.yaml")
 # The secrets a running stack needs (the admin's are only for deploykit's own checks). Swarm mounts
 # them as files under /run/secrets; Kubernetes keeps them in one Secret.
 RUNTIME_SECRETS = ("INFERENCE_API_KEY", "WEBUI_SECRET_KEY")
-SITE_FILES = ("compose.override.yaml", "deploykit.toml")  # the site's own; never written by render
-# DEPLOYKIT_STACK_ID is no secret: it tells this stack's containers and volume from another stack's
-# that happens to share the project name (a directory of the same name elsewhere).
-SECRET_KEYS = (
-    "INFERENCE_API_KEY",
-    "WEBUI_SECRET_KEY",
-    "DEPLOYKIT_ADMIN_EMAIL",
-    "DEPLOYKIT_ADMIN_PASSWORD",
-    "DEPLOYKIT_STACK_ID",
-)
 GiB = 1024**3
 
 
@@ -120,7 +105,8 @@ def env_quote(value: object) -> str:
     """A compose .env value: single-quoted, so compose takes it literally."""
     text = str(value)
     if "'" in text or "\n" in text or "\r" in text:
-        raise UsageError(f"value {text!r} cannot be stored in .env (quotes or newlines).")
+        # Never the value itself in the message: it is a secret.
+        raise UsageError("a value for .env holds quotes or newlines, which .env cannot hold.")
     return f"'{text}'"
 
 
@@ -311,63 +297,10 @@ def render_files(
             "stack": spec.model_dump(mode="json"),
             "inputs": dict(inputs),
             **({"customised": dict(customised)} if customised else {}),
+            # What deploykit wrote, so a hand edit of the stack file is noticed before it is overwritten.
+            "files": {TARGET_FILES[spec.target]: sha256(main.encode("utf-8", "surrogatepass"))},
         },
         indent=2,
         ensure_ascii=False,
     )
     return {TARGET_FILES[spec.target]: main, ".env": dotenv, "plan.json": plan_json + "\n"}
-
-
-def read_secrets(stack_dir: Path) -> dict[str, str]:
-    """The secrets an earlier render stored, so re-rendering never rotates them."""
-    env_path = stack_dir / ".env"
-    if not env_path.is_file():
-        return {}
-    out: dict[str, str] = {}
-    for line in env_path.read_text(encoding="utf-8").splitlines():
-        key, sep, value = line.partition("=")
-        if not sep or key.startswith("#"):
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
-
-
-def check_stack_dir(stack_dir: Path) -> None:
-    """Refuse to write into a directory that holds something other than a deploykit stack."""
-    if stack_dir.exists() and not stack_dir.is_dir():
-        raise UsageError(f"{stack_dir} exists and is not a directory.", "Choose another --dir.")
-    if not stack_dir.is_dir():
-        return
-    # A site may prepare its own files before the first render: deploykit writes neither of them.
-    entries = {p.name for p in stack_dir.iterdir()} - set(SITE_FILES)
-    if entries and "plan.json" not in entries:
-        raise UsageError(
-            f"{stack_dir} is not empty and holds no deploykit stack (no plan.json).",
-            "Choose an empty or new --dir; deploykit does not overwrite other files.",
-        )
-
-
-def write_stack(stack_dir: Path, files: Mapping[str, str]) -> list[str]:
-    """Write files atomically (temp file + rename); .env is 0600 from the start. Returns changed names."""
-    stack_dir.mkdir(parents=True, exist_ok=True)
-    changed = []
-    for name, text in files.items():
-        target = stack_dir / name
-        if target.is_file() and target.read_text(encoding="utf-8") == text:
-            if name in PRIVATE_FILES:
-                target.chmod(0o600)
-            continue
-        fd, tmp = tempfile.mkstemp(dir=stack_dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600 if name in PRIVATE_FILES else 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            Path(tmp).replace(target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        changed.append(name)
-    return changed

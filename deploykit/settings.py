@@ -6,11 +6,14 @@ Nested values use ``__`` in the environment: ``DEPLOYKIT_IMAGES__OPEN_WEBUI=mirr
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,6 +41,39 @@ def config_file() -> Path:
     return Path(os.environ.get("DEPLOYKIT_CONFIG") or config_dir() / "config.toml")
 
 
+def _whole_number(value: object) -> object:
+    # Strict numbers from every layer: `true` is no number, 4096.0 or "4k" no count; "4096" from the
+    # environment is (variables are text).
+    if isinstance(value, bool | float):
+        raise ValueError("must be a whole number")
+    if isinstance(value, str) and not re.fullmatch(r"\s*[0-9]+\s*", value):
+        raise ValueError("must be a whole number")
+    return value
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return value  # pydantic says what is wrong
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+FiniteFloat = Annotated[float, BeforeValidator(_finite)]
+
+
+def check_image_ref(ref: str) -> str:
+    """The one rule for image references, wherever they come from: the reference syntax, and pinned."""
+    if not re.fullmatch(IMAGE_REF, ref):
+        raise ValueError(f"'{ref[:80]}' is not an image reference (lowercase name[:tag] or name@sha256:…)")
+    return check_pinned(ref)
+
+
 def check_pinned(ref: str) -> str:
     """Images must name a version: a tag other than latest/main, or a digest."""
     name = ref.rsplit("/", 1)[-1]
@@ -56,17 +92,18 @@ class Images(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Defaults come from deploykit/catalog/versions.toml, the one place that names each version.
-    llama_server: str = Field(pinned().llama_server, pattern=IMAGE_REF)
-    llama_server_cuda: str = Field(pinned().llama_server_cuda.image, pattern=IMAGE_REF)
-    vllm: str = Field(pinned().vllm.image, pattern=IMAGE_REF)
-    vllm_cpu: str = Field(pinned().vllm_cpu, pattern=IMAGE_REF)
-    open_webui: str = Field(pinned().open_webui, pattern=IMAGE_REF)
+    # Defaults come from deploykit/catalog/versions.toml, the one place that names each version; every value
+    # is checked by check_image_ref below: the same rule, and the same words, as --image.
+    llama_server: str = pinned().llama_server
+    llama_server_cuda: str = pinned().llama_server_cuda.image
+    vllm: str = pinned().vllm.image
+    vllm_cpu: str = pinned().vllm_cpu
+    open_webui: str = pinned().open_webui
 
     @field_validator("*")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        return check_pinned(value)
+        return check_image_ref(value)
 
 
 class Settings(BaseSettings):
@@ -78,17 +115,17 @@ class Settings(BaseSettings):
     )
 
     model: str = DEFAULT_MODEL
-    max_context: int = Field(4096, ge=256, le=1_048_576)
-    gpu_memory_utilization: float | None = Field(None, gt=0.1, le=0.99)
-    parallel: int = Field(1, ge=1, le=64)
+    max_context: WholeNumber = Field(4096, ge=256, le=1_048_576)
+    gpu_memory_utilization: FiniteFloat | None = Field(None, gt=0.1, le=0.99)
+    parallel: WholeNumber = Field(1, ge=1, le=64)
     backend: Literal["vllm", "llamacpp"] | None = None
     model_cache: Path = Field(default_factory=lambda: cache_dir() / "models")
     profiles_file: Path | None = None
-    webui_port: int = Field(7860, ge=1, le=65535)
+    webui_port: WholeNumber = Field(7860, ge=1, le=65535)
     webui_bind: str = "0.0.0.0"
-    inference_port: int = Field(7861, ge=1, le=65535)
-    admin_email: str = Field("admin@deploykit.local", pattern=r"^[^@\s']+@[^@\s']+\.[^@\s']+$")
-    docker_host: str | None = None
+    inference_port: WholeNumber = Field(7861, ge=1, le=65535)
+    admin_email: str = Field("admin@deploykit.local", pattern=r"^[^@\s'$\\\"]+@[^@\s'$\\\"]+\.[^@\s'$\\\"]+$")
+    docker_host: str | None = Field(None, pattern=r"^(unix|tcp|ssh|npipe|http|https)://[^\s]+$")
     images: Images = Images()
     # Open WebUI environment settings (``[webui_env]`` in the config file), checked against the pinned
     # version's names by deploykit.webui_env; values arrive as strings, as in any environment.
@@ -111,6 +148,29 @@ class Settings(BaseSettings):
 
         return {str(k).upper(): text(v) for k, v in value.items()}
 
+    @field_validator("webui_bind")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError("must be an IPv4 address such as 0.0.0.0 (every interface) or 127.0.0.1") from None
+        return value
+
+    @field_validator("model_cache")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        value = value.expanduser()
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path (compose would resolve it against the stack folder)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.webui_port == self.inference_port:
+            raise ValueError(f"webui_port and inference_port are both {self.webui_port}; they must differ")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -132,17 +192,63 @@ class Settings(BaseSettings):
         )
 
 
+# The command-line flag that sets a field, where its name differs from --FIELD or it has one.
+FLAGS = {
+    "max_context": "--context",
+    "backend": "--backend",
+    "profiles_file": "--profiles-file",
+    "docker_host": "--docker-host",
+}
+
+
+def _where(loc: tuple[int | str, ...], flags: dict[str, Any]) -> str:
+    """Where a bad value came from, named as the user wrote it: a flag, a variable or a config key."""
+    field = str(loc[0]) if loc else ""
+    if field in flags:
+        return FLAGS.get(field, f"--{field.replace('_', '-')}")
+    nested = "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+    for name in (f"DEPLOYKIT_{nested}", f"DEPLOYKIT_{field.upper()}"):
+        if any(k.upper() == name for k in os.environ):
+            return name
+    if field and config_file().is_file():
+        return f"{'.'.join(map(str, loc))} in {config_file()}"
+    return ".".join(map(str, loc))
+
+
 def load_settings(**flags: Any) -> Settings:
     """Build settings from every layer; flags left as None do not override anything."""
+    from pydantic_settings import SettingsError
+
     given = {k: v for k, v in flags.items() if v is not None}
+    path = config_file()
+    named = "DEPLOYKIT_CONFIG" in os.environ
+    if (named and not path.exists()) or (path.exists() and path.is_dir()):
+        raise ConfigError(
+            f"config file {path} {'is a directory' if path.is_dir() else 'does not exist'}"
+            + (" (named by DEPLOYKIT_CONFIG)." if named else "."),
+            "Point DEPLOYKIT_CONFIG at a TOML file, or unset it." if named else "Remove it, or make it a TOML file.",
+        )
     try:
         return Settings(**given)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        lines = [
+            (f"{_where(err['loc'], given)}: " if err["loc"] else "") + err["msg"].removeprefix("Value error, ")
+            for err in exc.errors()
+        ]
         raise ConfigError(
             "invalid settings — " + "; ".join(lines) + ".",
             f"Fix them in flags, DEPLOYKIT_* variables or {config_file()}.",
         ) from None
+    except SettingsError as exc:  # a DEPLOYKIT_* variable that should hold JSON (a nested table)
+        text = str(exc)
+        field = text.split("for field ")[-1].split(" ")[0].strip("\"'") if "for field " in text else ""
+        if "EnvSettingsSource" in text:
+            name = f"DEPLOYKIT_{field.upper()}" if field else "a DEPLOYKIT_* variable"
+            raise ConfigError(
+                f"{name} is not valid: it must be a JSON object.",
+                f"Set one key at a time instead, e.g. {name}__OPEN_WEBUI=mirror/open-webui:v0.12.4.",
+            ) from None
+        raise ConfigError(f"cannot read settings: {text}.", f"Check {config_file()}.") from None
     except (OSError, ValueError) as exc:  # an unreadable or malformed config file
         raise ConfigError(f"cannot read {config_file()}: {exc}.", "Fix or remove the file.") from None
 
@@ -160,10 +266,12 @@ def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
         if service not in services:
             raise UsageError(f"--image names unknown service '{service}'.", f"Services are: {', '.join(services)}.")
         try:
-            check_pinned(ref)
+            check_image_ref(ref)
         except ValueError as exc:
             raise UsageError(
                 f"--image {service}: {exc}.", "Images must be pinned so stacks stay reproducible."
             ) from None
+        if out.get(service, ref) != ref:
+            raise UsageError(f"--image names {service} twice, with different images.", "Give each service once.")
         out[service] = ref
     return out

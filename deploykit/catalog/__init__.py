@@ -1,6 +1,7 @@
 """Built-in hardware profiles and the model catalog, kept as TOML data files, and their loaders."""
 
 from deploykit.catalog.loader import (
+    MODEL_ID,
     GgufSource,
     ModelSpec,
     builtin_models,
@@ -11,6 +12,7 @@ from deploykit.catalog.loader import (
 )
 
 __all__ = [
+    "MODEL_ID",
     "GgufSource",
     "ModelSpec",
     "builtin_models",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -14,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deploykit.errors import ConfigError, NotFoundError
 from deploykit.host import GiB, HostProfile
+
+MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class _Frozen(BaseModel):
@@ -30,7 +33,7 @@ class GgufSource(_Frozen):
 class ModelSpec(_Frozen):
     """The numbers the planner needs about a model, from the catalog, a GGUF header or a config.json."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    id: str = Field(pattern=MODEL_ID)
     name: str
     hf_repo: str | None = None
     architecture: str
@@ -61,8 +64,11 @@ def _bytes_from_gib(table: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = _bytes_from_gib(value)
         elif isinstance(value, list):
             out[key] = [_bytes_from_gib(v) if isinstance(v, Mapping) else v for v in value]
-        elif key.endswith("_gib") and isinstance(value, int | float):
-            out[key[: -len("_gib")] + "_bytes"] = int(value * GiB)
+        elif key.endswith("_gib") and isinstance(value, int | float) and not isinstance(value, bool):
+            size = value * GiB
+            if not math.isfinite(size) or size >= 2**63:
+                raise ConfigError(f"{key} = {value} is not a size in GiB.", "Give a positive number such as 16.")
+            out[key[: -len("_gib")] + "_bytes"] = int(size)
         else:
             out[key] = value
     return out
@@ -83,10 +89,11 @@ def _profile_from(data: Mapping[str, Any], origin: str, source: Literal["builtin
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    from deploykit.textfile import read_text
+
+    text = read_text(path, "profiles file", "Check the --profiles-file path; it is TOML in UTF-8.", ConfigError)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}.", "Check the path.") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}.", "Fix the syntax and try again.") from None
 
@@ -120,15 +127,14 @@ def load_profiles_file(path: Path) -> tuple[HostProfile, ...]:
     """User profiles: ``[profiles.NAME]`` tables, each shaped like a built-in profile file."""
     data = _read_toml(path)
     tables = data.get("profiles")
+    shape_hint = "Write one table per profile, e.g. [profiles.office-pc] with [profiles.office-pc.cpu] …"
     if not isinstance(tables, Mapping) or not tables:
-        raise ConfigError(
-            f"{path} defines no profiles.",
-            "Write one table per profile, e.g. [profiles.office-pc] with [profiles.office-pc.cpu] …",
-        )
+        raise ConfigError(f"{path} defines no profiles.", shape_hint)
+    unknown = sorted(set(data) - {"profiles"}) + sorted(n for n, t in tables.items() if not isinstance(t, Mapping))
+    if unknown:
+        raise ConfigError(f"{path} has entries that are not profile tables: {', '.join(unknown)}.", shape_hint)
     return tuple(
-        _profile_from({"name": name, **table}, f"{path} [profiles.{name}]", "user")
-        for name, table in tables.items()
-        if isinstance(table, Mapping)
+        _profile_from({"name": name, **table}, f"{path} [profiles.{name}]", "user") for name, table in tables.items()
     )
 
 

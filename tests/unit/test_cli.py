@@ -106,7 +106,7 @@ def test_invalid_settings_list_every_bad_field(tmp_path: Path) -> None:
     env = {"DEPLOYKIT_MAX_CONTEXT": "lots", "DEPLOYKIT_WEBUI_PORT": "99999"}
     result = run("render", "-p", "cpu", "--dir", str(target), env=env)
     assert result.exit_code == 4
-    assert "max_context" in result.output and "webui_port" in result.output
+    assert "DEPLOYKIT_MAX_CONTEXT" in result.output and "DEPLOYKIT_WEBUI_PORT" in result.output
     assert not target.exists()
 
 

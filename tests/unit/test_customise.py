@@ -241,6 +241,6 @@ def test_up_on_an_existing_stack_renders_todays_webui_env(tmp_path: Path, isolat
 
 
 def app_secrets(stack_dir: Path) -> dict[str, str]:
-    from deploykit.render import read_secrets
+    from deploykit.stackdir import read_secrets
 
     return read_secrets(stack_dir)

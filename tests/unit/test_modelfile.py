@@ -46,7 +46,7 @@ def test_directory_without_config_is_refused(tmp_path: Path) -> None:
 
 def test_broken_config_json_is_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{oops")
-    with pytest.raises(UsageError, match="not readable JSON"):
+    with pytest.raises(UsageError, match="is not JSON"):
         read_hf_dir(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
     with pytest.raises(UsageError):

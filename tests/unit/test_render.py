@@ -16,8 +16,9 @@ import yaml
 from deploykit import app
 from deploykit.catalog import builtin_profiles
 from deploykit.errors import UsageError
-from deploykit.render import STACK_FILES, env_quote, yaml_quote
+from deploykit.render import env_quote, yaml_quote
 from deploykit.settings import load_settings
+from deploykit.stackdir import STACK_FILES
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = [

@@ -1,0 +1,20 @@
+"""Reading a text file a user pointed at, with errors that name the file instead of a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploykit.errors import DeployKitError, UsageError
+
+
+def read_text(path: Path, what: str, hint: str, error: type[DeployKitError] = UsageError) -> str:
+    """The UTF-8 text of ``path``; ``what`` names it in messages ("host file", "profiles file" …)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}.", hint) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(f"{what} {path} is not UTF-8 text (line {line}).", hint) from None
