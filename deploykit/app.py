@@ -25,7 +25,7 @@ from deploykit.catalog import (
 from deploykit.errors import ConfigError, NotFoundError, PlanError, UsageError
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
-from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
+from deploykit.plan import DeploymentPlan, NoFit, RunHost, gib, plan_deployment, suggest_alternative
 from deploykit.render import (
     StackSpec,
     check_stack_dir,
@@ -149,10 +149,12 @@ def _spec_from_hub(repo: str) -> ModelSpec:
     return spec.model_copy(update={"hf_repo": repo})
 
 
-def make_plan(host: HostProfile, model: ResolvedModel, settings: Settings) -> DeploymentPlan:
+def make_plan(
+    host: HostProfile, model: ResolvedModel, settings: Settings, runs_on: RunHost | None = None
+) -> DeploymentPlan:
     plan_settings = settings.plan_settings()
     try:
-        return plan_deployment(host, model.spec, plan_settings, model.weights)
+        return plan_deployment(host, model.spec, plan_settings, model.weights, runs_on)
     except NoFit as nofit:
         alternative = (
             suggest_alternative(host, model.spec, plan_settings, builtin_models()) if model.weights is None else None
@@ -229,12 +231,14 @@ def prepare_stack(
     model_path: Path | None,
     image_overrides: dict[str, str],
     stack_dir: Path,
+    runs_on: RunHost | None = None,
 ) -> PreparedStack:
+    """The stack in memory. ``runs_on`` (given by `up`) fits the serving flags to the machine that runs it."""
     stack_dir = stack_dir.expanduser().absolute()
     check_stack_dir(stack_dir)  # before anything slow, and before anything is written
     host = resolve_host(settings, profile, host_file)
     model = resolve_model(settings, model_id, model_path)
-    plan = make_plan(host, model, settings)
+    plan = make_plan(host, model, settings, runs_on)
     spec = StackSpec(
         project=project_name(stack_dir),
         plan=plan,
@@ -253,6 +257,8 @@ def prepare_stack(
         "model": model_data,
         "settings": settings.plan_settings().model_dump(mode="json"),
     }
+    if runs_on is not None:
+        inputs["runs_on"] = runs_on.model_dump(mode="json")
     return PreparedStack(stack_dir, spec, render_files(spec, stack_secrets, inputs), stack_secrets, model_data)
 
 
@@ -280,6 +286,7 @@ def up_stack(
 
     stack_dir = stack_dir.expanduser().absolute()
     asked = any(x is not None for x in (profile, host_file, model_id, model_path)) or bool(image_overrides)
+    runs_on = engine_host(settings)
     if asked or not (stack_dir / "plan.json").is_file():
         prepared = prepare_stack(
             settings,
@@ -289,6 +296,7 @@ def up_stack(
             model_path=model_path,
             image_overrides=image_overrides,
             stack_dir=stack_dir,
+            runs_on=runs_on,
         )
         stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
         return lifecycle.up(
@@ -300,8 +308,27 @@ def up_stack(
             write_files=lambda: write_stack(stack_dir, prepared.files),
         )
     stack = load_stack(stack_dir)
+    plan = stack.spec.plan
+    if runs_on is not None and plan.threads > runs_on.cores:
+        reporter.note(
+            f"This stack was rendered for {plan.threads} threads and {runs_on.where} has {runs_on.cores} cores; "
+            f"`deploykit up --profile {plan.profile} --dir {stack_dir}` renders it again to fit."
+        )
     model = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
     return lifecycle.up(stack, settings.docker_host, timeout, reporter, model)
+
+
+def engine_host(settings: Settings) -> RunHost | None:
+    """The machine a stack started through this engine runs on: this one (its physical cores) for a
+    local engine, else the engine's own CPU count, or None when the engine does not say."""
+    if not settings.docker_host or settings.docker_host.startswith("unix://"):
+        from deploykit.detect import detect_cpu
+
+        return RunHost(cores=detect_cpu().physical_cores, where="this host")
+    from deploykit.engine import probe_engine
+
+    cpus = probe_engine(settings.docker_host).cpus
+    return RunHost(cores=cpus, where=f"the engine at {settings.docker_host}") if cpus else None
 
 
 def plan_only(

@@ -64,6 +64,7 @@ class DockerEngine(_Frozen):
     runtimes: tuple[str, ...] = ()
     nvidia_runtime: bool = False
     cdi_devices: tuple[str, ...] = ()
+    cpus: int | None = None  # CPUs of the machine the engine runs on (its NCPU)
     error: str | None = None
 
 
