@@ -19,6 +19,7 @@ Ports 19862-19865; everything is labelled ``org.deploykit.stack=deploykit-pf-ben
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -79,10 +80,12 @@ def remove(stack_dir: Path) -> None:
 
 def time_up(imgs: dict[str, str], stack_dir: Path) -> float:
     started = time.monotonic()
-    result = deploykit("up", *stack_args(imgs, stack_dir))
+    result = deploykit("up", *stack_args(imgs, stack_dir), "--json")
     seconds = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"deploykit up failed:\n{result.stderr[-3000:]}")
+    stages = json.loads(result.stdout)["stages"]
+    print("  deploykit up stages (s from its start): " + ", ".join(f"{s['name']} {s['at']}" for s in stages))
     return seconds
 
 
