@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -37,14 +38,21 @@ def warm_up(stack_dir: Path, plan: dict) -> None:
     )
     key = env["INFERENCE_API_KEY"].strip("'")
     filler = "The quick brown fox jumps over the lazy dog. " * int(plan["stack"]["plan"]["context_length"] * 0.07)
-    httpx.post(
-        f"http://127.0.0.1:{plan['stack']['inference_port']}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {key}"},
-        # A prompt that fills most of the context, so the KV cache pages are really touched.
-        json={"model": plan["stack"]["plan"]["model_id"], "messages": [{"role": "user", "content": filler}],
-              "max_tokens": 16},
-        timeout=300,
-    )
+
+    def fill(slot: int) -> None:
+        httpx.post(
+            f"http://127.0.0.1:{plan['stack']['inference_port']}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            # A prompt that fills most of the context, so the KV cache pages are really touched.
+            json={"model": plan["stack"]["plan"]["model_id"],
+                  "messages": [{"role": "user", "content": f"{slot}: {filler}"}], "max_tokens": 16},
+            timeout=600,
+        )
+
+    # One such prompt per slot at once: the plan counts every slot's KV cache, and llama-server's pages
+    # are only resident once a slot has used them.
+    with ThreadPoolExecutor(plan["stack"]["plan"]["parallel"]) as pool:
+        list(pool.map(fill, range(plan["stack"]["plan"]["parallel"])))
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from deploykit.catalog import (
 from deploykit.errors import ConfigError, NotFoundError, PlanError, StackDirError, UsageError
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
-from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
+from deploykit.plan import DeploymentPlan, NoFit, RunHost, gib, plan_deployment, suggest_alternative
 from deploykit.render import StackSpec, Target, project_name, render_files
 from deploykit.settings import Settings, config_dir
 from deploykit.stackdir import TARGET_FILES
@@ -168,10 +168,12 @@ def _spec_from_hub(repo: str) -> ModelSpec:
     return spec.model_copy(update={"hf_repo": repo})
 
 
-def make_plan(host: HostProfile, model: ResolvedModel, settings: Settings) -> DeploymentPlan:
+def make_plan(
+    host: HostProfile, model: ResolvedModel, settings: Settings, runs_on: RunHost | None = None
+) -> DeploymentPlan:
     plan_settings = settings.plan_settings()
     try:
-        return plan_deployment(host, model.spec, plan_settings, model.weights)
+        return plan_deployment(host, model.spec, plan_settings, model.weights, runs_on)
     except NoFit as nofit:
         alternative = (
             suggest_alternative(host, model.spec, plan_settings, builtin_models()) if model.weights is None else None
@@ -257,13 +259,23 @@ def prepare_stack(
     stack_dir: Path,
     target: Target = "compose",
     force: bool = False,
+    runs_on: RunHost | None = None,
 ) -> PreparedStack:
+    """The stack in memory. ``runs_on`` (given by `up`) fits the serving flags to the machine that runs it."""
     stack_dir = stack_dir.expanduser().absolute()
     existing = stackdir.open_for_render(stack_dir)  # before anything slow, and before anything is written
     host = resolve_host(settings, profile, host_file)
     model = resolve_model(settings, model_id, model_path)
     return prepare_for_host(
-        settings, host, model, image_overrides, stack_dir, target=target, force=force, existing=existing
+        settings,
+        host,
+        model,
+        image_overrides,
+        stack_dir,
+        target=target,
+        force=force,
+        existing=existing,
+        runs_on=runs_on,
     )
 
 
@@ -277,11 +289,15 @@ def prepare_for_host(
     target: Target = "compose",
     force: bool = False,
     existing: stackdir.ExistingStack | None = None,
+    runs_on: RunHost | None = None,
 ) -> PreparedStack:
-    """Plan and render for a host already described; ``model_volume`` mounts the weights from that volume."""
+    """Plan and render for a host already described; ``model_volume`` mounts the weights from that volume.
+
+    ``runs_on`` (given by `up`) fits the serving flags to the machine that runs the stack.
+    """
     if existing is None:
         existing = stackdir.open_for_render(stack_dir)
-    plan = make_plan(host, model, settings)
+    plan = make_plan(host, model, settings, runs_on)
     spec = StackSpec(
         project=project_name(stack_dir),
         plan=plan,
@@ -314,6 +330,8 @@ def prepare_for_host(
         "model": model_data,
         "settings": settings.plan_settings().model_dump(mode="json"),
     }
+    if runs_on is not None:
+        inputs["runs_on"] = runs_on.model_dump(mode="json")
     return _prepare(settings, existing, spec, stack_secrets, inputs, force, notes)
 
 
@@ -383,6 +401,7 @@ def up_stack(
         )
     stack_dir = stack_dir.expanduser().absolute()
     asked = any(x is not None for x in (profile, host_file, model_id, model_path, target)) or bool(image_overrides)
+    runs_on = engine_host(settings)
     if asked or not (stack_dir / "plan.json").is_file():
         prepared = prepare_stack(
             settings,
@@ -394,10 +413,17 @@ def up_stack(
             stack_dir=stack_dir,
             target=target or _rendered_target(stack_dir),
             force=force,
+            runs_on=runs_on,
         )
     else:
         # Reuse the stack's plan, but with today's [webui_env] and templates: a changed setting takes effect.
         prepared = reprepare_stack(settings, stack_dir, force)
+        plan = prepared.spec.plan
+        if runs_on is not None and plan.threads > runs_on.cores:
+            reporter.note(
+                f"This stack was rendered for {plan.threads} threads and {runs_on.where} has {runs_on.cores} "
+                f"cores; `deploykit up --profile {plan.profile} --dir {stack_dir}` renders it again to fit."
+            )
     for note in prepared.notes:
         reporter.note(note)
     stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets, prepared.model)
@@ -412,6 +438,19 @@ def _rendered_target(stack_dir: Path) -> Target:
     stack = data.get("stack") if data else None
     target = stack.get("target") if isinstance(stack, dict) else None
     return cast("Target", target) if target in TARGET_FILES else "compose"
+
+
+def engine_host(settings: Settings) -> RunHost | None:
+    """The machine a stack started through this engine runs on: this one (its physical cores) for a
+    local engine, else the engine's own CPU count, or None when the engine does not say."""
+    if not settings.docker_host or settings.docker_host.startswith("unix://"):
+        from deploykit.detect import detect_cpu
+
+        return RunHost(cores=detect_cpu().physical_cores, where="this host")
+    from deploykit.engine import probe_engine
+
+    cpus = probe_engine(settings.docker_host).cpus
+    return RunHost(cores=cpus, where=f"the engine at {settings.docker_host}") if cpus else None
 
 
 def plan_only(

@@ -72,6 +72,7 @@ def probe_engine(docker_host: str | None, runner: Runner = run_cmd) -> DockerEng
         runtimes=runtimes,
         nvidia_runtime="nvidia" in runtimes or any(d.startswith("nvidia.com/gpu") for d in cdi),
         cdi_devices=cdi,
+        cpus=info.get("NCPU"),
     )
 
 

@@ -9,7 +9,7 @@ All HTTP goes through ``http_client``: the one seam for fakes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +28,9 @@ class StageFailed(Exception):
 class StageResult:
     name: str
     ok: bool
-    seconds: float
+    seconds: float  # waited in this stage
     detail: str
+    at: float | None = None  # when it ended, in seconds from the start of `up`
 
 
 def http_client(base_url: str, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
@@ -37,18 +38,35 @@ def http_client(base_url: str, token: str | None = None, timeout: float = 10.0) 
     return httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
 
+# Readiness polls: fast at first (a server that is up is seen within a few tens of milliseconds), then
+# backing off to a cap that still sees a service at most about half a second after it is ready.
+FIRST_POLL_SECONDS = 0.05
+MAX_POLL_SECONDS = 0.4
+
+
+def poll_intervals(first: float = FIRST_POLL_SECONDS, cap: float = MAX_POLL_SECONDS) -> Iterator[float]:
+    """Sleeps between polls: ``first``, doubling up to ``cap``, then ``cap`` for ever."""
+    interval = first
+    while True:
+        yield interval
+        interval = min(cap, interval * 2)
+
+
 def wait_until(
     probe: Callable[[], str],
     timeout: float,
     *,
-    interval: float = 1.0,
     on_tick: Callable[[float, str], None] | None = None,
+    intervals: Iterable[float] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[bool, float, str]:
     """Poll ``probe`` until it passes (True, seconds, detail) or ``timeout`` passes (False, seconds, last)."""
-    start = time.monotonic()
+    start = clock()
     last = "not tried yet"
+    pauses = iter(intervals if intervals is not None else poll_intervals())
     while True:
-        elapsed = time.monotonic() - start
+        elapsed = clock() - start
         try:
             return True, elapsed, probe()
         except NotReady as exc:
@@ -57,7 +75,7 @@ def wait_until(
             on_tick(elapsed, last)  # may raise StageFailed
         if elapsed >= timeout:
             return False, elapsed, last
-        time.sleep(interval)
+        sleep(min(next(pauses), max(0.0, timeout - elapsed)))
 
 
 def _get(client: httpx.Client, path: str) -> httpx.Response:
@@ -105,6 +123,10 @@ def probe_webui_health(client: httpx.Client) -> str:
 
 def probe_webui_model(client: httpx.Client, model_id: str) -> str:
     ids = _listed_ids(client, "/api/models", key_is_ours=False)
+    if model_id not in ids:
+        # Open WebUI starts beside the server and may have asked it for models before it answered;
+        # refresh=true drops Open WebUI's cached list and asks the server again.
+        ids = _listed_ids(client, "/api/models?refresh=true", key_is_ours=False)
     if model_id not in ids:
         raise NotReady(f"Open WebUI lists {ids or 'no models'}, not '{model_id}'")
     return f"lists '{model_id}'"

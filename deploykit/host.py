@@ -74,6 +74,7 @@ class DockerEngine(_Frozen):
     runtimes: tuple[str, ...] = Field((), strict=False)
     nvidia_runtime: bool = False
     cdi_devices: tuple[str, ...] = Field((), strict=False)
+    cpus: int | None = None  # CPUs of the machine the engine runs on (its NCPU)
     error: str | None = None
 
 

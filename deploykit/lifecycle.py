@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 from pydantic import ValidationError
 
 from deploykit import engine, health, webui
@@ -273,27 +274,79 @@ class UpReport:
     credentials: str = ""
 
 
-_HINTS = {
-    "inference /health": (
-        "The server did not become ready. If the log shows it still loading, give it longer with --timeout; "
-        "`deploykit logs inference` shows the rest."
-    ),
-    "inference /v1/models": "The server runs but does not serve the "
-    "expected model id: check --alias/--served-model-name.",
-    "open-webui /health": "Open WebUI did not start; `deploykit logs open-webui` shows why.",
-    "open-webui admin": "Remove the Open WebUI volume (`deploykit down "
-    "--volumes`) only if its accounts are expendable.",
-    "open-webui model": (
-        "Open WebUI cannot list the model: its connection to the inference server is wrong or unreachable "
-        "(see the drift notes; a trailing slash in OPENAI_API_BASE_URL also breaks the list)."
-    ),
-    "chat via open-webui": "The model did not answer through Open WebUI; "
-    "`deploykit logs inference` shows the server side.",
-}
+@dataclass(frozen=True)
+class Stage:
+    """One health stage as data: what it checks on which service, how long it may take, what to do if not."""
+
+    name: str
+    service: str  # whose container is watched while waiting, and whose log tail a failure shows
+    probe: Callable[[], str]  # returns a detail when the stage passes, raises NotReady while it does not
+    timeout: float
+    hint: str
 
 
-def _service_for(stage: str) -> str:
-    return "inference" if stage.startswith("inference") or stage.startswith("chat") else "open-webui"
+def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client, report: UpReport) -> list[Stage]:
+    """The stages from a started stack to one chat answered through Open WebUI, in order."""
+    plan = stack.spec.plan
+    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    email = stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", "")
+    password = stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
+
+    def admin() -> str:
+        token, created = webui.admin_token(ui, email, password)
+        ui.headers["Authorization"] = f"Bearer {token}"  # later stages act as the admin
+        report.admin_created = created
+        report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
+        # Settings Open WebUI keeps in its database: written on every up, or a changed value never lands.
+        report.notes += webui.apply_stored(ui, stored_settings(stack.spec.webui_env))
+        return "admin account created" if created else "signed in as admin"
+
+    return [
+        Stage(
+            "inference /health",
+            "inference",
+            lambda: health.probe_inference_health(inference),
+            plan.startup_seconds + 60,
+            "The server did not become ready. If the log shows it still loading, give it longer with --timeout; "
+            "`deploykit logs inference` shows the rest.",
+        ),
+        Stage(
+            "inference /v1/models",
+            "inference",
+            lambda: health.probe_served_model(inference, plan.model_id),
+            60,
+            "The server runs but does not serve the expected model id: check --alias/--served-model-name.",
+        ),
+        Stage(
+            "open-webui /health",
+            "open-webui",
+            lambda: health.probe_webui_health(ui),
+            WEBUI_START_SECONDS,
+            "Open WebUI did not start; `deploykit logs open-webui` shows why.",
+        ),
+        Stage(
+            "open-webui admin",
+            "open-webui",
+            admin,
+            60,
+            "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
+        ),
+        Stage(
+            "open-webui model",
+            "open-webui",
+            lambda: health.probe_webui_model(ui, plan.model_id),
+            90,
+            "Open WebUI cannot list the model: its connection to the inference server is wrong or unreachable "
+            "(see the drift notes; a trailing slash in OPENAI_API_BASE_URL also breaks the list).",
+        ),
+        Stage(
+            "chat via open-webui",
+            "inference",
+            lambda: health.probe_chat(ui, "/api/chat/completions", plan.model_id),
+            180,
+            "The model did not answer through Open WebUI; `deploykit logs inference` shows the server side.",
+        ),
+    ]
 
 
 def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) -> Callable[[float, str], None]:
@@ -315,70 +368,70 @@ def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) 
     return check
 
 
-def run_stages(stack: LoadedStack, docker_host: str | None, timeout: float, reporter: Reporter) -> UpReport:
-    """The staged health check, up to one chat answered through Open WebUI. Raises HealthError on failure."""
-    spec = stack.spec
-    plan = spec.plan
+def run_stages(
+    stages: list[Stage],
+    budget: float,
+    reporter: Reporter,
+    *,
+    watch: Callable[[str], Callable[[float, str], None]] | None = None,
+    log_tail: Callable[[str], str] | None = None,
+    started: float | None = None,
+) -> list[health.StageResult]:
+    """Wait for each stage in turn within ``budget`` seconds. Raises HealthError on the first that fails.
+
+    ``watch(service)`` gives an on_tick hook that may stop a wait early (a dead container);
+    ``log_tail(service)`` the lines a failure shows; ``started`` (monotonic) is when `up` began, so each
+    result also says when, from the start, its stage passed.
+    """
+    origin = time.monotonic() if started is None else started
+    results = []
+    for stage in stages:
+        reporter.stage(stage.name)
+        watcher = watch(stage.service) if watch is not None else None
+
+        def tick(elapsed: float, detail: str, watcher: Callable[[float, str], None] | None = watcher) -> None:
+            reporter.tick(elapsed, detail)
+            if watcher is not None:
+                watcher(elapsed, detail)
+
+        begun = time.monotonic()
+        try:
+            ok, _, detail = health.wait_until(stage.probe, max(5.0, min(stage.timeout, budget)), on_tick=tick)
+        except health.StageFailed as exc:
+            ok, detail = False, str(exc)
+        now = time.monotonic()
+        seconds = now - begun
+        budget -= seconds
+        result = health.StageResult(stage.name, ok, round(seconds, 1), detail, at=round(now - origin, 1))
+        results.append(result)
+        reporter.done(result)
+        if not ok:
+            tail = log_tail(stage.service) if log_tail is not None else ""
+            raise HealthError(
+                f"stage '{stage.name}' failed after {seconds:.0f} s: {detail}. The stack is left running for "
+                "inspection.",
+                stage.hint,
+                log_tail=f"--- last lines of {stage.service} ---\n{tail}" if tail else "",
+            )
+    return results
+
+
+def check_stack(
+    stack: LoadedStack, docker_host: str | None, timeout: float, reporter: Reporter, started: float | None = None
+) -> UpReport:
+    """The staged health check of a started stack, up to one chat answered through Open WebUI."""
+    report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{stack.spec.webui_port}", healthy=False)
     key = stack.secrets.get("INFERENCE_API_KEY", "")
-    email = stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", "")
-    password = stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
-    report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{spec.webui_port}", healthy=False)
-
     with health.http_client(stack.inference_url, key) as inference, health.http_client(stack.webui_url) as ui:
-
-        def admin() -> str:
-            token, created = webui.admin_token(ui, email, password)
-            ui.headers["Authorization"] = f"Bearer {token}"  # later stages act as the admin
-            report.admin_created = created
-            return "admin account created" if created else "signed in as admin"
-
-        stages: list[tuple[str, Callable[[], str], float]] = [
-            ("inference /health", lambda: health.probe_inference_health(inference), plan.startup_seconds + 60),
-            ("inference /v1/models", lambda: health.probe_served_model(inference, plan.model_id), 60),
-            ("open-webui /health", lambda: health.probe_webui_health(ui), WEBUI_START_SECONDS),
-            ("open-webui admin", admin, 60),
-            ("open-webui model", lambda: health.probe_webui_model(ui, plan.model_id), 90),
-            ("chat via open-webui", lambda: health.probe_chat(ui, "/api/chat/completions", plan.model_id), 180),
-        ]
-        budget = timeout
-        for name, probe, stage_timeout in stages:
-            reporter.stage(name)
-            service = _service_for(name)
-            watch = _container_watch(stack, docker_host, service)
-
-            def tick(elapsed: float, detail: str, watch: Callable[[float, str], None] = watch) -> None:
-                reporter.tick(elapsed, detail)
-                watch(elapsed, detail)
-
-            started = time.monotonic()
-            try:
-                ok, _, detail = health.wait_until(
-                    probe, max(5.0, min(stage_timeout, budget)), interval=2.0, on_tick=tick
-                )
-            except health.StageFailed as exc:
-                ok, detail = False, str(exc)
-            seconds = time.monotonic() - started
-            budget -= seconds
-            result = health.StageResult(name, ok, round(seconds, 1), detail)
-            report.stages.append(asdict(result))
-            reporter.done(result)
-            if not ok:
-                tail = stack.engine_stack(docker_host).log_tail(service, 25)
-                raise HealthError(
-                    f"stage '{name}' failed after {seconds:.0f} s: {detail}. The stack is left running for inspection.",
-                    _HINTS[name],
-                    log_tail=f"--- last lines of {service} ---\n{tail}" if tail else "",
-                )
-            if name == "inference /v1/models":
-                # The inference server is ready: now start Open WebUI, which waits for it to be healthy.
-                stack.engine_stack(docker_host).up()
-            if name == "open-webui admin":
-                report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
-                # Settings Open WebUI keeps in its database: written on every up, or a changed value never lands.
-                applied = webui.apply_stored(ui, stored_settings(spec.webui_env))
-                for note in applied:
-                    reporter.note(note)
-                report.notes += applied
+        results = run_stages(
+            health_stages(stack, inference, ui, report),
+            timeout,
+            reporter,
+            watch=lambda service: _container_watch(stack, docker_host, service),
+            log_tail=lambda service: stack.engine_stack(docker_host).log_tail(service, 25),
+            started=started,
+        )
+    report.stages = [asdict(r) for r in results]
     report.healthy = True
     report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
     return report
@@ -394,7 +447,8 @@ def up(
     write_files: Callable[[], object],
 ) -> UpReport:
     """Preflight, check the site's override merges, write the stack files (if changed), fetch the model, start."""
-    notes = preflight(stack, docker_host, model_missing_bytes(stack))
+    started = time.monotonic()
+    notes = [*stack.spec.plan.notes, *preflight(stack, docker_host, model_missing_bytes(stack))]
     for note in notes:
         reporter.note(note)
     engine_stack = stack.engine_stack(docker_host)
@@ -404,11 +458,11 @@ def up(
     write_files()
     ensure_model(stack, model, reporter)
     reporter.note(f"Starting project {stack.spec.project} …")
-    # The inference server first, so its (long) load is watched with progress here rather than
-    # hidden inside compose's wait for the healthy dependency.
-    engine_stack.up("inference")
+    # Both services at once: Open WebUI's own start (migrations, imports) overlaps the model load instead of
+    # waiting for it; it asks the server for models only when asked, so it needs no ready server to start.
+    engine_stack.up()
     budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
-    report = run_stages(stack, docker_host, budget, reporter)
+    report = check_stack(stack, docker_host, budget, reporter, started)
     report.notes = [*notes, *report.notes]
     return report
 

@@ -132,9 +132,11 @@ class ConsoleReporter:
         self.err = Console(stderr=True, highlight=False)
         self._status: Any = None
         self._name = ""
+        self._printed = 0  # the last half-minute a progress line was printed for (no terminal)
 
     def stage(self, name: str) -> None:
         self._name = name
+        self._printed = 0
         if self.err.is_terminal:
             self._status = self.err.status(f"{name} …")
             self._status.start()
@@ -142,7 +144,8 @@ class ConsoleReporter:
     def tick(self, elapsed: float, detail: str) -> None:
         if self._status is not None:
             self._status.update(f"{self._name} … {elapsed:.0f} s ({detail})")
-        elif int(elapsed) % 30 < 2 and elapsed >= 2:
+        elif int(elapsed) // 30 > self._printed:
+            self._printed = int(elapsed) // 30
             self.err.print(f"  … {self._name}: {elapsed:.0f} s, {detail}")
 
     def done(self, result: Any) -> None:
@@ -150,7 +153,8 @@ class ConsoleReporter:
             self._status.stop()
             self._status = None
         mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
-        self.err.print(f"{mark} {result.name:22} {result.seconds:6.1f} s  {result.detail}")
+        at = f"  (at {result.at:.1f} s)" if result.at is not None else ""
+        self.err.print(f"{mark} {result.name:22} {result.seconds:6.1f} s{at}  {result.detail}")
 
     def note(self, text: str) -> None:
         self.err.print(text, markup=False)  # notes quote settings such as [webui_env] literally

@@ -15,6 +15,7 @@ A profile may prefer a backend (``cpu-vllm`` runs vLLM's CPU build) and ``--back
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,8 @@ from deploykit.modelfile import LocalWeights
 
 MiB = 1024**2
 Backend = Literal["vllm", "llamacpp"]
+FlashAttn = Literal["on", "off", "auto"]
+KvCacheType = Literal["f16", "bf16", "q8_0", "q4_0"]
 
 # vLLM's smallest useful context: below this a chat with a reasoning model is cut short.
 VLLM_MIN_CONTEXT = 4096
@@ -42,7 +45,20 @@ VLLM_MAX_BATCHED_TOKENS = 2048
 VLLM_MAX_SEQS = 256
 # What llama.cpp's CUDA backend holds besides buffers: context + cuBLAS.
 LLAMACPP_CUDA_RUNTIME_BYTES = 320 * MiB
+# llama.cpp's own defaults: the logical batch a prompt is split into, and the micro-batch the compute
+# buffer is sized for.
+LLAMACPP_BATCH = 2048
 LLAMACPP_UBATCH = 512
+# Slots llama-server gets when memory allows: Open WebUI sends its own title, tag and follow-up
+# requests beside the user's, and a second user should not queue behind the first. Measured on a
+# 2-core host (docs/benchmarks.md): 4 slots keep one chat at full speed and raise 4 chats' throughput.
+LLAMACPP_DEFAULT_SLOTS = 4
+# KV cache bytes per element against f16: q8_0 keeps 32 values in 34 bytes, q4_0 in 18.
+KV_CACHE_SCALE = {"f16": 1.0, "bf16": 1.0, "q8_0": 34 / 64, "q4_0": 18 / 64}
+# vLLM's sequences in flight: its GPU default, and on the CPU enough for a few users and Open WebUI's
+# side requests (more only share the same cores).
+VLLM_GPU_MAX_SEQS = 256
+VLLM_CPU_MAX_SEQS = 8
 # llama-server's own process (binary, threads, HTTP server) besides its buffers, on the CPU side.
 CPU_RUNTIME_BYTES = 64 * MiB
 # vLLM's CPU build: two Python processes (API server, engine core), each with PyTorch loaded, and the
@@ -62,8 +78,24 @@ class PlanSettings(BaseModel):
 
     max_context: int = Field(default=4096, ge=256)
     gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
-    parallel: int = Field(default=1, ge=1, le=64)
     backend: Backend | None = None
+    # Serving knobs; None lets the planner choose (an explicit value always wins, with its reason).
+    parallel: int | None = Field(default=None, ge=1, le=64)  # llama.cpp slots (-np); vLLM: full-length sequences
+    threads: int | None = Field(default=None, ge=1, le=1024)  # llama.cpp -t; vLLM's OMP threads on the CPU
+    batch_size: int | None = Field(default=None, ge=32, le=65536)  # llama.cpp -b; vLLM max-num-batched-tokens
+    ubatch_size: int | None = Field(default=None, ge=32, le=65536)  # llama.cpp -ub
+    flash_attn: FlashAttn | None = None  # llama.cpp --flash-attn
+    kv_cache_type: KvCacheType | None = None  # llama.cpp -ctk/-ctv
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)  # vLLM --max-num-seqs
+
+
+class RunHost(BaseModel):
+    """The machine that will run the stack, as far as serving flags care; detected by the caller."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cores: int = Field(gt=0)  # physical cores (logical CPUs when only the engine's count is known)
+    where: str = "this host"
 
 
 class MemoryBreakdown(BaseModel):
@@ -99,8 +131,17 @@ class DeploymentPlan(BaseModel):
     threads: int
     gpu_memory_utilization: float | None  # vLLM on CUDA
     cpu_kv_cache_bytes: int | None  # vLLM on CPU: VLLM_CPU_KVCACHE_SPACE
-    flash_attention: bool | None  # llama.cpp
+    flash_attention: bool | None  # llama.cpp: on / off; None leaves it to llama.cpp (auto)
     reasoning_parser: str | None
+    # Serving flags; defaults keep plan.json files from before these fields readable.
+    batch_size: int | None = None  # llama.cpp -b; vLLM --max-num-batched-tokens
+    ubatch_size: int | None = None  # llama.cpp -ub
+    kv_cache_type: str | None = None  # llama.cpp -ctk/-ctv
+    max_num_seqs: int | None = None  # vLLM
+    prefix_caching: bool | None = None  # vLLM
+    chunked_prefill: bool | None = None  # vLLM
+    # What `up` should say out loud: the profile and the host that runs it disagree.
+    notes: tuple[str, ...] = ()
     gpu_count: int
     gpu_index: int | None  # which GPU the inference container reserves
     memory: MemoryBreakdown
@@ -156,9 +197,108 @@ def _gpu_utilization(gpu: Gpu, settings: PlanSettings) -> tuple[float, str]:
     return util, "the default, leaving 10% for fragmentation and the desktop"
 
 
-def _threads(host: HostProfile) -> int:
-    # llama.cpp and vLLM's CPU path scale with physical cores; SMT siblings only contend.
-    return max(1, host.cpu.physical_cores)
+@dataclass(frozen=True)
+class _Threads:
+    count: int
+    reason: str
+    notes: tuple[str, ...] = ()
+
+
+def _threads(host: HostProfile, settings: PlanSettings, runs_on: RunHost | None) -> _Threads:
+    """Threads for the server: physical cores (SMT siblings only contend), never more than the
+    cores of the host that runs it unless the user says so."""
+    cores = max(1, host.cpu.physical_cores)
+    if settings.threads is not None:
+        n = settings.threads
+        if runs_on is not None and n > runs_on.cores:
+            note = (
+                f"threads={n} is set, and {runs_on.where} has {runs_on.cores} cores: threads beyond the cores "
+                "contend (4 threads on 2 cores served a third as fast as 2, docs/benchmarks.md)."
+            )
+            return _Threads(n, f"{n} threads: set in settings. {note}", (note,))
+        return _Threads(n, f"{n} threads: set in settings.")
+    if runs_on is not None and runs_on.cores != cores:
+        n = min(cores, runs_on.cores)
+        if runs_on.cores < cores:
+            note = (
+                f"Profile {host.name} describes {cores} physical cores and {runs_on.where} has {runs_on.cores}: "
+                f"{n} threads, since threads beyond the cores only contend."
+            )
+        else:
+            note = (
+                f"Profile {host.name} describes {cores} physical cores and {runs_on.where} has {runs_on.cores}: "
+                f"keeping the profile's {n} threads (--profile auto, or threads = {runs_on.cores}, uses them all)."
+            )
+        return _Threads(n, note, (note,))
+    return _Threads(
+        cores,
+        f"{cores} threads, one per physical core" + (f" ({runs_on.where} agrees)." if runs_on is not None else "."),
+    )
+
+
+def _kv_per_token(model: ModelSpec, kv_type: str) -> int:
+    return int(model.kv_bytes_per_token() * KV_CACHE_SCALE[kv_type])
+
+
+@dataclass(frozen=True)
+class _LlamaKnobs:
+    """llama-server's flags apart from context and slots, each with its sentence."""
+
+    flash: bool | None
+    kv_type: str
+    batch: int
+    ubatch: int
+    reasons: tuple[str, ...]
+
+
+def _llama_knobs(settings: PlanSettings, flash_default: bool | None, why_flash: str) -> _LlamaKnobs:
+    reasons = []
+    kv_type = settings.kv_cache_type or "f16"
+    flash: bool | None = flash_default
+    if settings.flash_attn is not None:
+        flash = {"on": True, "off": False, "auto": None}[settings.flash_attn]
+        why_flash = f"Flash attention {settings.flash_attn}: set in settings."
+    if kv_type in ("q8_0", "q4_0") and flash is not True:
+        flash = True
+        why_flash = "Flash attention on: llama.cpp needs it for a quantised V cache."
+    reasons.append(why_flash)
+    reasons.append(
+        f"KV cache {kv_type}: set in settings ({KV_CACHE_SCALE[kv_type]:.2f}× the bytes of f16)."
+        if settings.kv_cache_type
+        else "KV cache f16, llama.cpp's default: full precision (kv_cache_type = q8_0 halves it for a longer "
+        "context at a small cost in quality)."
+    )
+    batch = settings.batch_size or LLAMACPP_BATCH
+    ubatch = settings.ubatch_size or LLAMACPP_UBATCH
+    ubatch = min(ubatch, batch)
+    reasons.append(
+        f"Batches -b {batch} / -ub {ubatch}: "
+        + (
+            "set in settings."
+            if settings.batch_size or settings.ubatch_size
+            else "llama.cpp's defaults; the compute buffer counted above is sized for the micro-batch."
+        )
+    )
+    return _LlamaKnobs(flash, kv_type, batch, ubatch, tuple(reasons))
+
+
+def _slot_choices(settings: PlanSettings) -> tuple[int, ...]:
+    """Slot counts to try, most first: the user's, else the default stepping down while memory is short."""
+    if settings.parallel is not None:
+        return (settings.parallel,)
+    return tuple(n for n in (LLAMACPP_DEFAULT_SLOTS, 2, 1) if n <= LLAMACPP_DEFAULT_SLOTS)
+
+
+def _slots_why(slots: int, ctx: int, settings: PlanSettings) -> str:
+    total = f"-c {ctx * slots} = {ctx} tokens × {slots}, since llama-server divides -c among its slots"
+    if settings.parallel is not None:
+        return f"{slots} slot(s): set in settings ({total})."
+    if slots == LLAMACPP_DEFAULT_SLOTS:
+        return (
+            f"{slots} slots ({total}): Open WebUI sends title, tag and follow-up requests beside the user's chat, "
+            "and a second user need not queue behind the first; memory allows it."
+        )
+    return f"{slots} slot(s) ({total}): memory holds the full context for no more."
 
 
 def _gguf_size(model: ModelSpec, weights: LocalWeights | None) -> tuple[int, int, str] | None:
@@ -177,7 +317,9 @@ def _gguf_size(model: ModelSpec, weights: LocalWeights | None) -> tuple[int, int
     return size, min(non_layer, size // 2), model.gguf.quant
 
 
-def _llamacpp_overhead(model: ModelSpec, ctx: int, flash_attention: bool, device: str) -> int:
+def _llamacpp_overhead(
+    model: ModelSpec, ctx: int, flash_attention: bool | None, device: str, ubatch: int = LLAMACPP_UBATCH
+) -> int:
     """llama.cpp's compute buffer: activations of one micro-batch, logits, and without flash attention
     the attention scores.
 
@@ -186,16 +328,16 @@ def _llamacpp_overhead(model: ModelSpec, ctx: int, flash_attention: bool, device
     token, logits for the one output row. On CUDA, unmeasured here, the logits of a whole micro-batch
     are counted as well, to stay on the safe side.
     """
-    compute = LLAMACPP_UBATCH * model.hidden_size * 4 * 16
-    compute += (LLAMACPP_UBATCH if device == "cuda" else 1) * model.vocab_size * 4
-    if not flash_attention:
-        compute += LLAMACPP_UBATCH * ctx * model.attention_heads * 4
+    compute = ubatch * model.hidden_size * 4 * 16
+    compute += (ubatch if device == "cuda" else 1) * model.vocab_size * 4
+    if flash_attention is not True:
+        compute += ubatch * ctx * model.attention_heads * 4
     return compute
 
 
-def _vllm_overhead(model: ModelSpec, device: Literal["cuda", "cpu"]) -> int:
+def _vllm_overhead(model: ModelSpec, device: Literal["cuda", "cpu"], batched: int = VLLM_MAX_BATCHED_TOKENS) -> int:
     inter = model.intermediate_size or 4 * model.hidden_size
-    activations = VLLM_MAX_BATCHED_TOKENS * (model.hidden_size * 4 + inter * 2) * 2
+    activations = batched * (model.hidden_size * 4 + inter * 2) * 2
     sampler = VLLM_MAX_SEQS * model.vocab_size * 4
     runtime = VLLM_GPU_RUNTIME_BYTES if device == "cuda" else VLLM_CPU_RUNTIME_BYTES
     return runtime + activations + sampler
@@ -214,8 +356,35 @@ def _ram_budget(host: HostProfile) -> int:
     return usable - WEBUI_AND_OS_RESERVE_BYTES
 
 
+@dataclass(frozen=True)
+class _VllmKnobs:
+    sequences: int  # full-length sequences the KV cache must hold at once
+    max_num_seqs: int
+    batched: int
+    reason: str
+
+
+def _vllm_knobs(settings: PlanSettings, device: Literal["cuda", "cpu"]) -> _VllmKnobs:
+    default_seqs = VLLM_GPU_MAX_SEQS if device == "cuda" else VLLM_CPU_MAX_SEQS
+    seqs = settings.max_num_seqs or default_seqs
+    batched = settings.batch_size or VLLM_MAX_BATCHED_TOKENS
+    seqs_why = (
+        "set in settings"
+        if settings.max_num_seqs
+        else "vLLM's GPU default"
+        if device == "cuda"
+        else "a few users plus Open WebUI's title and tag requests; more would only share the same cores"
+    )
+    reason = (
+        f"--max-num-seqs {seqs} ({seqs_why}); prefix caching on (Open WebUI sends the whole conversation each "
+        f"turn, so earlier turns are not computed again); chunked prefill in {batched}-token batches "
+        "(a long prompt does not stall the others' tokens)."
+    )
+    return _VllmKnobs(settings.parallel or 1, seqs, batched, reason)
+
+
 def _plan_vllm_gpu(
-    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings
+    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings, threads: _Threads
 ) -> DeploymentPlan | str:
     """A vLLM plan on the GPU, or the reason there is none."""
     if weights is not None and weights.format != "hf":
@@ -229,10 +398,11 @@ def _plan_vllm_gpu(
     util, util_why = _gpu_utilization(gpu, settings)
     budget = int(gpu.memory_total_bytes * util)
     weight_bytes = weights.size_bytes if weights is not None else model.params * 2
-    overhead = _vllm_overhead(model, "cuda")
+    knobs = _vllm_knobs(settings, "cuda")
+    overhead = _vllm_overhead(model, "cuda", knobs.batched)
     cap = _context_cap(model, settings)
-    ctx = _fit_context(weight_bytes + overhead, model.kv_bytes_per_token() * settings.parallel, budget, cap)
-    need_min = weight_bytes + overhead + _kv_bytes(model, min(VLLM_MIN_CONTEXT, cap)) * settings.parallel
+    ctx = _fit_context(weight_bytes + overhead, model.kv_bytes_per_token() * knobs.sequences, budget, cap)
+    need_min = weight_bytes + overhead + _kv_bytes(model, min(VLLM_MIN_CONTEXT, cap)) * knobs.sequences
     if ctx < min(VLLM_MIN_CONTEXT, cap):
         return (
             f"{model.name} in FP16 needs {gib(need_min)} with {min(VLLM_MIN_CONTEXT, cap)} tokens of context "
@@ -246,7 +416,7 @@ def _plan_vllm_gpu(
         if bf16
         else f"float16 (half) because compute capability {gpu.compute_capability} predates bfloat16 (8.0)"
     )
-    kv = _kv_bytes(model, ctx) * settings.parallel
+    kv = _kv_bytes(model, ctx) * knobs.sequences
     total = weight_bytes + kv + overhead
     spare = budget - total
     reasons = [
@@ -257,13 +427,16 @@ def _plan_vllm_gpu(
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
         f"vLLM gives the spare {gib(spare)} to its KV cache: room for about "
         f"{max(1, (spare + kv) // max(_kv_bytes(model, ctx), 1))} full-length requests at once.",
+        knobs.reason,
     ]
     if len(host.gpus) > 1:
         reasons.append(f"{len(host.gpus)} GPUs found; the plan uses the largest one and leaves the others free.")
     return _make_plan(
         host,
         model,
-        settings,
+        threads,
+        parallel=knobs.sequences,
+        vllm=knobs,
         backend="vllm",
         device="cuda",
         quantization="bf16" if bf16 else "fp16",
@@ -295,7 +468,7 @@ def _context_why(ctx: int, cap: int, model: ModelSpec, settings: PlanSettings) -
 
 
 def _plan_vllm_cpu(
-    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings
+    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings, threads: _Threads
 ) -> DeploymentPlan | str:
     if weights is not None and weights.format != "hf":
         return "vLLM serves Hugging Face weights and the model given is a GGUF file"
@@ -306,14 +479,15 @@ def _plan_vllm_cpu(
     flags = set(host.cpu.flags)
     bf16 = bool(flags & {"avx512_bf16", "amx_bf16"}) or "avx512f" in flags
     weight_bytes = weights.size_bytes if weights is not None else model.params * 2
-    overhead = _vllm_overhead(model, "cpu")
+    knobs = _vllm_knobs(settings, "cpu")
+    overhead = _vllm_overhead(model, "cpu", knobs.batched)
     budget = _ram_budget(host)
     cap = _context_cap(model, settings)
-    per_token = model.kv_bytes_per_token() * settings.parallel
+    per_token = model.kv_bytes_per_token() * knobs.sequences
     ctx = _fit_context(weight_bytes + overhead, per_token, budget, cap)
     if ctx < min(CPU_MIN_CONTEXT, cap):
         return f"{model.name} in 16-bit needs more than the {gib(budget)} of RAM left for models"
-    kv = _kv_bytes(model, ctx) * settings.parallel
+    kv = _kv_bytes(model, ctx) * knobs.sequences
     # VLLM_CPU_KVCACHE_SPACE is whole GiB; give it the KV the context needs, rounded up, at least 1.
     kv_space = max(1, -(-kv // GiB)) * GiB
     total = weight_bytes + kv_space + overhead
@@ -326,15 +500,18 @@ def _plan_vllm_cpu(
             if bf16
             else "dtype float32: without AVX-512 vLLM's CPU build has no fast 16-bit kernels."
         ),
-        f"VLLM_CPU_KVCACHE_SPACE={kv_space // GiB} GiB holds {ctx} tokens × {settings.parallel} sequence(s).",
+        f"VLLM_CPU_KVCACHE_SPACE={kv_space // GiB} GiB holds {ctx} tokens × {knobs.sequences} sequence(s), "
+        "and vLLM shares the space among all sequences in flight.",
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
-        f"{_threads(host)} physical cores: vLLM binds one OpenMP thread to each and keeps one core for its API "
-        "server (VLLM_CPU_OMP_THREADS_BIND=auto).",
+        f"{threads.reason} vLLM binds one OpenMP thread to each (VLLM_CPU_OMP_THREADS_BIND=auto).",
+        knobs.reason,
     ]
     return _make_plan(
         host,
         model,
-        settings,
+        threads,
+        parallel=knobs.sequences,
+        vllm=knobs,
         backend="vllm",
         device="cpu",
         quantization="bf16" if bf16 else "fp32",
@@ -357,8 +534,9 @@ def _plan_vllm_cpu(
 def _make_plan(
     host: HostProfile,
     model: ModelSpec,
-    settings: PlanSettings,
+    threads: _Threads,
     *,
+    parallel: int,
     backend: Backend,
     device: Literal["cuda", "cpu"],
     quantization: str,
@@ -370,7 +548,8 @@ def _make_plan(
     gpu_layers: int | None = None,
     gpu_memory_utilization: float | None = None,
     cpu_kv_cache_bytes: int | None = None,
-    flash_attention: bool | None = None,
+    llama: _LlamaKnobs | None = None,
+    vllm: _VllmKnobs | None = None,
 ) -> DeploymentPlan:
     """The fields every plan fills the same way, around what the backend decided."""
     return DeploymentPlan(
@@ -382,13 +561,20 @@ def _make_plan(
         quantization=quantization,
         dtype=dtype,
         context_length=ctx,
-        parallel=settings.parallel,
+        parallel=parallel,
         gpu_layers=gpu_layers,
         total_layers=model.layers,
-        threads=_threads(host),
+        threads=threads.count,
         gpu_memory_utilization=gpu_memory_utilization,
         cpu_kv_cache_bytes=cpu_kv_cache_bytes,
-        flash_attention=flash_attention,
+        flash_attention=llama.flash if llama else None,
+        batch_size=llama.batch if llama else vllm.batched if vllm else None,
+        ubatch_size=llama.ubatch if llama else None,
+        kv_cache_type=llama.kv_type if llama else None,
+        max_num_seqs=vllm.max_num_seqs if vllm else None,
+        prefix_caching=True if vllm else None,
+        chunked_prefill=True if vllm else None,
+        notes=threads.notes,
         reasoning_parser=model.reasoning,
         gpu_count=1 if device == "cuda" else 0,
         gpu_index=_best_gpu(host).index if device == "cuda" else None,
@@ -398,8 +584,21 @@ def _make_plan(
     )
 
 
+def _fit_slots(
+    fixed: Callable[[int], int], per_token: int, budget: int, cap: int, settings: PlanSettings, min_ctx: int
+) -> tuple[int, int]:
+    """(slots, per-slot context): the most slots whose full context fits, else one slot with what fits."""
+    choices = _slot_choices(settings)
+    for slots in choices:
+        ctx = _fit_context(fixed(slots * cap), per_token * slots, budget, cap)
+        if ctx == cap:
+            return slots, ctx
+    slots = choices[-1]
+    return slots, _fit_context(fixed(slots * min_ctx), per_token * slots, budget, cap)
+
+
 def _plan_llamacpp_gpu(
-    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings
+    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings, threads: _Threads
 ) -> DeploymentPlan | str:
     gguf = _gguf_size(model, weights)
     if gguf is None:
@@ -409,37 +608,50 @@ def _plan_llamacpp_gpu(
     util, util_why = _gpu_utilization(gpu, settings)
     budget = int(gpu.memory_total_bytes * util)
     cap = _context_cap(model, settings)
-    per_token = model.kv_bytes_per_token() * settings.parallel
     layer_bytes = (size - non_layer) / model.layers
     cc = gpu.compute_capability_tuple
-    flash = cc is None or cc >= (7, 0)
+    modern = cc is None or cc >= (7, 0)
+    knobs = _llama_knobs(
+        settings,
+        True if modern else None,
+        "Flash attention on: it cuts the attention buffers on this GPU."
+        if modern
+        else "Flash attention left to llama.cpp's judgement on this older GPU.",
+    )
+    flash = knobs.flash
+    per_token = _kv_per_token(model, knobs.kv_type)
+
+    def overhead_for(tokens: int) -> int:
+        return LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, tokens, flash, "cuda", knobs.ubatch)
 
     # Full offload: every layer and the output head on the GPU.
-    fixed = size + LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, cap, flash, "cuda")
-    ctx = _fit_context(fixed, per_token, budget, cap)
+    slots, ctx = _fit_slots(
+        lambda tokens: size + overhead_for(tokens), per_token, budget, cap, settings, LLAMACPP_MIN_CONTEXT
+    )
     if ctx >= min(LLAMACPP_MIN_CONTEXT, cap):
-        kv = per_token * ctx
-        overhead = LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, flash, "cuda")
+        kv = per_token * ctx * slots
+        overhead = overhead_for(ctx * slots)
         total = size + kv + overhead
         reasons = [
             f"GGUF {quant} ({gib(size)}) with all {model.layers} layers on the {gpu.name}: {gib(size)} weights "
-            f"+ {gib(kv)} KV cache for {ctx} tokens + {gib(overhead)} CUDA runtime and compute buffers "
-            f"= {gib(total)} of {gib(budget)}.",
+            f"+ {gib(kv)} KV cache for {ctx} tokens × {slots} slot(s) + {gib(overhead)} CUDA runtime and compute "
+            f"buffers = {gib(total)} of {gib(budget)}.",
             f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
-            "Flash attention on: it cuts the attention buffers on this GPU."
-            if flash
-            else "Flash attention left to llama.cpp's judgement on this older GPU.",
+            _slots_why(slots, ctx, settings),
+            *knobs.reasons,
+            threads.reason,
         ]
         return _make_plan(
             host,
             model,
-            settings,
+            threads,
+            parallel=slots,
+            llama=knobs,
             backend="llamacpp",
             device="cuda",
             quantization=quant,
             ctx=ctx,
             gpu_layers=model.layers,
-            flash_attention=flash,
             weights_bytes=size,
             reasons=reasons,
             memory=MemoryBreakdown(
@@ -452,10 +664,12 @@ def _plan_llamacpp_gpu(
             ),
         )
 
-    # Partial offload: the context the user asked for, as many repeating layers as fit.
+    # Partial offload: the context the user asked for, one slot unless told otherwise (memory is short),
+    # as many repeating layers as fit.
     ctx = cap
-    overhead = LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, flash, "cuda")
-    per_layer = layer_bytes + per_token * ctx / model.layers
+    slots = settings.parallel or 1
+    overhead = overhead_for(ctx * slots)
+    per_layer = layer_bytes + per_token * slots * ctx / model.layers
     room = budget - overhead
     layers_on_gpu = max(0, min(model.layers - 1, int(room // per_layer))) if room > 0 else 0
     if layers_on_gpu < 1:
@@ -464,8 +678,8 @@ def _plan_llamacpp_gpu(
             f"{gib(overhead)} of CUDA buffers in {gib(budget)}"
         )
     gpu_weights = int(layer_bytes * layers_on_gpu)
-    gpu_kv = per_token * ctx * layers_on_gpu // model.layers
-    cpu_side = size - gpu_weights + per_token * ctx - gpu_kv + CPU_RUNTIME_BYTES
+    gpu_kv = per_token * slots * ctx * layers_on_gpu // model.layers
+    cpu_side = size - gpu_weights + per_token * slots * ctx - gpu_kv + CPU_RUNTIME_BYTES
     ram_budget = _ram_budget(host)
     if cpu_side > ram_budget:
         return f"the {model.layers - layers_on_gpu} layers left on the CPU need {gib(cpu_side)} of RAM"
@@ -477,18 +691,24 @@ def _plan_llamacpp_gpu(
         f"GPU side: {gib(gpu_weights)} weights + {gib(gpu_kv)} KV cache + {gib(overhead)} CUDA buffers "
         f"= {gib(total)}; CPU side: {gib(cpu_side)} of RAM.",
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
+        f"{slots} slot(s): set in settings."
+        if settings.parallel
+        else "1 slot: VRAM is short, so every byte goes to layers on the GPU.",
+        *knobs.reasons,
+        threads.reason,
         "Expect roughly CPU speed: each token still passes through the layers in RAM.",
     ]
     return _make_plan(
         host,
         model,
-        settings,
+        threads,
+        parallel=slots,
+        llama=knobs,
         backend="llamacpp",
         device="cuda",
         quantization=quant,
         ctx=ctx,
         gpu_layers=layers_on_gpu,
-        flash_attention=flash,
         weights_bytes=size,
         reasons=reasons,
         memory=MemoryBreakdown(
@@ -504,7 +724,7 @@ def _plan_llamacpp_gpu(
 
 
 def _plan_llamacpp_cpu(
-    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings
+    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings, threads: _Threads
 ) -> DeploymentPlan | NoFit:
     gguf = _gguf_size(model, weights)
     if gguf is None:
@@ -512,32 +732,43 @@ def _plan_llamacpp_cpu(
     size, _, quant = gguf
     budget = _ram_budget(host)
     cap = _context_cap(model, settings)
-    per_token = model.kv_bytes_per_token() * settings.parallel
-    fixed = size + CPU_RUNTIME_BYTES + _llamacpp_overhead(model, cap, True, "cpu")
-    ctx = _fit_context(fixed, per_token, budget, cap)
+    knobs = _llama_knobs(
+        settings,
+        True,
+        "Flash attention on: llama.cpp's CPU kernels have it, and the attention buffer stays small at any context.",
+    )
+    per_token = _kv_per_token(model, knobs.kv_type)
+
+    def fixed(tokens: int) -> int:
+        return size + CPU_RUNTIME_BYTES + _llamacpp_overhead(model, tokens, knobs.flash, "cpu", knobs.ubatch)
+
+    slots, ctx = _fit_slots(fixed, per_token, budget, cap, settings, CPU_MIN_CONTEXT)
     if ctx < min(CPU_MIN_CONTEXT, cap):
-        need = fixed + per_token * min(CPU_MIN_CONTEXT, cap)
+        need = fixed(slots * min(CPU_MIN_CONTEXT, cap)) + per_token * slots * min(CPU_MIN_CONTEXT, cap)
         return NoFit(model.name, need, max(budget, 0), "ram", f"GGUF {quant} on the CPU")
-    kv = per_token * ctx
-    overhead = CPU_RUNTIME_BYTES + _llamacpp_overhead(model, ctx, True, "cpu")
+    kv = per_token * ctx * slots
+    overhead = fixed(ctx * slots) - size
     total = size + kv + overhead
+    simd = " (AVX-512 kernels)" if "avx512f" in host.cpu.flags else ""
     reasons = [
-        f"GGUF {quant} on the CPU: {gib(size)} weights + {gib(kv)} KV cache for {ctx} tokens "
+        f"GGUF {quant} on the CPU: {gib(size)} weights + {gib(kv)} KV cache for {ctx} tokens × {slots} slot(s) "
         f"+ {gib(overhead)} buffers = {gib(total)} of {gib(budget)} RAM left after Open WebUI and the OS.",
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
-        f"{_threads(host)} threads, one per physical core"
-        + (" (AVX-512 kernels)." if "avx512f" in host.cpu.flags else "."),
+        _slots_why(slots, ctx, settings),
+        *knobs.reasons,
+        threads.reason.rstrip(".") + simd + ".",
     ]
     return _make_plan(
         host,
         model,
-        settings,
+        threads,
+        parallel=slots,
+        llama=knobs,
         backend="llamacpp",
         device="cpu",
         quantization=quant,
         ctx=ctx,
         gpu_layers=0,
-        flash_attention=True,
         weights_bytes=size,
         reasons=reasons,
         memory=MemoryBreakdown(
@@ -556,34 +787,38 @@ def plan_deployment(
     model: ModelSpec,
     settings: PlanSettings,
     weights: LocalWeights | None = None,
+    runs_on: RunHost | None = None,
 ) -> DeploymentPlan:
-    """Choose backend, device, quantisation, context and offload for ``model`` on ``host``.
+    """Choose backend, device, quantisation, context, offload and serving flags for ``model`` on ``host``.
 
+    ``runs_on`` is the machine that will run the stack, when the caller knows it (``up`` on a local
+    engine): the flags are fitted to it while the memory arithmetic stays the profile's.
     Raises ``NoFit`` when nothing fits.
     """
+    threads = _threads(host, settings, runs_on)
     wanted = settings.backend or host.preferred_backend
     skipped: list[str] = []
     if host.gpus:
         if wanted in (None, "vllm"):
-            vllm = _plan_vllm_gpu(host, model, weights, settings)
+            vllm = _plan_vllm_gpu(host, model, weights, settings, threads)
             if isinstance(vllm, DeploymentPlan):
                 return vllm
             skipped.append(f"Not vLLM: {vllm}.")
         if wanted in (None, "llamacpp"):
-            llama = _plan_llamacpp_gpu(host, model, weights, settings)
+            llama = _plan_llamacpp_gpu(host, model, weights, settings, threads)
             if isinstance(llama, DeploymentPlan):
                 return llama.model_copy(update={"reasons": (*skipped, *llama.reasons)})
             skipped.append(f"Not the GPU: {llama}.")
     else:
         skipped.append("No NVIDIA GPU in this profile: the model runs on the CPU.")
         if wanted == "vllm":
-            vllm = _plan_vllm_cpu(host, model, weights, settings)
+            vllm = _plan_vllm_cpu(host, model, weights, settings, threads)
             if isinstance(vllm, DeploymentPlan):
                 return vllm
             skipped.append(f"Not vLLM: {vllm}.")
     if wanted == "vllm" and host.gpus:
         raise NoFit(model.name, 0, 0, "vram", " ".join(skipped))
-    cpu = _plan_llamacpp_cpu(host, model, weights, settings)
+    cpu = _plan_llamacpp_cpu(host, model, weights, settings, threads)
     if isinstance(cpu, NoFit):
         raise cpu
     return cpu.model_copy(update={"reasons": (*skipped, *cpu.reasons)})

@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 from deploykit.errors import ConfigError, UsageError
-from deploykit.plan import PlanSettings
+from deploykit.plan import FlashAttn, KvCacheType, PlanSettings
 from deploykit.versions import pinned
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
@@ -117,8 +117,15 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     max_context: WholeNumber = Field(4096, ge=256, le=1_048_576)
     gpu_memory_utilization: FiniteFloat | None = Field(None, gt=0.1, le=0.99)
-    parallel: WholeNumber = Field(1, ge=1, le=64)
     backend: Literal["vllm", "llamacpp"] | None = None
+    # Serving knobs (`deploykit tune` writes them into <stack>/deploykit.toml); unset, the planner chooses.
+    parallel: WholeNumber | None = Field(None, ge=1, le=64)
+    threads: WholeNumber | None = Field(None, ge=1, le=1024)
+    batch_size: WholeNumber | None = Field(None, ge=32, le=65536)
+    ubatch_size: WholeNumber | None = Field(None, ge=32, le=65536)
+    flash_attn: FlashAttn | None = None
+    kv_cache_type: KvCacheType | None = None
+    max_num_seqs: WholeNumber | None = Field(None, ge=1, le=4096)
     model_cache: Path = Field(default_factory=lambda: cache_dir() / "models")
     profiles_file: Path | None = None
     webui_port: WholeNumber = Field(7860, ge=1, le=65535)
@@ -187,8 +194,14 @@ class Settings(BaseSettings):
         return PlanSettings(
             max_context=self.max_context,
             gpu_memory_utilization=self.gpu_memory_utilization,
-            parallel=self.parallel,
             backend=self.backend,
+            parallel=self.parallel,
+            threads=self.threads,
+            batch_size=self.batch_size,
+            ubatch_size=self.ubatch_size,
+            flash_attn=self.flash_attn,
+            kv_cache_type=self.kv_cache_type,
+            max_num_seqs=self.max_num_seqs,
         )
 
 
