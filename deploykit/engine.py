@@ -251,3 +251,11 @@ def image_present(docker_host: str | None, ref: str) -> bool:
     except docker.errors.ImageNotFound:
         return False
     return True
+
+
+def engine_cpus(docker_host: str | None) -> int:
+    """CPUs of the machine the engine runs on (the one the server's threads share), as the engine reports."""
+    try:
+        return int(client(docker_host).info().get("NCPU") or os.cpu_count() or 1)
+    except EngineError:
+        return os.cpu_count() or 1

@@ -454,3 +454,33 @@ def restart(stack: LoadedStack, docker_host: str | None, service: str | None) ->
     if service not in (None, "inference", "open-webui"):
         raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
     stack.engine_stack(docker_host).restart(service)
+
+
+def wait_inference_ready(stack: LoadedStack, docker_host: str | None, timeout: float | None = None) -> float:
+    """After (re)starting the inference service: wait until it is healthy and serves the model.
+
+    Returns the seconds it took; raises HealthError with the log tail when it died or timed out.
+    """
+    plan = stack.spec.plan
+    limit = timeout if timeout is not None else plan.startup_seconds + 60
+    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    watch = _container_watch(stack, docker_host, "inference")
+    started = time.monotonic()
+    with health.http_client(stack.inference_url, key) as client:
+
+        def ready() -> str:
+            health.probe_inference_health(client)
+            return health.probe_served_model(client, plan.model_id)
+
+        try:
+            ok, _, detail = health.wait_until(ready, limit, interval=1.0, on_tick=watch)
+        except health.StageFailed as exc:
+            ok, detail = False, str(exc)
+    if not ok:
+        tail = stack.engine_stack(docker_host).log_tail("inference", 25)
+        raise HealthError(
+            f"the inference server did not become ready: {detail}.",
+            "`deploykit logs inference` shows why.",
+            log_tail=f"--- last lines of inference ---\n{tail}" if tail else "",
+        )
+    return time.monotonic() - started

@@ -64,6 +64,8 @@ class PlanSettings(BaseModel):
     gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
     parallel: int = Field(default=1, ge=1, le=64)
     backend: Backend | None = None
+    # CPU threads for the server (llama.cpp -t, vLLM's OMP_NUM_THREADS); None = one per physical core.
+    threads: int | None = Field(default=None, ge=1, le=1024)
 
 
 class MemoryBreakdown(BaseModel):
@@ -156,7 +158,9 @@ def _gpu_utilization(gpu: Gpu, settings: PlanSettings) -> tuple[float, str]:
     return util, "the default, leaving 10% for fragmentation and the desktop"
 
 
-def _threads(host: HostProfile) -> int:
+def _threads(host: HostProfile, settings: PlanSettings) -> int:
+    if settings.threads is not None:
+        return settings.threads  # set by the user or written by `deploykit tune` after measuring
     # llama.cpp and vLLM's CPU path scale with physical cores; SMT siblings only contend.
     return max(1, host.cpu.physical_cores)
 
@@ -328,8 +332,8 @@ def _plan_vllm_cpu(
         ),
         f"VLLM_CPU_KVCACHE_SPACE={kv_space // GiB} GiB holds {ctx} tokens × {settings.parallel} sequence(s).",
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
-        f"{_threads(host)} physical cores: vLLM binds one OpenMP thread to each and keeps one core for its API "
-        "server (VLLM_CPU_OMP_THREADS_BIND=auto).",
+        f"{_threads(host, settings)} threads: vLLM binds one OpenMP thread to each core and keeps one core for "
+        "its API server (VLLM_CPU_OMP_THREADS_BIND=auto).",
     ]
     return _make_plan(
         host,
@@ -385,7 +389,7 @@ def _make_plan(
         parallel=settings.parallel,
         gpu_layers=gpu_layers,
         total_layers=model.layers,
-        threads=_threads(host),
+        threads=_threads(host, settings),
         gpu_memory_utilization=gpu_memory_utilization,
         cpu_kv_cache_bytes=cpu_kv_cache_bytes,
         flash_attention=flash_attention,
@@ -525,7 +529,11 @@ def _plan_llamacpp_cpu(
         f"GGUF {quant} on the CPU: {gib(size)} weights + {gib(kv)} KV cache for {ctx} tokens "
         f"+ {gib(overhead)} buffers = {gib(total)} of {gib(budget)} RAM left after Open WebUI and the OS.",
         f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
-        f"{_threads(host)} threads, one per physical core"
+        (
+            f"{_threads(host, settings)} threads, as set in settings"
+            if settings.threads is not None
+            else f"{_threads(host, settings)} threads, one per physical core"
+        )
         + (" (AVX-512 kernels)." if "avx512f" in host.cpu.flags else "."),
     ]
     return _make_plan(

@@ -193,7 +193,8 @@ def check_stack_dir(stack_dir: Path) -> None:
         raise UsageError(f"{stack_dir} exists and is not a directory.", "Choose another --dir.")
     if not stack_dir.is_dir():
         return
-    entries = {p.name for p in stack_dir.iterdir()}
+    # deploykit.toml alone is the stack's own settings, written before its first render.
+    entries = {p.name for p in stack_dir.iterdir()} - {"deploykit.toml"}
     if entries and "plan.json" not in entries:
         raise UsageError(
             f"{stack_dir} is not empty and holds no deploykit stack (no plan.json).",

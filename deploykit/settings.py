@@ -1,12 +1,16 @@
-"""Settings: defaults < config file < ``DEPLOYKIT_*`` environment < command-line flags.
+"""Settings: defaults < config file < the stack's deploykit.toml < ``DEPLOYKIT_*`` environment < flags.
 
-The config file is TOML at ``$XDG_CONFIG_HOME/deploykit/config.toml`` (or ``DEPLOYKIT_CONFIG``).
+The config file is TOML at ``$XDG_CONFIG_HOME/deploykit/config.toml`` (or ``DEPLOYKIT_CONFIG``). A stack
+directory may hold ``deploykit.toml`` in the same shape: settings for that stack only (``deploykit tune``
+writes its measured winner there, so a later render or up keeps it).
 Nested values use ``__`` in the environment: ``DEPLOYKIT_IMAGES__OPEN_WEBUI=mirror/open-webui:v0.12.4``.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +26,10 @@ from deploykit.errors import ConfigError, UsageError
 from deploykit.plan import PlanSettings
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
+STACK_SETTINGS_FILE = "deploykit.toml"
+# The stack file the settings being built read; a context variable because pydantic-settings asks the
+# class, not the instance, for its sources.
+_stack_file: ContextVar[Path | None] = ContextVar("deploykit_stack_file", default=None)
 IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*$"
 
 
@@ -79,6 +87,7 @@ class Settings(BaseSettings):
     max_context: int = Field(4096, ge=256, le=1_048_576)
     gpu_memory_utilization: float | None = Field(None, gt=0.1, le=0.99)
     parallel: int = Field(1, ge=1, le=64)
+    threads: int | None = Field(None, ge=1, le=1024)
     backend: Literal["vllm", "llamacpp"] | None = None
     model_cache: Path = Field(default_factory=lambda: cache_dir() / "models")
     profiles_file: Path | None = None
@@ -98,8 +107,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: flags, then environment, then the config file, then defaults.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file()))
+        # First wins: flags, then environment, then the stack's file, then the config file, then defaults.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        stack_file = _stack_file.get()
+        if stack_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, stack_file))
+        sources.append(TomlConfigSettingsSource(settings_cls, config_file()))
+        return tuple(sources)
 
     def plan_settings(self) -> PlanSettings:
         return PlanSettings(
@@ -107,22 +121,70 @@ class Settings(BaseSettings):
             gpu_memory_utilization=self.gpu_memory_utilization,
             parallel=self.parallel,
             backend=self.backend,
+            threads=self.threads,
         )
 
 
-def load_settings(**flags: Any) -> Settings:
-    """Build settings from every layer; flags left as None do not override anything."""
+def load_settings(stack_dir: Path | None = None, **flags: Any) -> Settings:
+    """Build settings from every layer; flags left as None do not override anything.
+
+    With ``stack_dir``, that stack's ``deploykit.toml`` (when present) sits between the config file and
+    the environment.
+    """
     given = {k: v for k, v in flags.items() if v is not None}
+    stack_file = stack_dir / STACK_SETTINGS_FILE if stack_dir is not None else None
+    files = [f for f in (stack_file, config_file()) if f is not None]
+    for path in files:  # a malformed file is named here, before pydantic-settings merges them
+        _check_toml(path)
+    token = _stack_file.set(stack_file if stack_file is not None and stack_file.is_file() else None)
     try:
         return Settings(**given)
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigError(
             "invalid settings — " + "; ".join(lines) + ".",
-            f"Fix them in flags, DEPLOYKIT_* variables or {config_file()}.",
+            f"Fix them in flags, DEPLOYKIT_* variables or {' or '.join(str(f) for f in files)}.",
         ) from None
     except (OSError, ValueError) as exc:  # an unreadable or malformed config file
         raise ConfigError(f"cannot read {config_file()}: {exc}.", "Fix or remove the file.") from None
+    finally:
+        _stack_file.reset(token)
+
+
+def _check_toml(path: Path) -> None:
+    if not path.is_file():
+        return
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}.", "Fix or remove the file.") from None
+
+
+def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
+    """Set ``values`` in the stack's deploykit.toml, keeping every other key and comment as it was."""
+    import tomlkit
+    from tomlkit.items import Table
+
+    path = stack_dir / STACK_SETTINGS_FILE
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    doc = tomlkit.parse(text)
+    if not text:
+        doc.add(tomlkit.comment("Settings for this stack only; they win over config.toml (written by deploykit tune)."))
+    body = doc.body
+    first_table = next((i for i, (_, item) in enumerate(body) if isinstance(item, Table)), None)
+    for key, value in values.items():
+        if key in doc:
+            doc[key] = value
+        elif first_table is None:
+            doc.add(key, value)
+        else:
+            # A top-level key must come before the first [table], or TOML would put it inside that table.
+            doc.body.insert(first_table, (tomlkit.key(key), tomlkit.item(value)))
+            first_table += 1
+    tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
+    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
