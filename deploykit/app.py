@@ -518,6 +518,7 @@ def tune_stack(
     requests: int | None,
     threads: list[int] | None,
     parallel: list[int] | None,
+    time_limit: float,
     on_candidate: Callable[[str], None],
     on_result: Callable[[RequestResult], None],
 ) -> TuneReport:
@@ -565,7 +566,7 @@ def tune_stack(
                 words = calibrate_words(target, prompt_tokens)
             else:
                 calibrate_words(target, 2)  # a warm-up request, not measured
-            level = run_level(target, load, words, on_result)
+            level = run_level(target, load, words, on_result, time_limit)
             row["metrics"] = level.metrics
             row["errors"] = level.errors
         except (PlanError, HealthError, ConnectionError) as exc:

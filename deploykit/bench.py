@@ -306,20 +306,30 @@ def _client(target: Target, connections: int) -> httpx.AsyncClient:
 
 
 async def _run(
-    target: Target, workload: Workload, prompts: Sequence[str], on_result: Callable[[RequestResult], None]
+    target: Target,
+    workload: Workload,
+    prompts: Sequence[str],
+    on_result: Callable[[RequestResult], None],
+    time_limit: float | None = None,
 ) -> tuple[list[RequestResult], float]:
     queue = list(reversed(prompts))
     results: list[RequestResult] = []
+    start = time.perf_counter()
     async with _client(target, workload.concurrency) as client:
 
         async def worker() -> None:
             while queue:
                 prompt = queue.pop()
-                result = await _stream_one(client, target, prompt, workload.max_tokens)
+                left = None if time_limit is None else time_limit - (time.perf_counter() - start)
+                try:
+                    result = await asyncio.wait_for(_stream_one(client, target, prompt, workload.max_tokens), left)
+                except TimeoutError:
+                    result = RequestResult(
+                        False, time.perf_counter() - start, error=f"cut at the {time_limit:.0f} s limit"
+                    )
                 results.append(result)
                 on_result(result)
 
-        start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(workload.concurrency)))
         return results, time.perf_counter() - start
 
@@ -362,12 +372,19 @@ class LevelResult:
 
 
 def run_level(
-    target: Target, workload: Workload, words: int, on_result: Callable[[RequestResult], None], seed: int = 0
+    target: Target,
+    workload: Workload,
+    words: int,
+    on_result: Callable[[RequestResult], None],
+    time_limit: float | None = None,
 ) -> LevelResult:
-    """One concurrency level: the load, its figures, and the server's counters over the same interval."""
-    prompts = [make_prompt(seed + i, words) for i in range(workload.requests)]
+    """One concurrency level: the load, its figures, and the server's counters over the same interval.
+
+    With ``time_limit``, requests still running when it passes are cut and count as failed.
+    """
+    prompts = [make_prompt(i, words) for i in range(workload.requests)]
     before = server_counters(target)
-    results, duration = asyncio.run(_run(target, workload, prompts, on_result))
+    results, duration = asyncio.run(_run(target, workload, prompts, on_result, time_limit))
     after = server_counters(target)
     errors = sorted({r.error for r in results if not r.ok})[:3]
     return LevelResult(

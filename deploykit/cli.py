@@ -593,6 +593,13 @@ def bench(
 @click.option("--requests", type=int, metavar="N", help="Requests per candidate [default: max(4, 2 × concurrency)].")
 @click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length of each request, in tokens.")
 @click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates.")
+@click.option(
+    "--time-limit",
+    default=90.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Cut a candidate's measurement after this long (it scores 0: too slow).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
 @click.pass_context
 def tune(
@@ -605,6 +612,7 @@ def tune(
     requests: int | None,
     prompt_tokens: int,
     max_tokens: int,
+    time_limit: float,
     as_json: bool,
 ) -> None:
     """Measure the running stack with each candidate setting and keep the fastest for your workload.
@@ -645,6 +653,7 @@ def tune(
             requests=requests,
             threads=_int_list(threads_list, "--threads") if threads_list else None,
             parallel=_int_list(parallel_list, "--parallel") if parallel_list else None,
+            time_limit=time_limit,
             on_candidate=on_candidate,
             on_result=lambda _r: progress.advance(task),
         )
