@@ -459,7 +459,7 @@ def bench_stack(
 
     from deploykit.bench import Workload, calibrate_words, run_level
     from deploykit.errors import HealthError
-    from deploykit.lifecycle import load_stack
+    from deploykit.lifecycle import identity, load_stack
 
     stack = load_stack(stack_dir.expanduser().absolute())
     target = bench_target(stack, via)
@@ -476,11 +476,7 @@ def bench_stack(
         results.append(asdict(run_level(target, workload, words, on_result)))
     plan = stack.spec.plan
     return {
-        "stack_dir": str(stack.dir),
-        "project": stack.spec.project,
-        "backend": plan.backend,
-        "device": plan.device,
-        "model": plan.model_id,
+        **identity(stack),
         "flags": {"threads": plan.threads, "parallel": plan.parallel},
         "via": via,
         "url": target.base_url + target.path,

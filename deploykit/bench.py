@@ -101,6 +101,7 @@ SERVER_COUNTERS = {
     ),
     "vllm": ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", None),
 }
+PROMPT_SECONDS = {"llamacpp": "llamacpp:prompt_seconds_total"}
 
 
 @dataclass(frozen=True)
@@ -217,9 +218,22 @@ def compare_counters(
         "server_prompt_tokens": int(after.get(prompt_name, 0) - before.get(prompt_name, 0)),
         "output_tokens_ratio": ours / server_out if server_out else None,
     }
+    prompt_seconds = PROMPT_SECONDS.get(backend)
+    if seconds_name and seconds_name in after and prompt_seconds in after:
+        # Tokens over the time the server spent on the requests (prompt + generation), against ours over the
+        # requests' latency: the same figure when no request waits for a free slot (concurrency ≤ slots).
+        busy = after[seconds_name] - before.get(seconds_name, 0) + after[prompt_seconds] - before.get(prompt_seconds, 0)
+        latency = sum(r.latency for r in done)
+        out["server_request_tokens_per_s"] = server_out / busy if busy > 0 else None
+        out["request_tokens_per_s"] = ours / latency if latency > 0 else 0.0
+        out["request_speed_ratio"] = (
+            out["request_tokens_per_s"] / (server_out / busy) if busy > 0 and server_out else None
+        )
     if seconds_name and seconds_name in after:
         seconds = after[seconds_name] - before.get(seconds_name, 0)
         # Per-slot generation speed as the server times it (tokens over the time from first to last token).
+        # Ours is higher when the server holds back the first tokens of the stream (llama-server's chat
+        # parser does, with --jinja), so this one is shown, not held to 10 %.
         decode_time = sum(r.latency - r.ttft for r in done if r.ttft is not None)
         ours_tps = ours / decode_time if decode_time > 0 else 0.0
         out["server_decode_tokens_per_s"] = server_out / seconds if seconds > 0 else None

@@ -381,14 +381,18 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
         and webui_ok
         and all(s["state"] == "running" and s["health"] in ("healthy", "starting", None) for s in services)
     )
+    return {**identity(stack), "healthy": healthy, "services": services}
+
+
+def identity(stack: LoadedStack) -> dict[str, Any]:
+    """Which stack a report is about: its directory, project, backend, device and model."""
+    plan = stack.spec.plan
     return {
         "stack_dir": str(stack.dir),
         "project": stack.spec.project,
         "backend": plan.backend,
         "device": plan.device,
         "model": plan.model_id,
-        "healthy": healthy,
-        "services": services,
     }
 
 

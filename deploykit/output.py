@@ -240,6 +240,13 @@ def show_bench(report: dict[str, Any]) -> None:
     )
     table.add_row("  ours ÷ server's", *(_ratio(lv["server"].get("output_tokens_ratio")) for lv in columns))
     table.add_row(
+        "Server tok/s over its busy time",
+        *(f"{v:.1f}" if (v := lv["server"].get("server_request_tokens_per_s")) else "—" for lv in columns),
+    )
+    table.add_row(
+        "  ours (over latency) ÷ server's", *(_ratio(lv["server"].get("request_speed_ratio")) for lv in columns)
+    )
+    table.add_row(
         "Server decode tok/s per slot",
         *(f"{v:.1f}" if (v := lv["server"].get("server_decode_tokens_per_s")) else "—" for lv in columns),
     )

@@ -66,6 +66,7 @@ def test_summarize_with_no_success_is_zeros() -> None:
 LLAMA_METRICS = """# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
 # TYPE llamacpp:prompt_tokens_total counter
 llamacpp:prompt_tokens_total 300
+llamacpp:prompt_seconds_total {seconds}
 llamacpp:tokens_predicted_total {predicted}
 llamacpp:tokens_predicted_seconds_total {seconds}
 """
@@ -89,6 +90,9 @@ def test_counters_agree_with_our_counts() -> None:
     assert check["output_tokens_ratio"] == 1.0
     assert check["server_decode_tokens_per_s"] == 10.0
     assert check["decode_tokens_per_s"] == pytest.approx(20 / 3.6)  # tokens over first-to-last-token time
+    assert check["server_request_tokens_per_s"] == 5.0  # 20 tokens over 2 s of prompt + 2 s of generation
+    assert check["request_tokens_per_s"] == 5.0  # 20 tokens over 4 s of latency
+    assert check["request_speed_ratio"] == 1.0
     assert compare_counters([], {}, {}, "vllm") == {"available": False}
 
 
