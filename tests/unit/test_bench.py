@@ -208,3 +208,26 @@ def test_bench_and_tune_refuse_bad_input(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["bench", "--dir", str(tmp_path / "none")])
     assert result.exit_code == 3
     assert "no deploykit stack" in result.output
+
+
+def test_replan_reproduces_the_stack_and_changes_only_the_knobs(tmp_path: Path) -> None:
+    from deploykit import app
+    from deploykit.lifecycle import load_stack
+    from tests.e2e.conftest import ROOT
+
+    gguf = ROOT / "tests" / "fixtures" / "gguf"
+    model_file = next(iter(sorted(gguf.glob("*.gguf"))), None)
+    stack_dir = tmp_path / "s"
+    args = ["render", "--profile", "cpu", "--model", "smollm2-135m-instruct", "--dir", str(stack_dir)]
+    if model_file is not None:
+        args += ["--model-file", str(model_file)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    before = {n: (stack_dir / n).read_text() for n in ("compose.yaml", ".env", "plan.json")}
+    stack = load_stack(stack_dir)
+    _, same = app.replan_files(stack)
+    assert same == before  # nothing asked, nothing changes: tune does not churn the stack
+    plan, files = app.replan_files(stack, threads=2, parallel=4)
+    assert (plan.threads, plan.parallel) == (2, 4)
+    assert files[".env"] == before[".env"]
+    assert '"-t"\n      - "2"' in files["compose.yaml"] and '"-np"\n      - "4"' in files["compose.yaml"]
