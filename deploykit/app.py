@@ -6,6 +6,7 @@ return plain data for the CLI to print; they never print.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets as secrets_mod
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from deploykit.catalog import (
     find_profile,
     load_profiles_file,
 )
-from deploykit.errors import ConfigError, NotFoundError, PlanError, UsageError
+from deploykit.errors import ConfigError, DeployKitError, NotFoundError, PlanError, UsageError
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, PlanSettings, gib, plan_deployment, suggest_alternative
@@ -575,9 +576,11 @@ def tune_stack(
             on_candidate(candidate.label())
             report.rows.append(measure(candidate))
     except BaseException:
-        # Interrupted or broken: the stack goes back to what it ran before, nothing is written.
+        # Interrupted or broken: the stack goes back to what it ran before, nothing is written; the
+        # error the user sees is the one that stopped the sweep, not one from putting things back.
         write_stack(stack.dir, original)
-        compose.up("inference")
+        with contextlib.suppress(DeployKitError):
+            compose.up("inference")
         raise
     best = tune.pick([(tune.Candidate(r["threads"], r["parallel"]), r["metrics"]) for r in report.rows])
     winner = best[0] if best else current

@@ -28,10 +28,12 @@ def bench_stack(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     stack = make_stack(tmp_path_factory.mktemp("stacks"), "pb-e2e", 18860, 18861)
     stack.env["XDG_CONFIG_HOME"] = str(home)
     remove_by_label(f"org.deploykit.stack={stack.project}")
-    result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json")
-    assert result.code == 0, result.err
-    yield stack
-    stack.remove()
+    try:
+        result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json")
+        assert result.code == 0, result.err
+        yield stack
+    finally:
+        stack.remove()  # also when `up` failed: nothing of ours is left on the shared engine
 
 
 def flags(stack: Stack) -> tuple[int, int]:
@@ -42,19 +44,21 @@ def flags(stack: Stack) -> tuple[int, int]:
     return int(threads.group(1)), int(slots.group(1))
 
 
-def test_tune_writes_the_winner_and_keeps_the_stack_healthy(bench_stack: Stack) -> None:
+def test_tune_writes_the_winner_and_keeps_the_stack_healthy(bench_stack: Stack, engine: dict[str, str]) -> None:
     secrets_before = (bench_stack.dir / ".env").read_text()
-    # Start from a setting no sweep can keep: 16 threads spinning on this machine's 2 cores (the user's
-    # config file says so; tune starts the server with it and measures it first, as the baseline).
+    # Start from 16 threads on this machine's 2 cores, set in the user's config file; tune starts the server
+    # with it and measures it first, as the baseline. (Which setting wins depends on what else runs on a
+    # shared machine: the test checks that the winner is the best measured and what follows from it.)
     config = Path(bench_stack.env["XDG_CONFIG_HOME"]) / "deploykit" / "config.toml"
     config.write_text("threads = 16\nparallel = 1\n")
     render = (
         "render", "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--dir", str(bench_stack.dir),
+        "--image", f"inference={engine['LLAMACPP_IMAGE']}", "--image", f"open-webui={engine['OPENWEBUI_IMAGE']}",
     )  # fmt: skip
     assert deploykit(*render, env=bench_stack.env).code == 0
     assert flags(bench_stack) == (16, 1)
     result = deploykit(
-        "tune", "--dir", str(bench_stack.dir), "--workload", "chat", "--threads", "2", "--parallel", "1",
+        "tune", "--dir", str(bench_stack.dir), "--workload", "chat", "--threads", "2", "--parallel", "1,2",
         "--requests", "2", "--prompt-tokens", "32", "--max-tokens", "32", "--time-limit", "60", "--json",
         env=bench_stack.env, timeout=900,
     )  # fmt: skip
@@ -62,24 +66,24 @@ def test_tune_writes_the_winner_and_keeps_the_stack_healthy(bench_stack: Stack) 
     report = json.loads(result.out)
     assert report["workload"]["name"] == "chat" and report["workload"]["concurrency"] == 1
     rows = report["rows"]
-    assert [(r["threads"], r["parallel"]) for r in rows] == [(16, 1), (2, 1)]
-    assert rows[0]["current"] and rows[1]["metrics"]["completed"] == 2, rows
+    assert [(r["threads"], r["parallel"]) for r in rows] == [(16, 1), (2, 1), (2, 2)]
+    assert rows[0]["current"] and all(r["metrics"] for r in rows), rows
     best = max(rows, key=lambda r: r["score"])
-    assert (
-        report["winner"] == {"threads": best["threads"], "parallel": best["parallel"]} == {"threads": 2, "parallel": 1}
-    )
-    assert flags(bench_stack) == (2, 1)
-    assert tomllib.loads((bench_stack.dir / "deploykit.toml").read_text()) == {"threads": 2, "parallel": 1}
+    winner = (best["threads"], best["parallel"])
+    assert report["winner"] == {"threads": winner[0], "parallel": winner[1]}, rows
+    assert flags(bench_stack) == winner
+    assert tomllib.loads((bench_stack.dir / "deploykit.toml").read_text()) == report["winner"]
+    running = docker("inspect", "--format", "{{json .Config.Cmd}}", f"{bench_stack.project}-inference-1")
+    assert f'"-t","{winner[0]}"' in running and f'"-np","{winner[1]}"' in running, running
     assert report["confirmed"]["completed"] == 2
     assert report["healthy"] is True
     assert (bench_stack.dir / ".env").read_text() == secrets_before
     status = deploykit("status", "--dir", str(bench_stack.dir), "--json", env=bench_stack.env)
     assert status.code == 0 and json.loads(status.out)["healthy"] is True
-    running = docker("inspect", "--format", "{{json .Config.Cmd}}", f"{bench_stack.project}-inference-1")
-    assert '"-t","2"' in running, running
     # A later render keeps the tuned flags over the config file's: the stack's deploykit.toml outranks it.
+    config.write_text("threads = 8\nparallel = 3\n")
     assert deploykit(*render, env=bench_stack.env).code == 0
-    assert flags(bench_stack) == (2, 1)
+    assert flags(bench_stack) == winner
     assert (bench_stack.dir / ".env").read_text() == secrets_before
 
 
