@@ -44,8 +44,8 @@ def measure(stack_dir: Path, args: argparse.Namespace) -> dict[int, dict[str, fl
     return out
 
 
-def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> dict[str, int]:
-    report = app.tune_stack(
+def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> app.TuneReport:
+    return app.tune_stack(
         stack_dir,
         None,
         concurrency={"chat": 1, "throughput": 4}[workload],
@@ -53,13 +53,16 @@ def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> dict[str,
         prompt_tokens=args.prompt_tokens,
         max_tokens=args.max_tokens,
         requests=None,
-        threads=None,
-        parallel=None,
-        time_limit=120,
+        threads=args.threads,
+        parallel=args.parallel,
+        time_limit=args.time_limit,
         on_candidate=lambda label: print(f"  tune {workload}: {label}", file=sys.stderr),
         on_result=lambda _r: None,
     )
-    return report.winner
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
 
 
 def main() -> None:
@@ -68,6 +71,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--threads", type=_ints, help="thread counts for the sweep [default: tune's]")
+    parser.add_argument("--parallel", type=_ints, help="slot counts for the sweep [default: tune's]")
+    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per sweep candidate")
     args = parser.parse_args()
     stack_dir = Path(args.stack_dir).absolute()
     recorded = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]
@@ -77,7 +83,8 @@ def main() -> None:
         "seed: naive": {"threads": host_cores, "parallel": 1},
         "kit default": {"threads": PlanSettings().threads, "parallel": PlanSettings().parallel},
     }
-    winners = {f"tune --workload {w}": tuned(stack_dir, w, args) for w in ("chat", "throughput")}
+    sweeps = {w: tuned(stack_dir, w, args) for w in ("chat", "throughput")}
+    winners = {f"tune --workload {w}": report.winner for w, report in sweeps.items()}
     rows = []
     for name, knobs in {**settings, **winners}.items():
         print(f"  measuring {name} …", file=sys.stderr)
@@ -103,6 +110,16 @@ def main() -> None:
             f"({four['output_throughput'] / best[4]:.0%}) | {four['output_throughput_per_request']:.1f} "
             f"| {four['median_ttft_ms']:.0f} |"
         )
+    for workload, report in sweeps.items():
+        print(f"\n# sweep for {workload}: {report.workload['objective']}")
+        print("| -t | -np | output tok/s | median TTFT ms | of best |\n|---|---|---|---|---|")
+        for row in report.rows:
+            m = row["metrics"] or {}
+            print(
+                f"| {row['threads']} | {row['parallel']} | {m.get('output_throughput', 0):.1f} "
+                f"| {m.get('median_ttft_ms', 0):.0f} | {row['of_best']:.0%} |"
+            )
+    print()
     by_name = {r[0]: r[3] for r in rows}
     for workload, level in (("chat", 1), ("throughput", 4)):
         share = by_name[f"tune --workload {workload}"][level]["output_throughput"] / best[level]
