@@ -535,7 +535,7 @@ def tune_stack(
     current = tune.Candidate(plan.threads, plan.parallel)
     cpus = engine.engine_cpus(docker_host)
     grid = tune.candidates(current, cpus, concurrency, threads, parallel)
-    load = Workload(concurrency, requests or max(4, 2 * concurrency), prompt_tokens, max_tokens)
+    load = Workload(concurrency, requests or tune.default_requests(concurrency), prompt_tokens, max_tokens)
     report = TuneReport(
         str(stack.dir),
         tune.describe_workload(concurrency, prompt_tokens, max_tokens, workload_name),

@@ -626,7 +626,7 @@ def tune(
 
     from deploykit import app, output
     from deploykit.errors import UsageError
-    from deploykit.tune import WORKLOAD_CONCURRENCY
+    from deploykit.tune import WORKLOAD_CONCURRENCY, default_requests
 
     if workload and concurrency:
         raise UsageError("--workload and --concurrency both say what to optimise.", "Give one of them.")
@@ -641,7 +641,7 @@ def tune(
         task = progress.task_ids[0]
 
         def on_candidate(label: str) -> None:
-            progress.update(task, description=label, completed=0, total=requests or max(4, 2 * level))
+            progress.update(task, description=label, completed=0, total=requests or default_requests(level))
 
         report = app.tune_stack(
             Path(stack_dir),

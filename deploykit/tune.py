@@ -15,6 +15,11 @@ Workload = Literal["chat", "throughput"]
 WORKLOAD_CONCURRENCY: dict[str, int] = {"chat": 1, "throughput": 4}
 
 
+def default_requests(concurrency: int) -> int:
+    """Requests per candidate: every slot of the workload sees two, and never fewer than four."""
+    return max(4, 2 * concurrency)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One setting of the planner's knobs (PlanSettings names: they go into deploykit.toml as they are)."""
