@@ -6,13 +6,14 @@ return plain data for the CLI to print; they never print.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets as secrets_mod
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,16 +29,18 @@ from deploykit.catalog import (
     find_profile,
     load_profiles_file,
 )
-from deploykit.errors import ConfigError, NotFoundError, PlanError, StackDirError, UsageError
+from deploykit.errors import ConfigError, DeployKitError, NotFoundError, PlanError, StackDirError, UsageError
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
-from deploykit.plan import DeploymentPlan, NoFit, RunHost, gib, plan_deployment, suggest_alternative
+from deploykit.plan import DeploymentPlan, NoFit, PlanSettings, RunHost, gib, plan_deployment, suggest_alternative
 from deploykit.render import StackSpec, Target, project_name, render_files
 from deploykit.settings import Settings, config_dir
 from deploykit.stackdir import TARGET_FILES
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
+    from deploykit.bench import RequestResult
+    from deploykit.bench import Target as BenchTarget
     from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
     from deploykit.host import DockerEngine, Gpu
     from deploykit.lifecycle import LoadedStack, Reporter, UpReport
@@ -171,7 +174,13 @@ def _spec_from_hub(repo: str) -> ModelSpec:
 def make_plan(
     host: HostProfile, model: ResolvedModel, settings: Settings, runs_on: RunHost | None = None
 ) -> DeploymentPlan:
-    plan_settings = settings.plan_settings()
+    return plan_with(host, model, settings.plan_settings(), runs_on)
+
+
+def plan_with(
+    host: HostProfile, model: ResolvedModel, plan_settings: PlanSettings, runs_on: RunHost | None = None
+) -> DeploymentPlan:
+    """The plan, or a PlanError that says what is needed and the nearest thing that would fit."""
     try:
         return plan_deployment(host, model.spec, plan_settings, model.weights, runs_on)
     except NoFit as nofit:
@@ -329,6 +338,8 @@ def prepare_for_host(
         "host": host.model_dump(mode="json"),
         "model": model_data,
         "settings": settings.plan_settings().model_dump(mode="json"),
+        # The file's own numbers, when the user gave one: `tune` re-plans from these inputs alone.
+        "weights": model.weights.model_dump(mode="json") if model.weights is not None else None,
     }
     if runs_on is not None:
         inputs["runs_on"] = runs_on.model_dump(mode="json")
@@ -887,3 +898,225 @@ def fleet_down(settings: Settings, req: FleetRequest) -> list[HostResult]:
         return HostResult(host.name, "down", profile=plan.profile, backend=f"{plan.backend} on {plan.device}")
 
     return run_parallel(_fleet_hosts(req), one, req.parallel)
+
+
+# ---------------------------------------------------------------- bench and tune
+
+
+def replan_files(stack: LoadedStack, **knobs: Any) -> tuple[DeploymentPlan, dict[str, str]]:
+    """The stack's files re-planned from the inputs plan.json recorded, with some planner knobs changed.
+
+    Same host, model, images, ports and secrets; only what the knobs change (flags, KV cache, context split).
+    """
+    from deploykit.catalog import ModelSpec
+    from deploykit.modelfile import LocalWeights
+
+    data = json.loads((stack.dir / "plan.json").read_text(encoding="utf-8"))
+    inputs = data["inputs"]
+    host = HostProfile.model_validate(inputs["host"])
+    weights = LocalWeights.model_validate(inputs["weights"]) if inputs.get("weights") else None
+    model = ResolvedModel(ModelSpec.model_validate(inputs["model"]), weights)
+    plan_settings = PlanSettings.model_validate(inputs["settings"]).model_copy(update=knobs)
+    runs_on = RunHost.model_validate(inputs["runs_on"]) if inputs.get("runs_on") else None
+    plan = plan_with(host, model, plan_settings, runs_on)
+    spec = stack.spec.model_copy(update={"plan": plan})
+    new_inputs = inputs | {"settings": plan_settings.model_dump(mode="json")}
+    return plan, render_files(spec, stack.secrets, new_inputs)
+
+
+def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
+    """Where `bench` sends its load: the inference server's API, or Open WebUI's as the stack's admin."""
+    from deploykit import health, webui
+    from deploykit.bench import Target
+
+    plan = stack.spec.plan
+    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    if via == "inference":
+        base, path, token = stack.inference_url, "/v1/chat/completions", key
+    else:
+        with health.http_client(stack.webui_url) as anon:
+            try:
+                token, _ = webui.admin_token(
+                    anon,
+                    stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""),
+                    stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", ""),
+                )
+            except (health.NotReady, health.StageFailed) as exc:
+                from deploykit.errors import HealthError
+
+                raise HealthError(
+                    f"cannot sign in to Open WebUI as the admin: {exc}.", "Check `deploykit status`."
+                ) from None
+        base, path = stack.webui_url, "/api/chat/completions"
+    return Target(base, path, token, plan.model_id, via, plan.backend, stack.inference_url, key)
+
+
+def bench_stack(
+    stack_dir: Path,
+    *,
+    via: str,
+    levels: list[int],
+    requests: int | None,
+    prompt_tokens: int,
+    max_tokens: int,
+    on_result: Callable[[RequestResult], None],
+) -> dict[str, Any]:
+    """Streaming load at each concurrency level against a running stack; figures per level as plain data."""
+    from dataclasses import asdict
+
+    from deploykit.bench import Workload, calibrate_words, run_level
+    from deploykit.errors import HealthError
+    from deploykit.lifecycle import identity, load_stack
+
+    stack = load_stack(stack_dir.expanduser().absolute())
+    target = bench_target(stack, via)
+    try:
+        words = calibrate_words(target, prompt_tokens)
+    except ConnectionError as exc:
+        raise HealthError(
+            f"{stack.spec.project} did not answer a test request through {via}: {exc}.",
+            f"Check `deploykit status --dir {stack.dir}`.",
+        ) from None
+    results = []
+    for concurrency in levels:
+        workload = Workload(concurrency, requests or default_requests(concurrency), prompt_tokens, max_tokens)
+        results.append(asdict(run_level(target, workload, words, on_result)))
+    plan = stack.spec.plan
+    return {
+        **identity(stack),
+        "flags": {"threads": plan.threads, "parallel": plan.parallel},
+        "via": via,
+        "url": target.base_url + target.path,
+        "levels": results,
+    }
+
+
+def default_requests(concurrency: int) -> int:
+    """Enough requests that every worker sends at least two (the first wave starts all at once)."""
+    return max(8, 2 * concurrency)
+
+
+@dataclass
+class TuneReport:
+    stack_dir: str
+    workload: dict[str, Any]
+    cpus: int
+    before: dict[str, int]
+    winner: dict[str, int]
+    rows: list[dict[str, Any]]
+    settings_file: str = ""
+    confirmed: dict[str, float] | None = None
+    healthy: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def tune_stack(
+    stack_dir: Path,
+    docker_host: str | None,
+    *,
+    concurrency: int,
+    workload_name: str | None,
+    prompt_tokens: int,
+    max_tokens: int,
+    requests: int | None,
+    threads: list[int] | None,
+    parallel: list[int] | None,
+    time_limit: float,
+    on_candidate: Callable[[str], None],
+    on_result: Callable[[RequestResult], None],
+) -> TuneReport:
+    """Restart the inference service with each candidate setting, measure it, keep the best.
+
+    The winner goes into the stack's deploykit.toml and the stack is re-rendered and restarted with it; an
+    interrupted sweep puts the stack back as it was. Only the inference service restarts; secrets stay.
+    """
+    from deploykit import engine, lifecycle, tune
+    from deploykit.bench import Workload, calibrate_words, run_level
+    from deploykit.errors import HealthError
+    from deploykit.settings import write_stack_settings
+
+    stack = lifecycle.load_stack(stack_dir.expanduser().absolute())
+    plan = stack.spec.plan
+    original = {name: (stack.dir / name).read_text(encoding="utf-8") for name in ("compose.yaml", "plan.json")}
+    current = tune.Candidate(plan.threads, plan.parallel)
+    cpus = engine.engine_cpus(docker_host)
+    grid = tune.candidates(current, cpus, concurrency, threads, parallel)
+    load = Workload(concurrency, requests or tune.default_requests(concurrency), prompt_tokens, max_tokens)
+    report = TuneReport(
+        str(stack.dir),
+        tune.describe_workload(concurrency, prompt_tokens, max_tokens, workload_name),
+        cpus,
+        current.knobs(),
+        current.knobs(),
+        [],
+    )
+    compose = stack.engine_stack(docker_host)
+    target = bench_target(stack, "inference")
+    words: int | None = None
+
+    def apply(candidate: tune.Candidate) -> float:
+        _, files = replan_files(stack, **candidate.knobs())
+        stackdir.write_stack(stack.dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
+        compose.up("inference")
+        return lifecycle.wait_inference_ready(lifecycle.load_stack(stack.dir), docker_host)
+
+    def measure(candidate: tune.Candidate) -> dict[str, Any]:
+        nonlocal words
+        row: dict[str, Any] = {**candidate.knobs(), "current": candidate == current}
+        try:
+            row["ready_s"] = round(apply(candidate), 1)
+            if words is None:
+                words = calibrate_words(target, prompt_tokens)
+            else:
+                calibrate_words(target, 2)  # a warm-up request, not measured
+            level = run_level(target, load, words, on_result, time_limit)
+            row["metrics"] = level.metrics
+            row["errors"] = level.errors
+        except (PlanError, HealthError, ConnectionError) as exc:
+            row["metrics"] = None
+            row["errors"] = [getattr(exc, "message", str(exc))]
+        return row
+
+    try:
+        for candidate in grid:
+            on_candidate(candidate.label())
+            report.rows.append(measure(candidate))
+    except BaseException:
+        # Interrupted or broken: the stack goes back to what it ran before, nothing is written; the
+        # error the user sees is the one that stopped the sweep, not one from putting things back.
+        stackdir.write_stack(stack.dir, original)
+        with contextlib.suppress(DeployKitError):
+            compose.up("inference")
+        raise
+    best = tune.pick([(tune.Candidate(r["threads"], r["parallel"]), r["metrics"]) for r in report.rows])
+    winner = best[0] if best else current
+    top = best[1] if best else 0.0
+    for row in report.rows:
+        value = tune.score(row["metrics"]) if row["metrics"] else 0.0
+        row["score"] = value
+        row["of_best"] = value / top if top else 0.0
+    report.winner = winner.knobs()
+    if best is None:
+        report.notes.append("no candidate completed its requests; the stack keeps its settings.")
+    else:
+        report.settings_file = str(write_stack_settings(stack.dir, winner.knobs()))
+    on_candidate(f"{winner.label()} (winner, confirming)")
+    confirm = measure(winner)
+    report.confirmed = confirm["metrics"]
+    report.healthy = lifecycle.status(lifecycle.load_stack(stack.dir), docker_host)["healthy"]
+    return report
+
+
+def bench_report(stacks: list[dict[str, Any]], prompt_tokens: int, max_tokens: int, command: str) -> dict[str, Any]:
+    """The whole `bench` result: when, where, how, and each stack's levels."""
+    import os
+    import platform
+    from datetime import UTC, datetime
+
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, {platform.system()}",
+        "command": command,
+        "workload": {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "stream": True, "ignore_eos": True},
+        "stacks": stacks,
+    }

@@ -535,3 +535,11 @@ def fill_volume(
         return code, ctr.logs().decode("utf-8", "replace")
     finally:
         ctr.remove(force=True)
+
+
+def engine_cpus(docker_host: str | None) -> int:
+    """CPUs of the machine the engine runs on (the one the server's threads share), as the engine reports."""
+    try:
+        return int(client(docker_host).info().get("NCPU") or os.cpu_count() or 1)
+    except EngineError:
+        return os.cpu_count() or 1

@@ -513,15 +513,19 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
         and webui_ok
         and all(s["state"] == "running" and s["health"] in ("healthy", "starting", None) for s in services)
     )
+    # The site's compose.override.yaml, when one is in effect.
+    return {**identity(stack), "healthy": healthy, "override": describe(stack.dir), "services": services}
+
+
+def identity(stack: LoadedStack) -> dict[str, Any]:
+    """Which stack a report is about: its directory, project, backend, device and model."""
+    plan = stack.spec.plan
     return {
         "stack_dir": str(stack.dir),
         "project": stack.spec.project,
         "backend": plan.backend,
         "device": plan.device,
         "model": plan.model_id,
-        "healthy": healthy,
-        "override": describe(stack.dir),  # the site's compose.override.yaml, when one is in effect
-        "services": services,
     }
 
 
@@ -589,3 +593,33 @@ def restart(stack: LoadedStack, docker_host: str | None, service: str | None) ->
         raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)
+
+
+def wait_inference_ready(stack: LoadedStack, docker_host: str | None, timeout: float | None = None) -> float:
+    """After (re)starting the inference service: wait until it is healthy and serves the model.
+
+    Returns the seconds it took; raises HealthError with the log tail when it died or timed out.
+    """
+    plan = stack.spec.plan
+    limit = timeout if timeout is not None else plan.startup_seconds + 60
+    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    watch = _container_watch(stack, docker_host, "inference")
+    started = time.monotonic()
+    with health.http_client(stack.inference_url, key) as client:
+
+        def ready() -> str:
+            health.probe_inference_health(client)
+            return health.probe_served_model(client, plan.model_id)
+
+        try:
+            ok, _, detail = health.wait_until(ready, limit, on_tick=watch)
+        except health.StageFailed as exc:
+            ok, detail = False, str(exc)
+    if not ok:
+        tail = stack.engine_stack(docker_host).log_tail("inference", 25)
+        raise HealthError(
+            f"the inference server did not become ready: {detail}.",
+            "`deploykit logs inference` shows why.",
+            log_tail=f"--- last lines of inference ---\n{tail}" if tail else "",
+        )
+    return time.monotonic() - started

@@ -241,3 +241,121 @@ def show_fleet(title: str, rows: Iterable[Any]) -> None:
             console.print(f"[yellow]{r.host}:[/yellow] {r.hint}")
     if bad:
         console.print(f"[red]{len(bad)} of {len(rows)} host(s) failed or unreachable.[/red]")
+
+
+err_console = Console(stderr=True, highlight=False)
+
+# (label as `vllm bench serve` prints it, key in the JSON, format)
+BENCH_ROWS = (
+    ("Successful requests", "completed", "{:.0f}"),
+    ("Failed requests", "failed", "{:.0f}"),
+    ("Benchmark duration (s)", "duration", "{:.2f}"),
+    ("Total input tokens", "total_input_tokens", "{:.0f}"),
+    ("Total generated tokens", "total_output_tokens", "{:.0f}"),
+    ("Request throughput (req/s)", "request_throughput", "{:.2f}"),
+    ("Output token throughput (tok/s)", "output_throughput", "{:.1f}"),
+    ("Total token throughput (tok/s)", "total_token_throughput", "{:.1f}"),
+    ("Output tok/s per request (mean)", "output_throughput_per_request", "{:.1f}"),
+    ("Mean TTFT (ms)", "mean_ttft_ms", "{:.1f}"),
+    ("Median TTFT (ms)", "median_ttft_ms", "{:.1f}"),
+    ("P95 TTFT (ms)", "p95_ttft_ms", "{:.1f}"),
+    ("P99 TTFT (ms)", "p99_ttft_ms", "{:.1f}"),
+    ("Mean TPOT (ms)", "mean_tpot_ms", "{:.2f}"),
+    ("Median TPOT (ms)", "median_tpot_ms", "{:.2f}"),
+    ("P99 TPOT (ms)", "p99_tpot_ms", "{:.2f}"),
+    ("Mean ITL (ms)", "mean_itl_ms", "{:.2f}"),
+    ("Median ITL (ms)", "median_itl_ms", "{:.2f}"),
+    ("P99 ITL (ms)", "p99_itl_ms", "{:.2f}"),
+    ("Mean E2EL (ms)", "mean_e2el_ms", "{:.0f}"),
+    ("P99 E2EL (ms)", "p99_e2el_ms", "{:.0f}"),
+)
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "—"
+
+
+def show_bench(report: dict[str, Any]) -> None:
+    w = report["workload"]
+    console.print(
+        f"[bold]deploykit bench[/bold] — streaming chat completions, {w['prompt_tokens']} prompt tokens, "
+        f"{w['max_tokens']} output tokens each (EOS ignored)"
+    )
+    table = Table()
+    table.add_column("")
+    columns = []
+    for s in report["stacks"]:
+        flags = f"{s['flags']['threads']}t/{s['flags']['parallel']}np"
+        for level in s["levels"]:
+            columns.append(level)
+            table.add_column(
+                f"{s['project']}\n{flags} via {s['via']}\nconcurrency {level['concurrency']}", justify="right"
+            )
+    for label, key, fmt in BENCH_ROWS:
+        table.add_row(label, *(fmt.format(level["metrics"][key]) for level in columns))
+    table.add_row(
+        "Server-counted generated tokens",
+        *(str(lv["server"].get("server_output_tokens", "—")) for lv in columns),
+    )
+    table.add_row("  ours ÷ server's", *(_ratio(lv["server"].get("output_tokens_ratio")) for lv in columns))
+    table.add_row(
+        "Server tok/s over its busy time",
+        *(f"{v:.1f}" if (v := lv["server"].get("server_request_tokens_per_s")) else "—" for lv in columns),
+    )
+    table.add_row(
+        "  ours (over latency) ÷ server's", *(_ratio(lv["server"].get("request_speed_ratio")) for lv in columns)
+    )
+    table.add_row(
+        "Server decode tok/s per slot",
+        *(f"{v:.1f}" if (v := lv["server"].get("server_decode_tokens_per_s")) else "—" for lv in columns),
+    )
+    table.add_row("  ours ÷ server's", *(_ratio(lv["server"].get("decode_speed_ratio")) for lv in columns))
+    console.print(table)
+    for s in report["stacks"]:
+        for level in s["levels"]:
+            for error in level["errors"]:
+                console.print(f"[red]{s['project']} concurrency {level['concurrency']}:[/red] {error}")
+    if report.get("chart"):
+        console.print(f"Chart: {report['chart']}")
+
+
+def show_tune(report: Any) -> None:
+    w = report.workload
+    console.print(f"[bold]deploykit tune[/bold] — optimised for [bold]{w['name']}[/bold]: {w['objective']}")
+    console.print(f"  {report.cpus} CPUs on the engine's machine; {len(report.rows)} settings measured.")
+    table = Table()
+    for col in ("threads", "parallel", "output tok/s", "tok/s per request", "median TTFT ms", "of best", "note"):
+        table.add_column(col, justify="right" if col != "note" else "left")
+    for row in report.rows:
+        m = row["metrics"]
+        note = "current" if row["current"] else ""
+        if row["threads"] == report.winner["threads"] and row["parallel"] == report.winner["parallel"]:
+            note = (note + ", winner").lstrip(", ")
+        if row["errors"]:
+            note = (note + " " + row["errors"][0][:60]).strip()
+        table.add_row(
+            str(row["threads"]),
+            str(row["parallel"]),
+            f"{m['output_throughput']:.1f}" if m else "—",
+            f"{m['output_throughput_per_request']:.1f}" if m else "—",
+            f"{m['median_ttft_ms']:.0f}" if m else "—",
+            f"{row['of_best']:.0%}",
+            note,
+        )
+    console.print(table)
+    before = next((r for r in report.rows if r["current"]), None)
+    if report.settings_file:
+        console.print(
+            f"Winner: threads={report.winner['threads']} parallel={report.winner['parallel']}, written to "
+            f"{report.settings_file}; the stack now runs it."
+        )
+    if report.confirmed and before and before["metrics"]:
+        gain = report.confirmed["output_throughput"] / max(before["metrics"]["output_throughput"], 1e-9)
+        console.print(
+            f"Re-measured: {report.confirmed['output_throughput']:.1f} tok/s "
+            f"(before: {before['metrics']['output_throughput']:.1f} tok/s, ×{gain:.2f})."
+        )
+    for note in report.notes:
+        console.print(f"[yellow]Note:[/yellow] {note}")
+    state = "[green]healthy[/green]" if report.healthy else "[red]not healthy[/red]"
+    console.print(f"Stack {state}. Check: deploykit bench --dir {report.stack_dir} --concurrency {w['concurrency']}")

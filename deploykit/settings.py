@@ -1,6 +1,8 @@
-"""Settings: defaults < config file < ``DEPLOYKIT_*`` environment < command-line flags.
+"""Settings: defaults < config file < the stack's deploykit.toml < ``DEPLOYKIT_*`` environment < flags.
 
-The config file is TOML at ``$XDG_CONFIG_HOME/deploykit/config.toml`` (or ``DEPLOYKIT_CONFIG``).
+The config file is TOML at ``$XDG_CONFIG_HOME/deploykit/config.toml`` (or ``DEPLOYKIT_CONFIG``). A stack
+directory may hold ``deploykit.toml`` in the same shape: settings for that stack only (``deploykit tune``
+writes its measured winner there, so a later render or up keeps it).
 Nested values use ``__`` in the environment: ``DEPLOYKIT_IMAGES__OPEN_WEBUI=mirror/open-webui:v0.12.4``.
 """
 
@@ -10,6 +12,8 @@ import ipaddress
 import math
 import os
 import re
+import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +30,10 @@ from deploykit.plan import FlashAttn, KvCacheType, PlanSettings
 from deploykit.versions import pinned
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
+STACK_SETTINGS_FILE = "deploykit.toml"
+# The stack file the settings being built read; a context variable because pydantic-settings asks the
+# class, not the instance, for its sources.
+_stack_file: ContextVar[Path | None] = ContextVar("deploykit_stack_file", default=None)
 IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*$"
 
 
@@ -187,8 +195,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: flags, then environment, then the config file, then defaults.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file()))
+        # First wins: flags, then environment, then the stack's file, then the config file, then defaults.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        stack_file = _stack_file.get()
+        if stack_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, stack_file))
+        sources.append(TomlConfigSettingsSource(settings_cls, config_file()))
+        return tuple(sources)
 
     def plan_settings(self) -> PlanSettings:
         return PlanSettings(
@@ -228,8 +241,12 @@ def _where(loc: tuple[int | str, ...], flags: dict[str, Any]) -> str:
     return ".".join(map(str, loc))
 
 
-def load_settings(**flags: Any) -> Settings:
-    """Build settings from every layer; flags left as None do not override anything."""
+def load_settings(stack_dir: Path | None = None, **flags: Any) -> Settings:
+    """Build settings from every layer; flags left as None do not override anything.
+
+    With ``stack_dir``, that stack's ``deploykit.toml`` (when present) sits between the config file and
+    the environment.
+    """
     from pydantic_settings import SettingsError
 
     given = {k: v for k, v in flags.items() if v is not None}
@@ -241,6 +258,11 @@ def load_settings(**flags: Any) -> Settings:
             + (" (named by DEPLOYKIT_CONFIG)." if named else "."),
             "Point DEPLOYKIT_CONFIG at a TOML file, or unset it." if named else "Remove it, or make it a TOML file.",
         )
+    stack_file = stack_dir / STACK_SETTINGS_FILE if stack_dir is not None else None
+    files = [f for f in (stack_file, path) if f is not None]
+    for each in files:  # a malformed file is named here, before pydantic-settings merges them
+        _check_toml(each)
+    token = _stack_file.set(stack_file if stack_file is not None and _is_file(stack_file) else None)
     try:
         return Settings(**given)
     except ValidationError as exc:
@@ -250,7 +272,7 @@ def load_settings(**flags: Any) -> Settings:
         ]
         raise ConfigError(
             "invalid settings — " + "; ".join(lines) + ".",
-            f"Fix them in flags, DEPLOYKIT_* variables or {config_file()}.",
+            f"Fix them in flags, DEPLOYKIT_* variables or {' or '.join(str(f) for f in files)}.",
         ) from None
     except SettingsError as exc:  # a DEPLOYKIT_* variable that should hold JSON (a nested table)
         text = str(exc)
@@ -264,6 +286,51 @@ def load_settings(**flags: Any) -> Settings:
         raise ConfigError(f"cannot read settings: {text}.", f"Check {config_file()}.") from None
     except (OSError, ValueError) as exc:  # an unreadable or malformed config file
         raise ConfigError(f"cannot read {config_file()}: {exc}.", "Fix or remove the file.") from None
+    finally:
+        _stack_file.reset(token)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False  # a --dir the file system cannot hold: the stack folder's own check names it
+
+
+def _check_toml(path: Path) -> None:
+    if not _is_file(path):
+        return
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}.", "Fix or remove the file.") from None
+
+
+def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
+    """Set ``values`` in the stack's deploykit.toml, keeping every other key and comment as it was."""
+    import tomlkit
+    from tomlkit.items import Table
+
+    path = stack_dir / STACK_SETTINGS_FILE
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    doc = tomlkit.parse(text)
+    if not text:
+        doc.add(tomlkit.comment("Settings for this stack only; they win over config.toml (written by deploykit tune)."))
+    body = doc.body
+    first_table = next((i for i, (_, item) in enumerate(body) if isinstance(item, Table)), None)
+    for key, value in values.items():
+        if key in doc:
+            doc[key] = value
+        elif first_table is None:
+            doc.add(key, value)
+        else:
+            # A top-level key must come before the first [table], or TOML would put it inside that table.
+            doc.body.insert(first_table, (tomlkit.key(key), tomlkit.item(value)))
+            first_table += 1
+    tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
+    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -1,0 +1,131 @@
+"""Serving speed: the kit's default flags vs the seed's naive command line vs `deploykit tune`'s sweep.
+
+    python benchmarks/serving.py STACK_DIR [--prompt-tokens 128] [--max-tokens 128] [--requests 8]
+
+STACK_DIR is a running llama.cpp stack (`make demo`'s demo-stack). For each setting the inference
+service is restarted with it and measured at concurrency 1 and 4 (streaming, EOS ignored, same
+prompts); the sweep runs `deploykit tune` for each workload first. The stack ends on the throughput
+winner, written to its deploykit.toml as `tune` does. Target: the tuned setting ≥ 95 % of the best measured
+for its workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from deploykit import app, lifecycle
+from deploykit.bench import Workload, calibrate_words, run_level
+from deploykit.plan import PlanSettings
+
+
+def apply(stack_dir: Path, knobs: dict[str, int | None]) -> tuple[int, int]:
+    stack = lifecycle.load_stack(stack_dir)
+    plan, files = app.replan_files(stack, **knobs)
+    app.write_stack(stack_dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
+    stack.engine_stack(None).up("inference")
+    lifecycle.wait_inference_ready(lifecycle.load_stack(stack_dir), None)
+    return plan.threads, plan.parallel
+
+
+def measure(stack_dir: Path, args: argparse.Namespace) -> dict[int, dict[str, float]]:
+    stack = lifecycle.load_stack(stack_dir)
+    target = app.bench_target(stack, "inference")
+    words = calibrate_words(target, args.prompt_tokens)
+    out = {}
+    for concurrency in (1, 4):
+        load = Workload(concurrency, args.requests, args.prompt_tokens, args.max_tokens)
+        out[concurrency] = run_level(target, load, words, lambda _r: None).metrics
+    return out
+
+
+def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> app.TuneReport:
+    return app.tune_stack(
+        stack_dir,
+        None,
+        concurrency={"chat": 1, "throughput": 4}[workload],
+        workload_name=workload,
+        prompt_tokens=args.prompt_tokens,
+        max_tokens=args.max_tokens,
+        requests=None,
+        threads=args.threads,
+        parallel=args.parallel,
+        time_limit=args.time_limit,
+        on_candidate=lambda label: print(f"  tune {workload}: {label}", file=sys.stderr),
+        on_result=lambda _r: None,
+    )
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stack_dir", nargs="?", default="demo-stack")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--threads", type=_ints, help="thread counts for the sweep [default: tune's]")
+    parser.add_argument("--parallel", type=_ints, help="slot counts for the sweep [default: tune's]")
+    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per sweep candidate")
+    args = parser.parse_args()
+    stack_dir = Path(args.stack_dir).absolute()
+    recorded = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]
+    host_cores = recorded["host"]["cpu"]["physical_cores"]
+    settings = {
+        # The seed rendered -t from the profile's physical cores (4 for `cpu`) and one slot.
+        "seed: naive": {"threads": host_cores, "parallel": 1},
+        "kit default": {"threads": PlanSettings().threads, "parallel": PlanSettings().parallel},
+    }
+    sweeps = {w: tuned(stack_dir, w, args) for w in ("chat", "throughput")}
+    winners = {f"tune --workload {w}": report.winner for w, report in sweeps.items()}
+    rows = []
+    for name, knobs in {**settings, **winners}.items():
+        print(f"  measuring {name} …", file=sys.stderr)
+        threads, slots = apply(stack_dir, dict(knobs))
+        rows.append((name, threads, slots, measure(stack_dir, args)))
+    apply(stack_dir, dict(winners["tune --workload throughput"]))  # leave the stack as the last `tune` left it
+    best = {c: max(r[3][c]["output_throughput"] for r in rows) for c in (1, 4)}
+    print(f"# deploykit serving benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"# machine: {platform.node()}, {os.cpu_count()} CPUs; command: python {' '.join(sys.argv)}")
+    print(f"# {args.requests} streaming requests per level, {args.prompt_tokens} prompt / {args.max_tokens} tokens out")
+    header = (
+        "| setting | -t | -np | c=1 tok/s | c=1 TTFT p50 ms | c=4 tok/s (aggregate) | c=4 tok/s per request "
+        "| c=4 TTFT p50 ms |"
+    )
+    print(header)
+    print("|---" * 8 + "|")
+    for name, threads, slots, m in rows:
+        one, four = m[1], m[4]
+        print(
+            f"| {name} | {threads} | {slots} | {one['output_throughput']:.1f} "
+            f"({one['output_throughput'] / best[1]:.0%}) "
+            f"| {one['median_ttft_ms']:.0f} | {four['output_throughput']:.1f} "
+            f"({four['output_throughput'] / best[4]:.0%}) | {four['output_throughput_per_request']:.1f} "
+            f"| {four['median_ttft_ms']:.0f} |"
+        )
+    for workload, report in sweeps.items():
+        print(f"\n# sweep for {workload}: {report.workload['objective']}")
+        print("| -t | -np | output tok/s | median TTFT ms | of best |\n|---|---|---|---|---|")
+        for row in report.rows:
+            m = row["metrics"] or {}
+            print(
+                f"| {row['threads']} | {row['parallel']} | {m.get('output_throughput', 0):.1f} "
+                f"| {m.get('median_ttft_ms', 0):.0f} | {row['of_best']:.0%} |"
+            )
+    print()
+    by_name = {r[0]: r[3] for r in rows}
+    for workload, level in (("chat", 1), ("throughput", 4)):
+        share = by_name[f"tune --workload {workload}"][level]["output_throughput"] / best[level]
+        verdict = "met" if share >= 0.95 else "MISSED"
+        print(f"# target: tune --workload {workload} ≥ 95 % of the best at concurrency {level}: {share:.0%}, {verdict}")
+
+
+if __name__ == "__main__":
+    main()
