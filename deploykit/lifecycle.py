@@ -202,6 +202,8 @@ class UpReport:
     drift: list[str] = field(default_factory=list)
     admin_created: bool = False
     credentials: str = ""
+    # Every address Open WebUI answers on, and who can use it: {"url": …, "who": …}.
+    reachable: list[dict[str, str]] = field(default_factory=list)
 
 
 _HINTS = {
@@ -231,6 +233,8 @@ def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) 
     """An on_tick hook that stops waiting as soon as the service's container has died or restarts."""
     es = stack.engine_stack(docker_host)
     last_check = -10.0
+    # Restarts before this wait (a crash the engine already recovered from) are history, not a failure.
+    before = {c.name: c.restart_count for c in es.containers() if c.service == service}
 
     def check(elapsed: float, detail: str) -> None:
         nonlocal last_check
@@ -238,7 +242,8 @@ def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) 
             return
         last_check = elapsed
         for ctr in es.containers():
-            if ctr.service == service and (ctr.state in ("exited", "dead") or ctr.restart_count > 0):
+            restarted = ctr.restart_count > before.get(ctr.name, 0)
+            if ctr.service == service and (ctr.state in ("exited", "dead") or restarted):
                 raise health.StageFailed(
                     f"the {service} container {ctr.state} (exit code {ctr.exit_code}, restarted {ctr.restart_count}×)"
                 )
@@ -332,7 +337,47 @@ def up(
     budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
     report = run_stages(stack, docker_host, budget, reporter)
     report.notes = notes
+    report.reachable = reachable_urls(stack.spec.webui_bind, stack.spec.webui_port, docker_host)
     return report
+
+
+def reachable_urls(
+    bind: str, port: int, docker_host: str | None, addresses: tuple[Any, ...] | None = None
+) -> list[dict[str, str]]:
+    """The URLs a port published on ``bind`` answers on, each with who can reach it."""
+    from urllib.parse import urlparse
+
+    if not _is_local(docker_host):
+        where = urlparse(docker_host or "").hostname or str(docker_host)
+        who = "whoever can reach the engine's host" if bind in ("0.0.0.0", "::", "") else f"{bind} on the engine's host"
+        return [{"url": f"http://{where}:{port}", "who": who}]
+    if bind.startswith("127.") or bind in ("::1", "localhost"):
+        return [{"url": f"http://localhost:{port}", "who": "this machine only"}]
+    if bind not in ("0.0.0.0", "::", ""):
+        return [{"url": f"http://{bind}:{port}", "who": f"anyone who can reach {bind}"}]
+    if addresses is None:
+        from deploykit.detect import host_addresses
+
+        addresses = host_addresses()
+    rows = [{"url": f"http://localhost:{port}", "who": "this machine"}]
+    for address in addresses:
+        if not address.ip.startswith("127."):
+            rows.append({"url": f"http://{address.ip}:{port}", "who": f"anyone who can reach {address.interface}"})
+    return rows
+
+
+def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEBUI_START_SECONDS) -> float:
+    """Wait for Open WebUI's /health; seconds waited, or HealthError with its log tail."""
+    with health.http_client(stack.webui_url) as ui:
+        ok, seconds, detail = health.wait_until(lambda: health.probe_webui_health(ui), timeout, interval=2.0)
+    if not ok:
+        tail = stack.engine_stack(docker_host).log_tail("open-webui", 25)
+        raise HealthError(
+            f"Open WebUI did not answer /health within {timeout:.0f} s: {detail}.",
+            _HINTS["open-webui /health"],
+            log_tail=f"--- last lines of open-webui ---\n{tail}" if tail else "",
+        )
+    return seconds
 
 
 # ---------------------------------------------------------------- status, chat
@@ -356,7 +401,16 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
                     uptime = int((now - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds())
                 except ValueError:
                     uptime = None
-            entry.update(state=ctr.state, health=ctr.health, uptime_s=uptime, image=ctr.image, ports=list(ctr.ports))
+            entry.update(
+                state=ctr.state,
+                health=ctr.health,
+                uptime_s=uptime,
+                image=ctr.image,
+                ports=list(ctr.ports),
+                # A crash the engine recovered from shows here: restarts > 0, the last exit code.
+                restarts=ctr.restart_count,
+                last_exit_code=ctr.exit_code if ctr.restart_count else None,
+            )
         services.append(entry)
     with health.http_client(stack.inference_url, key, timeout=5) as client:
         try:
