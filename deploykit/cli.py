@@ -132,6 +132,10 @@ def stack_dir_option(default: str = "deploykit-stack") -> Callable[[F], F]:
     )
 
 
+timeout_option = click.option(
+    "--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long [default: from the plan]."
+)
+
 image_option = click.option(
     "--image",
     "images",
@@ -310,9 +314,7 @@ def _stack(ctx: click.Context, stack_dir: str) -> Any:
 @plan_options(profile_default=None)
 @image_option
 @stack_dir_option()
-@click.option(
-    "--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long [default: from the plan]."
-)
+@timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print the health report as JSON.")
 @click.pass_context
 def up(
@@ -542,9 +544,7 @@ def restore(ctx: click.Context, archive: str, stack_dir: str, force: bool, as_js
 @cli.command(short_help="Move to new pinned images, backing up first.")
 @image_option
 @stack_dir_option()
-@click.option(
-    "--timeout", type=float, metavar="SECONDS", help="Give up waiting after this long [default: from the plan]."
-)
+@timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def upgrade(ctx: click.Context, images: tuple[str, ...], stack_dir: str, timeout: float | None, as_json: bool) -> None:

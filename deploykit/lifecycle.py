@@ -169,9 +169,9 @@ def ensure_model(stack: LoadedStack, model: dict[str, Any], reporter: Reporter) 
     gguf = model.get("gguf") or {}
     if stack.spec.plan.backend == "llamacpp":
         if not gguf.get("repo"):
-            raise UsageError(
-                f"model file {path} is missing and the catalog names no download for it.",
-                "Give the file with --model-file PATH.",
+            raise NotFoundError(
+                f"model file {path} is missing (moved or deleted?); nothing was started.",
+                "Put it back there, or render the stack again with --model-file NEW_PATH (secrets and chats are kept).",
             )
         reporter.note(f"Downloading {gguf['file']} ({gib(gguf['size_bytes'])}) from {gguf['repo']} …")
         hub.ensure_gguf(gguf["repo"], gguf["file"], path)
@@ -407,9 +407,8 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
                 uptime_s=uptime,
                 image=ctr.image,
                 ports=list(ctr.ports),
-                # A crash the engine recovered from shows here: restarts > 0, the last exit code.
+                # A crash the engine recovered from shows here (the engine resets the exit code on restart).
                 restarts=ctr.restart_count,
-                last_exit_code=ctr.exit_code if ctr.restart_count else None,
             )
         services.append(entry)
     with health.http_client(stack.inference_url, key, timeout=5) as client:

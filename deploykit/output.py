@@ -177,8 +177,6 @@ def show_status(state: dict[str, Any]) -> None:
     for s in state["services"]:
         uptime = f"{s['uptime_s'] // 60} min" if s.get("uptime_s") is not None else "—"
         restarts = str(s.get("restarts") or 0)
-        if s.get("last_exit_code") is not None:
-            restarts += f" (last exit {s['last_exit_code']})"
         table.add_row(
             s["service"], s["state"], s.get("health") or "—", s.get("url", ""), s.get("model") or "—", uptime, restarts
         )
