@@ -361,7 +361,9 @@ def reachable_urls(
         addresses = host_addresses()
     rows = [{"url": f"http://localhost:{port}", "who": "this machine"}]
     for address in addresses:
-        if not address.ip.startswith("127."):
+        # Docker's own bridges (one per compose network) only lead to containers on this host.
+        bridge = address.interface == "docker0" or address.interface.startswith(("br-", "veth"))
+        if not address.ip.startswith("127.") and not bridge:
             rows.append({"url": f"http://{address.ip}:{port}", "who": f"anyone who can reach {address.interface}"})
     return rows
 
@@ -456,6 +458,9 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
                 anon, stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""), stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
             )
         with health.http_client(stack.webui_url, token) as client:
+            # Open WebUI refuses chats (400, model not found) for models it has not listed since it started;
+            # its browser page lists them on load, so do the same.
+            health.probe_webui_model(client, plan.model_id)
             return health.chat_once(client, "/api/chat/completions", plan.model_id, message, max_tokens)
     except (health.NotReady, health.StageFailed) as exc:
         raise HealthError(

@@ -141,6 +141,7 @@ IP_JSON = json.dumps(
         {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1"}]},
         {"ifname": "eth0", "addr_info": [{"family": "inet", "local": "192.168.1.20"}]},
         {"ifname": "wlan0", "addr_info": [{"family": "inet", "local": "10.0.0.7"}]},
+        {"ifname": "br-6c52163acf6f", "addr_info": [{"family": "inet", "local": "192.168.128.1"}]},
     ]
 )
 
@@ -150,6 +151,7 @@ def test_parse_ip_addr_json() -> None:
         Address("lo", "127.0.0.1"),
         Address("eth0", "192.168.1.20"),
         Address("wlan0", "10.0.0.7"),
+        Address("br-6c52163acf6f", "192.168.128.1"),
     )
     ran = host_addresses(lambda args, **kw: Completed(tuple(args), 0, IP_JSON, ""))
     assert ran[1] == Address("eth0", "192.168.1.20")
