@@ -1,4 +1,4 @@
-"""Backup archives, their manifests and checks, safe defaults in the rendered stack, and `up`'s address list."""
+"""Backup archives and their checks, safe defaults in the rendered stack, `up`'s address list, Ctrl-C during a step."""
 
 from __future__ import annotations
 
@@ -170,3 +170,19 @@ def test_loopback_bind_and_remote_engine() -> None:
     assert reachable_urls("127.0.0.1", 7860, None, ()) == [{"url": "http://localhost:7860", "who": "this machine only"}]
     remote = reachable_urls("0.0.0.0", 7860, "ssh://me@lab-pc-3", ())
     assert remote == [{"url": "http://lab-pc-3:7860", "who": "whoever can reach the engine's host"}]
+
+
+# ---------------------------------------------------------------- Ctrl-C lets an engine step finish
+
+
+def test_ctrl_c_lets_the_running_step_finish(tmp_path: Path) -> None:
+    import signal
+    import threading
+
+    from deploykit.proc import run_cmd
+
+    marker = tmp_path / "finished"
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_cmd(["sh", "-c", f"sleep 1; touch {marker}"], timeout=30)
+    assert marker.exists()  # the child was not killed half-way; the interrupt came after it
