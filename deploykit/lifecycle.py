@@ -458,8 +458,7 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
                 anon, stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""), stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
             )
         with health.http_client(stack.webui_url, token) as client:
-            # Open WebUI refuses chats (400, model not found) for models it has not listed since it started;
-            # its browser page lists them on load, so do the same.
+            # A model Open WebUI cannot list gets a bare "400 Model not found"; say what is wrong instead.
             health.probe_webui_model(client, plan.model_id)
             return health.chat_once(client, "/api/chat/completions", plan.model_id, message, max_tokens)
     except (health.NotReady, health.StageFailed) as exc:

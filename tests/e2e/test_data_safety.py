@@ -285,7 +285,7 @@ def test_kill_9_open_webui(trust: dict[str, Any]) -> None:
 def test_30_concurrent_chats_through_open_webui(trust: dict[str, Any]) -> None:
     stack: Stack = trust["stack"]
     token = webui_token(stack)
-    # As the browser does on loading: Open WebUI refuses chats for models it has not listed since it started.
+    # Open WebUI answers "400 Model not found" until it has reached the inference server again.
     wait_model_listed(stack)
 
     def one(i: int) -> dict[str, Any]:
