@@ -27,7 +27,9 @@ from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, gib, plan_deployment, suggest_alternative
 from deploykit.render import (
+    TARGET_FILES,
     StackSpec,
+    Target,
     check_stack_dir,
     project_name,
     read_secrets,
@@ -207,6 +209,7 @@ class RenderResult:
     stack_dir: Path
     spec: StackSpec
     changed: list[str]
+    notes: list[str]
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ class PreparedStack:
     files: dict[str, str]
     secrets: dict[str, str]
     model: dict[str, Any]
+    notes: list[str]  # warnings about the site's customisation, for the user to read
 
 
 def prepare_stack(
@@ -229,6 +233,7 @@ def prepare_stack(
     model_path: Path | None,
     image_overrides: dict[str, str],
     stack_dir: Path,
+    target: Target = "compose",
 ) -> PreparedStack:
     stack_dir = stack_dir.expanduser().absolute()
     check_stack_dir(stack_dir)  # before anything slow, and before anything is written
@@ -243,6 +248,7 @@ def prepare_stack(
         webui_port=settings.webui_port,
         webui_bind=settings.webui_bind,
         inference_port=settings.inference_port,
+        target=target,
     )
     kept = read_secrets(stack_dir)
     fresh = new_secrets(settings.admin_email)
@@ -253,13 +259,36 @@ def prepare_stack(
         "model": model_data,
         "settings": settings.plan_settings().model_dump(mode="json"),
     }
-    return PreparedStack(stack_dir, spec, render_files(spec, stack_secrets, inputs), stack_secrets, model_data)
+    return _prepare(settings, stack_dir, spec, stack_secrets, inputs)
+
+
+def _prepare(
+    settings: Settings, stack_dir: Path, spec: StackSpec, stack_secrets: dict[str, str], inputs: dict[str, Any]
+) -> PreparedStack:
+    """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override."""
+    from deploykit import webui_env
+    from deploykit.customise import customisation
+
+    notes = webui_env.check(settings.webui_env)
+    spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
+    customised, template_notes = customisation(settings.templates_dir, stack_dir)
+    files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
+    return PreparedStack(stack_dir, spec, files, stack_secrets, inputs["model"], [*notes, *template_notes])
+
+
+def reprepare_stack(settings: Settings, stack_dir: Path) -> PreparedStack:
+    """An existing stack rendered again from its plan.json, with today's [webui_env] and templates."""
+    from deploykit.lifecycle import load_stack
+
+    stack = load_stack(stack_dir)
+    data = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
+    return _prepare(settings, stack_dir, stack.spec, stack.secrets, data["inputs"])
 
 
 def render_stack(settings: Settings, **kwargs: Any) -> RenderResult:
     prepared = prepare_stack(settings, **kwargs)
     changed = write_stack(prepared.stack_dir, prepared.files)
-    return RenderResult(prepared.stack_dir, prepared.spec, changed)
+    return RenderResult(prepared.stack_dir, prepared.spec, changed, prepared.notes)
 
 
 def up_stack(
@@ -273,13 +302,19 @@ def up_stack(
     stack_dir: Path,
     timeout: float | None,
     reporter: Reporter,
+    target: Target | None = None,
 ) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
     from deploykit import lifecycle
-    from deploykit.lifecycle import LoadedStack, load_stack
+    from deploykit.lifecycle import LoadedStack
 
+    if target == "kubernetes":
+        raise UsageError(
+            "deploykit does not run Kubernetes stacks itself.",
+            "Render the manifests with `deploykit render --target kubernetes` and apply them with kubectl.",
+        )
     stack_dir = stack_dir.expanduser().absolute()
-    asked = any(x is not None for x in (profile, host_file, model_id, model_path)) or bool(image_overrides)
+    asked = any(x is not None for x in (profile, host_file, model_id, model_path, target)) or bool(image_overrides)
     if asked or not (stack_dir / "plan.json").is_file():
         prepared = prepare_stack(
             settings,
@@ -289,19 +324,25 @@ def up_stack(
             model_path=model_path,
             image_overrides=image_overrides,
             stack_dir=stack_dir,
+            target=target or _rendered_target(stack_dir),
         )
-        stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
-        return lifecycle.up(
-            stack,
-            settings.docker_host,
-            timeout,
-            reporter,
-            prepared.model,
-            write_files=lambda: write_stack(stack_dir, prepared.files),
-        )
-    stack = load_stack(stack_dir)
-    model = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]["model"]
-    return lifecycle.up(stack, settings.docker_host, timeout, reporter, model)
+    else:
+        # Reuse the stack's plan, but with today's [webui_env] and templates: a changed setting takes effect.
+        prepared = reprepare_stack(settings, stack_dir)
+    for note in prepared.notes:
+        reporter.note(note)
+    stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets)
+    return lifecycle.up(stack, settings.docker_host, timeout, reporter, prepared.model, prepared.files)
+
+
+def _rendered_target(stack_dir: Path) -> Target:
+    """The target a stack directory was rendered for (compose when new or unreadable)."""
+    try:
+        data = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
+        target = data["stack"].get("target", "compose")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return "compose"
+    return target if target in TARGET_FILES else "compose"
 
 
 def plan_only(
@@ -357,7 +398,8 @@ REFERENCE_SECRETS = {
 
 
 def reference_stack(profile: str) -> dict[str, str]:
-    """The files of compose/<profile>/: compose.yaml, .env.example and plan.json, for the default model."""
+    """The files of compose/<profile>/ for the default model: compose.yaml, .env.example and plan.json,
+    and the same stack for the other targets: swarm.yaml and kubernetes.yaml."""
     # Defaults only: no config file or DEPLOYKIT_* variable of this machine leaks into the reference.
     settings = Settings.model_construct(model_cache=REFERENCE_MODEL_CACHE)
     host = find_profile(profile, builtin_profiles())
@@ -382,25 +424,43 @@ def reference_stack(profile: str) -> dict[str, str]:
         "compose.yaml": files["compose.yaml"],
         ".env.example": files[".env"],
         "plan.json": files["plan.json"],
+        **{
+            TARGET_FILES[target]: render_files(spec.model_copy(update={"target": target}), REFERENCE_SECRETS, inputs)[
+                TARGET_FILES[target]
+            ]
+            for target in ("swarm", "kubernetes")
+        },
     }
 
 
 # ---------------------------------------------------------------- backups and upgrades
 
 
+def _compose_stack(stack_dir: Path) -> Any:
+    """The stack at ``stack_dir``; backups, restores and upgrades handle Compose stacks only."""
+    from deploykit.lifecycle import load_stack
+
+    stack = load_stack(stack_dir.expanduser().absolute())
+    if stack.spec.target != "compose":
+        raise UsageError(
+            f"{stack.dir} is a {stack.spec.target} stack; backup, restore and upgrade handle Compose stacks only.",
+            "Back up the Open WebUI volume with your orchestrator's tools.",
+        )
+    return stack
+
+
 def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> Any:
     """Back up the stack's Open WebUI data into ``out_dir`` (default: the stack's backups/)."""
     from deploykit import backup
-    from deploykit.lifecycle import load_stack
 
-    return backup.backup(load_stack(stack_dir.expanduser().absolute()), settings.docker_host, out_dir)
+    return backup.backup(_compose_stack(stack_dir), settings.docker_host, out_dir)
 
 
 def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> Any:
     """Put a backup's Open WebUI data back; Open WebUI is stopped only for the swap and waited for after."""
     from deploykit import backup, lifecycle
 
-    stack = lifecycle.load_stack(stack_dir.expanduser().absolute())
+    stack = _compose_stack(stack_dir)
 
     def wait() -> float:
         return lifecycle.wait_webui(stack, settings.docker_host)
@@ -431,7 +491,7 @@ def upgrade_stack(
     from deploykit import backup, engine, lifecycle
 
     stack_dir = stack_dir.expanduser().absolute()
-    stack = lifecycle.load_stack(stack_dir)
+    stack = _compose_stack(stack_dir)
     changes = upgrade_images(settings, stack_dir, overrides)
     for service, (_, new) in changes.items():
         if not engine.image_present(settings.docker_host, new):
@@ -446,14 +506,9 @@ def upgrade_stack(
         reporter.note("No Open WebUI data yet: nothing to back up.")
     plan_data = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
     spec = stack.spec.model_copy(update={"images": {s: new for s, (_, new) in changes.items()}})
-    files = render_files(spec, stack.secrets, plan_data["inputs"])
-    upgraded = lifecycle.LoadedStack(stack_dir, spec, stack.secrets)
-    report = lifecycle.up(
-        upgraded,
-        settings.docker_host,
-        timeout,
-        reporter,
-        plan_data["inputs"]["model"],
-        write_files=lambda: write_stack(stack_dir, files),
-    )
+    prepared = _prepare(settings, stack_dir, spec, stack.secrets, plan_data["inputs"])
+    for note in prepared.notes:
+        reporter.note(note)
+    upgraded = lifecycle.LoadedStack(stack_dir, prepared.spec, stack.secrets)
+    report = lifecycle.up(upgraded, settings.docker_host, timeout, reporter, prepared.model, prepared.files)
     return UpgradeReport(changes, archive, report)

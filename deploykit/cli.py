@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -17,6 +17,7 @@ from deploykit import __version__
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from deploykit.render import Target
     from deploykit.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -237,10 +238,18 @@ def plan(
         output.show_plan(deployment)
 
 
-@cli.command(short_help="Write compose.yaml, .env and plan.json.")
+@cli.command(short_help="Write the stack: compose.yaml (or swarm/kubernetes), .env, plan.json.")
 @plan_options()
 @stack_dir_option()
 @image_option
+@click.option(
+    "--target",
+    type=click.Choice(["compose", "swarm", "kubernetes"]),
+    default="compose",
+    show_default=True,
+    help="What to write: compose.yaml (Docker Compose), swarm.yaml (`docker stack deploy`) or "
+    "kubernetes.yaml (manifests for kubectl apply).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.pass_context
 def render(
@@ -253,15 +262,16 @@ def render(
     model_path: str | None,
     stack_dir: str,
     images: tuple[str, ...],
+    target: str,
     as_json: bool,
 ) -> None:
-    """Write the Docker Compose stack: compose.yaml, .env (secrets, 0600) and plan.json."""
+    """Write the stack: compose.yaml (or swarm.yaml, or kubernetes.yaml), .env (secrets, 0600) and plan.json."""
     from deploykit import app, output
 
     settings, inputs = _stack_inputs(
         ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
     )
-    result = app.render_stack(settings, profile=profile, **inputs)
+    result = app.render_stack(settings, profile=profile, target=target, **inputs)
     if as_json:
         _print_json(
             {
@@ -269,6 +279,7 @@ def render(
                 "changed": result.changed,
                 "project": result.spec.project,
                 "plan": result.spec.plan.model_dump(mode="json"),
+                "notes": result.notes,
             }
         )
     else:
@@ -315,6 +326,12 @@ def _stack(ctx: click.Context, stack_dir: str) -> Any:
 @image_option
 @stack_dir_option()
 @timeout_option
+@click.option(
+    "--target",
+    type=click.Choice(["compose", "swarm"]),
+    help="Run with Docker Compose, or deploy to the engine's swarm with `docker stack deploy` "
+    "[default: the stack's, else compose].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the health report as JSON.")
 @click.pass_context
 def up(
@@ -328,6 +345,7 @@ def up(
     images: tuple[str, ...],
     stack_dir: str,
     timeout: float | None,
+    target: str | None,
     as_json: bool,
 ) -> None:
     """Render (or reuse) the stack, start it, and check it stage by stage up to a chat through Open WebUI."""
@@ -338,7 +356,14 @@ def up(
     settings, inputs = _stack_inputs(
         ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
     )
-    report = app.up_stack(settings, profile=profile, timeout=timeout, reporter=output.ConsoleReporter(), **inputs)
+    report = app.up_stack(
+        settings,
+        profile=profile,
+        timeout=timeout,
+        target=cast("Target | None", target),
+        reporter=output.ConsoleReporter(),
+        **inputs,
+    )
     if as_json:
         _print_json(asdict(report))
     else:
@@ -446,7 +471,7 @@ def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
     from deploykit import lifecycle
 
     stack = _stack(ctx, stack_dir)
-    checks = lifecycle.smoke(stack, (stack.dir / "compose.yaml").read_text(encoding="utf-8"))
+    checks = lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8"))
     if as_json:
         _print_json({"ok": all(c["status"] != "fail" for c in checks), "checks": checks})
     else:
@@ -570,6 +595,47 @@ def upgrade(ctx: click.Context, images: tuple[str, ...], stack_dir: str, timeout
     if report.backup:
         click.echo(f"Backup kept: {report.backup}")
     output.show_up(report.up)
+
+
+@cli.group(short_help="Start or maintain a site's own templates.")
+def templates() -> None:
+    """A site's own templates: files in the `templates_dir` setting shadow the built-in ones one by one.
+
+    \b
+      deploykit templates export /srv/lab/templates   copy the built-ins to start from
+      (keep only the files you change; set templates_dir = "/srv/lab/templates" in config.toml)
+      deploykit templates rebase /srv/lab/templates   after a deploykit upgrade, once your copies are current
+    """
+
+
+@templates.command("export", short_help="Write the built-in templates into DIR.")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite templates already in DIR.")
+def templates_export(directory: str, force: bool) -> None:
+    """Write the built-in templates into DIRECTORY, with a record of which built-ins they are."""
+    from pathlib import Path
+
+    from deploykit.customise import export_templates
+
+    names = export_templates(Path(directory), force)
+    click.echo(f"Wrote {len(names)} templates to {directory}: {', '.join(names)}.")
+    click.echo("Keep only the ones you change, and point templates_dir at the directory.")
+
+
+@templates.command("rebase", short_help="Record that DIR's copies match this deploykit's built-ins.")
+@click.argument("directory", type=click.Path(file_okay=False))
+def templates_rebase(directory: str) -> None:
+    """Record that the copies in DIRECTORY are current with this deploykit's built-in templates.
+
+    Run it after bringing a copy up to date with a changed built-in; `render` stops saying it changed.
+    """
+    from pathlib import Path
+
+    from deploykit.customise import rebase_templates
+
+    names = rebase_templates(Path(directory))
+    click.echo(f"Recorded {', '.join(names) or 'no shadowed templates'} as current in {directory}.")
+
 
 def main() -> None:
     cli(prog_name="deploykit")

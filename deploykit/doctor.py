@@ -10,10 +10,9 @@ from typing import Any, Literal
 from deploykit.host import GiB, HostProfile
 from deploykit.lifecycle import LoadedStack, port_free, ports_held_by, status
 from deploykit.plan import gib
+from deploykit.versions import pinned
 
 Status = Literal["pass", "warn", "fail"]
-# The CUDA runtime the pinned GPU images are built against; the host driver must support at least this.
-IMAGE_CUDA = {"vllm": (12, 9), "llamacpp": (12, 4)}
 
 
 @dataclass(frozen=True)
@@ -75,21 +74,26 @@ def run_checks(host: HostProfile, docker_host: str | None, model_cache: Path, st
         why = f" ({host.gpu_probe_error})" if host.gpu_probe_error else ""
         checks.append(Check("gpu", "pass", f"no NVIDIA GPU: stacks plan for the CPU{why}"))
     if stack is not None and stack.spec.plan.device == "cuda" and host.gpus:
-        need = IMAGE_CUDA[stack.spec.plan.backend]
+        # The CUDA runtime the pinned image is built against (versions.toml): the driver must support it.
+        image = pinned().gpu_image(stack.spec.plan.backend)
         have = _version(host.gpus[0].cuda_version)
-        need_text = ".".join(map(str, need))
-        if have and have < need:
+        if have and have < image.cuda:
+            other = (
+                f"use the same release built for an older CUDA: --image inference={image.fallback}"
+                if image.fallback
+                else "pin an image built for an older CUDA with --image"
+            )
             checks.append(
                 Check(
                     "driver",
                     "fail",
-                    f"driver supports CUDA {host.gpus[0].cuda_version}; the {stack.spec.plan.backend} "
-                    f"image needs {need_text}",
-                    "Update the NVIDIA driver, or pin an image built for an older CUDA with --image.",
+                    f"driver {host.gpus[0].driver_version or '?'} supports CUDA {host.gpus[0].cuda_version}; "
+                    f"the {stack.spec.plan.backend} image needs CUDA {image.cuda_text} (driver ≥ {image.driver})",
+                    f"Update the NVIDIA driver to {image.driver} or newer, or {other}.",
                 )
             )
         else:
-            checks.append(Check("driver", "pass", f"driver CUDA {host.gpus[0].cuda_version} ≥ {need_text}"))
+            checks.append(Check("driver", "pass", f"driver CUDA {host.gpus[0].cuda_version} ≥ {image.cuda_text}"))
     ports = [("0.0.0.0", 7860), ("127.0.0.1", 7861)]
     ours: set[int] = set()
     if stack is not None:

@@ -10,7 +10,7 @@ import json
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +19,10 @@ from typing import Any, Protocol
 from deploykit import engine, health, webui
 from deploykit.errors import HealthError, NotFoundError, PreflightError, UsageError
 from deploykit.host import GiB
+from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import gib
-from deploykit.render import StackSpec, read_secrets
+from deploykit.render import TARGET_FILES, StackSpec, read_secrets, write_stack
+from deploykit.webui_env import stored_settings
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
@@ -40,6 +42,11 @@ class LoadedStack:
     secrets: dict[str, str]
 
     @property
+    def stack_file(self) -> Path:
+        """compose.yaml, swarm.yaml or kubernetes.yaml: what the stack was rendered for."""
+        return self.dir / TARGET_FILES[self.spec.target]
+
+    @property
     def inference_url(self) -> str:
         return f"http://127.0.0.1:{self.spec.inference_port}"
 
@@ -52,6 +59,13 @@ class LoadedStack:
         return f"http://inference:{self.spec.inference_container_port}/v1"
 
     def engine_stack(self, docker_host: str | None) -> engine.Stack:
+        if self.spec.target == "swarm":
+            return engine.SwarmStack(self.dir, self.spec.project, docker_host, self.secrets)
+        if self.spec.target == "kubernetes":
+            raise UsageError(
+                f"{self.dir} holds Kubernetes manifests; deploykit does not run them itself.",
+                "Use kubectl, or render it again with --target compose or --target swarm.",
+            )
         return engine.Stack(self.dir, self.spec.project, docker_host)
 
 
@@ -104,6 +118,8 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     probe = engine.probe_engine(docker_host)
     if not probe.reachable:
         raise engine.engine_error(docker_host, Exception(probe.error or "unreachable"))
+    if stack.spec.target == "swarm":
+        return preflight_swarm(stack, docker_host)
     engine.require_compose_v2()
     stack_id = stack.secrets.get("DEPLOYKIT_STACK_ID")
     others = {k: v for k, v in engine.project_owners(docker_host, stack.spec.project).items() if k != stack_id}
@@ -153,6 +169,32 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     for service, ref in stack.spec.images.items():
         if not engine.image_present(docker_host, ref):
             notes.append(f"image {ref} ({service}) is not on this engine yet; compose will pull it.")
+    return notes
+
+
+def preflight_swarm(stack: LoadedStack, docker_host: str | None) -> list[str]:
+    """A swarm manager to deploy to, and the ports free unless this stack already holds them."""
+    state, manager = engine.swarm_state(docker_host)
+    if state != "active" or not manager:
+        raise PreflightError(
+            f"the Docker Engine is not a swarm manager (swarm state: {state}).",
+            "Run `docker swarm init` here (or point --docker-host at a manager), or use --target compose.",
+        )
+    es = stack.engine_stack(docker_host)
+    assert isinstance(es, engine.SwarmStack)
+    notes = []
+    if _is_local(docker_host) and not es.deployed():
+        for port in (stack.spec.webui_port, stack.spec.inference_port):
+            if not port_free("0.0.0.0", port):
+                raise PreflightError(
+                    f"port {port} is already in use on this host, so the swarm cannot publish it.",
+                    f"Stop what listens there (`ss -ltnp 'sport = :{port}'`) or set another port and render again.",
+                )
+    if stack.spec.plan.device == "cuda":
+        notes.append(
+            "the inference service runs on a node labelled org.deploykit.gpu=nvidia that advertises an "
+            "NVIDIA-GPU generic resource (see swarm.yaml)."
+        )
     return notes
 
 
@@ -310,6 +352,11 @@ def run_stages(stack: LoadedStack, docker_host: str | None, timeout: float, repo
                 stack.engine_stack(docker_host).up()
             if name == "open-webui admin":
                 report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
+                # Settings Open WebUI keeps in its database: written on every up, or a changed value never lands.
+                applied = webui.apply_stored(ui, stored_settings(spec.webui_env))
+                for note in applied:
+                    reporter.note(note)
+                report.notes += applied
     report.healthy = True
     report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
     return report
@@ -321,22 +368,25 @@ def up(
     timeout: float | None,
     reporter: Reporter,
     model: dict[str, Any],
-    write_files: Callable[[], object] | None = None,
+    files: Mapping[str, str],
 ) -> UpReport:
-    """Preflight, then write the stack files (if new), fetch the model, start and check it."""
+    """Preflight, check the site's override merges, write the stack files (if changed), fetch the model, start."""
     notes = preflight(stack, docker_host, model_missing_bytes(stack))
     for note in notes:
         reporter.note(note)
-    if write_files is not None:
-        write_files()
+    engine_stack = stack.engine_stack(docker_host)
+    engine_stack.check_override(dict(files))
+    if override_path(stack.dir) is not None:
+        reporter.note(f"Using {OVERRIDE_FILE} on top of compose.yaml.")
+    write_stack(stack.dir, files)
     ensure_model(stack, model, reporter)
     reporter.note(f"Starting project {stack.spec.project} …")
     # The inference server first, so its (long) load is watched with progress here rather than
     # hidden inside compose's wait for the healthy dependency.
-    stack.engine_stack(docker_host).up("inference")
+    engine_stack.up("inference")
     budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
     report = run_stages(stack, docker_host, budget, reporter)
-    report.notes = notes
+    report.notes = [*notes, *report.notes]
     report.reachable = reachable_urls(stack.spec.webui_bind, stack.spec.webui_port, docker_host)
     return report
 
@@ -443,6 +493,7 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
         "device": plan.device,
         "model": plan.model_id,
         "healthy": healthy,
+        "override": describe(stack.dir),  # the site's compose.override.yaml, when one is in effect
         "services": services,
     }
 
@@ -484,7 +535,7 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
             {
                 "name": "reasoning separation",
                 "status": "pass" if wired else "fail",
-                "detail": f"{flag} is {'set' if wired else 'missing'} in compose.yaml; thinking arrives in "
+                "detail": f"{flag} is {'set' if wired else 'missing'} in the stack file; thinking arrives in "
                 "reasoning_content (wiring checked; no R1 model runs in this check)",
             }
         )

@@ -114,7 +114,15 @@ def show_rendered(result: RenderResult) -> None:
     changed = ", ".join(result.changed) if result.changed else "nothing changed"
     console.print(f"Stack written to [bold]{result.stack_dir}[/bold] ({changed}).")
     console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context")
+    if result.spec.target == "kubernetes":
+        console.print("  Secrets are in .env and in kubernetes.yaml's Secret (both mode 0600).")
+        console.print(f"  Next: kubectl apply -n NAMESPACE -f {result.stack_dir / 'kubernetes.yaml'}")
+        return
     console.print(f"  Open WebUI will listen on port {result.spec.webui_port}; secrets are in .env (mode 0600).")
+    from rich.markup import escape
+
+    for note in result.notes:
+        Console(stderr=True, highlight=False).print(f"[yellow]Note:[/yellow] {escape(note)}")
     console.print(f"  Next: deploykit up --dir {result.stack_dir}")
 
 
@@ -146,7 +154,7 @@ class ConsoleReporter:
         self.err.print(f"{mark} {result.name:22} {result.seconds:6.1f} s  {result.detail}")
 
     def note(self, text: str) -> None:
-        self.err.print(text)
+        self.err.print(text, markup=False)  # notes quote settings such as [webui_env] literally
 
 
 def show_up(report: Any) -> None:
@@ -181,6 +189,8 @@ def show_status(state: dict[str, Any]) -> None:
             s["service"], s["state"], s.get("health") or "—", s.get("url", ""), s.get("model") or "—", uptime, restarts
         )
     console.print(table)
+    if state.get("override"):
+        console.print(f"  {state['override']['file']} is in effect on top of compose.yaml.")
 
 
 def show_checks(checks: Iterable[Any]) -> None:

@@ -1,4 +1,7 @@
-"""Render a plan into a stack directory: compose.yaml, .env (secrets, 0600) and plan.json.
+"""Render a plan into a stack directory: the target's file, .env (secrets, 0600) and plan.json.
+
+Three targets share one ``StackSpec``: Docker Compose (compose.yaml), Docker Swarm (swarm.yaml, a
+variant of the same templates for ``docker stack deploy``) and Kubernetes (kubernetes.yaml).
 
 ``render_files`` is pure: the same ``StackSpec`` and secrets give byte-identical files.
 ``write_stack`` is the only part that touches the disk, and it writes atomically.
@@ -8,6 +11,7 @@ double-quoted scalar of it, with ``$`` doubled so compose does not interpolate i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,7 +20,7 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 from pydantic import BaseModel, ConfigDict
@@ -25,7 +29,15 @@ from deploykit import __version__
 from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan
 
+Target = Literal["compose", "swarm", "kubernetes"]
+TARGET_FILES: dict[str, str] = {"compose": "compose.yaml", "swarm": "swarm.yaml", "kubernetes": "kubernetes.yaml"}
 STACK_FILES = ("compose.yaml", ".env", "plan.json")
+# Files that hold secret values in clear: written 0600 from the start.
+PRIVATE_FILES = (".env", "kubernetes.yaml")
+# The secrets a running stack needs (the admin's are only for deploykit's own checks). Swarm mounts
+# them as files under /run/secrets; Kubernetes keeps them in one Secret.
+RUNTIME_SECRETS = ("INFERENCE_API_KEY", "WEBUI_SECRET_KEY")
+SITE_FILES = ("compose.override.yaml", "deploykit.toml")  # the site's own; never written by render
 # DEPLOYKIT_STACK_ID is no secret: it tells this stack's containers and volume from another stack's
 # that happens to share the project name (a directory of the same name elsewhere).
 SECRET_KEYS = (
@@ -50,6 +62,8 @@ class StackSpec(BaseModel):
     webui_port: int
     webui_bind: str
     inference_port: int
+    target: Target = "compose"
+    webui_env: dict[str, str] = {}  # the [webui_env] table: extra Open WebUI environment settings
 
     @property
     def inference_container_port(self) -> int:
@@ -73,9 +87,13 @@ def project_name(stack_dir: Path) -> str:
 _YAML_UNSAFE = {0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF, 0x85}
 
 
-def yaml_quote(value: object) -> str:
-    """One YAML double-quoted scalar holding exactly ``value``, with ``$`` escaped for compose."""
-    text = str(value).replace("$", "$$")
+def yaml_quote(value: object, escape_dollar: bool = True) -> str:
+    """One YAML double-quoted scalar holding exactly ``value``, with ``$`` escaped for compose.
+
+    Kubernetes expands ``$(VAR)`` in command, args and env values (``$$`` is its escape too), but
+    nowhere else: its other fields take ``escape_dollar=False``.
+    """
+    text = str(value).replace("$", "$$") if escape_dollar else str(value)
     out = ['"']
     for ch in text:
         code = ord(ch)
@@ -111,10 +129,51 @@ def _templates_root() -> Any:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+TEMPLATES_MANIFEST = "deploykit-templates.json"
+
+
+def builtin_templates() -> dict[str, str]:
+    """Every built-in template by relative name ("services/vllm.yaml.j2") and its text."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".j2"):
+                out[prefix + child.name] = child.read_text(encoding="utf-8")
+
+    walk(_templates_root(), "")
+    return dict(sorted(out.items()))
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def shadowed_templates(templates_dir: Path | None) -> dict[str, dict[str, str]]:
+    """The built-in templates a site's folder shadows, each with the hash of the built-in and of the site's file.
+
+    Recorded in plan.json, so a later deploykit can tell the site that a built-in it copied has changed.
+    """
+    if templates_dir is None:
+        return {}
+    return {
+        name: {"builtin_sha256": sha256_text(text), "site_sha256": sha256_text(site.read_text(encoding="utf-8"))}
+        for name, text in builtin_templates().items()
+        if (site := templates_dir / name).is_file()
+    }
+
+
 @cache
-def _environment() -> jinja2.Environment:
+def _environment(templates_dir: str | None = None) -> jinja2.Environment:
+    builtin = jinja2.FileSystemLoader(str(_templates_root()))
+    # A site's folder first: its files shadow the built-ins one by one; the rest still come from deploykit.
+    loader: jinja2.BaseLoader = (
+        jinja2.ChoiceLoader([jinja2.FileSystemLoader(templates_dir), builtin]) if templates_dir else builtin
+    )
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_templates_root())),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -122,29 +181,73 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["q"] = yaml_quote
+    env.filters["kq"] = lambda value: yaml_quote(value, escape_dollar=False)
     env.filters["env_q"] = env_quote
     return env
 
 
-def _shm_size(spec: StackSpec) -> str:
+def _shm_bytes(spec: StackSpec) -> int:
     # vLLM's workers share tensors through /dev/shm; scale with the weights, at least 2 GiB.
-    weights = spec.plan.memory.weights_bytes
-    return f"{max(2, -(-weights // GiB))}gb"
+    return max(2, -(-spec.plan.memory.weights_bytes // GiB)) * GiB
 
 
-def render_files(spec: StackSpec, secrets: Mapping[str, str], inputs: Mapping[str, Any]) -> dict[str, str]:
-    """The stack's files as text, keyed by name. Pure and deterministic."""
-    missing = [k for k in SECRET_KEYS if not secrets.get(k)]
-    if missing:
-        raise ValueError(f"secrets missing: {', '.join(missing)}")
+def _k8s_name(text: str) -> str:
+    """An RFC 1123 label: lowercase alphanumerics and '-', at most 63 characters."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].rstrip("-")
+    return name or "deploykit"
+
+
+def _model_source(inputs: Mapping[str, Any], spec: StackSpec) -> dict[str, str] | None:
+    """Where a cluster can download the weights from (Hugging Face), when the catalog names it."""
+    model = inputs.get("model") or {}
+    if spec.plan.backend == "llamacpp":
+        gguf = model.get("gguf") or {}
+        if gguf.get("repo") and gguf.get("file"):
+            return {"repo": str(gguf["repo"]), "file": str(gguf["file"])}
+        return None
+    repo = model.get("hf_repo")
+    return {"repo": str(repo)} if repo else None
+
+
+def _kubernetes_context(spec: StackSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    plan = spec.plan
+    weights = plan.memory.weights_bytes
+    base = _k8s_name(spec.project)[:40].rstrip("-")
+    # The volume holds the weights (and, for vLLM, the Hugging Face cache around them): room for them + 25 %.
+    model_gib = max(1, -(-weights * 5 // 4 // GiB) + 1)
+    # Loading may first download the weights: give the startup probe the plan's load time plus 30 minutes.
+    startup_seconds = plan.startup_seconds + 1800
+    return {
+        "names": {
+            "base": base,
+            "inference": f"{base}-inference",
+            "webui": f"{base}-open-webui",
+            "secret": f"{base}-secrets",
+            "models": f"{base}-models",
+            "webui_data": f"{base}-open-webui-data",
+        },
+        "model_source": _model_source(inputs, spec),
+        "model_file_name": PurePosixPath(spec.model_host_path).name,
+        "models_storage": f"{model_gib}Gi",
+        "memory_request": f"{-(-plan.memory.total_bytes // (1024 * 1024))}Mi",
+        "cpu_request": str(plan.threads),
+        "startup_failures": -(-startup_seconds // 10),
+    }
+
+
+def render_target(
+    spec: StackSpec, inputs: Mapping[str, Any], secrets: Mapping[str, str], env: jinja2.Environment
+) -> str:
+    """The target's own file (compose.yaml, swarm.yaml or kubernetes.yaml) as text. Pure."""
     host_dir, container_dir, container_path = spec.model_mount
     plan = spec.plan
     ngl = None
     if plan.backend == "llamacpp":
         # llama.cpp counts the output head as one layer more: total + 1 puts everything on the GPU.
         ngl = plan.total_layers + 1 if plan.gpu_layers == plan.total_layers else plan.gpu_layers
-    context = {
+    context: dict[str, Any] = {
         "version": __version__,
+        "target": spec.target,
         "project": spec.project,
         "plan": plan,
         "images": spec.images,
@@ -152,22 +255,65 @@ def render_files(spec: StackSpec, secrets: Mapping[str, str], inputs: Mapping[st
         "webui_port": spec.webui_port,
         "webui_bind": spec.webui_bind,
         "inference_port": spec.inference_port,
+        "inference_container_port": spec.inference_container_port,
         "inference_url": f"http://inference:{spec.inference_container_port}/v1",
         "model_host_dir": host_dir,
         "model_container_dir": container_dir,
         "model_container_path": container_path,
         "ngl": ngl,
-        "shm_size": _shm_size(spec),
+        "shm_size": f"{_shm_bytes(spec) // GiB}gb",
+        "shm_bytes": _shm_bytes(spec),
+        "webui_env": spec.webui_env,
     }
-    env = _environment()
-    compose = env.get_template("compose.yaml.j2").render(context)
+    if spec.target == "kubernetes":
+        context |= _kubernetes_context(spec, inputs)
+        context["secrets"] = {k: secrets[k] for k in RUNTIME_SECRETS}
+        context["inference_url"] = (
+            f"http://{context['names']['inference']}:{spec.inference_container_port}/v1"
+        )
+        return env.get_template("kubernetes/stack.yaml.j2").render(context)
+    return env.get_template("compose.yaml.j2").render(context)
+
+
+def render_files(
+    spec: StackSpec,
+    secrets: Mapping[str, str],
+    inputs: Mapping[str, Any],
+    templates_dir: Path | None = None,
+    customised: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The stack's files as text, keyed by name. Deterministic: reads only the templates.
+
+    ``customised`` (what plan.json says about the override file and shadowed templates) is recorded as given.
+    """
+    missing = [k for k in SECRET_KEYS if not secrets.get(k)]
+    if missing:
+        raise ValueError(f"secrets missing: {', '.join(missing)}")
+    env = _environment(str(templates_dir) if templates_dir else None)
+    try:
+        main = render_target(spec, inputs, secrets, env)
+    except jinja2.TemplateError as exc:
+        if templates_dir is None:
+            raise
+        where = str(templates_dir)
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            where = f"{exc.filename or templates_dir} line {exc.lineno}"
+        raise UsageError(
+            f"the site templates in {where} do not render: {exc.message or exc}.",
+            "Fix the template (`deploykit templates export DIR` writes the built-ins to compare with).",
+        ) from None
     dotenv = env.get_template("env.j2").render(secrets={k: secrets[k] for k in SECRET_KEYS})
     plan_json = json.dumps(
-        {"deploykit_version": __version__, "stack": spec.model_dump(mode="json"), "inputs": dict(inputs)},
+        {
+            "deploykit_version": __version__,
+            "stack": spec.model_dump(mode="json"),
+            "inputs": dict(inputs),
+            **({"customised": dict(customised)} if customised else {}),
+        },
         indent=2,
         ensure_ascii=False,
     )
-    return {"compose.yaml": compose, ".env": dotenv, "plan.json": plan_json + "\n"}
+    return {TARGET_FILES[spec.target]: main, ".env": dotenv, "plan.json": plan_json + "\n"}
 
 
 def read_secrets(stack_dir: Path) -> dict[str, str]:
@@ -193,7 +339,8 @@ def check_stack_dir(stack_dir: Path) -> None:
         raise UsageError(f"{stack_dir} exists and is not a directory.", "Choose another --dir.")
     if not stack_dir.is_dir():
         return
-    entries = {p.name for p in stack_dir.iterdir()}
+    # A site may prepare its own files before the first render: deploykit writes neither of them.
+    entries = {p.name for p in stack_dir.iterdir()} - set(SITE_FILES)
     if entries and "plan.json" not in entries:
         raise UsageError(
             f"{stack_dir} is not empty and holds no deploykit stack (no plan.json).",
@@ -208,12 +355,12 @@ def write_stack(stack_dir: Path, files: Mapping[str, str]) -> list[str]:
     for name, text in files.items():
         target = stack_dir / name
         if target.is_file() and target.read_text(encoding="utf-8") == text:
-            if name == ".env":
+            if name in PRIVATE_FILES:
                 target.chmod(0o600)
             continue
         fd, tmp = tempfile.mkstemp(dir=stack_dir, prefix=f".{name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, 0o600 if name == ".env" else 0o644)
+            os.fchmod(fd, 0o600 if name in PRIVATE_FILES else 0o644)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
             Path(tmp).replace(target)

@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from deploykit.errors import ConfigError, UsageError
 from deploykit.plan import PlanSettings
+from deploykit.versions import pinned
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
 IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*$"
@@ -55,11 +56,12 @@ class Images(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    llama_server: str = Field("ghcr.io/ggml-org/llama.cpp:server-b9603", pattern=IMAGE_REF)
-    llama_server_cuda: str = Field("ghcr.io/ggml-org/llama.cpp:server-cuda12-b9603", pattern=IMAGE_REF)
-    vllm: str = Field("vllm/vllm-openai:v0.17.1", pattern=IMAGE_REF)
-    vllm_cpu: str = Field("public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.17.1", pattern=IMAGE_REF)
-    open_webui: str = Field("ghcr.io/open-webui/open-webui:v0.12.4", pattern=IMAGE_REF)
+    # Defaults come from deploykit/catalog/versions.toml, the one place that names each version.
+    llama_server: str = Field(pinned().llama_server, pattern=IMAGE_REF)
+    llama_server_cuda: str = Field(pinned().llama_server_cuda.image, pattern=IMAGE_REF)
+    vllm: str = Field(pinned().vllm.image, pattern=IMAGE_REF)
+    vllm_cpu: str = Field(pinned().vllm_cpu, pattern=IMAGE_REF)
+    open_webui: str = Field(pinned().open_webui, pattern=IMAGE_REF)
 
     @field_validator("*")
     @classmethod
@@ -88,6 +90,26 @@ class Settings(BaseSettings):
     admin_email: str = Field("admin@deploykit.local", pattern=r"^[^@\s']+@[^@\s']+\.[^@\s']+$")
     docker_host: str | None = None
     images: Images = Images()
+    # Open WebUI environment settings (``[webui_env]`` in the config file), checked against the pinned
+    # version's names by deploykit.webui_env; values arrive as strings, as in any environment.
+    webui_env: dict[str, str] = Field(default_factory=dict)
+    # A site's own templates: files here shadow the built-in ones of the same relative name.
+    templates_dir: Path | None = None
+
+    @field_validator("webui_env", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+
+        # TOML gives true/8/0.5 as typed values; Open WebUI parses strings ("true") like any environment.
+        # Names are matched upper-case: DEPLOYKIT_WEBUI_ENV__WEBUI_NAME arrives lower-cased.
+        def text(v: Any) -> Any:
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            return str(v) if isinstance(v, int | float) else v
+
+        return {str(k).upper(): text(v) for k, v in value.items()}
 
     @classmethod
     def settings_customise_sources(

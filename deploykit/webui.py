@@ -8,6 +8,8 @@ settings, so `up` and `status` can say so instead of leaving users to wonder.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from deploykit.health import NotReady, StageFailed
@@ -36,14 +38,22 @@ def admin_token(client: httpx.Client, email: str, password: str) -> tuple[str, b
     return str(r.json()["token"]), onboarding
 
 
+def _read(client: httpx.Client, path: str) -> dict[str, Any] | Exception:
+    """A JSON object from Open WebUI's API, or the error that stopped it."""
+    try:
+        r = client.get(path)
+        r.raise_for_status()
+        data = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return exc
+    return data if isinstance(data, dict) else ValueError(f"{path} gave no JSON object")
+
+
 def connection_drift(client: httpx.Client, expected_url: str, expected_key: str) -> list[str]:
     """Differences between the OpenAI connection Open WebUI uses and the one the stack sets."""
-    try:
-        r = client.get("/openai/config")
-        r.raise_for_status()
-        config = r.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return [f"could not read Open WebUI's connection settings ({type(exc).__name__})"]
+    config = _read(client, "/openai/config")
+    if isinstance(config, Exception):
+        return [f"could not read Open WebUI's connection settings ({type(config).__name__})"]
     drift = []
     if config.get("ENABLE_OPENAI_API") is False:
         drift.append("the OpenAI API connection is switched off in Open WebUI")
@@ -56,3 +66,37 @@ def connection_drift(client: httpx.Client, expected_url: str, expected_key: str)
         if index >= len(keys) or keys[index] != expected_key:
             drift.append(f"Open WebUI holds another API key for {expected_url}")
     return drift
+
+
+def apply_stored(client: httpx.Client, wanted: dict[str, str]) -> list[str]:
+    """Write the stack's [webui_env] values that Open WebUI keeps in its database through the admin API.
+
+    Open WebUI reads those from the environment on the first start only; afterwards its database wins. So on
+    every `up` each differing value is written (``/api/v1/configs/import`` upserts just the keys given), typed
+    like the value Open WebUI holds. Returns notes: what changed, and what could not be applied.
+    """
+    from deploykit.webui_env import typed
+
+    if not wanted:
+        return []
+    current = _read(client, "/api/v1/configs/export")
+    if isinstance(current, Exception):
+        return [f"could not read Open WebUI's stored settings ({type(current).__name__}); [webui_env] not applied"]
+    updates: dict[str, object] = {}
+    notes = []
+    for key, text in wanted.items():
+        try:
+            value = typed(text, current.get(key))
+        except ValueError as exc:
+            notes.append(f"[webui_env] value for {key} does not fit Open WebUI's type for it ({exc}); not applied")
+            continue
+        if current.get(key) != value:
+            updates[key] = value
+    if updates:
+        try:
+            r = client.post("/api/v1/configs/import", json={"config": updates})
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            return [*notes, f"Open WebUI refused the stored settings ({exc}); [webui_env] not applied"]
+        notes.append(f"applied {len(updates)} stored Open WebUI setting(s): {', '.join(sorted(updates))}")
+    return notes

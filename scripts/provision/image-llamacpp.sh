@@ -33,6 +33,11 @@ tagver="$(printf '%s' "$tagver" | tr -c 'A-Za-z0-9_.-' '-' | sed -E 's/^[.-]+//'
 [ -n "$tagver" ] || die "could not turn llama.cpp-tools version '$version' into an image tag."
 tag="$REPO:$tagver"
 log "llama.cpp-tools $version -> tag $tag"
+tested="$(pinned llamacpp.debian)"
+# sid moves on and drops old versions, so a newer build is used, but said: the GPU image pins and the
+# planner's measurements are for the version in deploykit/catalog/versions.toml.
+[ "$version" = "$tested" ] || log "WARNING: sid has llama.cpp-tools $version; deploykit pins $tested"\
+    "(deploykit/catalog/versions.toml): update the [llamacpp] table after testing this one."
 
 rootfs_slim "$rootfs"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# deploykit-local/open-webui:0.12.4: Open WebUI pip-installed (with a CPU-only torch) into a venv
+# deploykit-local/open-webui:<version>: Open WebUI (the version pinned in
+# deploykit/catalog/versions.toml) pip-installed (with a CPU-only torch) into a venv
 # at /app/venv of a Debian bookworm minbase tree, then imported into the engine (no registry to
 # pull the upstream image from). The build uses this machine's pip configuration (files, PIP_*
 # variables, and the local folders they name such as find-links) and DNS; none of it stays in the
@@ -8,8 +9,8 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-OPENWEBUI_VERSION="${DEPLOYKIT_OPENWEBUI_VERSION:-0.12.4}"
-TORCH_SPEC="${DEPLOYKIT_TORCH_SPEC:-torch==2.13.0+cpu}"
+OPENWEBUI_VERSION="${DEPLOYKIT_OPENWEBUI_VERSION:-$(pinned open_webui.version)}"
+TORCH_SPEC="${DEPLOYKIT_TORCH_SPEC:-torch==$(pinned torch.cpu)}"
 WHEELS_DIR="${DEPLOYKIT_WHEELS_DIR:-/opt/wheels}"
 SUITE=bookworm
 PACKAGES=python3,python3-venv,ca-certificates,curl

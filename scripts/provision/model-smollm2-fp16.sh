@@ -19,7 +19,7 @@ NAME=smollm2-135m-instruct-fp16
 TARGET="$MODEL_DIR/$NAME"
 CONVERTER="$REPO_ROOT/scripts/convert_gguf_to_hf.py"
 KEY=VLLM_CPU_IMAGE
-DEFAULT_IMAGE="${DEPLOYKIT_VLLM_CPU_REPO:-deploykit-local/vllm-cpu}:${DEPLOYKIT_VLLM_CPU_VERSION:-0.32.0}"
+DEFAULT_IMAGE="${DEPLOYKIT_VLLM_CPU_REPO:-deploykit-local/vllm-cpu}:${DEPLOYKIT_VLLM_CPU_VERSION:-$(pinned vllm.version)}"
 REQUIRED=(config.json generation_config.json tokenizer.json tokenizer_config.json deploykit-conversion.json)
 force=""
 [ "${1:-}" = "--force" ] && force=1

@@ -1,0 +1,107 @@
+"""The device check's pieces that run without a GPU: the server arguments taken from a rendered stack,
+the plan's estimate, the forced partial offload, llama.cpp's buffer lines, and the model maker's
+config. The stacks are planned from the real H200's detection (tests/fixtures/gpu/h200/detect.json)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from deploykit import app
+from deploykit.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+H200 = ROOT / "tests" / "fixtures" / "gpu" / "h200" / "detect.json"
+GGUF = ROOT / "tests" / "fixtures" / "gguf" / "tiny.gguf"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "device" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_args = _load("gpu_args")
+make_tiny_model = _load("make_tiny_model")
+
+
+def render(stack_dir: Path, host: Path = H200) -> Path:
+    app.render_stack(
+        load_settings(),
+        profile="auto",
+        host_file=host,
+        model_id=None,
+        model_path=GGUF,
+        image_overrides={},
+        stack_dir=stack_dir,
+    )
+    return stack_dir
+
+
+def test_server_args_are_the_rendered_command_with_the_key_and_the_host_path(tmp_path: Path) -> None:
+    stack = render(tmp_path / "full")
+    argv = gpu_args.server_args(stack)
+    command = yaml.safe_load((stack / "compose.yaml").read_text())["services"]["inference"]["command"]
+    key = gpu_args.read_env(stack / ".env")["INFERENCE_API_KEY"]
+    assert len(argv) == len(command)
+    assert argv[argv.index("-m") + 1] == str(GGUF)
+    assert argv[argv.index("--api-key") + 1] == key and key.startswith("sk-")
+    others = [(a, c) for a, c in zip(argv, command, strict=True) if a != c]
+    assert [a for a, _ in others] == [str(GGUF), key]  # nothing else differs from compose.yaml
+    assert argv[argv.index("-ngl") + 1] == str(int(argv[argv.index("-ngl") + 1]))
+
+
+def test_estimate_is_the_plans_vram_total(tmp_path: Path) -> None:
+    stack = render(tmp_path / "full")
+    est = gpu_args.estimate(stack)
+    plan = json.loads((stack / "plan.json").read_text())["stack"]["plan"]
+    assert est["device"] == "cuda" and est["backend"] == "llamacpp"
+    assert est["gpu_layers"] == est["total_layers"] == plan["total_layers"]
+    assert est["vram_estimate_bytes"] == plan["memory"]["total_bytes"]
+
+
+def test_partial_host_makes_the_planner_split_the_layers(tmp_path: Path) -> None:
+    host = gpu_args.partial_host(H200, GGUF)
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps(host))
+    est = gpu_args.estimate(render(tmp_path / "partial", path))
+    assert 0 < est["gpu_layers"] < est["total_layers"]
+    assert host["gpus"][0]["name"] == "NVIDIA H200"
+    assert host["gpus"][0]["memory_total_bytes"] < 2 * 1024**3
+
+
+def test_buffers_from_a_real_llama_cpp_log() -> None:
+    log = ROOT / "tests" / "fixtures" / "gpu" / "llamacpp-0.7.0-cpu-buffers.log"
+    assert gpu_args.buffers(log) == {
+        "CPU_Mapped": {"model": 57.14},
+        "CPU": {"output": 0.19, "KV": 32.0, "compute": 130.52},
+    }
+
+
+def test_the_tiny_model_has_qwen2_0_5b_proportions() -> None:
+    config = make_tiny_model.qwen2_config(8, 896)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (14, 2, 4864)
+    assert config["vocab_size"] == make_tiny_model.VOCAB and config["architectures"] == ["Qwen2ForCausalLM"]
+
+
+def test_the_fixture_tokenizer_loses_its_note_and_keeps_its_template(tmp_path: Path) -> None:
+    make_tiny_model.write_tokenizer(tmp_path)
+    tokenizer = json.loads((tmp_path / "tokenizer.json").read_text())
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert "_fixture" not in tokenizer and "_fixture" not in config
+    assert tokenizer["model"]["type"] == "BPE" and "<|im_start|>" in config["chat_template"]
+
+
+def test_verify_script_parses_and_its_dry_run_needs_no_gpu() -> None:
+    script = ROOT / "scripts" / "device" / "verify_gpu.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "set -euo pipefail" in text and "DRY_RUN" in text
