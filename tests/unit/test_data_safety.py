@@ -186,3 +186,17 @@ def test_ctrl_c_lets_the_running_step_finish(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_cmd(["sh", "-c", f"sleep 1; touch {marker}"], timeout=30)
     assert marker.exists()  # the child was not killed half-way; the interrupt came after it
+
+
+def test_backup_restore_upgrade_refuse_a_swarm_stack(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from deploykit.cli import cli
+
+    stack = tmp_path / "swarm-stack"
+    rendered = CliRunner().invoke(cli, ["render", "--profile", "cpu", "--target", "swarm", "--dir", str(stack)])
+    assert rendered.exit_code == 0, rendered.output
+    for args in (["backup"], ["restore", str(tmp_path / "x.tar.gz")], ["upgrade"]):
+        result = CliRunner().invoke(cli, [*args, "--dir", str(stack)])
+        assert result.exit_code == 2, result.output
+        assert "handle Compose stacks only" in result.output
