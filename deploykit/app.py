@@ -1120,3 +1120,87 @@ def bench_report(stacks: list[dict[str, Any]], prompt_tokens: int, max_tokens: i
         "workload": {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "stream": True, "ignore_eos": True},
         "stacks": stacks,
     }
+
+
+# ---------------------------------------------------------------- backups and upgrades
+
+
+def _compose_stack(stack_dir: Path) -> Any:
+    """The stack at ``stack_dir``; backups, restores and upgrades handle Compose stacks only."""
+    from deploykit.lifecycle import load_stack
+
+    stack = load_stack(stack_dir.expanduser().absolute())
+    if stack.spec.target != "compose":
+        raise UsageError(
+            f"{stack.dir} is a {stack.spec.target} stack; backup, restore and upgrade handle Compose stacks only.",
+            "Back up the Open WebUI volume with your orchestrator's tools.",
+        )
+    return stack
+
+
+def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> Any:
+    """Back up the stack's Open WebUI data into ``out_dir`` (default: the stack's backups/)."""
+    from deploykit import backup
+
+    return backup.backup(_compose_stack(stack_dir), settings.docker_host, out_dir)
+
+
+def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> Any:
+    """Put a backup's Open WebUI data back; Open WebUI is stopped only for the swap and waited for after."""
+    from deploykit import backup, lifecycle
+
+    stack = _compose_stack(stack_dir)
+
+    def wait() -> float:
+        return lifecycle.wait_webui(stack, settings.docker_host)
+
+    return backup.restore(stack, settings.docker_host, archive, force, wait_healthy=wait)
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    images: dict[str, tuple[str, str]]  # service -> (old, new)
+    backup: str | None  # the archive taken first (None: the stack had no data yet)
+    up: Any  # the UpReport of the restart with the new images
+
+
+def upgrade_images(settings: Settings, stack_dir: Path, overrides: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Old and new image per service: today's pinned defaults for the stack's backend, then --image."""
+    from deploykit.lifecycle import load_stack
+
+    stack = load_stack(stack_dir.expanduser().absolute())
+    new = choose_images(settings, stack.spec.plan, overrides)
+    return {service: (stack.spec.images.get(service, ""), new[service]) for service in new}
+
+
+def upgrade_stack(
+    settings: Settings, stack_dir: Path, overrides: dict[str, str], timeout: float | None, reporter: Reporter
+) -> UpgradeReport:
+    """Back up the data, re-render with the new pinned images (the plan is kept), and bring the stack up."""
+    from deploykit import backup, engine, lifecycle
+
+    stack_dir = stack_dir.expanduser().absolute()
+    stack = _compose_stack(stack_dir)
+    changes = upgrade_images(settings, stack_dir, overrides)
+    for service, (_, new) in changes.items():
+        if not engine.image_present(settings.docker_host, new):
+            reporter.note(f"Pulling {new} ({service}) …")
+            engine.pull_image(settings.docker_host, new)  # before anything changes: a failed pull leaves all as is
+    archive: str | None = None
+    if stack.engine_stack(settings.docker_host).volume_name(backup.DATA_VOLUME) is not None:
+        taken = backup.backup(stack, settings.docker_host)
+        archive = taken.path
+        reporter.note(f"Backed up Open WebUI's data to {archive} (kept).")
+    else:
+        reporter.note("No Open WebUI data yet: nothing to back up.")
+    existing = stackdir.open_for_render(stack_dir)
+    assert existing.plan is not None  # load_stack has read it
+    spec = stack.spec.model_copy(update={"images": {s: new for s, (_, new) in changes.items()}})
+    prepared = _prepare(settings, existing, spec, stack.secrets, existing.plan["inputs"], False, [])
+    for note in prepared.notes:
+        reporter.note(note)
+    upgraded = lifecycle.LoadedStack(stack_dir, prepared.spec, stack.secrets, prepared.model)
+    report = lifecycle.up(
+        upgraded, settings.docker_host, timeout, reporter, prepared.model, prepared.files, write_files=prepared.write
+    )
+    return UpgradeReport(changes, archive, report)

@@ -171,6 +171,14 @@ force_option = click.option(
     help="Overwrite a compose.yaml edited by hand (a backup is kept), or make new secrets for a lost .env.",
 )
 
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=1, max=7 * 86400),
+    callback=lambda ctx, param, value: _not_nan(param, value),
+    metavar="SECONDS",
+    help="Give up waiting after this long [default: from the plan].",
+)
+
 image_option = click.option(
     "--image",
     "images",
@@ -365,13 +373,7 @@ def _stack(ctx: click.Context, stack_dir: str) -> Any:
 @image_option
 @stack_dir_option()
 @force_option
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1, max=7 * 86400),
-    callback=lambda ctx, param, value: _not_nan(param, value),
-    metavar="SECONDS",
-    help="Give up waiting after this long [default: from the plan].",
-)
+@timeout_option
 @click.option(
     "--target",
     type=click.Choice(["compose", "swarm"]),
@@ -558,6 +560,98 @@ def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
         output.show_checks(checks)
     if any(c.status == "fail" for c in checks):
         sys.exit(1)
+
+
+
+@cli.command(short_help="Back up Open WebUI's accounts, chats and settings.")
+@stack_dir_option()
+@click.option(
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Folder for the archive [default: backups/ in the stack directory].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the backup's manifest as JSON.")
+@click.pass_context
+def backup(ctx: click.Context, stack_dir: str, out_dir: str | None, as_json: bool) -> None:
+    """Copy the Open WebUI volume (accounts, chats, settings) into backups/<stack>-<UTC time>.tar.gz.
+
+    Open WebUI is paused, not stopped, while its files are copied (usually well under a second);
+    the archive is mode 0600 and a .json manifest beside it records the stack id, image, time and sha256.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit import app
+
+    report = app.backup_stack(_settings(ctx), Path(stack_dir), _path(out_dir))
+    if as_json:
+        _print_json(asdict(report))
+        return
+    size = report.manifest.size_bytes / 1024**2
+    click.echo(f"Backed up {report.files} files of {report.manifest.volume} to {report.path} ({size:.1f} MiB).")
+    click.echo(f"  sha256 {report.manifest.sha256}; Open WebUI paused {report.paused_seconds:.1f} s.")
+    click.echo(f"  Restore with: deploykit restore --dir {stack_dir} {report.path}")
+
+
+@cli.command(short_help="Restore Open WebUI's data from a backup.")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@stack_dir_option()
+@click.option("--force", is_flag=True, help="Restore a backup of another stack (its accounts come with it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def restore(ctx: click.Context, archive: str, stack_dir: str, force: bool, as_json: bool) -> None:
+    """Replace the stack's Open WebUI data with ARCHIVE (made by `deploykit backup`).
+
+    The archive is checked against its manifest and unpacked beside the live data first; Open WebUI is
+    stopped only for the swap. A restore that fails leaves the old data. A backup of another stack is
+    refused unless --force.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit import app
+
+    report = app.restore_stack(_settings(ctx), Path(stack_dir), Path(archive), force)
+    if as_json:
+        _print_json(asdict(report))
+        return
+    click.echo(f"Restored {report.path} (taken {report.manifest.created} from {report.manifest.project}).")
+    if report.webui_restarted:
+        click.echo(f"  Open WebUI was down {report.downtime_seconds:.0f} s and answers again.")
+    else:
+        click.echo(f"  Open WebUI was not running; start the stack with: deploykit up --dir {stack_dir}")
+
+
+@cli.command(short_help="Move to new pinned images, backing up first.")
+@image_option
+@stack_dir_option()
+@timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def upgrade(ctx: click.Context, images: tuple[str, ...], stack_dir: str, timeout: float | None, as_json: bool) -> None:
+    """Re-render the stack with this deploykit's pinned images (or --image SERVICE=REF) and restart it.
+
+    Open WebUI's data is backed up first and the backup is kept; the plan (model, context, memory) is
+    not changed. The health check runs as for `up`.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit import app, output
+    from deploykit.settings import parse_image_overrides
+
+    overrides = parse_image_overrides(images)
+    settings = _settings(ctx)
+    report = app.upgrade_stack(settings, Path(stack_dir), overrides, timeout, output.ConsoleReporter())
+    if as_json:
+        _print_json(asdict(report))
+        return
+    for service, (old, new) in report.images.items():
+        click.echo(f"{service}: {old} → {new}" if old != new else f"{service}: {new} (unchanged)")
+    if report.backup:
+        click.echo(f"Backup kept: {report.backup}")
+    output.show_up(report.up)
 
 
 @cli.group(short_help="Start or maintain a site's own templates.")

@@ -398,3 +398,37 @@ def detect_host(
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Network addresses (who can reach a port published on 0.0.0.0)
+
+
+@dataclass(frozen=True)
+class Address:
+    interface: str
+    ip: str
+
+
+def parse_ip_addr_json(text: str) -> tuple[Address, ...]:
+    """IPv4 addresses from ``ip -j -4 addr show``."""
+    import json
+
+    found = []
+    for link in json.loads(text or "[]"):
+        for info in link.get("addr_info", []):
+            if info.get("family", "inet") == "inet" and info.get("local"):
+                found.append(Address(str(link.get("ifname", "?")), str(info["local"])))
+    return tuple(found)
+
+
+def host_addresses(runner: Runner = run_cmd) -> tuple[Address, ...]:
+    """This machine's IPv4 addresses; the hostname's address when ``ip`` is not there (not Linux)."""
+    result = runner(["ip", "-j", "-4", "addr", "show"], timeout=5)
+    if result.ok:
+        with contextlib.suppress(ValueError):
+            return parse_ip_addr_json(result.stdout)
+    try:
+        return tuple(Address("?", ip) for ip in socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        return (Address("lo", "127.0.0.1"),)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from deploykit.errors import EngineError
 from deploykit.host import DockerEngine
@@ -217,6 +218,46 @@ class Stack:
 
     def restart(self, service: str | None) -> None:
         self._check(self._compose("restart", *([service] if service else [])), "restart")
+
+    def stop(self, service: str) -> None:
+        self._check(self._compose("stop", service), "stop")
+
+    def start(self, service: str) -> None:
+        """Start one service as rendered (created if missing), without touching the others."""
+        self._check(self._compose("up", "--detach", "--no-deps", service), "up")
+
+    def create(self, service: str) -> None:
+        """Create one service's container, network and volumes without starting anything."""
+        self._check(self._compose("up", "--no-start", "--no-deps", service), "up --no-start")
+
+    def _service_container(self, service: str) -> Any:
+        found = client(self.docker_host).containers.list(
+            all=True,
+            filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]},
+        )
+        return found[0] if found else None
+
+    def pause(self, service: str) -> bool:
+        """Freeze a running service's processes (cgroup freezer); False when it was not running."""
+        ctr = self._service_container(service)
+        if ctr is None or ctr.status != "running":
+            return False
+        ctr.pause()
+        return True
+
+    def unpause(self, service: str) -> None:
+        ctr = self._service_container(service)
+        if ctr is not None:
+            ctr.reload()
+            if ctr.status == "paused":
+                ctr.unpause()
+
+    def volume_name(self, key: str) -> str | None:
+        """The engine's name of the compose volume ``key`` of this project, or None when it does not exist."""
+        found = client(self.docker_host).volumes.list(
+            filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.volume={key}"]}
+        )
+        return str(found[0].name) if found else None
 
     def logs_command(self, service: str | None, tail: int, follow: bool) -> list[str]:
         """The compose command that streams logs; the CLI runs it attached to the terminal."""
@@ -543,3 +584,108 @@ def engine_cpus(docker_host: str | None) -> int:
         return int(client(docker_host).info().get("NCPU") or os.cpu_count() or 1)
     except EngineError:
         return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------- volume data (backup and restore)
+
+VOLUME_MOUNT = "/data"
+
+
+def _helper(
+    docker_host: str | None,
+    image: str,
+    volume: str,
+    labels: dict[str, str],
+    read_only: bool,
+    command: list[str] | None = None,
+) -> Any:
+    """A short-lived container of a local image with ``volume`` at /data; never pulls, has no network."""
+    import docker.errors
+
+    c = client(docker_host)
+    try:
+        c.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise EngineError(
+            f"image {image} is not on this engine, and a backup helper needs it.",
+            "It is the stack's Open WebUI image: run `deploykit up` once, or pull it.",
+        ) from None
+    return c.containers.create(
+        image,
+        entrypoint=["sh", "-c"] if command else ["true"],
+        command=command,
+        name=f"{labels.get('org.deploykit.stack', 'deploykit')}-data-helper-{secrets.token_hex(3)}",
+        labels=labels | {"org.deploykit.helper": "volume-data"},
+        volumes={volume: {"bind": VOLUME_MOUNT, "mode": "ro" if read_only else "rw"}},
+        network_mode="none",
+        user="0",
+    )
+
+
+def export_volume(docker_host: str | None, volume: str, image: str, labels: dict[str, str], sink: Any) -> None:
+    """Stream the volume's files as an uncompressed tar (members under ``data/``) into ``sink(chunk)``.
+
+    The helper container is created, never started: the engine reads the mounted volume for the copy.
+    """
+    helper = _helper(docker_host, image, volume, labels, read_only=True)
+    try:
+        chunks, _ = helper.get_archive(VOLUME_MOUNT)
+        for chunk in chunks:
+            sink(chunk)
+    finally:
+        helper.remove(force=True)
+
+
+def run_on_volume(
+    docker_host: str | None,
+    volume: str,
+    image: str,
+    labels: dict[str, str],
+    script: str,
+    upload: tuple[str, Iterable[bytes]] | None = None,
+    timeout: float = 900,
+) -> tuple[int, str]:
+    """Run ``sh -c script`` in a helper with ``volume`` at /data (read-write); returns (exit code, output).
+
+    ``upload`` is (directory in the helper, an uncompressed tar stream) copied in before it starts.
+    """
+    helper = _helper(docker_host, image, volume, labels, read_only=False, command=[script])
+    try:
+        if upload is not None:
+            directory, stream = upload
+            helper.put_archive(directory, stream)
+        helper.start()
+        result = helper.wait(timeout=timeout)
+        output = helper.logs().decode("utf-8", "replace")
+        return int(result.get("StatusCode", 1)), output
+    finally:
+        helper.remove(force=True)
+
+
+def tar_of_file(name: str, source: IO[bytes], size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """An uncompressed tar stream holding one regular file, read from ``source`` as it is sent."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o600
+    yield info.tobuf(format=tarfile.PAX_FORMAT)
+    sent = 0
+    while sent < size:
+        block = source.read(min(chunk, size - sent))
+        if not block:
+            raise OSError(f"{name} ended after {sent} of {size} bytes")
+        sent += len(block)
+        yield block
+    yield b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
+
+
+def pull_image(docker_host: str | None, ref: str) -> None:
+    repository, _, tag = ref.rpartition(":") if "@" not in ref else (ref, "", "")
+    try:
+        client(docker_host).images.pull(repository or ref, tag=tag or None)
+    except Exception as exc:
+        raise EngineError(
+            f"image {ref} is not on this engine and could not be pulled: {str(exc).splitlines()[0][:200]}.",
+            "Nothing was changed. Load the image (`docker load`) or use --image SERVICE=REF with a local one.",
+        ) from None

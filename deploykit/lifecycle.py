@@ -30,6 +30,7 @@ from deploykit.webui_env import stored_settings
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
+WEBUI_START_HINT = "Open WebUI did not start; `deploykit logs open-webui` shows why."
 
 
 class Reporter(Protocol):
@@ -239,9 +240,9 @@ def ensure_model(stack: LoadedStack, model: dict[str, Any], reporter: Reporter) 
     gguf = model.get("gguf") or {}
     if stack.spec.plan.backend == "llamacpp":
         if not gguf.get("repo"):
-            raise UsageError(
-                f"model file {path} is missing and the catalog names no download for it.",
-                "Give the file with --model-file PATH.",
+            raise NotFoundError(
+                f"model file {path} is missing (moved or deleted?); nothing was started.",
+                "Put it back there, or render the stack again with --model-file NEW_PATH (secrets and chats are kept).",
             )
         reporter.note(f"Downloading {gguf['file']} ({gib(gguf['size_bytes'])}) from {gguf['repo']} …")
         hub.ensure_gguf(gguf["repo"], gguf["file"], path)
@@ -272,6 +273,8 @@ class UpReport:
     drift: list[str] = field(default_factory=list)
     admin_created: bool = False
     credentials: str = ""
+    # Every address Open WebUI answers on, and who can use it: {"url": …, "who": …}.
+    reachable: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -322,7 +325,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
             "open-webui",
             lambda: health.probe_webui_health(ui),
             WEBUI_START_SECONDS,
-            "Open WebUI did not start; `deploykit logs open-webui` shows why.",
+            WEBUI_START_HINT,
         ),
         Stage(
             "open-webui admin",
@@ -353,6 +356,8 @@ def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) 
     """An on_tick hook that stops waiting as soon as the service's container has died or restarts."""
     es = stack.engine_stack(docker_host)
     last_check = -10.0
+    # Restarts before this wait (a crash the engine already recovered from) are history, not a failure.
+    before = {c.name: c.restart_count for c in es.containers() if c.service == service}
 
     def check(elapsed: float, detail: str) -> None:
         nonlocal last_check
@@ -360,7 +365,8 @@ def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) 
             return
         last_check = elapsed
         for ctr in es.containers():
-            if ctr.service == service and (ctr.state in ("exited", "dead") or ctr.restart_count > 0):
+            restarted = ctr.restart_count > before.get(ctr.name, 0)
+            if ctr.service == service and (ctr.state in ("exited", "dead") or restarted):
                 raise health.StageFailed(
                     f"the {service} container {ctr.state} (exit code {ctr.exit_code}, restarted {ctr.restart_count}×)"
                 )
@@ -464,7 +470,49 @@ def up(
     budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
     report = check_stack(stack, docker_host, budget, reporter, started)
     report.notes = [*notes, *report.notes]
+    report.reachable = reachable_urls(stack.spec.webui_bind, stack.spec.webui_port, docker_host)
     return report
+
+
+def reachable_urls(
+    bind: str, port: int, docker_host: str | None, addresses: tuple[Any, ...] | None = None
+) -> list[dict[str, str]]:
+    """The URLs a port published on ``bind`` answers on, each with who can reach it."""
+    from urllib.parse import urlparse
+
+    if not _is_local(docker_host):
+        where = urlparse(docker_host or "").hostname or str(docker_host)
+        who = "whoever can reach the engine's host" if bind in ("0.0.0.0", "::", "") else f"{bind} on the engine's host"
+        return [{"url": f"http://{where}:{port}", "who": who}]
+    if bind.startswith("127.") or bind in ("::1", "localhost"):
+        return [{"url": f"http://localhost:{port}", "who": "this machine only"}]
+    if bind not in ("0.0.0.0", "::", ""):
+        return [{"url": f"http://{bind}:{port}", "who": f"anyone who can reach {bind}"}]
+    if addresses is None:
+        from deploykit.detect import host_addresses
+
+        addresses = host_addresses()
+    rows = [{"url": f"http://localhost:{port}", "who": "this machine"}]
+    for address in addresses:
+        # Docker's own bridges (one per compose network) only lead to containers on this host.
+        bridge = address.interface == "docker0" or address.interface.startswith(("br-", "veth"))
+        if not address.ip.startswith("127.") and not bridge:
+            rows.append({"url": f"http://{address.ip}:{port}", "who": f"anyone who can reach {address.interface}"})
+    return rows
+
+
+def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEBUI_START_SECONDS) -> float:
+    """Wait for Open WebUI's /health; seconds waited, or HealthError with its log tail."""
+    with health.http_client(stack.webui_url) as ui:
+        ok, seconds, detail = health.wait_until(lambda: health.probe_webui_health(ui), timeout)
+    if not ok:
+        tail = stack.engine_stack(docker_host).log_tail("open-webui", 25)
+        raise HealthError(
+            f"Open WebUI did not answer /health within {timeout:.0f} s: {detail}.",
+            WEBUI_START_HINT,
+            log_tail=f"--- last lines of open-webui ---\n{tail}" if tail else "",
+        )
+    return seconds
 
 
 # ---------------------------------------------------------------- status, chat
@@ -488,7 +536,15 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
                     uptime = int((now - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds())
                 except ValueError:
                     uptime = None
-            entry.update(state=ctr.state, health=ctr.health, uptime_s=uptime, image=ctr.image, ports=list(ctr.ports))
+            entry.update(
+                state=ctr.state,
+                health=ctr.health,
+                uptime_s=uptime,
+                image=ctr.image,
+                ports=list(ctr.ports),
+                # A crash the engine recovered from shows here (the engine resets the exit code on restart).
+                restarts=ctr.restart_count,
+            )
         services.append(entry)
     with health.http_client(stack.inference_url, key, timeout=5) as client:
         try:
@@ -540,6 +596,8 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
                 anon, stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""), stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
             )
         with health.http_client(stack.webui_url, token) as client:
+            # A model Open WebUI cannot list gets a bare "400 Model not found"; say what is wrong instead.
+            health.probe_webui_model(client, plan.model_id)
             return health.chat_once(client, "/api/chat/completions", plan.model_id, message, max_tokens)
     except (health.NotReady, health.StageFailed) as exc:
         raise HealthError(

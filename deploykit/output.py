@@ -162,6 +162,10 @@ class ConsoleReporter:
 
 def show_up(report: Any) -> None:
     console.print(f"\n[bold green]Ready:[/bold green] open [bold]{report.url}[/bold]")
+    if report.reachable:
+        console.print("  Open WebUI answers on:")
+        for row in report.reachable:
+            console.print(f"    {row['url']:28} {row['who']}")
     if report.admin_created:
         console.print("  An admin account was created for you.")
     console.print(f"  Admin sign-in: {report.credentials}")
@@ -180,11 +184,14 @@ def show_status(state: dict[str, Any]) -> None:
         f"{escape(state['model'])}): {mark}"
     )
     table = Table()
-    for col in ("service", "state", "health", "url", "model", "uptime"):
+    for col in ("service", "state", "health", "url", "model", "uptime", "restarts"):
         table.add_column(col)
     for s in state["services"]:
         uptime = f"{s['uptime_s'] // 60} min" if s.get("uptime_s") is not None else "—"
-        table.add_row(s["service"], s["state"], s.get("health") or "—", s.get("url", ""), s.get("model") or "—", uptime)
+        restarts = str(s.get("restarts") or 0)
+        table.add_row(
+            s["service"], s["state"], s.get("health") or "—", s.get("url", ""), s.get("model") or "—", uptime, restarts
+        )
     console.print(table)
     if state.get("override"):
         console.print(f"  {state['override']['file']} is in effect on top of compose.yaml.")

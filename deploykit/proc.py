@@ -49,20 +49,33 @@ def run_cmd(
     """Run ``args`` and capture its output; a missing program is returncode 127, a timeout 124."""
     if shutil.which(args[0]) is None:
         return Completed(tuple(args), 127, "", f"{args[0]}: command not found")
+    # Its own session: a Ctrl-C at the terminal reaches deploykit only, which lets a step that changes
+    # the engine (`docker compose up`) finish instead of leaving a container half made; a second Ctrl-C
+    # stops it at once.
+    proc = subprocess.Popen(
+        list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+    )
     try:
-        cp = subprocess.run(
-            list(args),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return Completed(tuple(args), 124, out, f"{args[0]}: timed out after {timeout} s")
-    return Completed(tuple(args), cp.returncode, cp.stdout, cp.stderr)
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        return Completed(tuple(args), 124, out or "", f"{args[0]}: timed out after {timeout} s")
+    except KeyboardInterrupt:
+        try:
+            proc.communicate()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        raise
+    return Completed(tuple(args), proc.returncode, out, err)
 
 
 def run_attached(args: Sequence[str], env: Mapping[str, str] | None = None) -> int:

@@ -1,0 +1,329 @@
+"""Backups of a stack's Open WebUI data (accounts, chats, settings) and their restore.
+
+A backup is ``backups/<project>-<UTC time>.tar.gz`` (0600): a ``deploykit-backup.json`` member saying
+whose data it is, then the volume's files under ``data/``. Beside it, ``<same name>.json`` holds the same
+manifest plus the archive's sha256 and size, which restore checks before touching anything.
+
+Consistency: Open WebUI keeps its state in SQLite. While the files are copied its container is paused
+(cgroup freezer), so nothing changes during the copy and the copy is what a crash at that instant would
+leave — which SQLite recovers from by design. Pausing costs the users a few seconds of latency, not a
+restart.
+
+Restore unpacks into a staging directory inside the volume while Open WebUI still runs; only the final
+swap (renames in one filesystem, rolled back if one fails) happens with Open WebUI stopped. A restore that
+fails before the swap leaves the old data as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from deploykit import __version__, engine
+from deploykit.errors import EngineError, NotFoundError, UsageError
+
+DATA_VOLUME = "open-webui-data"  # the compose volume key in compose.yaml.j2
+SERVICE = "open-webui"
+MANIFEST_MEMBER = "deploykit-backup.json"
+FORMAT = 1
+_STAGING = ".deploykit-restore"
+_OLD = ".deploykit-old"
+
+# Unpack into the staging directory; on any failure remove it and leave the live data alone.
+STAGE_SCRIPT = f"""set -u
+cd /data || exit 2
+rm -rf {_STAGING} && mkdir {_STAGING} || exit 2
+if tar -xzpf /tmp/backup.tar.gz -C {_STAGING} && [ -d {_STAGING}/data ]; then exit 0; fi
+rm -rf {_STAGING}
+echo "the archive could not be unpacked" >&2
+exit 3
+"""
+
+# Swap the staged files in; if a move fails, put the old files back.
+SWAP_SCRIPT = f"""set -u
+cd /data || exit 2
+[ -d {_STAGING}/data ] || exit 2
+rm -rf {_OLD} && mkdir {_OLD} || exit 2
+move_all() {{ find "$1" -mindepth 1 -maxdepth 1 ! -name {_STAGING} ! -name {_OLD} -exec mv -t "$2" -- {{}} + ; }}
+if move_all . {_OLD} && move_all {_STAGING}/data . ; then
+  rm -rf {_OLD} {_STAGING}
+  exit 0
+fi
+find . -mindepth 1 -maxdepth 1 ! -name {_STAGING} ! -name {_OLD} -exec rm -rf -- {{}} +
+move_all {_OLD} .
+rm -rf {_OLD} {_STAGING}
+echo "the swap failed; the old data was put back" >&2
+exit 4
+"""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stack_id: str
+    project: str
+    volume: str
+    image: str  # the Open WebUI image whose data this is
+    created: str  # UTC, ISO 8601
+    deploykit_version: str
+    format: int = FORMAT
+    sha256: str = ""  # in the sidecar only: the archive cannot hold its own digest
+    size_bytes: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    path: str
+    manifest_path: str
+    manifest: Manifest
+    files: int
+    paused_seconds: float  # how long Open WebUI was frozen (0 when it was not running)
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    path: str
+    manifest: Manifest
+    forced: bool
+    webui_restarted: bool
+    downtime_seconds: float  # Open WebUI stopped → answering /health again (0 when it was not running)
+
+
+def _labels(stack: Any) -> dict[str, str]:
+    return {"org.deploykit.managed": "true", "org.deploykit.stack": stack.spec.project}
+
+
+def default_dir(stack_dir: Path) -> Path:
+    return stack_dir / "backups"
+
+
+def _utc_stamp(now: datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+class _HashingWriter(io.RawIOBase):
+    """Writes through to a file, keeping the sha256 and size of what passed."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self.target = target
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = bytes(data)
+        self.target.write(view)
+        self.digest.update(view)
+        self.size += len(view)
+        return len(view)
+
+
+def _repack(raw_tar: IO[bytes], out: IO[bytes], manifest: Manifest) -> int:
+    """Gzip the engine's tar into ``out`` with the manifest first; returns the number of files."""
+    count = 0
+    with tarfile.open(fileobj=out, mode="w|gz", format=tarfile.PAX_FORMAT) as dst:
+        body = json.dumps(asdict(manifest) | {"sha256": None, "size_bytes": None}, indent=2).encode()
+        info = tarfile.TarInfo(MANIFEST_MEMBER)
+        info.size, info.mode, info.mtime = len(body), 0o600, int(time.time())
+        dst.addfile(info, io.BytesIO(body))
+        with tarfile.open(fileobj=raw_tar, mode="r|") as src:
+            for member in src:
+                # A restore interrupted by a kill can leave its scratch directories behind: not data.
+                if member.name.split("/")[1:2] in ([_STAGING], [_OLD]):
+                    continue
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+                count += member.isfile()
+    return count
+
+
+def backup(
+    stack: Any, docker_host: str | None, out_dir: Path | None = None, now: datetime | None = None
+) -> BackupReport:
+    """Copy the stack's Open WebUI volume into a new archive; Open WebUI is paused only during the copy."""
+    es: engine.Stack = stack.engine_stack(docker_host)
+    volume = es.volume_name(DATA_VOLUME)
+    if volume is None:
+        raise NotFoundError(
+            f"stack {stack.spec.project} has no Open WebUI data volume yet, so there is nothing to back up.",
+            "Start it once with `deploykit up`.",
+        )
+    when = now or datetime.now(UTC)
+    manifest = Manifest(
+        stack_id=stack.secrets.get("DEPLOYKIT_STACK_ID", ""),
+        project=stack.spec.project,
+        volume=volume,
+        image=stack.spec.images[SERVICE],
+        created=when.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        deploykit_version=__version__,
+    )
+    folder = (out_dir or default_dir(stack.dir)).expanduser().absolute()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    base = f"{stack.spec.project}-{_utc_stamp(when)}"
+    final = folder / f"{base}.tar.gz"
+    n = 1
+    while final.exists():
+        n += 1
+        final = folder / f"{base}-{n}.tar.gz"
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    paused_at: float | None = None
+    paused_for = 0.0
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            writer = _HashingWriter(fh)
+            if es.pause(SERVICE):
+                paused_at = time.monotonic()
+            try:
+                # The raw copy lands on disk first so the pause lasts only as long as the copy, not the gzip.
+                with tempfile.TemporaryFile(dir=folder) as raw:
+                    os.fchmod(raw.fileno(), 0o600)
+                    engine.export_volume(docker_host, volume, manifest.image, _labels(stack), raw.write)
+                    if paused_at is not None:
+                        es.unpause(SERVICE)
+                        paused_for = time.monotonic() - paused_at
+                        paused_at = None
+                    raw.seek(0)
+                    files = _repack(raw, writer, manifest)  # type: ignore[arg-type]
+            finally:
+                if paused_at is not None:
+                    es.unpause(SERVICE)
+                    paused_for = time.monotonic() - paused_at
+        tmp.replace(final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    done = Manifest(**(asdict(manifest) | {"sha256": writer.digest.hexdigest(), "size_bytes": writer.size}))
+    sidecar = final.with_name(final.name.removesuffix(".tar.gz") + ".json")
+    _write_private(sidecar, json.dumps(asdict(done), indent=2) + "\n")
+    return BackupReport(str(final), str(sidecar), done, files, round(paused_for, 2))
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_backup(path: Path) -> Manifest:
+    """The manifest of a backup archive, after checking the archive against its sidecar's sha256."""
+    if not path.is_file():
+        raise NotFoundError(f"backup {path} does not exist.", "`ls backups/` in the stack directory lists them.")
+    sidecar = path.with_name(path.name.removesuffix(".tar.gz") + ".json")
+    expected: Manifest | None = None
+    if sidecar.is_file():
+        try:
+            expected = Manifest.from_json(json.loads(sidecar.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{sidecar} is not a backup manifest ({exc}).", "Restore from another backup.") from None
+        actual = sha256_of(path)
+        if actual != expected.sha256:
+            raise UsageError(
+                f"backup {path} is damaged: its sha256 is {actual[:16]}…, the manifest recorded "
+                f"{expected.sha256[:16]}….",
+                "Nothing was changed. Restore from another backup.",
+            )
+    try:
+        with tarfile.open(path, mode="r:gz") as archive:
+            first = archive.next()
+            if first is None or first.name != MANIFEST_MEMBER:
+                raise UsageError(f"{path} is not a deploykit backup (no {MANIFEST_MEMBER}).")
+            handle = archive.extractfile(first)
+            assert handle is not None
+            embedded = Manifest.from_json(json.loads(handle.read()))
+    except (tarfile.TarError, OSError, EOFError, ValueError, TypeError) as exc:
+        raise UsageError(
+            f"{path} cannot be read as a deploykit backup ({exc}).", "Nothing was changed. Restore from another backup."
+        ) from None
+    if expected is not None:
+        return Manifest(**(asdict(embedded) | {"sha256": expected.sha256, "size_bytes": expected.size_bytes}))
+    return embedded
+
+
+def restore(
+    stack: Any,
+    docker_host: str | None,
+    archive: Path,
+    force: bool = False,
+    wait_healthy: Callable[[], object] | None = None,
+) -> RestoreReport:
+    """Replace the stack's Open WebUI data with a backup's; Open WebUI is stopped only for the swap."""
+    archive = archive.expanduser().absolute()
+    manifest = read_backup(archive)
+    ours = stack.secrets.get("DEPLOYKIT_STACK_ID", "")
+    if manifest.stack_id != ours and not force:
+        raise UsageError(
+            f"backup {archive.name} holds the data of another stack ({manifest.project}, id {manifest.stack_id}); "
+            f"this stack ({stack.spec.project}) has id {ours}.",
+            "Add --force to restore it anyway: its accounts and admin password come with it, so sign in with "
+            "that stack's credentials afterwards.",
+        )
+    es: engine.Stack = stack.engine_stack(docker_host)
+    image = stack.spec.images[SERVICE]
+    running = any(c.service == SERVICE and c.state in ("running", "restarting", "paused") for c in es.containers())
+    volume = es.volume_name(DATA_VOLUME)
+    if volume is None:
+        es.create(SERVICE)  # the volume (and a stopped container) exactly as compose makes them
+        volume = es.volume_name(DATA_VOLUME)
+        if volume is None:
+            raise EngineError(f"compose did not create the volume {DATA_VOLUME} of {stack.spec.project}.")
+    size = archive.stat().st_size
+    with archive.open("rb") as fh:
+        code, output = engine.run_on_volume(
+            docker_host,
+            volume,
+            image,
+            _labels(stack),
+            STAGE_SCRIPT,
+            upload=("/tmp", engine.tar_of_file("backup.tar.gz", fh, size)),
+        )
+    if code != 0:
+        raise EngineError(
+            f"restore failed while unpacking {archive.name}: {output.strip()[-200:] or f'exit code {code}'}.",
+            "The current data is unchanged and Open WebUI was not stopped.",
+        )
+    stopped_at = time.monotonic()
+    if running:
+        es.stop(SERVICE)
+    code, output = engine.run_on_volume(docker_host, volume, image, _labels(stack), SWAP_SCRIPT)
+    if running:
+        es.start(SERVICE)
+    if code != 0:
+        raise EngineError(
+            f"restore failed while swapping the data in: {output.strip()[-200:] or f'exit code {code}'}.",
+            "The old data was put back" + (" and Open WebUI started again." if running else "."),
+        )
+    if running and wait_healthy is not None:
+        wait_healthy()
+    downtime = time.monotonic() - stopped_at if running else 0.0
+    return RestoreReport(str(archive), manifest, manifest.stack_id != ours, running, round(downtime, 1))
