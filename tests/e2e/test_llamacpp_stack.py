@@ -160,7 +160,7 @@ def test_port_in_use_refuses_before_starting_anything(engine: dict[str, str], tm
         blocker.listen()
         result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF))
     assert result.code == 7, result.err
-    assert "port 27860 is already in use" in result.err
+    assert "port 27860 on 0.0.0.0: in use" in result.err
     assert "Traceback" not in result.err
     assert container_ids(stack) == {}
     assert not stack.dir.exists()
