@@ -577,9 +577,40 @@ def _fleet_hosts(req: FleetRequest) -> tuple[FleetHost, ...]:
 
 
 def _host_settings(settings: Settings, host: FleetHost, url: str) -> Settings:
-    return settings.model_copy(
-        update={"webui_port": host.ui_port, "inference_port": host.inference_port, "docker_host": url}
-    )
+    """The controller's settings for one host: its ports and engine, its [webui_env] over the controller's,
+    its templates_dir instead of the controller's."""
+    update: dict[str, Any] = {
+        "webui_port": host.ui_port,
+        "inference_port": host.inference_port,
+        "docker_host": url,
+        "webui_env": settings.webui_env | host.webui_env,
+    }
+    if host.templates_dir is not None:
+        update["templates_dir"] = Path(host.templates_dir)
+    return settings.model_copy(update=update)
+
+
+def place_override(host: FleetHost, stack_dir: Path, write: bool) -> dict[str, str] | None:
+    """The inventory's override for the host, copied byte for byte into its stack folder (``write``) as
+    compose.override.yaml, so every compose command there merges it; what the folder then has in effect.
+
+    A folder's own override stays when the inventory names none (deploykit never deletes a site's file)."""
+    import hashlib
+
+    from deploykit.override import OVERRIDE_FILE, describe
+
+    source = host.site_override()
+    if source is None:
+        return describe(stack_dir)
+    data = source.read_bytes()
+    target = stack_dir / OVERRIDE_FILE
+    if write and (not target.is_file() or target.read_bytes() != data):
+        try:
+            stack_dir.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        except OSError as exc:
+            raise StackDirError(f"cannot write {target}: {exc.strerror}.", "Check the --dir folder.") from None
+    return {"file": OVERRIDE_FILE, "sha256": hashlib.sha256(data).hexdigest(), "from": str(source)}
 
 
 def _reach(host: FleetHost) -> tuple[str, DockerEngine]:
@@ -643,6 +674,7 @@ class FleetStack:
     address: str
     prepared: PreparedStack
     payload: ModelPayload | None  # set when the weights travel as a volume
+    override: dict[str, str] | None  # the compose.override.yaml in effect in the host's folder
 
 
 def _fleet_stack(
@@ -652,13 +684,17 @@ def _fleet_stack(
     model: ResolvedModel,
     payloads: PayloadCache,
     reached: tuple[str, DockerEngine],
+    write: bool,
 ) -> FleetStack:
+    """Plan and render one host's stack in memory; ``write``: its inventory override goes into the folder first,
+    so the render records it and `up` checks that it merges."""
     from deploykit.fleet import address_of, is_remote
 
     url, probe = reached
     hs = _host_settings(settings, host, url)
     stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
     existing = stackdir.open_for_render(stack_dir)  # before detection: a folder that is not ours stops here
+    override = place_override(host, stack_dir, write)
     overrides = req.image_overrides or {}
     gpu_image = overrides.get("open-webui", settings.images.open_webui)
     profile = detect_fleet_host(settings, host, url, probe, gpu_image, req.profile)
@@ -673,7 +709,7 @@ def _fleet_stack(
         payload = payloads.get(path)
     volume = payload.volume if payload else None
     prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, volume, existing=existing)
-    return FleetStack(url, address_of(host, url), prepared, payload)
+    return FleetStack(url, address_of(host, url), prepared, payload, override)
 
 
 def _fleet_model(settings: Settings, req: FleetRequest) -> ResolvedModel:
@@ -707,9 +743,14 @@ def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> li
     model, payloads = _fleet_model(settings, req), PayloadCache()
 
     def one(host: FleetHost) -> HostResult:
-        fs = _fleet_stack(settings, req, host, model, payloads, _reach(host))
+        fs = _fleet_stack(settings, req, host, model, payloads, _reach(host), write)
         spec = fs.prepared.spec
-        details: dict[str, Any] = {"plan": spec.plan.model_dump(mode="json"), "model_volume": spec.model_volume}
+        details: dict[str, Any] = {
+            "plan": spec.plan.model_dump(mode="json"),
+            "model_volume": spec.model_volume,
+            "override": fs.override,
+            "notes": fs.prepared.notes,
+        }
         if write:
             details["dir"] = str(fs.prepared.stack_dir)
             details["changed"] = fs.prepared.write()
@@ -771,7 +812,7 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
         webui_image = overrides.get("open-webui", settings.images.open_webui)
         reporter.note(f"images: {webui_image} …")
         delivery["open-webui image"] = engine.copy_image(controller, url, webui_image)
-        fs = _fleet_stack(settings, req, host, model, payloads, (url, probe))
+        fs = _fleet_stack(settings, req, host, model, payloads, (url, probe), write=True)
         spec = fs.prepared.spec
         row = HostResult(
             host.name,
@@ -779,7 +820,12 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
             profile=spec.plan.profile,
             backend=f"{spec.plan.backend} on {spec.plan.device}",
             url=f"http://{fs.address}:{spec.webui_port}",
-            details={"delivery": delivery, "dir": str(fs.prepared.stack_dir)},
+            details={
+                "delivery": delivery,
+                "dir": str(fs.prepared.stack_dir),
+                "override": fs.override,
+                "notes": fs.prepared.notes,
+            },
         )
         try:
             reporter.note(f"images: open-webui {delivery['open-webui image']}; {spec.images['inference']} …")
@@ -877,7 +923,7 @@ def fleet_status(settings: Settings, req: FleetRequest) -> list[HostResult]:
             backend=f"{plan.backend} on {plan.device}",
             url=stack.webui_url,
             error=None if state["healthy"] else "; ".join(broken),
-            details={"services": state["services"]},
+            details={"services": state["services"], "override": state["override"]},
         )
 
     return run_parallel(_fleet_hosts(req), one, req.parallel)

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from deploykit.errors import ConfigError, DeployKitError, EngineError, NotFoundError, UsageError
+from deploykit.settings import env_strings
 
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # Failed and unreachable hosts are kept apart (as Ansible does): the fix differs.
@@ -36,10 +37,28 @@ State = Literal[
 BAD_STATES = ("unhealthy", "not deployed", "failed", "unreachable")
 
 
-class FleetHost(BaseModel):
-    """One workstation of the inventory."""
+class SiteLayer(BaseModel):
+    """A site's customisation, fleet-wide, per group or per host: the nearer layer wins, [webui_env] merges.
+
+    Paths are on the controller; relative ones are read from the inventory's folder."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    webui_env: dict[str, str] = {}
+    templates_dir: str | None = None
+    override: str | None = Field(None, description="a compose.override.yaml copied into the host's stack folder")
+
+    @field_validator("webui_env", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        return env_strings(value)
+
+
+class FleetHost(SiteLayer):
+    """One workstation of the inventory; loaded, it carries its effective customisation (absolute paths)."""
+
+    # Where the override was named ("lab.toml line 9"): a missing file is reported against that line.
+    _override_from: str | None = PrivateAttr(None)
 
     name: str = Field(pattern=HOST_NAME)
     engine: str | None = Field(None, description="ssh://user@host[:port], tcp://host:port or unix:///path")
@@ -50,6 +69,23 @@ class FleetHost(BaseModel):
     inference_port: int = Field(7861, ge=1, le=65535)
     # Where this controller reaches the published ports; default: the engine URL's host name.
     address: str | None = None
+    group: str | None = None
+
+    def site_override(self) -> Path | None:
+        """The override file the inventory names for this host, checked to exist and to be YAML."""
+        if self.override is None:
+            return None
+        path = Path(self.override)
+        if not path.is_file():
+            raise NotFoundError(
+                f"{self._override_from or 'the inventory'} names override {path} for {self.name}, "
+                "which is not a file on this controller.",
+                "Fix the path; a relative one is read from the inventory's folder.",
+            )
+        from deploykit.override import check_syntax
+
+        check_syntax(path)
+        return path
 
     @model_validator(mode="after")
     def _one_engine(self) -> FleetHost:
@@ -64,10 +100,11 @@ class FleetHost(BaseModel):
         return self
 
 
-class Inventory(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class Inventory(SiteLayer):
+    """The hosts, with fleet-wide customisation at the top and named groups of it under [groups.NAME]."""
 
     hosts: list[FleetHost] = Field(min_length=1)
+    groups: dict[str, SiteLayer] = {}
 
     @model_validator(mode="after")
     def _unique(self) -> Inventory:
@@ -85,16 +122,74 @@ def load_inventory(path: Path) -> Inventory:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise NotFoundError(f"cannot read inventory {path}: {exc.strerror}.", "Check the --inventory path.") from None
-    hint = "Each [[hosts]] table takes name, engine or context, profile, labels, ui_port, inference_port, address."
+    hint = (
+        "Each [[hosts]] table takes name, engine or context, profile, labels, ui_port, inference_port, address, "
+        "group, webui_env, templates_dir, override; the top level and [groups.NAME] take the last three."
+    )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path} is not valid TOML: {exc}.", hint) from None
     try:
-        return Inventory.model_validate(data)
+        inventory = Inventory.model_validate(data)
     except ValidationError as exc:
         problems = [_located(text, err["loc"], err["msg"]) for err in exc.errors()]
         raise ConfigError(f"{path}: " + "; ".join(problems) + ".", hint) from None
+    _check_layers(inventory, path, text)
+    base = path.expanduser().absolute().parent
+    hosts = [_effective(inventory, i, base, path, text) for i in range(len(inventory.hosts))]
+    return inventory.model_copy(update={"hosts": hosts})
+
+
+def _layers(inventory: Inventory, index: int) -> list[tuple[tuple[str | int, ...], SiteLayer]]:
+    """Fleet-wide, the host's group, the host: each with where it sits in the file."""
+    host = inventory.hosts[index]
+    layers: list[tuple[tuple[str | int, ...], SiteLayer]] = [((), inventory)]
+    if host.group is not None:
+        layers.append((("groups", host.group), inventory.groups[host.group]))
+    layers.append((("hosts", index), host))
+    return layers
+
+
+def _check_layers(inventory: Inventory, path: Path, text: str) -> None:
+    """Every host's group exists and every [webui_env] name is one Open WebUI can take."""
+    from deploykit import webui_env
+
+    for i, host in enumerate(inventory.hosts):
+        if host.group is not None and host.group not in inventory.groups:
+            known = ", ".join(sorted(inventory.groups)) or "none"
+            raise ConfigError(
+                f"{path}: {_located(text, ('hosts', i, 'group'), f'no [groups.{host.group}] table')}.",
+                f"Groups defined: {known}.",
+            )
+    tables: list[tuple[tuple[str | int, ...], SiteLayer]] = [((), inventory)]
+    tables += [(("groups", name), group) for name, group in inventory.groups.items()]
+    tables += [(("hosts", i), host) for i, host in enumerate(inventory.hosts)]
+    for loc, layer in tables:
+        try:
+            webui_env.check(layer.webui_env)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {_located(text, (*loc, 'webui_env'), exc.message)}", exc.hint) from None
+
+
+def _effective(inventory: Inventory, index: int, base: Path, path: Path, text: str) -> FleetHost:
+    """The host with its layers folded in: [webui_env] merged, the nearest templates_dir and override, as
+    absolute paths; the override remembers the line that named it."""
+    env: dict[str, str] = {}
+    templates_dir = override = override_from = None
+    for loc, layer in _layers(inventory, index):
+        env |= layer.webui_env
+        if layer.templates_dir is not None:
+            templates_dir = str(base / Path(layer.templates_dir).expanduser())
+        if layer.override is not None:
+            override = str(base / Path(layer.override).expanduser())
+            line = _line_of(text, (*loc, "override"))
+            override_from = f"{path} line {line}" if line else str(path)
+    host = inventory.hosts[index].model_copy(
+        update={"webui_env": env, "templates_dir": templates_dir, "override": override}
+    )
+    host._override_from = override_from
+    return host
 
 
 def _located(text: str, loc: Sequence[str | int], msg: str) -> str:
@@ -105,23 +200,35 @@ def _located(text: str, loc: Sequence[str | int], msg: str) -> str:
 
 
 def _line_of(text: str, loc: Sequence[str | int]) -> int | None:
+    """The 1-based line of ``loc``'s key: top level, in the index-th [[hosts]] or in [groups.NAME]."""
     lines = text.splitlines()
-    start = 0
     if len(loc) >= 2 and loc[0] == "hosts" and isinstance(loc[1], int):
         headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*hosts\s*\]\]", line)]
         if loc[1] >= len(headers):
             return None
-        start = headers[loc[1]]
-        key = loc[2] if len(loc) > 2 else None
-        if not isinstance(key, str):
-            return start + 1
+        return _key_line(lines, headers[loc[1]], loc[2] if len(loc) > 2 else None)
+    if len(loc) >= 2 and loc[0] == "groups":
+        name = re.escape(str(loc[1]))
+        header = rf"\s*\[\s*groups\s*\.\s*(?:{name}|\"{name}\")\s*\]"
+        starts = [i for i, line in enumerate(lines) if re.match(header, line)]
+        return _key_line(lines, starts[0], loc[2] if len(loc) > 2 else None) if starts else None
+    if loc and isinstance(loc[0], str):
+        # A top-level key, or a top-level table such as [webui_env].
+        table = [i for i, line in enumerate(lines) if re.match(rf"\s*\[\s*{re.escape(loc[0])}\s*\]", line)]
+        return table[0] + 1 if table else _key_line(lines, -1, loc[0])
+    return None
+
+
+def _key_line(lines: list[str], start: int, key: str | int | None) -> int | None:
+    """The line of ``key =`` in the table whose header is line ``start`` (-1: the top level before any table);
+    the header's own line when the key is not written there."""
+    if isinstance(key, str):
         for i in range(start + 1, len(lines)):
             if re.match(r"\s*\[", lines[i]):
                 break
             if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
                 return i + 1
-        return start + 1
-    return None
+    return start + 1 if start >= 0 else None
 
 
 def select_hosts(inventory: Inventory, patterns: str | None) -> tuple[FleetHost, ...]:

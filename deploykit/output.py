@@ -238,8 +238,10 @@ def show_fleet(title: str, rows: Iterable[Any]) -> None:
     rows = list(rows)
     for r in rows:
         colour = colours.get(r.state, "white")
+        # A host whose stack folder merges a compose.override.yaml says so beside its name.
+        host = f"{r.host} [dim](override)[/dim]" if r.details.get("override") else r.host
         table.add_row(
-            r.host, r.profile or "—", r.backend or "—", f"[{colour}]{r.state}[/{colour}]", r.url or "—", r.error or ""
+            host, r.profile or "—", r.backend or "—", f"[{colour}]{r.state}[/{colour}]", r.url or "—", r.error or ""
         )
     console.print(table)
     bad = [r for r in rows if not r.ok]

@@ -114,6 +114,21 @@ class Images(BaseModel):
         return check_image_ref(value)
 
 
+def env_strings(value: Any) -> Any:
+    """A ``[webui_env]`` table as environment strings (the inventory's tables use it too)."""
+    if not isinstance(value, dict):
+        return value
+
+    # TOML gives true/8/0.5 as typed values; Open WebUI parses strings ("true") like any environment.
+    # Names are matched upper-case: DEPLOYKIT_WEBUI_ENV__WEBUI_NAME arrives lower-cased.
+    def text(v: Any) -> Any:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v) if isinstance(v, int | float) else v
+
+    return {str(k).upper(): text(v) for k, v in value.items()}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DEPLOYKIT_",
@@ -151,17 +166,7 @@ class Settings(BaseSettings):
     @field_validator("webui_env", mode="before")
     @classmethod
     def _env_strings(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-
-        # TOML gives true/8/0.5 as typed values; Open WebUI parses strings ("true") like any environment.
-        # Names are matched upper-case: DEPLOYKIT_WEBUI_ENV__WEBUI_NAME arrives lower-cased.
-        def text(v: Any) -> Any:
-            if isinstance(v, bool):
-                return "true" if v else "false"
-            return str(v) if isinstance(v, int | float) else v
-
-        return {str(k).upper(): text(v) for k, v in value.items()}
+        return env_strings(value)
 
     @field_validator("webui_bind")
     @classmethod

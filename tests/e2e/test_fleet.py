@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import GGUF, MODEL_ID, Result, deploykit, images, need, remove_by_label
@@ -23,6 +24,14 @@ from tests.e2e.conftest import GGUF, MODEL_ID, Result, deploykit, images, need, 
 pytestmark = pytest.mark.e2e
 
 LOCAL, SECOND, GONE = "fleet-e2e-local", "fleet-e2e-second", "fleet-e2e-gone"
+# Named by the inventory for the second host only (a path relative to the inventory's folder).
+SECOND_OVERRIDE = b"""\
+# copied byte for byte into the host's stack folder
+services:
+  open-webui:
+    environment:
+      WEBUI_NAME: "Second Room"
+"""
 
 
 def second_engine() -> str:
@@ -84,8 +93,13 @@ def fleet(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     need(reachable, f"the second engine {second} does not answer (scripts/provision/engine-second.sh)")
     tmp = tmp_path_factory.mktemp("fleet")
     inventory = tmp / "inventory.toml"
+    # The room's customisation: a fleet-wide Open WebUI name, and one host whose override renames it.
+    (tmp / "second.override.yaml").write_bytes(SECOND_OVERRIDE)
     inventory.write_text(
         f"""
+[webui_env]
+WEBUI_NAME = "Fleet E2E"
+
 [[hosts]]
 name = "{LOCAL}"
 engine = "unix:///var/run/docker.sock"
@@ -99,6 +113,7 @@ name = "{SECOND}"
 engine = "{second}"
 profile = "cpu"
 labels = {{ room = "loopback-ssh" }}
+override = "second.override.yaml"
 ui_port = 22862
 inference_port = 22863
 
@@ -198,3 +213,22 @@ def test_rerun_converges_without_resending_or_recreating(fleet: Fleet) -> None:
         SECOND: container_ids(second_engine(), f"deploykit-{SECOND}"),
     }
     assert after == before and all(after.values())
+
+
+def test_the_inventory_customises_each_host(fleet: Fleet) -> None:
+    """Fleet-wide [webui_env] reaches both hosts; the second host's override (copied from the inventory's
+    folder) merges over it on that host only; up and status say which host runs with an override."""
+    names = {
+        host: httpx.get(f"http://127.0.0.1:{port}/api/config", timeout=30).json()["name"]
+        for host, port in ((LOCAL, 22860), (SECOND, 22862))
+    }
+    # Open WebUI appends its own name to a custom one.
+    assert names == {LOCAL: "Fleet E2E (Open WebUI)", SECOND: "Second Room (Open WebUI)"}
+    assert (fleet.dir / SECOND / "compose.override.yaml").read_bytes() == SECOND_OVERRIDE
+    assert not (fleet.dir / LOCAL / "compose.override.yaml").exists()
+    up = hosts(fleet.up)
+    assert up[SECOND]["details"]["override"]["from"] == str(fleet.inventory.parent / "second.override.yaml")  # type: ignore[index]
+    assert up[LOCAL]["details"]["override"] is None  # type: ignore[index]
+    status = hosts(fleet.run("status", "--json"))
+    assert status[SECOND]["details"]["override"]["file"] == "compose.override.yaml"  # type: ignore[index]
+    assert status[LOCAL]["details"]["override"] is None  # type: ignore[index]
