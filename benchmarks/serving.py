@@ -19,7 +19,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploykit import app, lifecycle
+from deploykit import app, lifecycle, stackdir
 from deploykit.bench import Workload, calibrate_words, run_level
 from deploykit.plan import PlanSettings
 
@@ -27,7 +27,7 @@ from deploykit.plan import PlanSettings
 def apply(stack_dir: Path, knobs: dict[str, int | None]) -> tuple[int, int]:
     stack = lifecycle.load_stack(stack_dir)
     plan, files = app.replan_files(stack, **knobs)
-    app.write_stack(stack_dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
+    stackdir.write_stack(stack_dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
     stack.engine_stack(None).up("inference")
     lifecycle.wait_inference_ready(lifecycle.load_stack(stack_dir), None)
     return plan.threads, plan.parallel
