@@ -89,8 +89,9 @@ if engine_up; then
     exit 0
 fi
 
-if pgrep -x dockerd >/dev/null 2>&1; then
-    log "a dockerd process exists but does not answer yet; waiting for it"
+# The default engine's own pidfile, not any dockerd: engine-second.sh runs a second one beside it.
+if [ -s /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    log "the default dockerd ($(cat /var/run/docker.pid)) exists but does not answer yet; waiting for it"
 else
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     log "starting dockerd (log: $DOCKERD_LOG)"
