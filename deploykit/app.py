@@ -34,6 +34,7 @@ from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, PlanSettings, RunHost, gib, plan_deployment, suggest_alternative
 from deploykit.render import StackSpec, Target, project_name, render_files
+from deploykit.services import INFERENCE, WEBUI
 from deploykit.settings import Settings, config_dir
 from deploykit.stackdir import TARGET_FILES
 
@@ -220,7 +221,7 @@ def choose_images(settings: Settings, plan: DeploymentPlan, overrides: dict[str,
         ("vllm", "cuda"): images.vllm,
         ("vllm", "cpu"): images.vllm_cpu,
     }[(plan.backend, plan.device)]
-    return {"inference": inference, "open-webui": images.open_webui} | overrides
+    return {INFERENCE: inference, WEBUI: images.open_webui} | overrides
 
 
 def new_secrets(admin_email: str) -> dict[str, str]:
@@ -660,7 +661,7 @@ def _fleet_stack(
     stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
     existing = stackdir.open_for_render(stack_dir)  # before detection: a folder that is not ours stops here
     overrides = req.image_overrides or {}
-    gpu_image = overrides.get("open-webui", settings.images.open_webui)
+    gpu_image = overrides.get(WEBUI, settings.images.open_webui)
     profile = detect_fleet_host(settings, host, url, probe, gpu_image, req.profile)
     payload = None
     if is_remote(url):
@@ -688,7 +689,7 @@ def fleet_detect(settings: Settings, req: FleetRequest) -> list[HostResult]:
     def one(host: FleetHost) -> HostResult:
         url, probe = _reach(host)
         profile = detect_fleet_host(
-            settings, host, url, probe, overrides.get("open-webui", settings.images.open_webui), req.profile
+            settings, host, url, probe, overrides.get(WEBUI, settings.images.open_webui), req.profile
         )
         return HostResult(
             host.name,
@@ -768,7 +769,7 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
         overrides = req.image_overrides or {}
         delivery = {}
         # Open WebUI's image first: the GPU probe runs in it.
-        webui_image = overrides.get("open-webui", settings.images.open_webui)
+        webui_image = overrides.get(WEBUI, settings.images.open_webui)
         reporter.note(f"images: {webui_image} …")
         delivery["open-webui image"] = engine.copy_image(controller, url, webui_image)
         fs = _fleet_stack(settings, req, host, model, payloads, (url, probe))
@@ -783,11 +784,11 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
         )
         try:
             reporter.note(f"images: open-webui {delivery['open-webui image']}; {spec.images['inference']} …")
-            delivery["inference image"] = engine.copy_image(controller, url, spec.images["inference"])
+            delivery["inference image"] = engine.copy_image(controller, url, spec.images[INFERENCE])
             reporter.note(f"images: inference {delivery['inference image']}")
             if fs.payload is not None:
                 reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
-                delivery["model"] = deliver_model(url, fs.payload, spec.images["inference"])
+                delivery["model"] = deliver_model(url, fs.payload, spec.images[INFERENCE])
                 reporter.note(f"model: {delivery['model']}")
             prepared = fs.prepared
             loaded = lifecycle.LoadedStack(
@@ -931,7 +932,7 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
 
     plan = stack.spec.plan
     key = stack.secrets.get("INFERENCE_API_KEY", "")
-    if via == "inference":
+    if via == INFERENCE:
         base, path, token = stack.inference_url, "/v1/chat/completions", key
     else:
         with health.http_client(stack.webui_url) as anon:
@@ -1051,13 +1052,13 @@ def tune_stack(
         [],
     )
     compose = stack.engine_stack(docker_host)
-    target = bench_target(stack, "inference")
+    target = bench_target(stack, INFERENCE)
     words: int | None = None
 
     def apply(candidate: tune.Candidate) -> float:
         _, files = replan_files(stack, **candidate.knobs())
         stackdir.write_stack(stack.dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
-        compose.up("inference")
+        compose.up(INFERENCE)
         return lifecycle.wait_inference_ready(lifecycle.load_stack(stack.dir), docker_host)
 
     def measure(candidate: tune.Candidate) -> dict[str, Any]:
@@ -1086,7 +1087,7 @@ def tune_stack(
         # error the user sees is the one that stopped the sweep, not one from putting things back.
         stackdir.write_stack(stack.dir, original)
         with contextlib.suppress(DeployKitError):
-            compose.up("inference")
+            compose.up(INFERENCE)
         raise
     best = tune.pick([(tune.Candidate(r["threads"], r["parallel"]), r["metrics"]) for r in report.rows])
     winner = best[0] if best else current

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from deploykit import __version__
+from deploykit.services import INFERENCE, SERVICES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -438,7 +439,7 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 
 
 @cli.command(short_help="Show the stack's logs.")
-@click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
+@click.argument("service", required=False, type=click.Choice(list(SERVICES)))
 @stack_dir_option()
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
 @click.option("--tail", default=100, type=click.IntRange(min=0), show_default=True, help="Lines of history to show.")
@@ -456,7 +457,7 @@ def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, 
 
 
 @cli.command(short_help="Restart one service or both.")
-@click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
+@click.argument("service", required=False, type=click.Choice(list(SERVICES)))
 @stack_dir_option()
 @click.pass_context
 def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
@@ -873,8 +874,8 @@ def _progress(total: int, description: str) -> Any:
 @click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates (EOS ignored).")
 @click.option(
     "--via",
-    type=click.Choice(["inference", "open-webui"]),
-    default="inference",
+    type=click.Choice(list(SERVICES)),
+    default=INFERENCE,
     show_default=True,
     help="Send the load to the inference server's API, or through Open WebUI as the admin.",
 )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from deploykit.host import GiB, HostProfile
-from deploykit.lifecycle import LoadedStack, port_problem, ports_held_by, status
+from deploykit.lifecycle import LoadedStack, disk_free, port_problem, ports_held_by, published_ports, status
 from deploykit.plan import gib
 from deploykit.versions import pinned
 
@@ -104,7 +103,7 @@ def run_checks(
     ports = ports or [("0.0.0.0", 7860), ("127.0.0.1", 7861)]
     ours: set[int] = set()
     if stack is not None:
-        ports = [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
+        ports = published_ports(stack)
         if d is not None and d.reachable:
             ours = ports_held_by(stack, docker_host)
     for bind, port in ports:
@@ -123,8 +122,7 @@ def run_checks(
             )
         else:
             checks.append(Check(f"port {port}", "fail", problem, "Set webui_bind to an address of this host."))
-    probe_dir = next((p for p in (model_cache, *model_cache.parents) if p.exists()), Path("/"))
-    free = shutil.disk_usage(probe_dir).free
+    probe_dir, free = disk_free(model_cache)
     level: Status = "pass" if free >= 10 * GiB else "warn" if free >= 2 * GiB else "fail"
     checks.append(
         Check(

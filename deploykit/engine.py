@@ -20,6 +20,7 @@ from typing import IO, Any
 from deploykit.errors import EngineError
 from deploykit.host import DockerEngine
 from deploykit.proc import Completed, Runner, run_cmd
+from deploykit.services import SERVICES
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:[^/@\s]*@")
 
@@ -197,7 +198,7 @@ class Stack:
             command[2:2] = ["--env-file", str(env_file)]
             result = self.runner(command, timeout=60, env=self.env())
         if not result.ok:
-            raise merge_error(override, result.stderr or result.stdout, ["inference", "open-webui"])
+            raise merge_error(override, result.stderr or result.stdout, list(SERVICES))
 
     def _check(self, result: Completed, what: str) -> Completed:
         if not result.ok:
@@ -393,7 +394,7 @@ class SwarmStack(Stack):
         )
 
     def restart(self, service: str | None) -> None:
-        for name in [service] if service else ["inference", "open-webui"]:
+        for name in [service] if service else list(SERVICES):
             result = self._docker("service", "update", "--force", "--detach", f"{self.project}_{name}")
             if not result.ok:
                 raise self._fail(result, "service update")

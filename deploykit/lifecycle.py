@@ -25,6 +25,7 @@ from deploykit.host import GiB
 from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import gib
 from deploykit.render import StackSpec
+from deploykit.services import INFERENCE, SERVICES, WEBUI
 from deploykit.stackdir import TARGET_FILES, read_plan, read_secrets, recover
 from deploykit.webui_env import stored_settings
 
@@ -140,6 +141,19 @@ def _is_local(docker_host: str | None) -> bool:
     return not docker_host or docker_host.startswith("unix://")
 
 
+def published_ports(stack: LoadedStack) -> list[tuple[str, int]]:
+    """(bind address, port) of each port the stack publishes on its host: Open WebUI's and the server's."""
+    return [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
+
+
+def disk_free(folder: Path) -> tuple[Path, int]:
+    """(the folder or its nearest existing parent, its free bytes): a model cache need not exist yet."""
+    from deploykit.detect import nearest_existing
+
+    probe_dir = nearest_existing(folder)
+    return probe_dir, shutil.disk_usage(probe_dir).free
+
+
 def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: int) -> list[str]:
     """Everything that would make `compose up` fail, checked first. Raises on the first failure."""
     notes = []
@@ -176,8 +190,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
         )
     if _is_local(docker_host):
         ours = ports_held_by(stack, docker_host)
-        wanted = [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
-        for bind, port in wanted:
+        for bind, port in published_ports(stack):
             problem = None if port in ours else port_problem(bind, port)
             if problem:
                 setting = "webui_port" if port == stack.spec.webui_port else "inference_port"
@@ -187,9 +200,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
                     "and render again.",
                 )
         if model_missing_bytes:
-            cache = Path(stack.spec.model_host_path).parent
-            probe_dir = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
-            free = shutil.disk_usage(probe_dir).free
+            probe_dir, free = disk_free(Path(stack.spec.model_host_path).parent)
             if free < model_missing_bytes + GiB:
                 raise PreflightError(
                     f"the model needs {gib(model_missing_bytes)} and {probe_dir} has {gib(free)} free.",
@@ -307,7 +318,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
     return [
         Stage(
             "inference /health",
-            "inference",
+            INFERENCE,
             lambda: health.probe_inference_health(inference),
             plan.startup_seconds + 60,
             "The server did not become ready. If the log shows it still loading, give it longer with --timeout; "
@@ -315,28 +326,28 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
         ),
         Stage(
             "inference /v1/models",
-            "inference",
+            INFERENCE,
             lambda: health.probe_served_model(inference, plan.model_id),
             60,
             "The server runs but does not serve the expected model id: check --alias/--served-model-name.",
         ),
         Stage(
             "open-webui /health",
-            "open-webui",
+            WEBUI,
             lambda: health.probe_webui_health(ui),
             WEBUI_START_SECONDS,
             WEBUI_START_HINT,
         ),
         Stage(
             "open-webui admin",
-            "open-webui",
+            WEBUI,
             admin,
             60,
             "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
         ),
         Stage(
             "open-webui model",
-            "open-webui",
+            WEBUI,
             lambda: health.probe_webui_model(ui, plan.model_id),
             90,
             "Open WebUI cannot list the model: its connection to the inference server is wrong or unreachable "
@@ -344,7 +355,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
         ),
         Stage(
             "chat via open-webui",
-            "inference",
+            INFERENCE,
             lambda: health.probe_chat(ui, "/api/chat/completions", plan.model_id),
             180,
             "The model did not answer through Open WebUI; `deploykit logs inference` shows the server side.",
@@ -506,7 +517,7 @@ def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEB
     with health.http_client(stack.webui_url) as ui:
         ok, seconds, detail = health.wait_until(lambda: health.probe_webui_health(ui), timeout)
     if not ok:
-        tail = stack.engine_stack(docker_host).log_tail("open-webui", 25)
+        tail = stack.engine_stack(docker_host).log_tail(WEBUI, 25)
         raise HealthError(
             f"Open WebUI did not answer /health within {timeout:.0f} s: {detail}.",
             WEBUI_START_HINT,
@@ -525,7 +536,7 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
     now = datetime.now(UTC)
     services = []
     by_service = {c.service: c for c in containers}
-    for name in ("inference", "open-webui"):
+    for name in SERVICES:
         ctr = by_service.get(name)
         entry: dict[str, Any] = {"service": name, "state": "missing", "health": None, "uptime_s": None}
         if ctr is not None:
@@ -647,7 +658,7 @@ def down(stack: LoadedStack, docker_host: str | None, volumes: bool) -> None:
 
 
 def restart(stack: LoadedStack, docker_host: str | None, service: str | None) -> None:
-    if service not in (None, "inference", "open-webui"):
+    if service not in (None, *SERVICES):
         raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)
@@ -661,7 +672,7 @@ def wait_inference_ready(stack: LoadedStack, docker_host: str | None, timeout: f
     plan = stack.spec.plan
     limit = timeout if timeout is not None else plan.startup_seconds + 60
     key = stack.secrets.get("INFERENCE_API_KEY", "")
-    watch = _container_watch(stack, docker_host, "inference")
+    watch = _container_watch(stack, docker_host, INFERENCE)
     started = time.monotonic()
     with health.http_client(stack.inference_url, key) as client:
 
@@ -674,7 +685,7 @@ def wait_inference_ready(stack: LoadedStack, docker_host: str | None, timeout: f
         except health.StageFailed as exc:
             ok, detail = False, str(exc)
     if not ok:
-        tail = stack.engine_stack(docker_host).log_tail("inference", 25)
+        tail = stack.engine_stack(docker_host).log_tail(INFERENCE, 25)
         raise HealthError(
             f"the inference server did not become ready: {detail}.",
             "`deploykit logs inference` shows why.",

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from deploykit import __version__
 from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan
+from deploykit.services import INFERENCE
 from deploykit.stackdir import SECRET_KEYS, TARGET_FILES, sha256
 
 Target = Literal["compose", "swarm", "kubernetes"]
@@ -209,7 +210,7 @@ def _kubernetes_context(spec: StackSpec, inputs: Mapping[str, Any]) -> dict[str,
     return {
         "names": {
             "base": base,
-            "inference": f"{base}-inference",
+            INFERENCE: f"{base}-inference",
             "webui": f"{base}-open-webui",
             "secret": f"{base}-secrets",
             "models": f"{base}-models",

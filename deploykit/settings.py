@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from deploykit.errors import ConfigError, UsageError
 from deploykit.plan import FlashAttn, KvCacheType, PlanSettings
+from deploykit.services import SERVICES
 from deploykit.versions import pinned
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
@@ -335,7 +336,7 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
 
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     """``--image SERVICE=REF`` pairs, checked: a known service and a pinned reference."""
-    services = ("inference", "open-webui")
+    services = SERVICES
     out: dict[str, str] = {}
     for pair in pairs:
         service, sep, ref = pair.partition("=")
