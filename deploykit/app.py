@@ -224,6 +224,38 @@ def choose_images(settings: Settings, plan: DeploymentPlan, overrides: dict[str,
     return {INFERENCE: inference, WEBUI: images.open_webui} | overrides
 
 
+def stack_spec(
+    settings: Settings,
+    project: str,
+    plan: DeploymentPlan,
+    model: ResolvedModel,
+    image_overrides: dict[str, str],
+    target: Target = "compose",
+    model_volume: str | None = None,
+) -> StackSpec:
+    """What the templates get: the plan, where the weights are, the images and the settings' ports."""
+    return StackSpec(
+        project=project,
+        plan=plan,
+        model_host_path=str(model_host_path(settings, plan, model)),
+        images=choose_images(settings, plan, image_overrides),
+        webui_port=settings.webui_port,
+        webui_bind=settings.webui_bind,
+        inference_port=settings.inference_port,
+        target=target,
+        model_volume=model_volume,
+    )
+
+
+def plan_inputs(settings: Settings, host: HostProfile, model: ResolvedModel) -> dict[str, Any]:
+    """What the plan was made from, as plan.json records it under "inputs"."""
+    return {
+        "host": host.model_dump(mode="json"),
+        "model": model.spec.model_dump(mode="json"),
+        "settings": settings.plan_settings().model_dump(mode="json"),
+    }
+
+
 def new_secrets(admin_email: str) -> dict[str, str]:
     return {
         "INFERENCE_API_KEY": "sk-" + secrets_mod.token_urlsafe(32),
@@ -308,17 +340,7 @@ def prepare_for_host(
     if existing is None:
         existing = stackdir.open_for_render(stack_dir)
     plan = make_plan(host, model, settings, runs_on)
-    spec = StackSpec(
-        project=project_name(stack_dir),
-        plan=plan,
-        model_host_path=str(model_host_path(settings, plan, model)),
-        images=choose_images(settings, plan, image_overrides),
-        webui_port=settings.webui_port,
-        webui_bind=settings.webui_bind,
-        inference_port=settings.inference_port,
-        target=target,
-        model_volume=model_volume,
-    )
+    spec = stack_spec(settings, project_name(stack_dir), plan, model, image_overrides, target, model_volume)
     kept = existing.env.values
     if existing.plan is not None and existing.env.text is None and not force:
         raise StackDirError(
@@ -334,14 +356,9 @@ def prepare_for_host(
         for key in fresh
         if existing.env.text is not None and key not in kept
     ]
-    model_data = model.spec.model_dump(mode="json")
-    inputs: dict[str, Any] = {
-        "host": host.model_dump(mode="json"),
-        "model": model_data,
-        "settings": settings.plan_settings().model_dump(mode="json"),
-        # The file's own numbers, when the user gave one: `tune` re-plans from these inputs alone.
-        "weights": model.weights.model_dump(mode="json") if model.weights is not None else None,
-    }
+    inputs = plan_inputs(settings, host, model)
+    # The file's own numbers, when the user gave one: `tune` re-plans from these inputs alone.
+    inputs["weights"] = model.weights.model_dump(mode="json") if model.weights is not None else None
     if runs_on is not None:
         inputs["runs_on"] = runs_on.model_dump(mode="json")
     return _prepare(settings, existing, spec, stack_secrets, inputs, force, notes)
@@ -382,54 +399,64 @@ def reprepare_stack(settings: Settings, stack_dir: Path, force: bool = False) ->
     return _prepare(settings, existing, stack.spec, stack.secrets, existing.plan["inputs"], force, [])
 
 
-def render_stack(settings: Settings, **kwargs: Any) -> RenderResult:
-    prepared = prepare_stack(settings, **kwargs)
+@dataclass(frozen=True)
+class StackRequest:
+    """What `render` and `up` are asked for: the stack folder, the host, the model, images and target.
+
+    None leaves a choice to the command: `render` plans for ``auto`` and the compose target; `up` reuses
+    the stack's plan when nothing is asked.
+    """
+
+    stack_dir: Path
+    profile: str | None = None
+    host_file: Path | None = None
+    model_id: str | None = None
+    model_path: Path | None = None
+    image_overrides: dict[str, str] = field(default_factory=dict)
+    target: Target | None = None
+    force: bool = False
+
+    def prepare(self, settings: Settings, target: Target, runs_on: RunHost | None = None) -> PreparedStack:
+        return prepare_stack(
+            settings,
+            profile=self.profile or "auto",
+            host_file=self.host_file,
+            model_id=self.model_id,
+            model_path=self.model_path,
+            image_overrides=self.image_overrides,
+            stack_dir=self.stack_dir,
+            target=target,
+            force=self.force,
+            runs_on=runs_on,
+        )
+
+
+def render_stack(settings: Settings, request: StackRequest) -> RenderResult:
+    """Plan and write the stack folder (all or nothing)."""
+    prepared = request.prepare(settings, request.target or "compose")
     changed = prepared.write()
     return RenderResult(prepared.stack_dir, prepared.spec, changed, prepared.notes)
 
 
-def up_stack(
-    settings: Settings,
-    *,
-    profile: str | None,
-    host_file: Path | None,
-    model_id: str | None,
-    model_path: Path | None,
-    image_overrides: dict[str, str],
-    stack_dir: Path,
-    timeout: float | None,
-    reporter: Reporter,
-    target: Target | None = None,
-    force: bool = False,
-) -> UpReport:
+def up_stack(settings: Settings, request: StackRequest, timeout: float | None, reporter: Reporter) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
     from deploykit import lifecycle
     from deploykit.lifecycle import LoadedStack
 
-    if target == "kubernetes":
+    if request.target == "kubernetes":
         raise UsageError(
             "deploykit does not run Kubernetes stacks itself.",
             "Render the manifests with `deploykit render --target kubernetes` and apply them with kubectl.",
         )
-    stack_dir = stack_dir.expanduser().absolute()
-    asked = any(x is not None for x in (profile, host_file, model_id, model_path, target)) or bool(image_overrides)
+    r = request
+    stack_dir = r.stack_dir.expanduser().absolute()
+    asked = any(x is not None for x in (r.profile, r.host_file, r.model_id, r.model_path, r.target))
     runs_on = engine_host(settings)
-    if asked or not (stack_dir / "plan.json").is_file():
-        prepared = prepare_stack(
-            settings,
-            profile=profile or "auto",
-            host_file=host_file,
-            model_id=model_id,
-            model_path=model_path,
-            image_overrides=image_overrides,
-            stack_dir=stack_dir,
-            target=target or _rendered_target(stack_dir),
-            force=force,
-            runs_on=runs_on,
-        )
+    if asked or r.image_overrides or not (stack_dir / "plan.json").is_file():
+        prepared = r.prepare(settings, r.target or _rendered_target(stack_dir), runs_on)
     else:
         # Reuse the stack's plan, but with today's [webui_env] and templates: a changed setting takes effect.
-        prepared = reprepare_stack(settings, stack_dir, force)
+        prepared = reprepare_stack(settings, stack_dir, r.force)
         plan = prepared.spec.plan
         if runs_on is not None and plan.threads > runs_on.cores:
             reporter.note(
@@ -524,21 +551,8 @@ def reference_stack(profile: str) -> dict[str, str]:
     settings = Settings.model_construct(model_cache=REFERENCE_MODEL_CACHE)
     host = find_profile(profile, builtin_profiles())
     model = ResolvedModel(find_model(settings.model, builtin_models()), None)
-    plan = make_plan(host, model, settings)
-    spec = StackSpec(
-        project=f"deploykit-{profile}",
-        plan=plan,
-        model_host_path=str(model_host_path(settings, plan, model)),
-        images=choose_images(settings, plan, {}),
-        webui_port=settings.webui_port,
-        webui_bind=settings.webui_bind,
-        inference_port=settings.inference_port,
-    )
-    inputs = {
-        "host": host.model_dump(mode="json"),
-        "model": model.spec.model_dump(mode="json"),
-        "settings": settings.plan_settings().model_dump(mode="json"),
-    }
+    spec = stack_spec(settings, f"deploykit-{profile}", make_plan(host, model, settings), model, {})
+    inputs = plan_inputs(settings, host, model)
     files = render_files(spec, REFERENCE_SECRETS, inputs)
     return {
         "compose.yaml": files["compose.yaml"],

@@ -18,6 +18,8 @@ from deploykit.services import INFERENCE, SERVICES
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from deploykit.app import StackRequest
+    from deploykit.lifecycle import LoadedStack
     from deploykit.render import Target
     from deploykit.settings import Settings
 
@@ -313,10 +315,10 @@ def render(
     """Write the stack: compose.yaml (or swarm.yaml, or kubernetes.yaml), .env (secrets, 0600) and plan.json."""
     from deploykit import app, output
 
-    settings, inputs = _stack_inputs(
-        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
+    settings, request = _stack_request(
+        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir, target, force
     )
-    result = app.render_stack(settings, profile=profile, target=target, force=force, **inputs)
+    result = app.render_stack(settings, request)
     if as_json:
         _print_json(
             {
@@ -331,7 +333,7 @@ def render(
         output.show_rendered(result)
 
 
-def _stack_inputs(
+def _stack_request(
     ctx: click.Context,
     profile: str | None,
     host_file: str | None,
@@ -341,10 +343,13 @@ def _stack_inputs(
     model_path: str | None,
     images: tuple[str, ...],
     stack_dir: str,
-) -> tuple[Settings, dict[str, Any]]:
-    """Settings and the stack arguments render and up share, from their common options."""
+    target: str | None,
+    force: bool,
+) -> tuple[Settings, StackRequest]:
+    """Settings and the stack request render and up share, from their common options."""
     from pathlib import Path
 
+    from deploykit.app import StackRequest
     from deploykit.settings import parse_image_overrides
 
     overrides = parse_image_overrides(images)  # before settings: a bad --image is the first thing said
@@ -352,16 +357,19 @@ def _stack_inputs(
     settings = _settings(
         ctx, stack_dir=Path(stack_dir).expanduser().absolute(), max_context=max_context, backend=backend
     )
-    return settings, {
-        "host_file": _path(host_file),
-        "model_id": model_id,
-        "model_path": _path(model_path),
-        "image_overrides": overrides,
-        "stack_dir": Path(stack_dir),
-    }
+    return settings, StackRequest(
+        stack_dir=Path(stack_dir),
+        profile=profile,
+        host_file=_path(host_file),
+        model_id=model_id,
+        model_path=_path(model_path),
+        image_overrides=overrides,
+        target=cast("Target | None", target),
+        force=force,
+    )
 
 
-def _stack(ctx: click.Context, stack_dir: str) -> Any:
+def _stack(ctx: click.Context, stack_dir: str) -> LoadedStack:
     from pathlib import Path
 
     from deploykit.lifecycle import load_stack
@@ -403,18 +411,10 @@ def up(
 
     from deploykit import app, output
 
-    settings, inputs = _stack_inputs(
-        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
+    settings, request = _stack_request(
+        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir, target, force
     )
-    report = app.up_stack(
-        settings,
-        profile=profile,
-        timeout=timeout,
-        target=cast("Target | None", target),
-        reporter=output.ConsoleReporter(),
-        force=force,
-        **inputs,
-    )
+    report = app.up_stack(settings, request, timeout, output.ConsoleReporter())
     if as_json:
         _print_json(asdict(report))
     else:

@@ -20,12 +20,14 @@ H200 = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "h200" / "dete
 def h200_stack(tmp_path: Path) -> tuple[HostProfile, Path]:
     result = app.render_stack(
         load_settings(),
-        profile="auto",
-        host_file=H200,
-        model_id=None,
-        model_path=None,
-        image_overrides={},
-        stack_dir=tmp_path / "h200",
+        app.StackRequest(
+            profile="auto",
+            host_file=H200,
+            model_id=None,
+            model_path=None,
+            image_overrides={},
+            stack_dir=tmp_path / "h200",
+        ),
     )
     return app.load_host_file(H200), result.stack_dir
 

@@ -93,7 +93,7 @@ def render(tmp_path: Path, name: str = "stack", **kwargs: object) -> app.RenderR
         "image_overrides": {},
     }
     args.update(kwargs)
-    return app.render_stack(load_settings(), stack_dir=tmp_path / name, **args)  # type: ignore[arg-type]
+    return app.render_stack(load_settings(), app.StackRequest(stack_dir=tmp_path / name, **args))  # type: ignore[arg-type]
 
 
 def test_render_writes_three_files_env_private(tmp_path: Path) -> None:

@@ -142,7 +142,7 @@ def render(tmp_path: Path, target: str, **kwargs: object) -> app.RenderResult:
         "target": target,
     }
     args.update(kwargs)
-    return app.render_stack(load_settings(), stack_dir=tmp_path / "stack", **args)  # type: ignore[arg-type]
+    return app.render_stack(load_settings(), app.StackRequest(stack_dir=tmp_path / "stack", **args))  # type: ignore[arg-type]
 
 
 def test_kubernetes_render_keeps_its_secret_private(tmp_path: Path) -> None:
