@@ -40,6 +40,7 @@ from deploykit.stackdir import TARGET_FILES
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
+    from deploykit.backup import BackupReport, RestoreReport
     from deploykit.bench import RequestResult
     from deploykit.bench import Target as BenchTarget
     from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
@@ -1140,7 +1141,7 @@ def bench_report(stacks: list[dict[str, Any]], prompt_tokens: int, max_tokens: i
 # ---------------------------------------------------------------- backups and upgrades
 
 
-def _compose_stack(stack_dir: Path) -> Any:
+def _compose_stack(stack_dir: Path) -> LoadedStack:
     """The stack at ``stack_dir``; backups, restores and upgrades handle Compose stacks only."""
     from deploykit.lifecycle import load_stack
 
@@ -1153,14 +1154,14 @@ def _compose_stack(stack_dir: Path) -> Any:
     return stack
 
 
-def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> Any:
+def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> BackupReport:
     """Back up the stack's Open WebUI data into ``out_dir`` (default: the stack's backups/)."""
     from deploykit import backup
 
     return backup.backup(_compose_stack(stack_dir), settings.docker_host, out_dir)
 
 
-def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> Any:
+def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> RestoreReport:
     """Put a backup's Open WebUI data back; Open WebUI is stopped only for the swap and waited for after."""
     from deploykit import backup, lifecycle
 
@@ -1176,7 +1177,7 @@ def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: boo
 class UpgradeReport:
     images: dict[str, tuple[str, str]]  # service -> (old, new)
     backup: str | None  # the archive taken first (None: the stack had no data yet)
-    up: Any  # the UpReport of the restart with the new images
+    up: UpReport  # the restart with the new images
 
 
 def upgrade_images(settings: Settings, stack_dir: Path, overrides: dict[str, str]) -> dict[str, tuple[str, str]]:

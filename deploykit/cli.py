@@ -18,7 +18,8 @@ from deploykit.services import INFERENCE, SERVICES
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from deploykit.app import StackRequest
+    from deploykit.app import FleetRequest, StackRequest
+    from deploykit.fleet import HostResult
     from deploykit.lifecycle import LoadedStack
     from deploykit.render import Target
     from deploykit.settings import Settings
@@ -747,7 +748,7 @@ def fleet_plan_options(fn: F) -> F:
     return fn
 
 
-def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings, Any]:
+def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings, FleetRequest]:
     from pathlib import Path
 
     from deploykit.app import FleetRequest
@@ -768,13 +769,18 @@ def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings
     )
 
 
-def _fleet_run(ctx: click.Context, params: dict[str, Any], title: str, action: Callable[..., list[Any]]) -> None:
-    """Run ``action(app, settings, request)`` and print its per-host results; exit 1 when any host failed."""
-    from deploykit import app, output
+def _fleet_run(
+    ctx: click.Context,
+    params: dict[str, Any],
+    title: str,
+    action: Callable[[Settings, FleetRequest], list[HostResult]],
+) -> None:
+    """Run ``action(settings, request)`` and print its per-host results; exit 1 when any host failed."""
+    from deploykit import output
     from deploykit.fleet import summary
 
     settings, req = _fleet_request(ctx, params)
-    results = action(app, settings, req)
+    results = action(settings, req)
     if params["as_json"]:
         _print_json(summary(results))
     else:
@@ -789,7 +795,9 @@ def _fleet_run(ctx: click.Context, params: dict[str, Any], title: str, action: C
 def fleet_detect(ctx: click.Context, /, **params: Any) -> None:
     """Each host through its engine: CPUs, RAM and architecture from engine info; GPUs from nvidia-smi in a
     short-lived probe container where the engine has the NVIDIA runtime."""
-    _fleet_run(ctx, params, "Fleet: detect", lambda app, s, r: app.fleet_detect(s, r))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: detect", app.fleet_detect)
 
 
 @fleet.command("plan", short_help="The plan for each host.")
@@ -798,7 +806,9 @@ def fleet_detect(ctx: click.Context, /, **params: Any) -> None:
 @click.pass_context
 def fleet_plan(ctx: click.Context, /, **params: Any) -> None:
     """Detect and plan each host: backend, device and the URL its Open WebUI will have."""
-    _fleet_run(ctx, params, "Fleet: plan", lambda app, s, r: app.fleet_plan(s, r))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: plan", app.fleet_plan)
 
 
 @fleet.command("render", short_help="Write a stack folder per host.")
@@ -808,7 +818,9 @@ def fleet_plan(ctx: click.Context, /, **params: Any) -> None:
 def fleet_render(ctx: click.Context, /, **params: Any) -> None:
     """Write DIR/HOST/{compose.yaml,.env,plan.json} for each host; a remote host's stack mounts the model
     from a named volume on that host instead of a path on this controller's disk."""
-    _fleet_run(ctx, params, "Fleet: render", lambda app, s, r: app.fleet_plan(s, r, write=True))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: render", lambda s, r: app.fleet_plan(s, r, write=True))
 
 
 @fleet.command("up", short_help="Deliver, start and check every host, in parallel.")
@@ -819,9 +831,10 @@ def fleet_render(ctx: click.Context, /, **params: Any) -> None:
 def fleet_up(ctx: click.Context, /, **params: Any) -> None:
     """Per host: load the images it lacks from this controller's engine, send the model into a volume
     (SHA-256 checked there), render, start and check up to a chat through Open WebUI."""
+    from deploykit import app
     from deploykit.output import HostReporter
 
-    _fleet_run(ctx, params, "Fleet: up", lambda app, s, r: app.fleet_up(s, r, HostReporter))
+    _fleet_run(ctx, params, "Fleet: up", lambda s, r: app.fleet_up(s, r, HostReporter))
 
 
 @fleet.command("status", short_help="State, URL and error of every host.")
@@ -829,7 +842,9 @@ def fleet_up(ctx: click.Context, /, **params: Any) -> None:
 @click.pass_context
 def fleet_status(ctx: click.Context, /, **params: Any) -> None:
     """Each host's stack: healthy or not, its URL, and what is wrong; exit 1 when any host is not healthy."""
-    _fleet_run(ctx, params, "Fleet: status", lambda app, s, r: app.fleet_status(s, r))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: status", app.fleet_status)
 
 
 @fleet.command("down", short_help="Stop every host's stack (data and model volumes kept).")
@@ -837,7 +852,9 @@ def fleet_status(ctx: click.Context, /, **params: Any) -> None:
 @click.pass_context
 def fleet_down(ctx: click.Context, /, **params: Any) -> None:
     """Stop and remove each host's containers; chats, accounts and the delivered model are kept."""
-    _fleet_run(ctx, params, "Fleet: down", lambda app, s, r: app.fleet_down(s, r))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: down", app.fleet_down)
 
 
 
