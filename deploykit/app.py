@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Required, TypedDict, cast
 
 from pydantic import ValidationError
 
@@ -43,9 +43,10 @@ if TYPE_CHECKING:
     from deploykit.backup import BackupReport, RestoreReport
     from deploykit.bench import RequestResult
     from deploykit.bench import Target as BenchTarget
+    from deploykit.doctor import Check
     from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
     from deploykit.host import DockerEngine, Gpu
-    from deploykit.lifecycle import LoadedStack, Reporter, UpReport
+    from deploykit.lifecycle import LoadedStack, Reporter, SmokeCheck, StackStatus, UpReport
 
 
 def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
@@ -501,14 +502,38 @@ def plan_only(
     return host, model, make_plan(host, model, settings)
 
 
-def profile_rows(settings: Settings) -> list[dict[str, Any]]:
+class PlanOutcome(TypedDict, total=False):
+    """The plan the default model gets on a profile, or why there is none."""
+
+    backend: Required[str | None]
+    device: str
+    quantization: str
+    context_length: int
+    gpu_layers: int | None
+    error: str
+
+
+class ProfileRow(PlanOutcome):
+    """One row of `deploykit profiles`."""
+
+    name: str
+    description: str
+    source: str
+    arch: str
+    gpus: list[str]
+    vram_bytes: int
+    ram_bytes: int
+    default_model: str
+
+
+def profile_rows(settings: Settings) -> list[ProfileRow]:
     """Each profile with the backend it would get for the default model (``deploykit profiles``)."""
     model = ResolvedModel(find_model(settings.model, builtin_models()), None)
-    rows = []
+    rows: list[ProfileRow] = []
     for host in all_profiles(settings):
         try:
             plan = make_plan(host, model, settings)
-            outcome: dict[str, Any] = {
+            outcome: PlanOutcome = {
                 "backend": plan.backend,
                 "device": plan.device,
                 "quantization": plan.quantization,
@@ -1136,6 +1161,114 @@ def bench_report(stacks: list[dict[str, Any]], prompt_tokens: int, max_tokens: i
         "workload": {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "stream": True, "ignore_eos": True},
         "stacks": stacks,
     }
+
+
+# ---------------------------------------------------------------- day 2: one running stack
+
+
+def load_stack(stack_dir: Path) -> LoadedStack:
+    """The stack rendered into ``stack_dir`` (relative to the working directory)."""
+    from deploykit import lifecycle
+
+    return lifecycle.load_stack(stack_dir.absolute())
+
+
+def stack_status(settings: Settings, stack: LoadedStack) -> StackStatus:
+    """Each service's state, health and model, and whether the whole stack is healthy."""
+    from deploykit import lifecycle
+
+    return lifecycle.status(stack, settings.docker_host)
+
+
+def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail: int, follow: bool) -> int:
+    """Show the logs on this terminal (compose's own output); the exit code of `docker compose logs`."""
+    from deploykit.engine import client, require_compose_v2
+    from deploykit.proc import run_attached
+
+    engine_stack = stack.engine_stack(settings.docker_host)
+    client(settings.docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
+    require_compose_v2()
+    return run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env())
+
+
+def restart_stack(settings: Settings, stack: LoadedStack, service: str | None) -> None:
+    from deploykit import lifecycle
+
+    lifecycle.restart(stack, settings.docker_host, service)
+
+
+def stop_stack(settings: Settings, stack: LoadedStack, volumes: bool) -> None:
+    from deploykit import lifecycle
+
+    lifecycle.down(stack, settings.docker_host, volumes)
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    response: dict[str, Any]  # the server's JSON answer as it came (printed by `chat --json`)
+
+    def text(self) -> str:
+        """The answer without its reasoning; an answer with no text is a failed chat."""
+        from deploykit.errors import HealthError
+        from deploykit.health import split_answer
+
+        _, text = split_answer(self.response)
+        if not text:
+            raise HealthError(
+                "the model answered with no text.", "Try a larger --max-tokens; reasoning models think first."
+            )
+        return text
+
+
+def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> ChatAnswer:
+    """One message through Open WebUI as the stack's admin, or straight to the inference server."""
+    from deploykit import lifecycle
+
+    return ChatAnswer(lifecycle.chat(stack, message, direct, max_tokens))
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    checks: list[SmokeCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(c["status"] != "fail" for c in self.checks)
+
+
+def smoke(stack: LoadedStack) -> SmokeReport:
+    """Structured output, reasoning wiring and tool calling, for the served model."""
+    from deploykit import lifecycle
+
+    return SmokeReport(lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8")))
+
+
+def doctor(settings: Settings, stack_dir: Path | None) -> list[Check]:
+    """What the host offers stacks (and the stack in ``stack_dir``, if given), each with its fix."""
+    from deploykit.doctor import run_checks
+
+    stack = load_stack(stack_dir) if stack_dir else None
+    ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
+    return run_checks(detect(settings), settings.docker_host, settings.model_cache, stack, ports)
+
+
+def models() -> tuple[ModelSpec, ...]:
+    """The model catalog."""
+    return builtin_models()
+
+
+def export_templates(directory: Path, force: bool) -> list[str]:
+    """Write the built-in templates into ``directory`` for a site to change; the names written."""
+    from deploykit.customise import export_templates as export
+
+    return export(directory, force)
+
+
+def rebase_templates(directory: Path) -> list[str]:
+    """Record the site's copies in ``directory`` as current with this deploykit's built-ins."""
+    from deploykit.customise import rebase_templates as rebase
+
+    return rebase(directory)
 
 
 # ---------------------------------------------------------------- backups and upgrades

@@ -247,10 +247,9 @@ def profiles(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def models(as_json: bool) -> None:
     """List the model catalog."""
-    from deploykit import output
-    from deploykit.catalog import builtin_models
+    from deploykit import app, output
 
-    catalog = builtin_models()
+    catalog = app.models()
     if as_json:
         _print_json([m.model_dump(mode="json") for m in catalog])
     else:
@@ -370,12 +369,12 @@ def _stack_request(
     )
 
 
-def _stack(ctx: click.Context, stack_dir: str) -> LoadedStack:
+def _stack(stack_dir: str) -> LoadedStack:
     from pathlib import Path
 
-    from deploykit.lifecycle import load_stack
+    from deploykit import app
 
-    return load_stack(Path(stack_dir).absolute())
+    return app.load_stack(Path(stack_dir))
 
 
 @cli.command(short_help="Start the stack and check it up to a chat.")
@@ -428,9 +427,9 @@ def up(
 @click.pass_context
 def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
     """Per service: container state, health, URL, model served, uptime; and whether the stack is healthy."""
-    from deploykit import lifecycle, output
+    from deploykit import app, output
 
-    state = lifecycle.status(_stack(ctx, stack_dir), _settings(ctx).docker_host)
+    state = app.stack_status(_settings(ctx), _stack(stack_dir))
     if as_json:
         _print_json(state)
     else:
@@ -447,14 +446,9 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 @click.pass_context
 def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, tail: int) -> None:
     """Show the stack's logs (one service, or both)."""
-    from deploykit.engine import client, require_compose_v2
-    from deploykit.proc import run_attached
+    from deploykit import app
 
-    docker_host = _settings(ctx).docker_host
-    engine_stack = _stack(ctx, stack_dir).engine_stack(docker_host)
-    client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
-    require_compose_v2()
-    sys.exit(run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env()))
+    sys.exit(app.stack_logs(_settings(ctx), _stack(stack_dir), service, tail, follow))
 
 
 @cli.command(short_help="Restart one service or both.")
@@ -463,9 +457,9 @@ def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, 
 @click.pass_context
 def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
     """Restart one service, or the whole stack."""
-    from deploykit import lifecycle
+    from deploykit import app
 
-    lifecycle.restart(_stack(ctx, stack_dir), _settings(ctx).docker_host, service)
+    app.restart_stack(_settings(ctx), _stack(stack_dir), service)
     click.echo(f"Restarted {service or 'inference and open-webui'}.")
 
 
@@ -476,10 +470,10 @@ def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
 @click.pass_context
 def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
     """Stop and remove the stack's containers. Chats, accounts and the model cache are kept."""
-    from deploykit import lifecycle
+    from deploykit import app
     from deploykit.errors import UsageError
 
-    stack = _stack(ctx, stack_dir)
+    stack = _stack(stack_dir)
     if volumes and not yes:
         if not sys.stdin.isatty():
             raise UsageError(
@@ -487,7 +481,7 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
                 "Add --yes if that is what you want.",
             )
         click.confirm(f"Delete all Open WebUI accounts and chats of {stack.spec.project}?", abort=True)
-    lifecycle.down(stack, _settings(ctx).docker_host, volumes)
+    app.stop_stack(_settings(ctx), stack, volumes)
     kept = "data deleted" if volumes else "chats, accounts and the model cache kept"
     click.echo(f"Stopped {stack.spec.project} ({kept}).")
 
@@ -503,21 +497,13 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
 @click.pass_context
 def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tokens: int, as_json: bool) -> None:
     """Send one message through Open WebUI (as the stack's admin) and print the answer."""
-    from deploykit import lifecycle
-    from deploykit.health import split_answer
+    from deploykit import app
 
-    data = lifecycle.chat(_stack(ctx, stack_dir), message, direct, max_tokens)
+    answer = app.chat(_stack(stack_dir), message, direct, max_tokens)
     if as_json:
-        _print_json(data)
+        _print_json(answer.response)
         return
-    _, text = split_answer(data)
-    if not text:
-        from deploykit.errors import HealthError
-
-        raise HealthError(
-            "the model answered with no text.", "Try a larger --max-tokens; reasoning models think first."
-        )
-    click.echo(text)
+    click.echo(answer.text())
 
 
 @cli.command(short_help="Check JSON output, reasoning and tool wiring.")
@@ -526,16 +512,15 @@ def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tok
 @click.pass_context
 def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
     """Check what matters for the served model: JSON-schema output, reasoning wiring, tool calling."""
-    from deploykit import lifecycle
+    from deploykit import app
 
-    stack = _stack(ctx, stack_dir)
-    checks = lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8"))
+    report = app.smoke(_stack(stack_dir))
     if as_json:
-        _print_json({"ok": all(c["status"] != "fail" for c in checks), "checks": checks})
+        _print_json({"ok": report.ok, "checks": report.checks})
     else:
-        for c in checks:
+        for c in report.checks:
             click.echo(f"{c['status'].upper():5} {c['name']:32} {c['detail']}")
-    if any(c["status"] == "fail" for c in checks):
+    if not report.ok:
         sys.exit(1)
 
 
@@ -545,17 +530,10 @@ def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 @click.pass_context
 def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
     """Check the host for running stacks: engine, compose v2, NVIDIA toolkit, driver, ports, disk, memory."""
-    from pathlib import Path
-
     from deploykit import app, output
     from deploykit.doctor import as_json as checks_json
-    from deploykit.doctor import run_checks
-    from deploykit.lifecycle import load_stack
 
-    settings = _settings(ctx)
-    stack = load_stack(Path(stack_dir).absolute()) if stack_dir else None
-    ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
-    checks = run_checks(app.detect(settings), settings.docker_host, settings.model_cache, stack, ports)
+    checks = app.doctor(_settings(ctx), _path(stack_dir))
     if as_json:
         _print_json(checks_json(checks))
     else:
@@ -674,9 +652,9 @@ def templates_export(directory: str, force: bool) -> None:
     """Write the built-in templates into DIRECTORY, with a record of which built-ins they are."""
     from pathlib import Path
 
-    from deploykit.customise import export_templates
+    from deploykit import app
 
-    names = export_templates(Path(directory), force)
+    names = app.export_templates(Path(directory), force)
     click.echo(f"Wrote {len(names)} templates to {directory}: {', '.join(names)}.")
     click.echo("Keep only the ones you change, and point templates_dir at the directory.")
 
@@ -690,9 +668,9 @@ def templates_rebase(directory: str) -> None:
     """
     from pathlib import Path
 
-    from deploykit.customise import rebase_templates
+    from deploykit import app
 
-    names = rebase_templates(Path(directory))
+    names = app.rebase_templates(Path(directory))
     click.echo(f"Recorded {', '.join(names) or 'no shadowed templates'} as current in {directory}.")
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, Required, TypedDict
 
 import httpx
 from pydantic import ValidationError
@@ -32,6 +32,43 @@ from deploykit.webui_env import stored_settings
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
 WEBUI_START_HINT = "Open WebUI did not start; `deploykit logs open-webui` shows why."
+
+
+class StackIdentity(TypedDict):
+    """Which stack a report is about (the first keys of `status --json` and of bench's rows)."""
+
+    stack_dir: str
+    project: str
+    backend: str
+    device: str
+    model: str
+
+
+class ServiceStatus(TypedDict, total=False):
+    """One service in `deploykit status`; the container's fields only when it exists."""
+
+    service: Required[str]
+    state: Required[str]
+    health: Required[str | None]
+    uptime_s: Required[int | None]
+    image: str
+    ports: list[str]
+    restarts: int
+    url: str
+    model: str | None
+    detail: str
+
+
+class StackStatus(StackIdentity):
+    healthy: bool
+    override: dict[str, str] | None  # the site's compose.override.yaml in effect, if any
+    services: list[ServiceStatus]
+
+
+class SmokeCheck(TypedDict):
+    name: str
+    status: Literal["pass", "fail", "skip"]
+    detail: str
 
 
 class Reporter(Protocol):
@@ -529,16 +566,16 @@ def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEB
 # ---------------------------------------------------------------- status, chat
 
 
-def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
+def status(stack: LoadedStack, docker_host: str | None) -> StackStatus:
     containers = stack.engine_stack(docker_host).containers()
     plan = stack.spec.plan
     key = stack.secrets.get("INFERENCE_API_KEY", "")
     now = datetime.now(UTC)
-    services = []
+    services: list[ServiceStatus] = []
     by_service = {c.service: c for c in containers}
     for name in SERVICES:
         ctr = by_service.get(name)
-        entry: dict[str, Any] = {"service": name, "state": "missing", "health": None, "uptime_s": None}
+        entry: ServiceStatus = {"service": name, "state": "missing", "health": None, "uptime_s": None}
         if ctr is not None:
             started = ctr.started_at
             uptime = None
@@ -548,13 +585,15 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
                 except ValueError:
                     uptime = None
             entry.update(
-                state=ctr.state,
-                health=ctr.health,
-                uptime_s=uptime,
-                image=ctr.image,
-                ports=list(ctr.ports),
-                # A crash the engine recovered from shows here (the engine resets the exit code on restart).
-                restarts=ctr.restart_count,
+                {
+                    "state": ctr.state,
+                    "health": ctr.health,
+                    "uptime_s": uptime,
+                    "image": ctr.image,
+                    "ports": list(ctr.ports),
+                    # A crash the engine recovered from shows here (the engine resets the exit code on restart).
+                    "restarts": ctr.restart_count,
+                }
             )
         services.append(entry)
     with health.http_client(stack.inference_url, key, timeout=5) as client:
@@ -584,7 +623,7 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
     return {**identity(stack), "healthy": healthy, "override": describe(stack.dir), "services": services}
 
 
-def identity(stack: LoadedStack) -> dict[str, Any]:
+def identity(stack: LoadedStack) -> StackIdentity:
     """Which stack a report is about: its directory, project, backend, device and model."""
     plan = stack.spec.plan
     return {
@@ -616,10 +655,10 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
         ) from None
 
 
-def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
+def smoke(stack: LoadedStack, compose_text: str) -> list[SmokeCheck]:
     """Checks that matter for the served model: structured output, reasoning wiring, tool calling."""
     plan = stack.spec.plan
-    checks: list[dict[str, Any]] = []
+    checks: list[SmokeCheck] = []
     with health.http_client(stack.inference_url, stack.secrets.get("INFERENCE_API_KEY")) as client:
         try:
             detail = health.probe_structured_output(client, "/v1/chat/completions", plan.model_id)

@@ -15,13 +15,13 @@ from deploykit.plan import gib
 if TYPE_CHECKING:
     from rich.status import Status
 
-    from deploykit.app import RenderResult, TuneReport
+    from deploykit.app import ProfileRow, RenderResult, TuneReport
     from deploykit.catalog import ModelSpec
     from deploykit.doctor import Check
     from deploykit.fleet import HostResult
     from deploykit.health import StageResult
     from deploykit.host import HostProfile
-    from deploykit.lifecycle import UpReport
+    from deploykit.lifecycle import StackStatus, UpReport
     from deploykit.plan import DeploymentPlan
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -61,7 +61,7 @@ def show_host(host: HostProfile) -> None:
             console.print(f"  Docker  not reachable: {escape(str(d.error))}")
 
 
-def show_profiles(rows: Iterable[dict[str, Any]]) -> None:
+def show_profiles(rows: Iterable[ProfileRow]) -> None:
     table = Table(title="Hardware profiles (backend for the default model)")
     for col in ("profile", "arch", "GPU", "VRAM", "RAM", "backend", "device", "quant", "context"):
         table.add_column(col)
@@ -183,7 +183,7 @@ def show_up(report: UpReport) -> None:
         )
 
 
-def show_status(state: dict[str, Any]) -> None:
+def show_status(state: StackStatus) -> None:
     mark = "[green]healthy[/green]" if state["healthy"] else "[red]not healthy[/red]"
     console.print(
         f"[bold]{escape(state['project'])}[/bold] ({state['backend']} on {state['device']}, "
@@ -193,14 +193,14 @@ def show_status(state: dict[str, Any]) -> None:
     for col in ("service", "state", "health", "url", "model", "uptime", "restarts"):
         table.add_column(col)
     for s in state["services"]:
-        uptime = f"{s['uptime_s'] // 60} min" if s.get("uptime_s") is not None else "—"
+        uptime = f"{up // 60} min" if (up := s.get("uptime_s")) is not None else "—"
         restarts = str(s.get("restarts") or 0)
         table.add_row(
             s["service"], s["state"], s.get("health") or "—", s.get("url", ""), s.get("model") or "—", uptime, restarts
         )
     console.print(table)
-    if state.get("override"):
-        console.print(f"  {state['override']['file']} is in effect on top of compose.yaml.")
+    if override := state.get("override"):
+        console.print(f"  {override['file']} is in effect on top of compose.yaml.")
 
 
 def show_checks(checks: Iterable[Check]) -> None:
