@@ -12,7 +12,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -457,11 +457,16 @@ def project_owners(docker_host: str | None, project: str) -> dict[str, ProjectOw
 
 
 def image_present(docker_host: str | None, ref: str) -> bool:
+    return _exists(lambda: client(docker_host).images.get(ref))
+
+
+def _exists(lookup: Callable[[], object]) -> bool:
+    """Whether the engine has the thing ``lookup`` gets (an image, a volume): False on its 404."""
     import docker.errors
 
     try:
-        client(docker_host).images.get(ref)
-    except docker.errors.ImageNotFound:
+        lookup()
+    except docker.errors.NotFound:  # ImageNotFound is a NotFound
         return False
     return True
 
@@ -542,13 +547,7 @@ def copy_image(source_host: str | None, target_host: str | None, ref: str) -> st
 
 
 def volume_exists(docker_host: str | None, name: str) -> bool:
-    import docker.errors
-
-    try:
-        client(docker_host).volumes.get(name)
-    except docker.errors.NotFound:
-        return False
-    return True
+    return _exists(lambda: client(docker_host).volumes.get(name))
 
 
 def fill_volume(
