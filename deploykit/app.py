@@ -33,7 +33,7 @@ from deploykit.errors import ConfigError, DeployKitError, NotFoundError, PlanErr
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, PlanSettings, RunHost, gib, plan_deployment, suggest_alternative
-from deploykit.render import StackSpec, Target, project_name, render_files
+from deploykit.render import StackIdentity, StackSpec, Target, project_name, render_files
 from deploykit.services import INFERENCE, WEBUI
 from deploykit.settings import Settings, config_dir
 from deploykit.stackdir import TARGET_FILES
@@ -41,12 +41,13 @@ from deploykit.stackdir import TARGET_FILES
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
     from deploykit.backup import BackupReport, RestoreReport
-    from deploykit.bench import RequestResult
+    from deploykit.bench import BenchLevel, RequestResult
     from deploykit.bench import Target as BenchTarget
     from deploykit.doctor import Check
     from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
     from deploykit.host import DockerEngine, Gpu
     from deploykit.lifecycle import LoadedStack, Reporter, SmokeCheck, StackStatus, UpReport
+    from deploykit.tune import TuneRow, TuneWorkload
 
 
 def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
@@ -944,7 +945,7 @@ def fleet_down(settings: Settings, req: FleetRequest) -> list[HostResult]:
 # ---------------------------------------------------------------- bench and tune
 
 
-def replan_files(stack: LoadedStack, **knobs: Any) -> tuple[DeploymentPlan, dict[str, str]]:
+def replan_files(stack: LoadedStack, **knobs: int) -> tuple[DeploymentPlan, dict[str, str]]:
     """The stack's files re-planned from the inputs plan.json recorded, with some planner knobs changed.
 
     Same host, model, images, ports and secrets; only what the knobs change (flags, KV cache, context split).
@@ -992,6 +993,33 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
     return Target(base, path, token, plan.model_id, via, plan.backend, stack.inference_url, key)
 
 
+class BenchStack(StackIdentity):
+    """One stack measured by `bench`."""
+
+    flags: dict[str, int]  # threads and parallel slots it runs with
+    via: str
+    url: str
+    levels: list[BenchLevel]
+
+
+class BenchWorkload(TypedDict):
+    prompt_tokens: int
+    max_tokens: int
+    stream: bool
+    ignore_eos: bool
+
+
+class BenchReport(TypedDict, total=False):
+    """The whole `bench` result (`bench --json`)."""
+
+    date: Required[str]
+    machine: Required[str]
+    command: Required[str]
+    workload: Required[BenchWorkload]
+    stacks: Required[list[BenchStack]]
+    chart: str  # the HTML chart written, when asked for
+
+
 def bench_stack(
     stack_dir: Path,
     *,
@@ -1001,7 +1029,7 @@ def bench_stack(
     prompt_tokens: int,
     max_tokens: int,
     on_result: Callable[[RequestResult], None],
-) -> dict[str, Any]:
+) -> BenchStack:
     """Streaming load at each concurrency level against a running stack; figures per level as plain data."""
     from dataclasses import asdict
 
@@ -1018,10 +1046,10 @@ def bench_stack(
             f"{stack.spec.project} did not answer a test request through {via}: {exc}.",
             f"Check `deploykit status --dir {stack.dir}`.",
         ) from None
-    results = []
+    results: list[BenchLevel] = []
     for concurrency in levels:
         workload = Workload(concurrency, requests or default_requests(concurrency), prompt_tokens, max_tokens)
-        results.append(asdict(run_level(target, workload, words, on_result)))
+        results.append(cast("BenchLevel", asdict(run_level(target, workload, words, on_result))))
     plan = stack.spec.plan
     return {
         **identity(stack),
@@ -1040,11 +1068,11 @@ def default_requests(concurrency: int) -> int:
 @dataclass
 class TuneReport:
     stack_dir: str
-    workload: dict[str, Any]
+    workload: TuneWorkload
     cpus: int
     before: dict[str, int]
     winner: dict[str, int]
-    rows: list[dict[str, Any]]
+    rows: list[TuneRow]
     settings_file: str = ""
     confirmed: dict[str, float] | None = None
     healthy: bool = False
@@ -1101,9 +1129,9 @@ def tune_stack(
         compose.up(INFERENCE)
         return lifecycle.wait_inference_ready(lifecycle.load_stack(stack.dir), docker_host)
 
-    def measure(candidate: tune.Candidate) -> dict[str, Any]:
+    def measure(candidate: tune.Candidate) -> TuneRow:
         nonlocal words
-        row: dict[str, Any] = {**candidate.knobs(), "current": candidate == current}
+        row: TuneRow = {"threads": candidate.threads, "parallel": candidate.parallel, "current": candidate == current}
         try:
             row["ready_s"] = round(apply(candidate), 1)
             if words is None:
@@ -1148,19 +1176,28 @@ def tune_stack(
     return report
 
 
-def bench_report(stacks: list[dict[str, Any]], prompt_tokens: int, max_tokens: int, command: str) -> dict[str, Any]:
-    """The whole `bench` result: when, where, how, and each stack's levels."""
+def bench_report(
+    stacks: list[BenchStack], prompt_tokens: int, max_tokens: int, command: str, chart: Path | None = None
+) -> BenchReport:
+    """The whole `bench` result: when, where, how, and each stack's levels; ``chart`` also writes an HTML chart."""
     import os
     import platform
     from datetime import UTC, datetime
 
-    return {
+    report: BenchReport = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, {platform.system()}",
         "command": command,
         "workload": {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "stream": True, "ignore_eos": True},
         "stacks": stacks,
     }
+    if chart:
+        from deploykit.bench import chart_html
+
+        series = {f"{s['project']} ({s['flags']['threads']}t/{s['flags']['parallel']}np)": s["levels"] for s in stacks}
+        chart.write_text(chart_html(series, "deploykit bench"), encoding="utf-8")
+        report["chart"] = str(chart.absolute())
+    return report
 
 
 # ---------------------------------------------------------------- day 2: one running stack

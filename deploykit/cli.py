@@ -923,13 +923,7 @@ def bench(
                     on_result=lambda _r: progress.advance(task),
                 )
             )
-    report = app.bench_report(stacks, prompt_tokens, max_tokens, " ".join(sys.argv))
-    if chart:
-        from deploykit.bench import chart_html
-
-        series = {f"{s['project']} ({s['flags']['threads']}t/{s['flags']['parallel']}np)": s["levels"] for s in stacks}
-        Path(chart).write_text(chart_html(series, "deploykit bench"), encoding="utf-8")
-        report["chart"] = str(Path(chart).absolute())
+    report = app.bench_report(stacks, prompt_tokens, max_tokens, " ".join(sys.argv), _path(chart))
     if as_json:
         _print_json(report)
     else:

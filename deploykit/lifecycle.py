@@ -24,7 +24,7 @@ from deploykit.errors import HealthError, NotFoundError, PreflightError, StackDi
 from deploykit.host import GiB
 from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import gib
-from deploykit.render import StackSpec
+from deploykit.render import StackIdentity, StackSpec
 from deploykit.services import INFERENCE, SERVICES, WEBUI
 from deploykit.stackdir import TARGET_FILES, read_plan, read_secrets, recover
 from deploykit.webui_env import stored_settings
@@ -32,16 +32,6 @@ from deploykit.webui_env import stored_settings
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
 WEBUI_START_HINT = "Open WebUI did not start; `deploykit logs open-webui` shows why."
-
-
-class StackIdentity(TypedDict):
-    """Which stack a report is about (the first keys of `status --json` and of bench's rows)."""
-
-    stack_dir: str
-    project: str
-    backend: str
-    device: str
-    model: str
 
 
 class ServiceStatus(TypedDict, total=False):

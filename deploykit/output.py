@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,7 +15,7 @@ from deploykit.plan import gib
 if TYPE_CHECKING:
     from rich.status import Status
 
-    from deploykit.app import ProfileRow, RenderResult, TuneReport
+    from deploykit.app import BenchReport, ProfileRow, RenderResult, TuneReport
     from deploykit.catalog import ModelSpec
     from deploykit.doctor import Check
     from deploykit.fleet import HostResult
@@ -288,7 +288,7 @@ def _ratio(value: float | None) -> str:
     return f"{value:.1%}" if value is not None else "—"
 
 
-def show_bench(report: dict[str, Any]) -> None:
+def show_bench(report: BenchReport) -> None:
     w = report["workload"]
     console.print(
         f"[bold]deploykit bench[/bold] — streaming chat completions, {w['prompt_tokens']} prompt tokens, "

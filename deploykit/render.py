@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import jinja2
 from pydantic import BaseModel, ConfigDict
@@ -65,6 +65,16 @@ class StackSpec(BaseModel):
         if self.plan.backend == "llamacpp":
             return str(host.parent), "/models", f"/models/{host.name}"
         return str(host), "/model", "/model"
+
+
+class StackIdentity(TypedDict):
+    """Which stack a report is about (the first keys of `status --json` and of bench's rows)."""
+
+    stack_dir: str
+    project: str
+    backend: str
+    device: str
+    model: str
 
 
 def project_name(stack_dir: Path) -> str:
