@@ -36,7 +36,7 @@ from deploykit.plan import DeploymentPlan, NoFit, PlanSettings, RunHost, gib, pl
 from deploykit.render import StackIdentity, StackSpec, Target, project_name, render_files
 from deploykit.services import INFERENCE, WEBUI
 from deploykit.settings import Settings, config_dir
-from deploykit.stackdir import TARGET_FILES
+from deploykit.stackdir import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, STACK_ID, TARGET_FILES, WEBUI_SECRET_KEY
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -261,11 +261,11 @@ def plan_inputs(settings: Settings, host: HostProfile, model: ResolvedModel) -> 
 
 def new_secrets(admin_email: str) -> dict[str, str]:
     return {
-        "INFERENCE_API_KEY": "sk-" + secrets_mod.token_urlsafe(32),
-        "WEBUI_SECRET_KEY": secrets_mod.token_urlsafe(48),
-        "DEPLOYKIT_ADMIN_EMAIL": admin_email,
-        "DEPLOYKIT_ADMIN_PASSWORD": secrets_mod.token_urlsafe(18),
-        "DEPLOYKIT_STACK_ID": secrets_mod.token_hex(8),
+        INFERENCE_API_KEY: "sk-" + secrets_mod.token_urlsafe(32),
+        WEBUI_SECRET_KEY: secrets_mod.token_urlsafe(48),
+        ADMIN_EMAIL: admin_email,
+        ADMIN_PASSWORD: secrets_mod.token_urlsafe(18),
+        STACK_ID: secrets_mod.token_hex(8),
     }
 
 
@@ -355,7 +355,11 @@ def prepare_for_host(
     stack_secrets = {key: kept.get(key) or fresh[key] for key in fresh}
     notes = [
         f"{key} was not in .env: a new one was generated"
-        + (" (Open WebUI keeps the admin password it was first given)." if key.startswith("DEPLOYKIT_ADMIN") else ".")
+        + (
+            " (Open WebUI keeps the admin password it was first given)."
+            if key in (ADMIN_EMAIL, ADMIN_PASSWORD)
+            else "."
+        )
         for key in fresh
         if existing.env.text is not None and key not in kept
     ]
@@ -563,11 +567,11 @@ def profile_rows(settings: Settings) -> list[ProfileRow]:
 # reproducible anywhere and hold no real secret.
 REFERENCE_MODEL_CACHE = Path("/srv/deploykit/models")
 REFERENCE_SECRETS = {
-    "INFERENCE_API_KEY": "change-me-inference-key",
-    "WEBUI_SECRET_KEY": "change-me-webui-secret",
-    "DEPLOYKIT_ADMIN_EMAIL": "admin@deploykit.local",
-    "DEPLOYKIT_ADMIN_PASSWORD": "change-me-admin-password",
-    "DEPLOYKIT_STACK_ID": "change-me-stack-id",
+    INFERENCE_API_KEY: "change-me-inference-key",
+    WEBUI_SECRET_KEY: "change-me-webui-secret",
+    ADMIN_EMAIL: "admin@deploykit.local",
+    ADMIN_PASSWORD: "change-me-admin-password",
+    STACK_ID: "change-me-stack-id",
 }
 
 
@@ -972,7 +976,7 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
     from deploykit.bench import Target
 
     plan = stack.spec.plan
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    key = stack.api_key
     if via == INFERENCE:
         base, path, token = stack.inference_url, "/v1/chat/completions", key
     else:
@@ -980,8 +984,8 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
             try:
                 token, _ = webui.admin_token(
                     anon,
-                    stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""),
-                    stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", ""),
+                    stack.admin_email,
+                    stack.admin_password,
                 )
             except (health.NotReady, health.StageFailed) as exc:
                 from deploykit.errors import HealthError

@@ -27,12 +27,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from deploykit import __version__, engine
 from deploykit.errors import EngineError, NotFoundError, UsageError
 from deploykit.services import WEBUI
+from deploykit.stackdir import STACK_ID
 from deploykit.textfile import sha256_of
+
+if TYPE_CHECKING:
+    from deploykit.lifecycle import LoadedStack
 
 DATA_VOLUME = "open-webui-data"  # the compose volume key in compose.yaml.j2
 MANIFEST_MEMBER = "deploykit-backup.json"
@@ -104,7 +108,7 @@ class RestoreReport:
     downtime_seconds: float  # Open WebUI stopped → answering /health again (0 when it was not running)
 
 
-def _labels(stack: Any) -> dict[str, str]:
+def _labels(stack: LoadedStack) -> dict[str, str]:
     return {"org.deploykit.managed": "true", "org.deploykit.stack": stack.spec.project}
 
 
@@ -154,7 +158,7 @@ def _repack(raw_tar: IO[bytes], out: IO[bytes], manifest: Manifest) -> int:
 
 
 def backup(
-    stack: Any, docker_host: str | None, out_dir: Path | None = None, now: datetime | None = None
+    stack: LoadedStack, docker_host: str | None, out_dir: Path | None = None, now: datetime | None = None
 ) -> BackupReport:
     """Copy the stack's Open WebUI volume into a new archive; Open WebUI is paused only during the copy."""
     es: engine.Stack = stack.engine_stack(docker_host)
@@ -166,7 +170,7 @@ def backup(
         )
     when = now or datetime.now(UTC)
     manifest = Manifest(
-        stack_id=stack.secrets.get("DEPLOYKIT_STACK_ID", ""),
+        stack_id=stack.secrets.get(STACK_ID, ""),
         project=stack.spec.project,
         volume=volume,
         image=stack.spec.images[WEBUI],
@@ -264,7 +268,7 @@ def read_backup(path: Path) -> Manifest:
 
 
 def restore(
-    stack: Any,
+    stack: LoadedStack,
     docker_host: str | None,
     archive: Path,
     force: bool = False,
@@ -273,7 +277,7 @@ def restore(
     """Replace the stack's Open WebUI data with a backup's; Open WebUI is stopped only for the swap."""
     archive = archive.expanduser().absolute()
     manifest = read_backup(archive)
-    ours = stack.secrets.get("DEPLOYKIT_STACK_ID", "")
+    ours = stack.secrets.get(STACK_ID, "")
     if manifest.stack_id != ours and not force:
         raise UsageError(
             f"backup {archive.name} holds the data of another stack ({manifest.project}, id {manifest.stack_id}); "

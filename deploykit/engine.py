@@ -21,6 +21,7 @@ from deploykit.errors import EngineError
 from deploykit.host import DockerEngine
 from deploykit.proc import Completed, Runner, run_cmd
 from deploykit.services import SERVICES
+from deploykit.stackdir import RUNTIME_SECRETS, STACK_ID
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:[^/@\s]*@")
 
@@ -298,7 +299,7 @@ class Stack:
 
 
 # The Swarm secrets swarm.yaml names, and the .env keys they are made from.
-SWARM_SECRET_FILES = (("inference_api_key", "INFERENCE_API_KEY"), ("webui_secret_key", "WEBUI_SECRET_KEY"))
+SWARM_SECRET_FILES = tuple((key.lower(), key) for key in RUNTIME_SECRETS)
 
 
 def swarm_state(docker_host: str | None) -> tuple[str, bool]:
@@ -343,7 +344,7 @@ class SwarmStack(Stack):
                 path.write_text(self.secrets.get(key, ""), encoding="utf-8")
             env = self.env() | {
                 "DEPLOYKIT_SECRETS_DIR": str(secrets_dir),
-                "DEPLOYKIT_STACK_ID": self.secrets.get("DEPLOYKIT_STACK_ID", ""),
+                STACK_ID: self.secrets.get(STACK_ID, ""),
             }
             stack_file = str(self.stack_dir / "swarm.yaml")
             result = self._docker("stack", "deploy", "--prune", "-c", stack_file, self.project, env=env)

@@ -26,7 +26,16 @@ from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import gib
 from deploykit.render import StackIdentity, StackSpec
 from deploykit.services import INFERENCE, SERVICES, WEBUI
-from deploykit.stackdir import TARGET_FILES, read_plan, read_secrets, recover
+from deploykit.stackdir import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    INFERENCE_API_KEY,
+    STACK_ID,
+    TARGET_FILES,
+    read_plan,
+    read_secrets,
+    recover,
+)
 from deploykit.webui_env import stored_settings
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
@@ -80,6 +89,22 @@ class LoadedStack:
     # The inference port is published on the engine host's loopback only; for a remote host the fleet
     # reaches it through an ssh forward and sets this.
     inference_base: str | None = None
+
+    @property
+    def api_key(self) -> str:
+        return self.secrets.get(INFERENCE_API_KEY, "")
+
+    @property
+    def admin_email(self) -> str:
+        return self.secrets.get(ADMIN_EMAIL, "")
+
+    @property
+    def admin_password(self) -> str:
+        return self.secrets.get(ADMIN_PASSWORD, "")
+
+    @property
+    def stack_id(self) -> str:
+        return self.secrets.get(STACK_ID, "")
 
     @property
     def stack_file(self) -> Path:
@@ -190,7 +215,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     if stack.spec.target == "swarm":
         return preflight_swarm(stack, docker_host)
     engine.require_compose_v2()
-    stack_id = stack.secrets.get("DEPLOYKIT_STACK_ID")
+    stack_id = stack.stack_id
     others = {k: v for k, v in engine.project_owners(docker_host, stack.spec.project).items() if k != stack_id}
     if others:
         owner = next(iter(others.values()))
@@ -329,9 +354,9 @@ class Stage:
 def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client, report: UpReport) -> list[Stage]:
     """The stages from a started stack to one chat answered through Open WebUI, in order."""
     plan = stack.spec.plan
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
-    email = stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", "")
-    password = stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
+    key = stack.api_key
+    email = stack.admin_email
+    password = stack.admin_password
 
     def admin() -> str:
         token, created = webui.admin_token(ui, email, password)
@@ -465,7 +490,7 @@ def check_stack(
 ) -> UpReport:
     """The staged health check of a started stack, up to one chat answered through Open WebUI."""
     report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{stack.spec.webui_port}", healthy=False)
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    key = stack.api_key
     with health.http_client(stack.inference_url, key) as inference, health.http_client(stack.webui_url) as ui:
         results = run_stages(
             health_stages(stack, inference, ui, report),
@@ -559,7 +584,7 @@ def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEB
 def status(stack: LoadedStack, docker_host: str | None) -> StackStatus:
     containers = stack.engine_stack(docker_host).containers()
     plan = stack.spec.plan
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    key = stack.api_key
     now = datetime.now(UTC)
     services: list[ServiceStatus] = []
     by_service = {c.service: c for c in containers}
@@ -629,12 +654,10 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
     plan = stack.spec.plan
     try:
         if direct:
-            with health.http_client(stack.inference_url, stack.secrets.get("INFERENCE_API_KEY")) as client:
+            with health.http_client(stack.inference_url, stack.api_key) as client:
                 return health.chat_once(client, "/v1/chat/completions", plan.model_id, message, max_tokens)
         with health.http_client(stack.webui_url) as anon:
-            token, _ = webui.admin_token(
-                anon, stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""), stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
-            )
+            token, _ = webui.admin_token(anon, stack.admin_email, stack.admin_password)
         with health.http_client(stack.webui_url, token) as client:
             # A model Open WebUI cannot list gets a bare "400 Model not found"; say what is wrong instead.
             health.probe_webui_model(client, plan.model_id)
@@ -649,7 +672,7 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[SmokeCheck]:
     """Checks that matter for the served model: structured output, reasoning wiring, tool calling."""
     plan = stack.spec.plan
     checks: list[SmokeCheck] = []
-    with health.http_client(stack.inference_url, stack.secrets.get("INFERENCE_API_KEY")) as client:
+    with health.http_client(stack.inference_url, stack.api_key) as client:
         try:
             detail = health.probe_structured_output(client, "/v1/chat/completions", plan.model_id)
             checks.append({"name": "structured output (json_schema)", "status": "pass", "detail": detail})
@@ -700,7 +723,7 @@ def wait_inference_ready(stack: LoadedStack, docker_host: str | None, timeout: f
     """
     plan = stack.spec.plan
     limit = timeout if timeout is not None else plan.startup_seconds + 60
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    key = stack.api_key
     watch = _container_watch(stack, docker_host, INFERENCE)
     started = time.monotonic()
     with health.http_client(stack.inference_url, key) as client:

@@ -27,12 +27,9 @@ from deploykit import __version__
 from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan
 from deploykit.services import INFERENCE
-from deploykit.stackdir import SECRET_KEYS, TARGET_FILES, sha256
+from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, sha256
 
 Target = Literal["compose", "swarm", "kubernetes"]
-# The secrets a running stack needs (the admin's are only for deploykit's own checks). Swarm mounts
-# them as files under /run/secrets; Kubernetes keeps them in one Secret.
-RUNTIME_SECRETS = ("INFERENCE_API_KEY", "WEBUI_SECRET_KEY")
 GiB = 1024**3
 
 

@@ -39,13 +39,15 @@ PRIVATE_FILES = (".env", "kubernetes.yaml")
 SITE_FILES = ("compose.override.yaml", "deploykit.toml")  # the site's own; never written by render
 # DEPLOYKIT_STACK_ID is no secret, but it lives here: it tells this stack's containers and volume from
 # another stack's that happens to share the project name.
-SECRET_KEYS = (
-    "INFERENCE_API_KEY",
-    "WEBUI_SECRET_KEY",
-    "DEPLOYKIT_ADMIN_EMAIL",
-    "DEPLOYKIT_ADMIN_PASSWORD",
-    "DEPLOYKIT_STACK_ID",
-)
+INFERENCE_API_KEY = "INFERENCE_API_KEY"  # the inference server's API key, given to Open WebUI
+WEBUI_SECRET_KEY = "WEBUI_SECRET_KEY"  # Open WebUI's session secret
+ADMIN_EMAIL = "DEPLOYKIT_ADMIN_EMAIL"  # the admin deploykit creates and signs in as for its checks
+ADMIN_PASSWORD = "DEPLOYKIT_ADMIN_PASSWORD"
+STACK_ID = "DEPLOYKIT_STACK_ID"
+SECRET_KEYS = (INFERENCE_API_KEY, WEBUI_SECRET_KEY, ADMIN_EMAIL, ADMIN_PASSWORD, STACK_ID)
+# The secrets a running stack needs (the admin's are only for deploykit's own checks). Swarm mounts
+# them as files under /run/secrets, named in lower case; Kubernetes keeps them in one Secret.
+RUNTIME_SECRETS = (INFERENCE_API_KEY, WEBUI_SECRET_KEY)
 STAGING = ".deploykit-staging"  # complete new files, being moved into place
 STAGING_PARTIAL = ".deploykit-staging-"  # prefix of a staging folder still being written
 COMPOSE_HEADER = "# Rendered by deploykit"
