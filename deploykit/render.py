@@ -31,6 +31,7 @@ from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, sha25
 
 Target = Literal["compose", "swarm", "kubernetes"]
 GiB = 1024**3
+WEBUI_CONTAINER_PORT = 8080  # Open WebUI's own port inside its container
 
 
 class StackSpec(BaseModel):
@@ -53,6 +54,7 @@ class StackSpec(BaseModel):
 
     @property
     def inference_container_port(self) -> int:
+        """The port the server listens on inside its container: each server's own default."""
         return 8000 if self.plan.backend == "vllm" else 8080
 
     @property
@@ -253,6 +255,7 @@ def render_target(
         "webui_bind": spec.webui_bind,
         "inference_port": spec.inference_port,
         "inference_container_port": spec.inference_container_port,
+        "webui_container_port": WEBUI_CONTAINER_PORT,
         "inference_url": f"http://inference:{spec.inference_container_port}/v1",
         "model_host_dir": host_dir,
         "model_volume": spec.model_volume,
