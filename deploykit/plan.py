@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,22 +71,31 @@ WEBUI_AND_OS_RESERVE_BYTES = 2 * GiB
 DEFAULT_GPU_UTILIZATION = 0.90
 
 
+# The planner knobs' bounds, in one place: PlanSettings and Settings (which parses them strictly) share them.
+ContextTokens = Annotated[int, Field(ge=256, le=1_048_576)]
+GpuShare = Annotated[float, Field(gt=0.1, le=0.99)]
+Slots = Annotated[int, Field(ge=1, le=64)]
+Threads = Annotated[int, Field(ge=1, le=1024)]
+BatchTokens = Annotated[int, Field(ge=32, le=65536)]
+Sequences = Annotated[int, Field(ge=1, le=4096)]
+
+
 class PlanSettings(BaseModel):
     """The planner's knobs, all with defaults; comes from settings and flags."""
 
     model_config = ConfigDict(frozen=True)
 
-    max_context: int = Field(default=4096, ge=256)
-    gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
+    max_context: ContextTokens = 4096
+    gpu_memory_utilization: GpuShare | None = None
     backend: Backend | None = None
     # Serving knobs; None lets the planner choose (an explicit value always wins, with its reason).
-    parallel: int | None = Field(default=None, ge=1, le=64)  # llama.cpp slots (-np); vLLM: full-length sequences
-    threads: int | None = Field(default=None, ge=1, le=1024)  # llama.cpp -t; vLLM's OMP threads on the CPU
-    batch_size: int | None = Field(default=None, ge=32, le=65536)  # llama.cpp -b; vLLM max-num-batched-tokens
-    ubatch_size: int | None = Field(default=None, ge=32, le=65536)  # llama.cpp -ub
+    parallel: Slots | None = None  # llama.cpp slots (-np); vLLM: full-length sequences
+    threads: Threads | None = None  # llama.cpp -t; vLLM's OMP threads on the CPU
+    batch_size: BatchTokens | None = None  # llama.cpp -b; vLLM max-num-batched-tokens
+    ubatch_size: BatchTokens | None = None  # llama.cpp -ub
     flash_attn: FlashAttn | None = None  # llama.cpp --flash-attn
     kv_cache_type: KvCacheType | None = None  # llama.cpp -ctk/-ctv
-    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)  # vLLM --max-num-seqs
+    max_num_seqs: Sequences | None = None  # vLLM --max-num-seqs
 
 
 class RunHost(BaseModel):

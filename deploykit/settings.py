@@ -15,7 +15,7 @@ import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -26,7 +26,18 @@ from pydantic_settings import (
 )
 
 from deploykit.errors import ConfigError, UsageError
-from deploykit.plan import FlashAttn, KvCacheType, PlanSettings
+from deploykit.plan import (
+    Backend,
+    BatchTokens,
+    ContextTokens,
+    FlashAttn,
+    GpuShare,
+    KvCacheType,
+    PlanSettings,
+    Sequences,
+    Slots,
+    Threads,
+)
 from deploykit.services import SERVICES
 from deploykit.versions import pinned
 
@@ -72,8 +83,10 @@ def _finite(value: object) -> object:
     return value
 
 
-WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
-FiniteFloat = Annotated[float, BeforeValidator(_finite)]
+WHOLE = BeforeValidator(_whole_number)
+FINITE = BeforeValidator(_finite)
+WholeNumber = Annotated[int, WHOLE]
+FiniteFloat = Annotated[float, FINITE]
 
 
 def check_image_ref(ref: str) -> str:
@@ -124,17 +137,18 @@ class Settings(BaseSettings):
     )
 
     model: str = DEFAULT_MODEL
-    max_context: WholeNumber = Field(4096, ge=256, le=1_048_576)
-    gpu_memory_utilization: FiniteFloat | None = Field(None, gt=0.1, le=0.99)
-    backend: Literal["vllm", "llamacpp"] | None = None
+    # The planner's knobs, with PlanSettings' bounds (deploykit.plan), parsed strictly.
+    max_context: Annotated[ContextTokens, WHOLE] = 4096
+    gpu_memory_utilization: Annotated[GpuShare, FINITE] | None = None
+    backend: Backend | None = None
     # Serving knobs (`deploykit tune` writes them into <stack>/deploykit.toml); unset, the planner chooses.
-    parallel: WholeNumber | None = Field(None, ge=1, le=64)
-    threads: WholeNumber | None = Field(None, ge=1, le=1024)
-    batch_size: WholeNumber | None = Field(None, ge=32, le=65536)
-    ubatch_size: WholeNumber | None = Field(None, ge=32, le=65536)
+    parallel: Annotated[Slots, WHOLE] | None = None
+    threads: Annotated[Threads, WHOLE] | None = None
+    batch_size: Annotated[BatchTokens, WHOLE] | None = None
+    ubatch_size: Annotated[BatchTokens, WHOLE] | None = None
     flash_attn: FlashAttn | None = None
     kv_cache_type: KvCacheType | None = None
-    max_num_seqs: WholeNumber | None = Field(None, ge=1, le=4096)
+    max_num_seqs: Annotated[Sequences, WHOLE] | None = None
     model_cache: Path = Field(default_factory=lambda: cache_dir() / "models")
     profiles_file: Path | None = None
     webui_port: WholeNumber = Field(7860, ge=1, le=65535)
