@@ -13,8 +13,7 @@ from deploykit.doctor import run_checks
 from deploykit.host import HostProfile
 from deploykit.lifecycle import load_stack
 from deploykit.settings import load_settings
-
-H200 = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "h200" / "detect.json"
+from tests.unit.conftest import H200
 
 
 def h200_stack(tmp_path: Path) -> tuple[HostProfile, Path]:

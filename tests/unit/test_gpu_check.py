@@ -14,10 +14,8 @@ import yaml
 
 from deploykit import app
 from deploykit.settings import load_settings
-
-ROOT = Path(__file__).resolve().parents[2]
-H200 = ROOT / "tests" / "fixtures" / "gpu" / "h200" / "detect.json"
-GGUF = ROOT / "tests" / "fixtures" / "gguf" / "tiny.gguf"
+from tests.unit.conftest import H200, ROOT
+from tests.unit.conftest import TINY_GGUF as GGUF
 
 
 def _load(name: str):

@@ -16,8 +16,8 @@ import yaml
 from deploykit import app
 from deploykit.catalog import builtin_profiles
 from deploykit.settings import load_settings
+from tests.unit.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PROFILES = [p.name for p in builtin_profiles()]
 # The Kubernetes release the manifests are validated against (schemas bundled by kubernetes-validate).
 KUBERNETES_VERSION = "1.33.0"
