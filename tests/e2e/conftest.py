@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,19 @@ class Stack:
         remove_by_label(f"org.deploykit.stack={self.project}")
 
 
+@contextmanager
+def running(stack: Stack, images: dict[str, str], *args: str, backend_image: str = "LLAMACPP_IMAGE") -> Iterator[Stack]:
+    """``stack`` up (``args`` name the profile and model) for a fixture's lifetime, then removed, also when
+    `up` failed: nothing of ours is left on the shared engine."""
+    remove_by_label(f"org.deploykit.stack={stack.project}")
+    try:
+        stack.up_result = stack.up(images, *args, backend_image=backend_image)
+        assert stack.up_result.code == 0, stack.up_result.err
+        yield stack
+    finally:
+        stack.remove()
+
+
 def make_stack(tmp: Path, name: str, webui_port: int, inference_port: int) -> Stack:
     env = {
         "DEPLOYKIT_WEBUI_PORT": str(webui_port),
@@ -131,12 +145,8 @@ def make_stack(tmp: Path, name: str, webui_port: int, inference_port: int) -> St
 @pytest.fixture(scope="session")
 def llama_stack(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack(tmp_path_factory.mktemp("stacks"), "e2e-llama", 17860, 17861)
-    remove_by_label(f"org.deploykit.stack={stack.project}")
-    result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json")
-    stack.up_result = result
-    assert result.code == 0, result.err
-    yield stack
-    stack.remove()
+    with running(stack, engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json"):
+        yield stack
 
 
 @pytest.fixture(autouse=True)

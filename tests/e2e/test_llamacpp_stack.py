@@ -83,7 +83,7 @@ def test_chat_through_webui_and_direct(llama_stack: Stack) -> None:
     assert json.loads(direct.out)["model"] == MODEL_ID
 
 
-def test_logs_and_restart(llama_stack: Stack) -> None:
+def test_logs(llama_stack: Stack) -> None:
     logs = deploykit("logs", "inference", "--dir", str(llama_stack.dir), "--tail", "20", env=llama_stack.env)
     assert logs.code == 0
     assert "inference" in logs.out
