@@ -57,6 +57,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deploykit"
 
 
+def default_model_cache() -> Path:
+    """Where models go unless DEPLOYKIT_MODEL_CACHE says otherwise (the Makefile and the provisioning
+    scripts spell the same rule in shell)."""
+    return cache_dir() / "models"
+
+
 def config_file() -> Path:
     return Path(os.environ.get("DEPLOYKIT_CONFIG") or config_dir() / "config.toml")
 
@@ -149,7 +155,7 @@ class Settings(BaseSettings):
     flash_attn: FlashAttn | None = None
     kv_cache_type: KvCacheType | None = None
     max_num_seqs: Annotated[Sequences, WHOLE] | None = None
-    model_cache: Path = Field(default_factory=lambda: cache_dir() / "models")
+    model_cache: Path = Field(default_factory=default_model_cache)
     profiles_file: Path | None = None
     webui_port: WholeNumber = Field(7860, ge=1, le=65535)
     webui_bind: str = "0.0.0.0"
