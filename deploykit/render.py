@@ -27,7 +27,7 @@ from deploykit import __version__
 from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan
 from deploykit.services import INFERENCE
-from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, sha256
+from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, env_quote, sha256
 
 Target = Literal["compose", "swarm", "kubernetes"]
 GiB = 1024**3
@@ -109,15 +109,6 @@ def yaml_quote(value: object, escape_dollar: bool = True) -> str:
             out.append(ch)
     out.append('"')
     return "".join(out)
-
-
-def env_quote(value: object) -> str:
-    """A compose .env value: single-quoted, so compose takes it literally."""
-    text = str(value)
-    if "'" in text or "\n" in text or "\r" in text:
-        # Never the value itself in the message: it is a secret.
-        raise UsageError("a value for .env holds quotes or newlines, which .env cannot hold.")
-    return f"'{text}'"
 
 
 def _templates_root() -> Any:

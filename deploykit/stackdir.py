@@ -57,6 +57,15 @@ FORCE_HINT = (
 )
 
 
+def env_quote(value: object) -> str:
+    """A compose .env value: single-quoted, so compose takes it literally."""
+    text = str(value)
+    if "'" in text or "\n" in text or "\r" in text:
+        # Never the value itself in the message: it is a secret.
+        raise UsageError("a value for .env holds quotes or newlines, which .env cannot hold.")
+    return f"'{text}'"
+
+
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -263,8 +272,6 @@ def read_secrets(stack_dir: Path) -> dict[str, str]:
 
 def merged_env(existing: EnvFile, secrets: Mapping[str, str], fresh_text: str) -> str:
     """The .env to write: a new one, or the existing file as it is with lines for missing keys appended."""
-    from deploykit.render import env_quote
-
     if existing.text is None:
         return fresh_text
     missing = [k for k in SECRET_KEYS if k not in existing.values]
