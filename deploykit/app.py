@@ -982,11 +982,7 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
     else:
         with health.http_client(stack.webui_url) as anon:
             try:
-                token, _ = webui.admin_token(
-                    anon,
-                    stack.admin_email,
-                    stack.admin_password,
-                )
+                token, _ = webui.admin_token(anon, *stack.admin)
             except (health.NotReady, health.StageFailed) as exc:
                 from deploykit.errors import HealthError
 

@@ -92,19 +92,13 @@ class LoadedStack:
 
     @property
     def api_key(self) -> str:
+        """The inference server's API key."""
         return self.secrets.get(INFERENCE_API_KEY, "")
 
     @property
-    def admin_email(self) -> str:
-        return self.secrets.get(ADMIN_EMAIL, "")
-
-    @property
-    def admin_password(self) -> str:
-        return self.secrets.get(ADMIN_PASSWORD, "")
-
-    @property
-    def stack_id(self) -> str:
-        return self.secrets.get(STACK_ID, "")
+    def admin(self) -> tuple[str, str]:
+        """(email, password) of the admin deploykit signs in as for its checks."""
+        return self.secrets.get(ADMIN_EMAIL, ""), self.secrets.get(ADMIN_PASSWORD, "")
 
     @property
     def stack_file(self) -> Path:
@@ -215,7 +209,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     if stack.spec.target == "swarm":
         return preflight_swarm(stack, docker_host)
     engine.require_compose_v2()
-    stack_id = stack.stack_id
+    stack_id = stack.secrets.get(STACK_ID)
     others = {k: v for k, v in engine.project_owners(docker_host, stack.spec.project).items() if k != stack_id}
     if others:
         owner = next(iter(others.values()))
@@ -355,8 +349,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
     """The stages from a started stack to one chat answered through Open WebUI, in order."""
     plan = stack.spec.plan
     key = stack.api_key
-    email = stack.admin_email
-    password = stack.admin_password
+    email, password = stack.admin
 
     def admin() -> str:
         token, created = webui.admin_token(ui, email, password)
@@ -657,7 +650,7 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
             with health.http_client(stack.inference_url, stack.api_key) as client:
                 return health.chat_once(client, "/v1/chat/completions", plan.model_id, message, max_tokens)
         with health.http_client(stack.webui_url) as anon:
-            token, _ = webui.admin_token(anon, stack.admin_email, stack.admin_password)
+            token, _ = webui.admin_token(anon, *stack.admin)
         with health.http_client(stack.webui_url, token) as client:
             # A model Open WebUI cannot list gets a bare "400 Model not found"; say what is wrong instead.
             health.probe_webui_model(client, plan.model_id)

@@ -17,17 +17,7 @@ from tests.unit.conftest import H200
 
 
 def h200_stack(tmp_path: Path) -> tuple[HostProfile, Path]:
-    result = app.render_stack(
-        load_settings(),
-        app.StackRequest(
-            profile="auto",
-            host_file=H200,
-            model_id=None,
-            model_path=None,
-            image_overrides={},
-            stack_dir=tmp_path / "h200",
-        ),
-    )
+    result = app.render_stack(load_settings(), app.StackRequest(tmp_path / "h200", profile="auto", host_file=H200))
     return app.load_host_file(H200), result.stack_dir
 
 

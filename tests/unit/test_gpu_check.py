@@ -32,17 +32,7 @@ make_tiny_model = _load("make_tiny_model")
 
 
 def render(stack_dir: Path, host: Path = H200) -> Path:
-    app.render_stack(
-        load_settings(),
-        app.StackRequest(
-            profile="auto",
-            host_file=host,
-            model_id=None,
-            model_path=GGUF,
-            image_overrides={},
-            stack_dir=stack_dir,
-        ),
-    )
+    app.render_stack(load_settings(), app.StackRequest(stack_dir, profile="auto", host_file=host, model_path=GGUF))
     return stack_dir
 
 
