@@ -767,9 +767,21 @@ def _fleet_run(
         sys.exit(1)
 
 
-@fleet.command("detect", short_help="What each host's engine reports: CPU, RAM, GPUs.")
-@fleet_options
-@click.pass_context
+def fleet_command(
+    name: str, short_help: str, *options: Callable[[Any], Any]
+) -> Callable[[Callable[..., None]], click.Command]:
+    """A fleet subcommand: the fleet options, then ``options``; it gets the context and the parameters."""
+
+    def make(fn: Callable[..., None]) -> click.Command:
+        command: Any = click.pass_context(fn)
+        for option in reversed(options):
+            command = option(command)
+        return fleet.command(name, short_help=short_help)(fleet_options(command))
+
+    return make
+
+
+@fleet_command("detect", "What each host's engine reports: CPU, RAM, GPUs.")
 def fleet_detect(ctx: click.Context, /, **params: Any) -> None:
     """Each host through its engine: CPUs, RAM and architecture from engine info; GPUs from nvidia-smi in a
     short-lived probe container where the engine has the NVIDIA runtime."""
@@ -778,10 +790,7 @@ def fleet_detect(ctx: click.Context, /, **params: Any) -> None:
     _fleet_run(ctx, params, "Fleet: detect", app.fleet_detect)
 
 
-@fleet.command("plan", short_help="The plan for each host.")
-@fleet_options
-@fleet_plan_options
-@click.pass_context
+@fleet_command("plan", "The plan for each host.", fleet_plan_options)
 def fleet_plan(ctx: click.Context, /, **params: Any) -> None:
     """Detect and plan each host: backend, device and the URL its Open WebUI will have."""
     from deploykit import app
@@ -789,10 +798,7 @@ def fleet_plan(ctx: click.Context, /, **params: Any) -> None:
     _fleet_run(ctx, params, "Fleet: plan", app.fleet_plan)
 
 
-@fleet.command("render", short_help="Write a stack folder per host.")
-@fleet_options
-@fleet_plan_options
-@click.pass_context
+@fleet_command("render", "Write a stack folder per host.", fleet_plan_options)
 def fleet_render(ctx: click.Context, /, **params: Any) -> None:
     """Write DIR/HOST/{compose.yaml,.env,plan.json} for each host; a remote host's stack mounts the model
     from a named volume on that host instead of a path on this controller's disk."""
@@ -801,11 +807,12 @@ def fleet_render(ctx: click.Context, /, **params: Any) -> None:
     _fleet_run(ctx, params, "Fleet: render", lambda s, r: app.fleet_plan(s, r, write=True))
 
 
-@fleet.command("up", short_help="Deliver, start and check every host, in parallel.")
-@fleet_options
-@fleet_plan_options
-@click.option("--timeout", type=float, metavar="SECONDS", help="Per host: give up waiting after this long.")
-@click.pass_context
+@fleet_command(
+    "up",
+    "Deliver, start and check every host, in parallel.",
+    fleet_plan_options,
+    click.option("--timeout", type=float, metavar="SECONDS", help="Per host: give up waiting after this long."),
+)
 def fleet_up(ctx: click.Context, /, **params: Any) -> None:
     """Per host: load the images it lacks from this controller's engine, send the model into a volume
     (SHA-256 checked there), render, start and check up to a chat through Open WebUI."""
@@ -815,9 +822,7 @@ def fleet_up(ctx: click.Context, /, **params: Any) -> None:
     _fleet_run(ctx, params, "Fleet: up", lambda s, r: app.fleet_up(s, r, HostReporter))
 
 
-@fleet.command("status", short_help="State, URL and error of every host.")
-@fleet_options
-@click.pass_context
+@fleet_command("status", "State, URL and error of every host.")
 def fleet_status(ctx: click.Context, /, **params: Any) -> None:
     """Each host's stack: healthy or not, its URL, and what is wrong; exit 1 when any host is not healthy."""
     from deploykit import app
@@ -825,16 +830,12 @@ def fleet_status(ctx: click.Context, /, **params: Any) -> None:
     _fleet_run(ctx, params, "Fleet: status", app.fleet_status)
 
 
-@fleet.command("down", short_help="Stop every host's stack (data and model volumes kept).")
-@fleet_options
-@click.pass_context
+@fleet_command("down", "Stop every host's stack (data and model volumes kept).")
 def fleet_down(ctx: click.Context, /, **params: Any) -> None:
     """Stop and remove each host's containers; chats, accounts and the delivered model are kept."""
     from deploykit import app
 
     _fleet_run(ctx, params, "Fleet: down", app.fleet_down)
-
-
 
 
 def _int_list(value: str, option: str) -> list[int]:
