@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from deploykit.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class DeployKitGroup(click.Group):
@@ -92,6 +93,14 @@ def _print_json(data: Any) -> None:
     import json
 
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _print(as_json: bool, data: object, show: Callable[[T], None], value: T) -> None:
+    """``data`` as JSON with --json, else ``show(value)``: the human form."""
+    if as_json:
+        _print_json(data)
+    else:
+        show(value)
 
 
 def _path(value: str | None) -> Path | None:
@@ -223,10 +232,7 @@ def detect(ctx: click.Context, as_json: bool) -> None:
     from deploykit import app, output
 
     host = app.detect(_settings(ctx))
-    if as_json:
-        _print_json(host.model_dump(mode="json"))
-    else:
-        output.show_host(host)
+    _print(as_json, host.model_dump(mode="json"), output.show_host, host)
 
 
 @cli.command(short_help="List hardware profiles and their backends.")
@@ -237,10 +243,7 @@ def profiles(ctx: click.Context, as_json: bool) -> None:
     from deploykit import app, output
 
     rows = app.profile_rows(_settings(ctx))
-    if as_json:
-        _print_json(rows)
-    else:
-        output.show_profiles(rows)
+    _print(as_json, rows, output.show_profiles, rows)
 
 
 @cli.command(short_help="List the model catalog.")
@@ -250,10 +253,7 @@ def models(as_json: bool) -> None:
     from deploykit import app, output
 
     catalog = app.models()
-    if as_json:
-        _print_json([m.model_dump(mode="json") for m in catalog])
-    else:
-        output.show_models(catalog)
+    _print(as_json, [m.model_dump(mode="json") for m in catalog], output.show_models, catalog)
 
 
 @cli.command(short_help="Choose backend, context and offload, with reasons.")
@@ -277,10 +277,7 @@ def plan(
     _, _, deployment = app.plan_only(
         settings, profile=profile, host_file=_path(host_file), model_id=model_id, model_path=_path(model_path)
     )
-    if as_json:
-        _print_json(deployment.model_dump(mode="json"))
-    else:
-        output.show_plan(deployment)
+    _print(as_json, deployment.model_dump(mode="json"), output.show_plan, deployment)
 
 
 @cli.command(short_help="Write the stack: compose.yaml (or swarm/kubernetes), .env, plan.json.")
@@ -415,10 +412,7 @@ def up(
         ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir, target, force
     )
     report = app.up_stack(settings, request, timeout, output.ConsoleReporter())
-    if as_json:
-        _print_json(asdict(report))
-    else:
-        output.show_up(report)
+    _print(as_json, asdict(report), output.show_up, report)
 
 
 @cli.command(short_help="Show each service's state, health and model.")
@@ -430,10 +424,7 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
     from deploykit import app, output
 
     state = app.stack_status(_settings(ctx), _stack(stack_dir))
-    if as_json:
-        _print_json(state)
-    else:
-        output.show_status(state)
+    _print(as_json, state, output.show_status, state)
     if not state["healthy"]:
         sys.exit(1)
 
@@ -534,10 +525,7 @@ def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
     from deploykit.doctor import as_json as checks_json
 
     checks = app.doctor(_settings(ctx), _path(stack_dir))
-    if as_json:
-        _print_json(checks_json(checks))
-    else:
-        output.show_checks(checks)
+    _print(as_json, checks_json(checks), output.show_checks, checks)
     if any(c.status == "fail" for c in checks):
         sys.exit(1)
 
