@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from deploykit.app import FleetRequest, StackRequest
     from deploykit.fleet import HostResult
     from deploykit.lifecycle import LoadedStack
-    from deploykit.render import Target
     from deploykit.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -312,9 +311,7 @@ def render(
     """Write the stack: compose.yaml (or swarm.yaml, or kubernetes.yaml), .env (secrets, 0600) and plan.json."""
     from deploykit import app, output
 
-    settings, request = _stack_request(
-        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir, target, force
-    )
+    settings, request = _stack_request(ctx)
     result = app.render_stack(settings, request)
     if as_json:
         _print_json(
@@ -330,39 +327,29 @@ def render(
         output.show_rendered(result)
 
 
-def _stack_request(
-    ctx: click.Context,
-    profile: str | None,
-    host_file: str | None,
-    max_context: int | None,
-    backend: str | None,
-    model_id: str | None,
-    model_path: str | None,
-    images: tuple[str, ...],
-    stack_dir: str,
-    target: str | None,
-    force: bool,
-) -> tuple[Settings, StackRequest]:
-    """Settings and the stack request render and up share, from their common options."""
+def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
+    """Settings and the stack request render and up share, from their common options (``ctx.params``)."""
     from pathlib import Path
 
     from deploykit.app import StackRequest
     from deploykit.settings import parse_image_overrides
 
-    overrides = parse_image_overrides(images)  # before settings: a bad --image is the first thing said
+    p = ctx.params
+    overrides = parse_image_overrides(p["images"])  # before settings: a bad --image is the first thing said
     # The stack's own deploykit.toml (written by `deploykit tune`) is one of the layers.
+    stack_dir = Path(p["stack_dir"])
     settings = _settings(
-        ctx, stack_dir=Path(stack_dir).expanduser().absolute(), max_context=max_context, backend=backend
+        ctx, stack_dir=stack_dir.expanduser().absolute(), max_context=p["max_context"], backend=p["backend"]
     )
     return settings, StackRequest(
-        stack_dir=Path(stack_dir),
-        profile=profile,
-        host_file=_path(host_file),
-        model_id=model_id,
-        model_path=_path(model_path),
+        stack_dir=stack_dir,
+        profile=p["profile"],
+        host_file=_path(p["host_file"]),
+        model_id=p["model_id"],
+        model_path=_path(p["model_path"]),
         image_overrides=overrides,
-        target=cast("Target | None", target),
-        force=force,
+        target=p["target"],
+        force=p["force"],
     )
 
 
@@ -408,9 +395,7 @@ def up(
 
     from deploykit import app, output
 
-    settings, request = _stack_request(
-        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir, target, force
-    )
+    settings, request = _stack_request(ctx)
     report = app.up_stack(settings, request, timeout, output.ConsoleReporter())
     _print(as_json, asdict(report), output.show_up, report)
 
