@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, Required, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Required, TypedDict, cast
 
 import httpx
 from pydantic import ValidationError
@@ -38,6 +38,9 @@ from deploykit.stackdir import (
 )
 from deploykit.webui_env import stored_settings
 
+if TYPE_CHECKING:
+    from deploykit.detect import Address
+
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
 WEBUI_START_HINT = "Open WebUI did not start; `deploykit logs open-webui` shows why."
@@ -56,6 +59,16 @@ class ServiceStatus(TypedDict, total=False):
     url: str
     model: str | None
     detail: str
+
+
+class StageRow(TypedDict):
+    """A ``health.StageResult`` as `up --json` prints it."""
+
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+    at: float | None
 
 
 class StackStatus(StackIdentity):
@@ -325,7 +338,7 @@ class UpReport:
     stack_dir: str
     url: str
     healthy: bool
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[StageRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     admin_created: bool = False
@@ -493,7 +506,7 @@ def check_stack(
             log_tail=lambda service: stack.engine_stack(docker_host).log_tail(service, 25),
             started=started,
         )
-    report.stages = [asdict(r) for r in results]
+    report.stages = [cast(StageRow, asdict(r)) for r in results]
     report.healthy = True
     report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
     return report
@@ -531,7 +544,7 @@ def up(
 
 
 def reachable_urls(
-    bind: str, port: int, docker_host: str | None, addresses: tuple[Any, ...] | None = None
+    bind: str, port: int, docker_host: str | None, addresses: tuple[Address, ...] | None = None
 ) -> list[dict[str, str]]:
     """The URLs a port published on ``bind`` answers on, each with who can reach it."""
     from urllib.parse import urlparse
