@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Stack, make_stack, running
+from tests.e2e.conftest import ROOT, Stack, container_ids, make_stack, running
 from tests.e2e.test_data_safety import UP_ARGS, chat_titles, new_chat, project_objects, wait_status
-from tests.e2e.test_llamacpp_stack import container_ids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_restart]
 
