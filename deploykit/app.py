@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Required, TypedDict, cast
 
 from pydantic import ValidationError
 
@@ -33,17 +33,21 @@ from deploykit.errors import ConfigError, DeployKitError, NotFoundError, PlanErr
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import DeploymentPlan, NoFit, PlanSettings, RunHost, gib, plan_deployment, suggest_alternative
-from deploykit.render import StackSpec, Target, project_name, render_files
+from deploykit.render import StackIdentity, StackSpec, Target, project_name, render_files
+from deploykit.services import INFERENCE, WEBUI
 from deploykit.settings import Settings, config_dir
-from deploykit.stackdir import TARGET_FILES
+from deploykit.stackdir import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, STACK_ID, TARGET_FILES, WEBUI_SECRET_KEY
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
-    from deploykit.bench import RequestResult
+    from deploykit.backup import BackupReport, RestoreReport
+    from deploykit.bench import BenchLevel, RequestResult
     from deploykit.bench import Target as BenchTarget
+    from deploykit.doctor import Check
     from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
     from deploykit.host import DockerEngine, Gpu
-    from deploykit.lifecycle import LoadedStack, Reporter, UpReport
+    from deploykit.lifecycle import LoadedStack, Reporter, SmokeCheck, StackStatus, UpReport
+    from deploykit.tune import TuneRow, TuneWorkload
 
 
 def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
@@ -220,16 +224,48 @@ def choose_images(settings: Settings, plan: DeploymentPlan, overrides: dict[str,
         ("vllm", "cuda"): images.vllm,
         ("vllm", "cpu"): images.vllm_cpu,
     }[(plan.backend, plan.device)]
-    return {"inference": inference, "open-webui": images.open_webui} | overrides
+    return {INFERENCE: inference, WEBUI: images.open_webui} | overrides
+
+
+def stack_spec(
+    settings: Settings,
+    project: str,
+    plan: DeploymentPlan,
+    model: ResolvedModel,
+    image_overrides: dict[str, str],
+    target: Target = "compose",
+    model_volume: str | None = None,
+) -> StackSpec:
+    """What the templates get: the plan, where the weights are, the images and the settings' ports."""
+    return StackSpec(
+        project=project,
+        plan=plan,
+        model_host_path=str(model_host_path(settings, plan, model)),
+        images=choose_images(settings, plan, image_overrides),
+        webui_port=settings.webui_port,
+        webui_bind=settings.webui_bind,
+        inference_port=settings.inference_port,
+        target=target,
+        model_volume=model_volume,
+    )
+
+
+def plan_inputs(settings: Settings, host: HostProfile, model: ResolvedModel) -> dict[str, Any]:
+    """What the plan was made from, as plan.json records it under "inputs"."""
+    return {
+        "host": host.model_dump(mode="json"),
+        "model": model.spec.model_dump(mode="json"),
+        "settings": settings.plan_settings().model_dump(mode="json"),
+    }
 
 
 def new_secrets(admin_email: str) -> dict[str, str]:
     return {
-        "INFERENCE_API_KEY": "sk-" + secrets_mod.token_urlsafe(32),
-        "WEBUI_SECRET_KEY": secrets_mod.token_urlsafe(48),
-        "DEPLOYKIT_ADMIN_EMAIL": admin_email,
-        "DEPLOYKIT_ADMIN_PASSWORD": secrets_mod.token_urlsafe(18),
-        "DEPLOYKIT_STACK_ID": secrets_mod.token_hex(8),
+        INFERENCE_API_KEY: "sk-" + secrets_mod.token_urlsafe(32),
+        WEBUI_SECRET_KEY: secrets_mod.token_urlsafe(48),
+        ADMIN_EMAIL: admin_email,
+        ADMIN_PASSWORD: secrets_mod.token_urlsafe(18),
+        STACK_ID: secrets_mod.token_hex(8),
     }
 
 
@@ -307,17 +343,7 @@ def prepare_for_host(
     if existing is None:
         existing = stackdir.open_for_render(stack_dir)
     plan = make_plan(host, model, settings, runs_on)
-    spec = StackSpec(
-        project=project_name(stack_dir),
-        plan=plan,
-        model_host_path=str(model_host_path(settings, plan, model)),
-        images=choose_images(settings, plan, image_overrides),
-        webui_port=settings.webui_port,
-        webui_bind=settings.webui_bind,
-        inference_port=settings.inference_port,
-        target=target,
-        model_volume=model_volume,
-    )
+    spec = stack_spec(settings, project_name(stack_dir), plan, model, image_overrides, target, model_volume)
     kept = existing.env.values
     if existing.plan is not None and existing.env.text is None and not force:
         raise StackDirError(
@@ -329,18 +355,17 @@ def prepare_for_host(
     stack_secrets = {key: kept.get(key) or fresh[key] for key in fresh}
     notes = [
         f"{key} was not in .env: a new one was generated"
-        + (" (Open WebUI keeps the admin password it was first given)." if key.startswith("DEPLOYKIT_ADMIN") else ".")
+        + (
+            " (Open WebUI keeps the admin password it was first given)."
+            if key in (ADMIN_EMAIL, ADMIN_PASSWORD)
+            else "."
+        )
         for key in fresh
         if existing.env.text is not None and key not in kept
     ]
-    model_data = model.spec.model_dump(mode="json")
-    inputs: dict[str, Any] = {
-        "host": host.model_dump(mode="json"),
-        "model": model_data,
-        "settings": settings.plan_settings().model_dump(mode="json"),
-        # The file's own numbers, when the user gave one: `tune` re-plans from these inputs alone.
-        "weights": model.weights.model_dump(mode="json") if model.weights is not None else None,
-    }
+    inputs = plan_inputs(settings, host, model)
+    # The file's own numbers, when the user gave one: `tune` re-plans from these inputs alone.
+    inputs["weights"] = model.weights.model_dump(mode="json") if model.weights is not None else None
     if runs_on is not None:
         inputs["runs_on"] = runs_on.model_dump(mode="json")
     return _prepare(settings, existing, spec, stack_secrets, inputs, force, notes)
@@ -381,54 +406,64 @@ def reprepare_stack(settings: Settings, stack_dir: Path, force: bool = False) ->
     return _prepare(settings, existing, stack.spec, stack.secrets, existing.plan["inputs"], force, [])
 
 
-def render_stack(settings: Settings, **kwargs: Any) -> RenderResult:
-    prepared = prepare_stack(settings, **kwargs)
+@dataclass(frozen=True)
+class StackRequest:
+    """What `render` and `up` are asked for: the stack folder, the host, the model, images and target.
+
+    None leaves a choice to the command: `render` plans for ``auto`` and the compose target; `up` reuses
+    the stack's plan when nothing is asked.
+    """
+
+    stack_dir: Path
+    profile: str | None = None
+    host_file: Path | None = None
+    model_id: str | None = None
+    model_path: Path | None = None
+    image_overrides: dict[str, str] = field(default_factory=dict)
+    target: Target | None = None
+    force: bool = False
+
+    def prepare(self, settings: Settings, target: Target, runs_on: RunHost | None = None) -> PreparedStack:
+        return prepare_stack(
+            settings,
+            profile=self.profile or "auto",
+            host_file=self.host_file,
+            model_id=self.model_id,
+            model_path=self.model_path,
+            image_overrides=self.image_overrides,
+            stack_dir=self.stack_dir,
+            target=target,
+            force=self.force,
+            runs_on=runs_on,
+        )
+
+
+def render_stack(settings: Settings, request: StackRequest) -> RenderResult:
+    """Plan and write the stack folder (all or nothing)."""
+    prepared = request.prepare(settings, request.target or "compose")
     changed = prepared.write()
     return RenderResult(prepared.stack_dir, prepared.spec, changed, prepared.notes)
 
 
-def up_stack(
-    settings: Settings,
-    *,
-    profile: str | None,
-    host_file: Path | None,
-    model_id: str | None,
-    model_path: Path | None,
-    image_overrides: dict[str, str],
-    stack_dir: Path,
-    timeout: float | None,
-    reporter: Reporter,
-    target: Target | None = None,
-    force: bool = False,
-) -> UpReport:
+def up_stack(settings: Settings, request: StackRequest, timeout: float | None, reporter: Reporter) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
     from deploykit import lifecycle
     from deploykit.lifecycle import LoadedStack
 
-    if target == "kubernetes":
+    if request.target == "kubernetes":
         raise UsageError(
             "deploykit does not run Kubernetes stacks itself.",
             "Render the manifests with `deploykit render --target kubernetes` and apply them with kubectl.",
         )
-    stack_dir = stack_dir.expanduser().absolute()
-    asked = any(x is not None for x in (profile, host_file, model_id, model_path, target)) or bool(image_overrides)
+    r = request
+    stack_dir = r.stack_dir.expanduser().absolute()
+    asked = any(x is not None for x in (r.profile, r.host_file, r.model_id, r.model_path, r.target))
     runs_on = engine_host(settings)
-    if asked or not (stack_dir / "plan.json").is_file():
-        prepared = prepare_stack(
-            settings,
-            profile=profile or "auto",
-            host_file=host_file,
-            model_id=model_id,
-            model_path=model_path,
-            image_overrides=image_overrides,
-            stack_dir=stack_dir,
-            target=target or _rendered_target(stack_dir),
-            force=force,
-            runs_on=runs_on,
-        )
+    if asked or r.image_overrides or not (stack_dir / "plan.json").is_file():
+        prepared = r.prepare(settings, r.target or _rendered_target(stack_dir), runs_on)
     else:
         # Reuse the stack's plan, but with today's [webui_env] and templates: a changed setting takes effect.
-        prepared = reprepare_stack(settings, stack_dir, force)
+        prepared = reprepare_stack(settings, stack_dir, r.force)
         plan = prepared.spec.plan
         if runs_on is not None and plan.threads > runs_on.cores:
             reporter.note(
@@ -472,14 +507,38 @@ def plan_only(
     return host, model, make_plan(host, model, settings)
 
 
-def profile_rows(settings: Settings) -> list[dict[str, Any]]:
+class PlanOutcome(TypedDict, total=False):
+    """The plan the default model gets on a profile, or why there is none."""
+
+    backend: Required[str | None]
+    device: str
+    quantization: str
+    context_length: int
+    gpu_layers: int | None
+    error: str
+
+
+class ProfileRow(PlanOutcome):
+    """One row of `deploykit profiles`."""
+
+    name: str
+    description: str
+    source: str
+    arch: str
+    gpus: list[str]
+    vram_bytes: int
+    ram_bytes: int
+    default_model: str
+
+
+def profile_rows(settings: Settings) -> list[ProfileRow]:
     """Each profile with the backend it would get for the default model (``deploykit profiles``)."""
     model = ResolvedModel(find_model(settings.model, builtin_models()), None)
-    rows = []
+    rows: list[ProfileRow] = []
     for host in all_profiles(settings):
         try:
             plan = make_plan(host, model, settings)
-            outcome: dict[str, Any] = {
+            outcome: PlanOutcome = {
                 "backend": plan.backend,
                 "device": plan.device,
                 "quantization": plan.quantization,
@@ -508,11 +567,11 @@ def profile_rows(settings: Settings) -> list[dict[str, Any]]:
 # reproducible anywhere and hold no real secret.
 REFERENCE_MODEL_CACHE = Path("/srv/deploykit/models")
 REFERENCE_SECRETS = {
-    "INFERENCE_API_KEY": "change-me-inference-key",
-    "WEBUI_SECRET_KEY": "change-me-webui-secret",
-    "DEPLOYKIT_ADMIN_EMAIL": "admin@deploykit.local",
-    "DEPLOYKIT_ADMIN_PASSWORD": "change-me-admin-password",
-    "DEPLOYKIT_STACK_ID": "change-me-stack-id",
+    INFERENCE_API_KEY: "change-me-inference-key",
+    WEBUI_SECRET_KEY: "change-me-webui-secret",
+    ADMIN_EMAIL: "admin@deploykit.local",
+    ADMIN_PASSWORD: "change-me-admin-password",
+    STACK_ID: "change-me-stack-id",
 }
 
 
@@ -523,21 +582,8 @@ def reference_stack(profile: str) -> dict[str, str]:
     settings = Settings.model_construct(model_cache=REFERENCE_MODEL_CACHE)
     host = find_profile(profile, builtin_profiles())
     model = ResolvedModel(find_model(settings.model, builtin_models()), None)
-    plan = make_plan(host, model, settings)
-    spec = StackSpec(
-        project=f"deploykit-{profile}",
-        plan=plan,
-        model_host_path=str(model_host_path(settings, plan, model)),
-        images=choose_images(settings, plan, {}),
-        webui_port=settings.webui_port,
-        webui_bind=settings.webui_bind,
-        inference_port=settings.inference_port,
-    )
-    inputs = {
-        "host": host.model_dump(mode="json"),
-        "model": model.spec.model_dump(mode="json"),
-        "settings": settings.plan_settings().model_dump(mode="json"),
-    }
+    spec = stack_spec(settings, f"deploykit-{profile}", make_plan(host, model, settings), model, {})
+    inputs = plan_inputs(settings, host, model)
     files = render_files(spec, REFERENCE_SECRETS, inputs)
     return {
         "compose.yaml": files["compose.yaml"],
@@ -696,7 +742,7 @@ def _fleet_stack(
     existing = stackdir.open_for_render(stack_dir)  # before detection: a folder that is not ours stops here
     override = place_override(host, stack_dir, write)
     overrides = req.image_overrides or {}
-    gpu_image = overrides.get("open-webui", settings.images.open_webui)
+    gpu_image = overrides.get(WEBUI, settings.images.open_webui)
     profile = detect_fleet_host(settings, host, url, probe, gpu_image, req.profile)
     payload = None
     if is_remote(url):
@@ -724,7 +770,7 @@ def fleet_detect(settings: Settings, req: FleetRequest) -> list[HostResult]:
     def one(host: FleetHost) -> HostResult:
         url, probe = _reach(host)
         profile = detect_fleet_host(
-            settings, host, url, probe, overrides.get("open-webui", settings.images.open_webui), req.profile
+            settings, host, url, probe, overrides.get(WEBUI, settings.images.open_webui), req.profile
         )
         return HostResult(
             host.name,
@@ -809,7 +855,7 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
         overrides = req.image_overrides or {}
         delivery = {}
         # Open WebUI's image first: the GPU probe runs in it.
-        webui_image = overrides.get("open-webui", settings.images.open_webui)
+        webui_image = overrides.get(WEBUI, settings.images.open_webui)
         reporter.note(f"images: {webui_image} …")
         delivery["open-webui image"] = engine.copy_image(controller, url, webui_image)
         fs = _fleet_stack(settings, req, host, model, payloads, (url, probe), write=True)
@@ -829,11 +875,11 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
         )
         try:
             reporter.note(f"images: open-webui {delivery['open-webui image']}; {spec.images['inference']} …")
-            delivery["inference image"] = engine.copy_image(controller, url, spec.images["inference"])
+            delivery["inference image"] = engine.copy_image(controller, url, spec.images[INFERENCE])
             reporter.note(f"images: inference {delivery['inference image']}")
             if fs.payload is not None:
                 reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
-                delivery["model"] = deliver_model(url, fs.payload, spec.images["inference"])
+                delivery["model"] = deliver_model(url, fs.payload, spec.images[INFERENCE])
                 reporter.note(f"model: {delivery['model']}")
             prepared = fs.prepared
             loaded = lifecycle.LoadedStack(
@@ -949,7 +995,7 @@ def fleet_down(settings: Settings, req: FleetRequest) -> list[HostResult]:
 # ---------------------------------------------------------------- bench and tune
 
 
-def replan_files(stack: LoadedStack, **knobs: Any) -> tuple[DeploymentPlan, dict[str, str]]:
+def replan_files(stack: LoadedStack, **knobs: int) -> tuple[DeploymentPlan, dict[str, str]]:
     """The stack's files re-planned from the inputs plan.json recorded, with some planner knobs changed.
 
     Same host, model, images, ports and secrets; only what the knobs change (flags, KV cache, context split).
@@ -976,17 +1022,13 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
     from deploykit.bench import Target
 
     plan = stack.spec.plan
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
-    if via == "inference":
+    key = stack.api_key
+    if via == INFERENCE:
         base, path, token = stack.inference_url, "/v1/chat/completions", key
     else:
         with health.http_client(stack.webui_url) as anon:
             try:
-                token, _ = webui.admin_token(
-                    anon,
-                    stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""),
-                    stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", ""),
-                )
+                token, _ = webui.admin_token(anon, *stack.admin)
             except (health.NotReady, health.StageFailed) as exc:
                 from deploykit.errors import HealthError
 
@@ -995,6 +1037,33 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
                 ) from None
         base, path = stack.webui_url, "/api/chat/completions"
     return Target(base, path, token, plan.model_id, via, plan.backend, stack.inference_url, key)
+
+
+class BenchStack(StackIdentity):
+    """One stack measured by `bench`."""
+
+    flags: dict[str, int]  # threads and parallel slots it runs with
+    via: str
+    url: str
+    levels: list[BenchLevel]
+
+
+class BenchWorkload(TypedDict):
+    prompt_tokens: int
+    max_tokens: int
+    stream: bool
+    ignore_eos: bool
+
+
+class BenchReport(TypedDict, total=False):
+    """The whole `bench` result (`bench --json`)."""
+
+    date: Required[str]
+    machine: Required[str]
+    command: Required[str]
+    workload: Required[BenchWorkload]
+    stacks: Required[list[BenchStack]]
+    chart: str  # the HTML chart written, when asked for
 
 
 def bench_stack(
@@ -1006,7 +1075,7 @@ def bench_stack(
     prompt_tokens: int,
     max_tokens: int,
     on_result: Callable[[RequestResult], None],
-) -> dict[str, Any]:
+) -> BenchStack:
     """Streaming load at each concurrency level against a running stack; figures per level as plain data."""
     from dataclasses import asdict
 
@@ -1023,10 +1092,10 @@ def bench_stack(
             f"{stack.spec.project} did not answer a test request through {via}: {exc}.",
             f"Check `deploykit status --dir {stack.dir}`.",
         ) from None
-    results = []
+    results: list[BenchLevel] = []
     for concurrency in levels:
         workload = Workload(concurrency, requests or default_requests(concurrency), prompt_tokens, max_tokens)
-        results.append(asdict(run_level(target, workload, words, on_result)))
+        results.append(cast("BenchLevel", asdict(run_level(target, workload, words, on_result))))
     plan = stack.spec.plan
     return {
         **identity(stack),
@@ -1045,11 +1114,11 @@ def default_requests(concurrency: int) -> int:
 @dataclass
 class TuneReport:
     stack_dir: str
-    workload: dict[str, Any]
+    workload: TuneWorkload
     cpus: int
     before: dict[str, int]
     winner: dict[str, int]
-    rows: list[dict[str, Any]]
+    rows: list[TuneRow]
     settings_file: str = ""
     confirmed: dict[str, float] | None = None
     healthy: bool = False
@@ -1097,18 +1166,18 @@ def tune_stack(
         [],
     )
     compose = stack.engine_stack(docker_host)
-    target = bench_target(stack, "inference")
+    target = bench_target(stack, INFERENCE)
     words: int | None = None
 
     def apply(candidate: tune.Candidate) -> float:
         _, files = replan_files(stack, **candidate.knobs())
         stackdir.write_stack(stack.dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
-        compose.up("inference")
+        compose.up(INFERENCE)
         return lifecycle.wait_inference_ready(lifecycle.load_stack(stack.dir), docker_host)
 
-    def measure(candidate: tune.Candidate) -> dict[str, Any]:
+    def measure(candidate: tune.Candidate) -> TuneRow:
         nonlocal words
-        row: dict[str, Any] = {**candidate.knobs(), "current": candidate == current}
+        row: TuneRow = {"threads": candidate.threads, "parallel": candidate.parallel, "current": candidate == current}
         try:
             row["ready_s"] = round(apply(candidate), 1)
             if words is None:
@@ -1132,7 +1201,7 @@ def tune_stack(
         # error the user sees is the one that stopped the sweep, not one from putting things back.
         stackdir.write_stack(stack.dir, original)
         with contextlib.suppress(DeployKitError):
-            compose.up("inference")
+            compose.up(INFERENCE)
         raise
     best = tune.pick([(tune.Candidate(r["threads"], r["parallel"]), r["metrics"]) for r in report.rows])
     winner = best[0] if best else current
@@ -1153,25 +1222,142 @@ def tune_stack(
     return report
 
 
-def bench_report(stacks: list[dict[str, Any]], prompt_tokens: int, max_tokens: int, command: str) -> dict[str, Any]:
-    """The whole `bench` result: when, where, how, and each stack's levels."""
+def bench_report(
+    stacks: list[BenchStack], prompt_tokens: int, max_tokens: int, command: str, chart: Path | None = None
+) -> BenchReport:
+    """The whole `bench` result: when, where, how, and each stack's levels; ``chart`` also writes an HTML chart."""
     import os
     import platform
     from datetime import UTC, datetime
 
-    return {
+    report: BenchReport = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, {platform.system()}",
         "command": command,
         "workload": {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "stream": True, "ignore_eos": True},
         "stacks": stacks,
     }
+    if chart:
+        from deploykit.bench import chart_html
+
+        series = {f"{s['project']} ({s['flags']['threads']}t/{s['flags']['parallel']}np)": s["levels"] for s in stacks}
+        chart.write_text(chart_html(series, "deploykit bench"), encoding="utf-8")
+        report["chart"] = str(chart.absolute())
+    return report
+
+
+# ---------------------------------------------------------------- day 2: one running stack
+
+
+def load_stack(stack_dir: Path) -> LoadedStack:
+    """The stack rendered into ``stack_dir`` (relative to the working directory)."""
+    from deploykit import lifecycle
+
+    return lifecycle.load_stack(stack_dir.absolute())
+
+
+def stack_status(settings: Settings, stack: LoadedStack) -> StackStatus:
+    """Each service's state, health and model, and whether the whole stack is healthy."""
+    from deploykit import lifecycle
+
+    return lifecycle.status(stack, settings.docker_host)
+
+
+def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail: int, follow: bool) -> int:
+    """Show the logs on this terminal (compose's own output); the exit code of `docker compose logs`."""
+    from deploykit.engine import client, require_compose_v2
+    from deploykit.proc import run_attached
+
+    engine_stack = stack.engine_stack(settings.docker_host)
+    client(settings.docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
+    require_compose_v2()
+    return run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env())
+
+
+def restart_stack(settings: Settings, stack: LoadedStack, service: str | None) -> None:
+    from deploykit import lifecycle
+
+    lifecycle.restart(stack, settings.docker_host, service)
+
+
+def stop_stack(settings: Settings, stack: LoadedStack, volumes: bool) -> None:
+    from deploykit import lifecycle
+
+    lifecycle.down(stack, settings.docker_host, volumes)
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    response: dict[str, Any]  # the server's JSON answer as it came (printed by `chat --json`)
+
+    def text(self) -> str:
+        """The answer without its reasoning; an answer with no text is a failed chat."""
+        from deploykit.errors import HealthError
+        from deploykit.health import split_answer
+
+        _, text = split_answer(self.response)
+        if not text:
+            raise HealthError(
+                "the model answered with no text.", "Try a larger --max-tokens; reasoning models think first."
+            )
+        return text
+
+
+def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> ChatAnswer:
+    """One message through Open WebUI as the stack's admin, or straight to the inference server."""
+    from deploykit import lifecycle
+
+    return ChatAnswer(lifecycle.chat(stack, message, direct, max_tokens))
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    checks: list[SmokeCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(c["status"] != "fail" for c in self.checks)
+
+
+def smoke(stack: LoadedStack) -> SmokeReport:
+    """Structured output, reasoning wiring and tool calling, for the served model."""
+    from deploykit import lifecycle
+
+    return SmokeReport(lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8")))
+
+
+def doctor(settings: Settings, stack_dir: Path | None) -> list[Check]:
+    """What the host offers stacks (and the stack in ``stack_dir``, if given), each with its fix."""
+    from deploykit.doctor import run_checks
+
+    stack = load_stack(stack_dir) if stack_dir else None
+    ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
+    return run_checks(detect(settings), settings.docker_host, settings.model_cache, stack, ports)
+
+
+def models() -> tuple[ModelSpec, ...]:
+    """The model catalog."""
+    return builtin_models()
+
+
+def export_templates(directory: Path, force: bool) -> list[str]:
+    """Write the built-in templates into ``directory`` for a site to change; the names written."""
+    from deploykit.customise import export_templates as export
+
+    return export(directory, force)
+
+
+def rebase_templates(directory: Path) -> list[str]:
+    """Record the site's copies in ``directory`` as current with this deploykit's built-ins."""
+    from deploykit.customise import rebase_templates as rebase
+
+    return rebase(directory)
 
 
 # ---------------------------------------------------------------- backups and upgrades
 
 
-def _compose_stack(stack_dir: Path) -> Any:
+def _compose_stack(stack_dir: Path) -> LoadedStack:
     """The stack at ``stack_dir``; backups, restores and upgrades handle Compose stacks only."""
     from deploykit.lifecycle import load_stack
 
@@ -1184,14 +1370,14 @@ def _compose_stack(stack_dir: Path) -> Any:
     return stack
 
 
-def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> Any:
+def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> BackupReport:
     """Back up the stack's Open WebUI data into ``out_dir`` (default: the stack's backups/)."""
     from deploykit import backup
 
     return backup.backup(_compose_stack(stack_dir), settings.docker_host, out_dir)
 
 
-def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> Any:
+def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> RestoreReport:
     """Put a backup's Open WebUI data back; Open WebUI is stopped only for the swap and waited for after."""
     from deploykit import backup, lifecycle
 
@@ -1207,7 +1393,7 @@ def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: boo
 class UpgradeReport:
     images: dict[str, tuple[str, str]]  # service -> (old, new)
     backup: str | None  # the archive taken first (None: the stack had no data yet)
-    up: Any  # the UpReport of the restart with the new images
+    up: UpReport  # the restart with the new images
 
 
 def upgrade_images(settings: Settings, stack_dir: Path, overrides: dict[str, str]) -> dict[str, tuple[str, str]]:

@@ -27,13 +27,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from deploykit import __version__, engine
 from deploykit.errors import EngineError, NotFoundError, UsageError
+from deploykit.services import WEBUI
+from deploykit.stackdir import STACK_ID
+from deploykit.textfile import sha256_of
+
+if TYPE_CHECKING:
+    from deploykit.lifecycle import LoadedStack
 
 DATA_VOLUME = "open-webui-data"  # the compose volume key in compose.yaml.j2
-SERVICE = "open-webui"
 MANIFEST_MEMBER = "deploykit-backup.json"
 FORMAT = 1
 _STAGING = ".deploykit-restore"
@@ -103,7 +108,7 @@ class RestoreReport:
     downtime_seconds: float  # Open WebUI stopped → answering /health again (0 when it was not running)
 
 
-def _labels(stack: Any) -> dict[str, str]:
+def _labels(stack: LoadedStack) -> dict[str, str]:
     return {"org.deploykit.managed": "true", "org.deploykit.stack": stack.spec.project}
 
 
@@ -153,7 +158,7 @@ def _repack(raw_tar: IO[bytes], out: IO[bytes], manifest: Manifest) -> int:
 
 
 def backup(
-    stack: Any, docker_host: str | None, out_dir: Path | None = None, now: datetime | None = None
+    stack: LoadedStack, docker_host: str | None, out_dir: Path | None = None, now: datetime | None = None
 ) -> BackupReport:
     """Copy the stack's Open WebUI volume into a new archive; Open WebUI is paused only during the copy."""
     es: engine.Stack = stack.engine_stack(docker_host)
@@ -165,10 +170,10 @@ def backup(
         )
     when = now or datetime.now(UTC)
     manifest = Manifest(
-        stack_id=stack.secrets.get("DEPLOYKIT_STACK_ID", ""),
+        stack_id=stack.secrets.get(STACK_ID, ""),
         project=stack.spec.project,
         volume=volume,
-        image=stack.spec.images[SERVICE],
+        image=stack.spec.images[WEBUI],
         created=when.isoformat(timespec="seconds").replace("+00:00", "Z"),
         deploykit_version=__version__,
     )
@@ -188,7 +193,7 @@ def backup(
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
             writer = _HashingWriter(fh)
-            if es.pause(SERVICE):
+            if es.pause(WEBUI):
                 paused_at = time.monotonic()
             try:
                 # The raw copy lands on disk first so the pause lasts only as long as the copy, not the gzip.
@@ -196,14 +201,14 @@ def backup(
                     os.fchmod(raw.fileno(), 0o600)
                     engine.export_volume(docker_host, volume, manifest.image, _labels(stack), raw.write)
                     if paused_at is not None:
-                        es.unpause(SERVICE)
+                        es.unpause(WEBUI)
                         paused_for = time.monotonic() - paused_at
                         paused_at = None
                     raw.seek(0)
                     files = _repack(raw, writer, manifest)  # type: ignore[arg-type]
             finally:
                 if paused_at is not None:
-                    es.unpause(SERVICE)
+                    es.unpause(WEBUI)
                     paused_for = time.monotonic() - paused_at
         tmp.replace(final)
     except BaseException:
@@ -225,14 +230,6 @@ def _write_private(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_backup(path: Path) -> Manifest:
@@ -271,7 +268,7 @@ def read_backup(path: Path) -> Manifest:
 
 
 def restore(
-    stack: Any,
+    stack: LoadedStack,
     docker_host: str | None,
     archive: Path,
     force: bool = False,
@@ -280,7 +277,7 @@ def restore(
     """Replace the stack's Open WebUI data with a backup's; Open WebUI is stopped only for the swap."""
     archive = archive.expanduser().absolute()
     manifest = read_backup(archive)
-    ours = stack.secrets.get("DEPLOYKIT_STACK_ID", "")
+    ours = stack.secrets.get(STACK_ID, "")
     if manifest.stack_id != ours and not force:
         raise UsageError(
             f"backup {archive.name} holds the data of another stack ({manifest.project}, id {manifest.stack_id}); "
@@ -289,11 +286,11 @@ def restore(
             "that stack's credentials afterwards.",
         )
     es: engine.Stack = stack.engine_stack(docker_host)
-    image = stack.spec.images[SERVICE]
-    running = any(c.service == SERVICE and c.state in ("running", "restarting", "paused") for c in es.containers())
+    image = stack.spec.images[WEBUI]
+    running = any(c.service == WEBUI and c.state in ("running", "restarting", "paused") for c in es.containers())
     volume = es.volume_name(DATA_VOLUME)
     if volume is None:
-        es.create(SERVICE)  # the volume (and a stopped container) exactly as compose makes them
+        es.create(WEBUI)  # the volume (and a stopped container) exactly as compose makes them
         volume = es.volume_name(DATA_VOLUME)
         if volume is None:
             raise EngineError(f"compose did not create the volume {DATA_VOLUME} of {stack.spec.project}.")
@@ -314,10 +311,10 @@ def restore(
         )
     stopped_at = time.monotonic()
     if running:
-        es.stop(SERVICE)
+        es.stop(WEBUI)
     code, output = engine.run_on_volume(docker_host, volume, image, _labels(stack), SWAP_SCRIPT)
     if running:
-        es.start(SERVICE)
+        es.start(WEBUI)
     if code != 0:
         raise EngineError(
             f"restore failed while swapping the data in: {output.strip()[-200:] or f'exit code {code}'}.",

@@ -16,9 +16,9 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import httpx
 
@@ -140,9 +140,24 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
+class ServerCounters(TypedDict, total=False):
+    """Our token counts and speeds against the server's own counters; ``available`` False without /metrics."""
+
+    available: Required[bool]
+    server_output_tokens: int
+    server_prompt_tokens: int
+    output_tokens_ratio: float | None
+    server_request_tokens_per_s: float | None
+    request_tokens_per_s: float
+    request_speed_ratio: float | None
+    server_decode_tokens_per_s: float | None
+    decode_tokens_per_s: float
+    decode_speed_ratio: float | None
+
+
 def compare_counters(
     results: Sequence[RequestResult], before: dict[str, float], after: dict[str, float], backend: str
-) -> dict[str, Any]:
+) -> ServerCounters:
     """Our token counts against the server's own counters over the same interval."""
     prompt_name, output_name, seconds_name = SERVER_COUNTERS[backend]
     if output_name not in after or output_name not in before:
@@ -150,7 +165,7 @@ def compare_counters(
     done = [r for r in results if r.ok]
     ours = sum(r.output_tokens for r in done)
     server_out = after[output_name] - before[output_name]
-    out: dict[str, Any] = {
+    out: ServerCounters = {
         "available": True,
         "server_output_tokens": int(server_out),
         "server_prompt_tokens": int(after.get(prompt_name, 0) - before.get(prompt_name, 0)),
@@ -174,9 +189,10 @@ def compare_counters(
         # parser does, with --jinja), so this one is shown, not held to 10 %.
         decode_time = sum(r.latency - r.ttft for r in done if r.ttft is not None)
         ours_tps = ours / decode_time if decode_time > 0 else 0.0
-        out["server_decode_tokens_per_s"] = server_out / seconds if seconds > 0 else None
+        server_tps = server_out / seconds if seconds > 0 else None
+        out["server_decode_tokens_per_s"] = server_tps
         out["decode_tokens_per_s"] = ours_tps
-        out["decode_speed_ratio"] = ours_tps / out["server_decode_tokens_per_s"] if seconds > 0 and server_out else None
+        out["decode_speed_ratio"] = ours_tps / server_tps if server_tps and server_out else None
     return out
 
 
@@ -315,11 +331,20 @@ def calibrate_words(target: Target, prompt_tokens: int) -> int:
     return words
 
 
+class BenchLevel(TypedDict):
+    """A ``LevelResult`` as plain data (``asdict``), as `bench --json` prints it."""
+
+    concurrency: int
+    metrics: dict[str, float]
+    server: ServerCounters
+    errors: list[str]
+
+
 @dataclass
 class LevelResult:
     concurrency: int
     metrics: dict[str, float]
-    server: dict[str, Any]
+    server: ServerCounters
     errors: list[str]
 
 
@@ -350,7 +375,7 @@ def run_level(
 # ---------------------------------------------------------------- chart
 
 
-def chart_html(series: dict[str, list[dict[str, Any]]], title: str) -> str:
+def chart_html(series: Mapping[str, Sequence[BenchLevel]], title: str) -> str:
     """A self-contained HTML page: output tok/s and TTFT against concurrency, one line per stack."""
     charts = [
         ("Output token throughput (tok/s)", "output_throughput", "aggregate"),

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from deploykit import __version__
+from deploykit.services import INFERENCE, SERVICES
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from deploykit.render import Target
+    from deploykit.app import FleetRequest, StackRequest
+    from deploykit.fleet import HostResult
+    from deploykit.lifecycle import LoadedStack
     from deploykit.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class DeployKitGroup(click.Group):
@@ -88,6 +92,14 @@ def _print_json(data: Any) -> None:
     import json
 
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _print(as_json: bool, data: object, show: Callable[[T], None], value: T) -> None:
+    """``data`` as JSON with --json, else ``show(value)``: the human form."""
+    if as_json:
+        _print_json(data)
+    else:
+        show(value)
 
 
 def _path(value: str | None) -> Path | None:
@@ -219,10 +231,7 @@ def detect(ctx: click.Context, as_json: bool) -> None:
     from deploykit import app, output
 
     host = app.detect(_settings(ctx))
-    if as_json:
-        _print_json(host.model_dump(mode="json"))
-    else:
-        output.show_host(host)
+    _print(as_json, host.model_dump(mode="json"), output.show_host, host)
 
 
 @cli.command(short_help="List hardware profiles and their backends.")
@@ -233,24 +242,17 @@ def profiles(ctx: click.Context, as_json: bool) -> None:
     from deploykit import app, output
 
     rows = app.profile_rows(_settings(ctx))
-    if as_json:
-        _print_json(rows)
-    else:
-        output.show_profiles(rows)
+    _print(as_json, rows, output.show_profiles, rows)
 
 
 @cli.command(short_help="List the model catalog.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def models(as_json: bool) -> None:
     """List the model catalog."""
-    from deploykit import output
-    from deploykit.catalog import builtin_models
+    from deploykit import app, output
 
-    catalog = builtin_models()
-    if as_json:
-        _print_json([m.model_dump(mode="json") for m in catalog])
-    else:
-        output.show_models(catalog)
+    catalog = app.models()
+    _print(as_json, [m.model_dump(mode="json") for m in catalog], output.show_models, catalog)
 
 
 @cli.command(short_help="Choose backend, context and offload, with reasons.")
@@ -274,10 +276,7 @@ def plan(
     _, _, deployment = app.plan_only(
         settings, profile=profile, host_file=_path(host_file), model_id=model_id, model_path=_path(model_path)
     )
-    if as_json:
-        _print_json(deployment.model_dump(mode="json"))
-    else:
-        output.show_plan(deployment)
+    _print(as_json, deployment.model_dump(mode="json"), output.show_plan, deployment)
 
 
 @cli.command(short_help="Write the stack: compose.yaml (or swarm/kubernetes), .env, plan.json.")
@@ -312,10 +311,8 @@ def render(
     """Write the stack: compose.yaml (or swarm.yaml, or kubernetes.yaml), .env (secrets, 0600) and plan.json."""
     from deploykit import app, output
 
-    settings, inputs = _stack_inputs(
-        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
-    )
-    result = app.render_stack(settings, profile=profile, target=target, force=force, **inputs)
+    settings, request = _stack_request(ctx)
+    result = app.render_stack(settings, request)
     if as_json:
         _print_json(
             {
@@ -330,42 +327,38 @@ def render(
         output.show_rendered(result)
 
 
-def _stack_inputs(
-    ctx: click.Context,
-    profile: str | None,
-    host_file: str | None,
-    max_context: int | None,
-    backend: str | None,
-    model_id: str | None,
-    model_path: str | None,
-    images: tuple[str, ...],
-    stack_dir: str,
-) -> tuple[Settings, dict[str, Any]]:
-    """Settings and the stack arguments render and up share, from their common options."""
+def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
+    """Settings and the stack request render and up share, from their common options (``ctx.params``)."""
     from pathlib import Path
 
+    from deploykit.app import StackRequest
     from deploykit.settings import parse_image_overrides
 
-    overrides = parse_image_overrides(images)  # before settings: a bad --image is the first thing said
+    p = ctx.params
+    overrides = parse_image_overrides(p["images"])  # before settings: a bad --image is the first thing said
     # The stack's own deploykit.toml (written by `deploykit tune`) is one of the layers.
+    stack_dir = Path(p["stack_dir"])
     settings = _settings(
-        ctx, stack_dir=Path(stack_dir).expanduser().absolute(), max_context=max_context, backend=backend
+        ctx, stack_dir=stack_dir.expanduser().absolute(), max_context=p["max_context"], backend=p["backend"]
     )
-    return settings, {
-        "host_file": _path(host_file),
-        "model_id": model_id,
-        "model_path": _path(model_path),
-        "image_overrides": overrides,
-        "stack_dir": Path(stack_dir),
-    }
+    return settings, StackRequest(
+        stack_dir=stack_dir,
+        profile=p["profile"],
+        host_file=_path(p["host_file"]),
+        model_id=p["model_id"],
+        model_path=_path(p["model_path"]),
+        image_overrides=overrides,
+        target=p["target"],
+        force=p["force"],
+    )
 
 
-def _stack(ctx: click.Context, stack_dir: str) -> Any:
+def _stack(stack_dir: str) -> LoadedStack:
     from pathlib import Path
 
-    from deploykit.lifecycle import load_stack
+    from deploykit import app
 
-    return load_stack(Path(stack_dir).absolute())
+    return app.load_stack(Path(stack_dir))
 
 
 @cli.command(short_help="Start the stack and check it up to a chat.")
@@ -402,22 +395,9 @@ def up(
 
     from deploykit import app, output
 
-    settings, inputs = _stack_inputs(
-        ctx, profile, host_file, max_context, backend, model_id, model_path, images, stack_dir
-    )
-    report = app.up_stack(
-        settings,
-        profile=profile,
-        timeout=timeout,
-        target=cast("Target | None", target),
-        reporter=output.ConsoleReporter(),
-        force=force,
-        **inputs,
-    )
-    if as_json:
-        _print_json(asdict(report))
-    else:
-        output.show_up(report)
+    settings, request = _stack_request(ctx)
+    report = app.up_stack(settings, request, timeout, output.ConsoleReporter())
+    _print(as_json, asdict(report), output.show_up, report)
 
 
 @cli.command(short_help="Show each service's state, health and model.")
@@ -426,44 +406,36 @@ def up(
 @click.pass_context
 def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
     """Per service: container state, health, URL, model served, uptime; and whether the stack is healthy."""
-    from deploykit import lifecycle, output
+    from deploykit import app, output
 
-    state = lifecycle.status(_stack(ctx, stack_dir), _settings(ctx).docker_host)
-    if as_json:
-        _print_json(state)
-    else:
-        output.show_status(state)
+    state = app.stack_status(_settings(ctx), _stack(stack_dir))
+    _print(as_json, state, output.show_status, state)
     if not state["healthy"]:
         sys.exit(1)
 
 
 @cli.command(short_help="Show the stack's logs.")
-@click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
+@click.argument("service", required=False, type=click.Choice(list(SERVICES)))
 @stack_dir_option()
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
 @click.option("--tail", default=100, type=click.IntRange(min=0), show_default=True, help="Lines of history to show.")
 @click.pass_context
 def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, tail: int) -> None:
     """Show the stack's logs (one service, or both)."""
-    from deploykit.engine import client, require_compose_v2
-    from deploykit.proc import run_attached
+    from deploykit import app
 
-    docker_host = _settings(ctx).docker_host
-    engine_stack = _stack(ctx, stack_dir).engine_stack(docker_host)
-    client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
-    require_compose_v2()
-    sys.exit(run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env()))
+    sys.exit(app.stack_logs(_settings(ctx), _stack(stack_dir), service, tail, follow))
 
 
 @cli.command(short_help="Restart one service or both.")
-@click.argument("service", required=False, type=click.Choice(["inference", "open-webui"]))
+@click.argument("service", required=False, type=click.Choice(list(SERVICES)))
 @stack_dir_option()
 @click.pass_context
 def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
     """Restart one service, or the whole stack."""
-    from deploykit import lifecycle
+    from deploykit import app
 
-    lifecycle.restart(_stack(ctx, stack_dir), _settings(ctx).docker_host, service)
+    app.restart_stack(_settings(ctx), _stack(stack_dir), service)
     click.echo(f"Restarted {service or 'inference and open-webui'}.")
 
 
@@ -474,10 +446,10 @@ def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
 @click.pass_context
 def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
     """Stop and remove the stack's containers. Chats, accounts and the model cache are kept."""
-    from deploykit import lifecycle
+    from deploykit import app
     from deploykit.errors import UsageError
 
-    stack = _stack(ctx, stack_dir)
+    stack = _stack(stack_dir)
     if volumes and not yes:
         if not sys.stdin.isatty():
             raise UsageError(
@@ -485,7 +457,7 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
                 "Add --yes if that is what you want.",
             )
         click.confirm(f"Delete all Open WebUI accounts and chats of {stack.spec.project}?", abort=True)
-    lifecycle.down(stack, _settings(ctx).docker_host, volumes)
+    app.stop_stack(_settings(ctx), stack, volumes)
     kept = "data deleted" if volumes else "chats, accounts and the model cache kept"
     click.echo(f"Stopped {stack.spec.project} ({kept}).")
 
@@ -501,21 +473,13 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
 @click.pass_context
 def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tokens: int, as_json: bool) -> None:
     """Send one message through Open WebUI (as the stack's admin) and print the answer."""
-    from deploykit import lifecycle
-    from deploykit.health import split_answer
+    from deploykit import app
 
-    data = lifecycle.chat(_stack(ctx, stack_dir), message, direct, max_tokens)
+    answer = app.chat(_stack(stack_dir), message, direct, max_tokens)
     if as_json:
-        _print_json(data)
+        _print_json(answer.response)
         return
-    _, text = split_answer(data)
-    if not text:
-        from deploykit.errors import HealthError
-
-        raise HealthError(
-            "the model answered with no text.", "Try a larger --max-tokens; reasoning models think first."
-        )
-    click.echo(text)
+    click.echo(answer.text())
 
 
 @cli.command(short_help="Check JSON output, reasoning and tool wiring.")
@@ -524,16 +488,15 @@ def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tok
 @click.pass_context
 def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
     """Check what matters for the served model: JSON-schema output, reasoning wiring, tool calling."""
-    from deploykit import lifecycle
+    from deploykit import app
 
-    stack = _stack(ctx, stack_dir)
-    checks = lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8"))
+    report = app.smoke(_stack(stack_dir))
     if as_json:
-        _print_json({"ok": all(c["status"] != "fail" for c in checks), "checks": checks})
+        _print_json({"ok": report.ok, "checks": report.checks})
     else:
-        for c in checks:
+        for c in report.checks:
             click.echo(f"{c['status'].upper():5} {c['name']:32} {c['detail']}")
-    if any(c["status"] == "fail" for c in checks):
+    if not report.ok:
         sys.exit(1)
 
 
@@ -543,21 +506,11 @@ def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 @click.pass_context
 def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
     """Check the host for running stacks: engine, compose v2, NVIDIA toolkit, driver, ports, disk, memory."""
-    from pathlib import Path
-
     from deploykit import app, output
     from deploykit.doctor import as_json as checks_json
-    from deploykit.doctor import run_checks
-    from deploykit.lifecycle import load_stack
 
-    settings = _settings(ctx)
-    stack = load_stack(Path(stack_dir).absolute()) if stack_dir else None
-    ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
-    checks = run_checks(app.detect(settings), settings.docker_host, settings.model_cache, stack, ports)
-    if as_json:
-        _print_json(checks_json(checks))
-    else:
-        output.show_checks(checks)
+    checks = app.doctor(_settings(ctx), _path(stack_dir))
+    _print(as_json, checks_json(checks), output.show_checks, checks)
     if any(c.status == "fail" for c in checks):
         sys.exit(1)
 
@@ -672,9 +625,9 @@ def templates_export(directory: str, force: bool) -> None:
     """Write the built-in templates into DIRECTORY, with a record of which built-ins they are."""
     from pathlib import Path
 
-    from deploykit.customise import export_templates
+    from deploykit import app
 
-    names = export_templates(Path(directory), force)
+    names = app.export_templates(Path(directory), force)
     click.echo(f"Wrote {len(names)} templates to {directory}: {', '.join(names)}.")
     click.echo("Keep only the ones you change, and point templates_dir at the directory.")
 
@@ -688,9 +641,9 @@ def templates_rebase(directory: str) -> None:
     """
     from pathlib import Path
 
-    from deploykit.customise import rebase_templates
+    from deploykit import app
 
-    names = rebase_templates(Path(directory))
+    names = app.rebase_templates(Path(directory))
     click.echo(f"Recorded {', '.join(names) or 'no shadowed templates'} as current in {directory}.")
 
 
@@ -746,7 +699,7 @@ def fleet_plan_options(fn: F) -> F:
     return fn
 
 
-def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings, Any]:
+def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings, FleetRequest]:
     from pathlib import Path
 
     from deploykit.app import FleetRequest
@@ -767,13 +720,18 @@ def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings
     )
 
 
-def _fleet_run(ctx: click.Context, params: dict[str, Any], title: str, action: Callable[..., list[Any]]) -> None:
-    """Run ``action(app, settings, request)`` and print its per-host results; exit 1 when any host failed."""
-    from deploykit import app, output
+def _fleet_run(
+    ctx: click.Context,
+    params: dict[str, Any],
+    title: str,
+    action: Callable[[Settings, FleetRequest], list[HostResult]],
+) -> None:
+    """Run ``action(settings, request)`` and print its per-host results; exit 1 when any host failed."""
+    from deploykit import output
     from deploykit.fleet import summary
 
     settings, req = _fleet_request(ctx, params)
-    results = action(app, settings, req)
+    results = action(settings, req)
     if params["as_json"]:
         _print_json(summary(results))
     else:
@@ -782,63 +740,75 @@ def _fleet_run(ctx: click.Context, params: dict[str, Any], title: str, action: C
         sys.exit(1)
 
 
-@fleet.command("detect", short_help="What each host's engine reports: CPU, RAM, GPUs.")
-@fleet_options
-@click.pass_context
+def fleet_command(
+    name: str, short_help: str, *options: Callable[[Any], Any]
+) -> Callable[[Callable[..., None]], click.Command]:
+    """A fleet subcommand: the fleet options, then ``options``; it gets the context and the parameters."""
+
+    def make(fn: Callable[..., None]) -> click.Command:
+        command: Any = click.pass_context(fn)
+        for option in reversed(options):
+            command = option(command)
+        return fleet.command(name, short_help=short_help)(fleet_options(command))
+
+    return make
+
+
+@fleet_command("detect", "What each host's engine reports: CPU, RAM, GPUs.")
 def fleet_detect(ctx: click.Context, /, **params: Any) -> None:
     """Each host through its engine: CPUs, RAM and architecture from engine info; GPUs from nvidia-smi in a
     short-lived probe container where the engine has the NVIDIA runtime."""
-    _fleet_run(ctx, params, "Fleet: detect", lambda app, s, r: app.fleet_detect(s, r))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: detect", app.fleet_detect)
 
 
-@fleet.command("plan", short_help="The plan for each host.")
-@fleet_options
-@fleet_plan_options
-@click.pass_context
+@fleet_command("plan", "The plan for each host.", fleet_plan_options)
 def fleet_plan(ctx: click.Context, /, **params: Any) -> None:
     """Detect and plan each host: backend, device and the URL its Open WebUI will have."""
-    _fleet_run(ctx, params, "Fleet: plan", lambda app, s, r: app.fleet_plan(s, r))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: plan", app.fleet_plan)
 
 
-@fleet.command("render", short_help="Write a stack folder per host.")
-@fleet_options
-@fleet_plan_options
-@click.pass_context
+@fleet_command("render", "Write a stack folder per host.", fleet_plan_options)
 def fleet_render(ctx: click.Context, /, **params: Any) -> None:
     """Write DIR/HOST/{compose.yaml,.env,plan.json} for each host; a remote host's stack mounts the model
     from a named volume on that host instead of a path on this controller's disk."""
-    _fleet_run(ctx, params, "Fleet: render", lambda app, s, r: app.fleet_plan(s, r, write=True))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: render", lambda s, r: app.fleet_plan(s, r, write=True))
 
 
-@fleet.command("up", short_help="Deliver, start and check every host, in parallel.")
-@fleet_options
-@fleet_plan_options
-@click.option("--timeout", type=float, metavar="SECONDS", help="Per host: give up waiting after this long.")
-@click.pass_context
+@fleet_command(
+    "up",
+    "Deliver, start and check every host, in parallel.",
+    fleet_plan_options,
+    click.option("--timeout", type=float, metavar="SECONDS", help="Per host: give up waiting after this long."),
+)
 def fleet_up(ctx: click.Context, /, **params: Any) -> None:
     """Per host: load the images it lacks from this controller's engine, send the model into a volume
     (SHA-256 checked there), render, start and check up to a chat through Open WebUI."""
+    from deploykit import app
     from deploykit.output import HostReporter
 
-    _fleet_run(ctx, params, "Fleet: up", lambda app, s, r: app.fleet_up(s, r, HostReporter))
+    _fleet_run(ctx, params, "Fleet: up", lambda s, r: app.fleet_up(s, r, HostReporter))
 
 
-@fleet.command("status", short_help="State, URL and error of every host.")
-@fleet_options
-@click.pass_context
+@fleet_command("status", "State, URL and error of every host.")
 def fleet_status(ctx: click.Context, /, **params: Any) -> None:
     """Each host's stack: healthy or not, its URL, and what is wrong; exit 1 when any host is not healthy."""
-    _fleet_run(ctx, params, "Fleet: status", lambda app, s, r: app.fleet_status(s, r))
+    from deploykit import app
+
+    _fleet_run(ctx, params, "Fleet: status", app.fleet_status)
 
 
-@fleet.command("down", short_help="Stop every host's stack (data and model volumes kept).")
-@fleet_options
-@click.pass_context
+@fleet_command("down", "Stop every host's stack (data and model volumes kept).")
 def fleet_down(ctx: click.Context, /, **params: Any) -> None:
     """Stop and remove each host's containers; chats, accounts and the delivered model are kept."""
-    _fleet_run(ctx, params, "Fleet: down", lambda app, s, r: app.fleet_down(s, r))
+    from deploykit import app
 
-
+    _fleet_run(ctx, params, "Fleet: down", app.fleet_down)
 
 
 def _int_list(value: str, option: str) -> list[int]:
@@ -873,8 +843,8 @@ def _progress(total: int, description: str) -> Any:
 @click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates (EOS ignored).")
 @click.option(
     "--via",
-    type=click.Choice(["inference", "open-webui"]),
-    default="inference",
+    type=click.Choice(list(SERVICES)),
+    default=INFERENCE,
     show_default=True,
     help="Send the load to the inference server's API, or through Open WebUI as the admin.",
 )
@@ -927,13 +897,7 @@ def bench(
                     on_result=lambda _r: progress.advance(task),
                 )
             )
-    report = app.bench_report(stacks, prompt_tokens, max_tokens, " ".join(sys.argv))
-    if chart:
-        from deploykit.bench import chart_html
-
-        series = {f"{s['project']} ({s['flags']['threads']}t/{s['flags']['parallel']}np)": s["levels"] for s in stacks}
-        Path(chart).write_text(chart_html(series, "deploykit bench"), encoding="utf-8")
-        report["chart"] = str(Path(chart).absolute())
+    report = app.bench_report(stacks, prompt_tokens, max_tokens, " ".join(sys.argv), _path(chart))
     if as_json:
         _print_json(report)
     else:

@@ -12,7 +12,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +20,8 @@ from typing import IO, Any
 from deploykit.errors import EngineError
 from deploykit.host import DockerEngine
 from deploykit.proc import Completed, Runner, run_cmd
+from deploykit.services import SERVICES
+from deploykit.stackdir import RUNTIME_SECRETS, STACK_ID
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:[^/@\s]*@")
 
@@ -197,7 +199,7 @@ class Stack:
             command[2:2] = ["--env-file", str(env_file)]
             result = self.runner(command, timeout=60, env=self.env())
         if not result.ok:
-            raise merge_error(override, result.stderr or result.stdout, ["inference", "open-webui"])
+            raise merge_error(override, result.stderr or result.stdout, list(SERVICES))
 
     def _check(self, result: Completed, what: str) -> Completed:
         if not result.ok:
@@ -297,7 +299,7 @@ class Stack:
 
 
 # The Swarm secrets swarm.yaml names, and the .env keys they are made from.
-SWARM_SECRET_FILES = (("inference_api_key", "INFERENCE_API_KEY"), ("webui_secret_key", "WEBUI_SECRET_KEY"))
+SWARM_SECRET_FILES = tuple((key.lower(), key) for key in RUNTIME_SECRETS)
 
 
 def swarm_state(docker_host: str | None) -> tuple[str, bool]:
@@ -342,7 +344,7 @@ class SwarmStack(Stack):
                 path.write_text(self.secrets.get(key, ""), encoding="utf-8")
             env = self.env() | {
                 "DEPLOYKIT_SECRETS_DIR": str(secrets_dir),
-                "DEPLOYKIT_STACK_ID": self.secrets.get("DEPLOYKIT_STACK_ID", ""),
+                STACK_ID: self.secrets.get(STACK_ID, ""),
             }
             stack_file = str(self.stack_dir / "swarm.yaml")
             result = self._docker("stack", "deploy", "--prune", "-c", stack_file, self.project, env=env)
@@ -393,7 +395,7 @@ class SwarmStack(Stack):
         )
 
     def restart(self, service: str | None) -> None:
-        for name in [service] if service else ["inference", "open-webui"]:
+        for name in [service] if service else list(SERVICES):
             result = self._docker("service", "update", "--force", "--detach", f"{self.project}_{name}")
             if not result.ok:
                 raise self._fail(result, "service update")
@@ -456,11 +458,16 @@ def project_owners(docker_host: str | None, project: str) -> dict[str, ProjectOw
 
 
 def image_present(docker_host: str | None, ref: str) -> bool:
+    return _exists(lambda: client(docker_host).images.get(ref))
+
+
+def _exists(lookup: Callable[[], object]) -> bool:
+    """Whether the engine has the thing ``lookup`` gets (an image, a volume): False on its 404."""
     import docker.errors
 
     try:
-        client(docker_host).images.get(ref)
-    except docker.errors.ImageNotFound:
+        lookup()
+    except docker.errors.NotFound:  # ImageNotFound is a NotFound
         return False
     return True
 
@@ -541,13 +548,7 @@ def copy_image(source_host: str | None, target_host: str | None, ref: str) -> st
 
 
 def volume_exists(docker_host: str | None, name: str) -> bool:
-    import docker.errors
-
-    try:
-        client(docker_host).volumes.get(name)
-    except docker.errors.NotFound:
-        return False
-    return True
+    return _exists(lambda: client(docker_host).volumes.get(name))
 
 
 def fill_volume(

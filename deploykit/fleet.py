@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from deploykit.errors import ConfigError, DeployKitError, EngineError, NotFoundError, UsageError
 from deploykit.settings import env_strings
+from deploykit.textfile import sha256_of
 
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # Failed and unreachable hosts are kept apart (as Ansible does): the fix differs.
@@ -359,21 +360,13 @@ class ModelPayload:
         return ["sh", "-c", "cat /data/.deploykit-verified 2>/dev/null || true"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_payload(path: Path) -> ModelPayload:
     """A GGUF file is named by its own SHA-256; a model directory by that of its SHA256SUMS manifest."""
     if path.is_file():
-        digest = _sha256(path)
+        digest = sha256_of(path)
         return ModelPayload(path, digest, f"{digest}  {path.name}\n")
     files = sorted(p for p in path.rglob("*") if p.is_file())
-    sums = "".join(f"{_sha256(p)}  {p.relative_to(path).as_posix()}\n" for p in files)
+    sums = "".join(f"{sha256_of(p)}  {p.relative_to(path).as_posix()}\n" for p in files)
     return ModelPayload(path, hashlib.sha256(sums.encode()).hexdigest(), sums)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Required, TypedDict, cast
 
 import httpx
 from pydantic import ValidationError
@@ -24,13 +24,63 @@ from deploykit.errors import HealthError, NotFoundError, PreflightError, StackDi
 from deploykit.host import GiB
 from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import gib
-from deploykit.render import StackSpec
-from deploykit.stackdir import TARGET_FILES, read_plan, read_secrets, recover
+from deploykit.render import StackIdentity, StackSpec
+from deploykit.services import INFERENCE, SERVICES, WEBUI
+from deploykit.stackdir import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    INFERENCE_API_KEY,
+    STACK_ID,
+    TARGET_FILES,
+    read_plan,
+    read_secrets,
+    recover,
+)
 from deploykit.webui_env import stored_settings
+
+if TYPE_CHECKING:
+    from deploykit.detect import Address
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
 WEBUI_START_HINT = "Open WebUI did not start; `deploykit logs open-webui` shows why."
+
+
+class ServiceStatus(TypedDict, total=False):
+    """One service in `deploykit status`; the container's fields only when it exists."""
+
+    service: Required[str]
+    state: Required[str]
+    health: Required[str | None]
+    uptime_s: Required[int | None]
+    image: str
+    ports: list[str]
+    restarts: int
+    url: str
+    model: str | None
+    detail: str
+
+
+class StageRow(TypedDict):
+    """A ``health.StageResult`` as `up --json` prints it."""
+
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+    at: float | None
+
+
+class StackStatus(StackIdentity):
+    healthy: bool
+    override: dict[str, str] | None  # the site's compose.override.yaml in effect, if any
+    services: list[ServiceStatus]
+
+
+class SmokeCheck(TypedDict):
+    name: str
+    status: Literal["pass", "fail", "skip"]
+    detail: str
 
 
 class Reporter(Protocol):
@@ -52,6 +102,16 @@ class LoadedStack:
     # The inference port is published on the engine host's loopback only; for a remote host the fleet
     # reaches it through an ssh forward and sets this.
     inference_base: str | None = None
+
+    @property
+    def api_key(self) -> str:
+        """The inference server's API key."""
+        return self.secrets.get(INFERENCE_API_KEY, "")
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        """(email, password) of the admin deploykit signs in as for its checks."""
+        return self.secrets.get(ADMIN_EMAIL, ""), self.secrets.get(ADMIN_PASSWORD, "")
 
     @property
     def stack_file(self) -> Path:
@@ -140,6 +200,19 @@ def _is_local(docker_host: str | None) -> bool:
     return not docker_host or docker_host.startswith("unix://")
 
 
+def published_ports(stack: LoadedStack) -> list[tuple[str, int]]:
+    """(bind address, port) of each port the stack publishes on its host: Open WebUI's and the server's."""
+    return [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
+
+
+def disk_free(folder: Path) -> tuple[Path, int]:
+    """(the folder or its nearest existing parent, its free bytes): a model cache need not exist yet."""
+    from deploykit.detect import nearest_existing
+
+    probe_dir = nearest_existing(folder)
+    return probe_dir, shutil.disk_usage(probe_dir).free
+
+
 def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: int) -> list[str]:
     """Everything that would make `compose up` fail, checked first. Raises on the first failure."""
     notes = []
@@ -149,7 +222,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     if stack.spec.target == "swarm":
         return preflight_swarm(stack, docker_host)
     engine.require_compose_v2()
-    stack_id = stack.secrets.get("DEPLOYKIT_STACK_ID")
+    stack_id = stack.secrets.get(STACK_ID)
     others = {k: v for k, v in engine.project_owners(docker_host, stack.spec.project).items() if k != stack_id}
     if others:
         owner = next(iter(others.values()))
@@ -176,8 +249,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
         )
     if _is_local(docker_host):
         ours = ports_held_by(stack, docker_host)
-        wanted = [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
-        for bind, port in wanted:
+        for bind, port in published_ports(stack):
             problem = None if port in ours else port_problem(bind, port)
             if problem:
                 setting = "webui_port" if port == stack.spec.webui_port else "inference_port"
@@ -187,9 +259,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
                     "and render again.",
                 )
         if model_missing_bytes:
-            cache = Path(stack.spec.model_host_path).parent
-            probe_dir = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
-            free = shutil.disk_usage(probe_dir).free
+            probe_dir, free = disk_free(Path(stack.spec.model_host_path).parent)
             if free < model_missing_bytes + GiB:
                 raise PreflightError(
                     f"the model needs {gib(model_missing_bytes)} and {probe_dir} has {gib(free)} free.",
@@ -268,7 +338,7 @@ class UpReport:
     stack_dir: str
     url: str
     healthy: bool
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[StageRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     admin_created: bool = False
@@ -291,9 +361,8 @@ class Stage:
 def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client, report: UpReport) -> list[Stage]:
     """The stages from a started stack to one chat answered through Open WebUI, in order."""
     plan = stack.spec.plan
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
-    email = stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", "")
-    password = stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
+    key = stack.api_key
+    email, password = stack.admin
 
     def admin() -> str:
         token, created = webui.admin_token(ui, email, password)
@@ -307,7 +376,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
     return [
         Stage(
             "inference /health",
-            "inference",
+            INFERENCE,
             lambda: health.probe_inference_health(inference),
             plan.startup_seconds + 60,
             "The server did not become ready. If the log shows it still loading, give it longer with --timeout; "
@@ -315,28 +384,28 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
         ),
         Stage(
             "inference /v1/models",
-            "inference",
+            INFERENCE,
             lambda: health.probe_served_model(inference, plan.model_id),
             60,
             "The server runs but does not serve the expected model id: check --alias/--served-model-name.",
         ),
         Stage(
             "open-webui /health",
-            "open-webui",
+            WEBUI,
             lambda: health.probe_webui_health(ui),
             WEBUI_START_SECONDS,
             WEBUI_START_HINT,
         ),
         Stage(
             "open-webui admin",
-            "open-webui",
+            WEBUI,
             admin,
             60,
             "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
         ),
         Stage(
             "open-webui model",
-            "open-webui",
+            WEBUI,
             lambda: health.probe_webui_model(ui, plan.model_id),
             90,
             "Open WebUI cannot list the model: its connection to the inference server is wrong or unreachable "
@@ -344,7 +413,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
         ),
         Stage(
             "chat via open-webui",
-            "inference",
+            INFERENCE,
             lambda: health.probe_chat(ui, "/api/chat/completions", plan.model_id),
             180,
             "The model did not answer through Open WebUI; `deploykit logs inference` shows the server side.",
@@ -427,7 +496,7 @@ def check_stack(
 ) -> UpReport:
     """The staged health check of a started stack, up to one chat answered through Open WebUI."""
     report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{stack.spec.webui_port}", healthy=False)
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    key = stack.api_key
     with health.http_client(stack.inference_url, key) as inference, health.http_client(stack.webui_url) as ui:
         results = run_stages(
             health_stages(stack, inference, ui, report),
@@ -437,7 +506,7 @@ def check_stack(
             log_tail=lambda service: stack.engine_stack(docker_host).log_tail(service, 25),
             started=started,
         )
-    report.stages = [asdict(r) for r in results]
+    report.stages = [cast(StageRow, asdict(r)) for r in results]
     report.healthy = True
     report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
     return report
@@ -475,7 +544,7 @@ def up(
 
 
 def reachable_urls(
-    bind: str, port: int, docker_host: str | None, addresses: tuple[Any, ...] | None = None
+    bind: str, port: int, docker_host: str | None, addresses: tuple[Address, ...] | None = None
 ) -> list[dict[str, str]]:
     """The URLs a port published on ``bind`` answers on, each with who can reach it."""
     from urllib.parse import urlparse
@@ -506,7 +575,7 @@ def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEB
     with health.http_client(stack.webui_url) as ui:
         ok, seconds, detail = health.wait_until(lambda: health.probe_webui_health(ui), timeout)
     if not ok:
-        tail = stack.engine_stack(docker_host).log_tail("open-webui", 25)
+        tail = stack.engine_stack(docker_host).log_tail(WEBUI, 25)
         raise HealthError(
             f"Open WebUI did not answer /health within {timeout:.0f} s: {detail}.",
             WEBUI_START_HINT,
@@ -518,16 +587,16 @@ def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEB
 # ---------------------------------------------------------------- status, chat
 
 
-def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
+def status(stack: LoadedStack, docker_host: str | None) -> StackStatus:
     containers = stack.engine_stack(docker_host).containers()
     plan = stack.spec.plan
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
+    key = stack.api_key
     now = datetime.now(UTC)
-    services = []
+    services: list[ServiceStatus] = []
     by_service = {c.service: c for c in containers}
-    for name in ("inference", "open-webui"):
+    for name in SERVICES:
         ctr = by_service.get(name)
-        entry: dict[str, Any] = {"service": name, "state": "missing", "health": None, "uptime_s": None}
+        entry: ServiceStatus = {"service": name, "state": "missing", "health": None, "uptime_s": None}
         if ctr is not None:
             started = ctr.started_at
             uptime = None
@@ -537,13 +606,15 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
                 except ValueError:
                     uptime = None
             entry.update(
-                state=ctr.state,
-                health=ctr.health,
-                uptime_s=uptime,
-                image=ctr.image,
-                ports=list(ctr.ports),
-                # A crash the engine recovered from shows here (the engine resets the exit code on restart).
-                restarts=ctr.restart_count,
+                {
+                    "state": ctr.state,
+                    "health": ctr.health,
+                    "uptime_s": uptime,
+                    "image": ctr.image,
+                    "ports": list(ctr.ports),
+                    # A crash the engine recovered from shows here (the engine resets the exit code on restart).
+                    "restarts": ctr.restart_count,
+                }
             )
         services.append(entry)
     with health.http_client(stack.inference_url, key, timeout=5) as client:
@@ -573,7 +644,7 @@ def status(stack: LoadedStack, docker_host: str | None) -> dict[str, Any]:
     return {**identity(stack), "healthy": healthy, "override": describe(stack.dir), "services": services}
 
 
-def identity(stack: LoadedStack) -> dict[str, Any]:
+def identity(stack: LoadedStack) -> StackIdentity:
     """Which stack a report is about: its directory, project, backend, device and model."""
     plan = stack.spec.plan
     return {
@@ -589,12 +660,10 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
     plan = stack.spec.plan
     try:
         if direct:
-            with health.http_client(stack.inference_url, stack.secrets.get("INFERENCE_API_KEY")) as client:
+            with health.http_client(stack.inference_url, stack.api_key) as client:
                 return health.chat_once(client, "/v1/chat/completions", plan.model_id, message, max_tokens)
         with health.http_client(stack.webui_url) as anon:
-            token, _ = webui.admin_token(
-                anon, stack.secrets.get("DEPLOYKIT_ADMIN_EMAIL", ""), stack.secrets.get("DEPLOYKIT_ADMIN_PASSWORD", "")
-            )
+            token, _ = webui.admin_token(anon, *stack.admin)
         with health.http_client(stack.webui_url, token) as client:
             # A model Open WebUI cannot list gets a bare "400 Model not found"; say what is wrong instead.
             health.probe_webui_model(client, plan.model_id)
@@ -605,11 +674,11 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
         ) from None
 
 
-def smoke(stack: LoadedStack, compose_text: str) -> list[dict[str, Any]]:
+def smoke(stack: LoadedStack, compose_text: str) -> list[SmokeCheck]:
     """Checks that matter for the served model: structured output, reasoning wiring, tool calling."""
     plan = stack.spec.plan
-    checks: list[dict[str, Any]] = []
-    with health.http_client(stack.inference_url, stack.secrets.get("INFERENCE_API_KEY")) as client:
+    checks: list[SmokeCheck] = []
+    with health.http_client(stack.inference_url, stack.api_key) as client:
         try:
             detail = health.probe_structured_output(client, "/v1/chat/completions", plan.model_id)
             checks.append({"name": "structured output (json_schema)", "status": "pass", "detail": detail})
@@ -647,7 +716,7 @@ def down(stack: LoadedStack, docker_host: str | None, volumes: bool) -> None:
 
 
 def restart(stack: LoadedStack, docker_host: str | None, service: str | None) -> None:
-    if service not in (None, "inference", "open-webui"):
+    if service not in (None, *SERVICES):
         raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)
@@ -660,8 +729,8 @@ def wait_inference_ready(stack: LoadedStack, docker_host: str | None, timeout: f
     """
     plan = stack.spec.plan
     limit = timeout if timeout is not None else plan.startup_seconds + 60
-    key = stack.secrets.get("INFERENCE_API_KEY", "")
-    watch = _container_watch(stack, docker_host, "inference")
+    key = stack.api_key
+    watch = _container_watch(stack, docker_host, INFERENCE)
     started = time.monotonic()
     with health.http_client(stack.inference_url, key) as client:
 
@@ -674,7 +743,7 @@ def wait_inference_ready(stack: LoadedStack, docker_host: str | None, timeout: f
         except health.StageFailed as exc:
             ok, detail = False, str(exc)
     if not ok:
-        tail = stack.engine_stack(docker_host).log_tail("inference", 25)
+        tail = stack.engine_stack(docker_host).log_tail(INFERENCE, 25)
         raise HealthError(
             f"the inference server did not become ready: {detail}.",
             "`deploykit logs inference` shows why.",

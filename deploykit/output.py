@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,9 +13,15 @@ from rich.table import Table
 from deploykit.plan import gib
 
 if TYPE_CHECKING:
-    from deploykit.app import RenderResult
+    from rich.status import Status
+
+    from deploykit.app import BenchReport, ProfileRow, RenderResult, TuneReport
     from deploykit.catalog import ModelSpec
+    from deploykit.doctor import Check
+    from deploykit.fleet import HostResult
+    from deploykit.health import StageResult
     from deploykit.host import HostProfile
+    from deploykit.lifecycle import StackStatus, UpReport
     from deploykit.plan import DeploymentPlan
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -55,7 +61,7 @@ def show_host(host: HostProfile) -> None:
             console.print(f"  Docker  not reachable: {escape(str(d.error))}")
 
 
-def show_profiles(rows: Iterable[dict[str, Any]]) -> None:
+def show_profiles(rows: Iterable[ProfileRow]) -> None:
     table = Table(title="Hardware profiles (backend for the default model)")
     for col in ("profile", "arch", "GPU", "VRAM", "RAM", "backend", "device", "quant", "context"):
         table.add_column(col)
@@ -130,7 +136,7 @@ class ConsoleReporter:
 
     def __init__(self) -> None:
         self.err = Console(stderr=True, highlight=False)
-        self._status: Any = None
+        self._status: Status | None = None
         self._name = ""
         self._printed = 0  # the last half-minute a progress line was printed for (no terminal)
 
@@ -148,7 +154,7 @@ class ConsoleReporter:
             self._printed = int(elapsed) // 30
             self.err.print(f"  … {self._name}: {elapsed:.0f} s, {detail}")
 
-    def done(self, result: Any) -> None:
+    def done(self, result: StageResult) -> None:
         if self._status is not None:
             self._status.stop()
             self._status = None
@@ -160,7 +166,7 @@ class ConsoleReporter:
         self.err.print(text, markup=False)  # notes quote settings such as [webui_env] literally
 
 
-def show_up(report: Any) -> None:
+def show_up(report: UpReport) -> None:
     console.print(f"\n[bold green]Ready:[/bold green] open [bold]{report.url}[/bold]")
     if report.reachable:
         console.print("  Open WebUI answers on:")
@@ -177,7 +183,7 @@ def show_up(report: Any) -> None:
         )
 
 
-def show_status(state: dict[str, Any]) -> None:
+def show_status(state: StackStatus) -> None:
     mark = "[green]healthy[/green]" if state["healthy"] else "[red]not healthy[/red]"
     console.print(
         f"[bold]{escape(state['project'])}[/bold] ({state['backend']} on {state['device']}, "
@@ -187,17 +193,17 @@ def show_status(state: dict[str, Any]) -> None:
     for col in ("service", "state", "health", "url", "model", "uptime", "restarts"):
         table.add_column(col)
     for s in state["services"]:
-        uptime = f"{s['uptime_s'] // 60} min" if s.get("uptime_s") is not None else "—"
+        uptime = f"{up // 60} min" if (up := s.get("uptime_s")) is not None else "—"
         restarts = str(s.get("restarts") or 0)
         table.add_row(
             s["service"], s["state"], s.get("health") or "—", s.get("url", ""), s.get("model") or "—", uptime, restarts
         )
     console.print(table)
-    if state.get("override"):
-        console.print(f"  {state['override']['file']} is in effect on top of compose.yaml.")
+    if override := state.get("override"):
+        console.print(f"  {override['file']} is in effect on top of compose.yaml.")
 
 
-def show_checks(checks: Iterable[Any]) -> None:
+def show_checks(checks: Iterable[Check]) -> None:
     colours = {"pass": "green", "warn": "yellow", "fail": "red"}
     for c in checks:
         console.print(f"[{colours[c.status]}]{c.status.upper():4}[/{colours[c.status]}] {c.name:16} {escape(c.detail)}")
@@ -221,7 +227,7 @@ class HostReporter:
         if int(elapsed) % 30 < 2 and elapsed >= 2:
             self.err.print(f"{self.prefix}… {self._name}: {elapsed:.0f} s, {detail}")
 
-    def done(self, result: Any) -> None:
+    def done(self, result: StageResult) -> None:
         mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
         self.err.print(f"{self.prefix}{mark} {result.name:22} {result.seconds:6.1f} s  {result.detail}")
 
@@ -229,7 +235,7 @@ class HostReporter:
         self.err.print(f"{self.prefix}{text}")
 
 
-def show_fleet(title: str, rows: Iterable[Any]) -> None:
+def show_fleet(title: str, rows: Iterable[HostResult]) -> None:
     """The fleet summary: host, profile, backend, state, URL, error; failures and their hints after it."""
     colours = {"healthy": "green", "failed": "red", "unreachable": "red", "unhealthy": "yellow"}
     table = Table(title=title)
@@ -284,7 +290,7 @@ def _ratio(value: float | None) -> str:
     return f"{value:.1%}" if value is not None else "—"
 
 
-def show_bench(report: dict[str, Any]) -> None:
+def show_bench(report: BenchReport) -> None:
     w = report["workload"]
     console.print(
         f"[bold]deploykit bench[/bold] — streaming chat completions, {w['prompt_tokens']} prompt tokens, "
@@ -328,7 +334,7 @@ def show_bench(report: dict[str, Any]) -> None:
         console.print(f"Chart: {report['chart']}")
 
 
-def show_tune(report: Any) -> None:
+def show_tune(report: TuneReport) -> None:
     w = report.workload
     console.print(f"[bold]deploykit tune[/bold] — optimised for [bold]{w['name']}[/bold]: {w['objective']}")
     console.print(f"  {report.cpus} CPUs on the engine's machine; {len(report.rows)} settings measured.")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,22 +71,31 @@ WEBUI_AND_OS_RESERVE_BYTES = 2 * GiB
 DEFAULT_GPU_UTILIZATION = 0.90
 
 
+# The planner knobs' bounds, in one place: PlanSettings and Settings (which parses them strictly) share them.
+ContextTokens = Annotated[int, Field(ge=256, le=1_048_576)]
+GpuShare = Annotated[float, Field(gt=0.1, le=0.99)]
+Slots = Annotated[int, Field(ge=1, le=64)]
+Threads = Annotated[int, Field(ge=1, le=1024)]
+BatchTokens = Annotated[int, Field(ge=32, le=65536)]
+Sequences = Annotated[int, Field(ge=1, le=4096)]
+
+
 class PlanSettings(BaseModel):
     """The planner's knobs, all with defaults; comes from settings and flags."""
 
     model_config = ConfigDict(frozen=True)
 
-    max_context: int = Field(default=4096, ge=256)
-    gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
+    max_context: ContextTokens = 4096
+    gpu_memory_utilization: GpuShare | None = None
     backend: Backend | None = None
     # Serving knobs; None lets the planner choose (an explicit value always wins, with its reason).
-    parallel: int | None = Field(default=None, ge=1, le=64)  # llama.cpp slots (-np); vLLM: full-length sequences
-    threads: int | None = Field(default=None, ge=1, le=1024)  # llama.cpp -t; vLLM's OMP threads on the CPU
-    batch_size: int | None = Field(default=None, ge=32, le=65536)  # llama.cpp -b; vLLM max-num-batched-tokens
-    ubatch_size: int | None = Field(default=None, ge=32, le=65536)  # llama.cpp -ub
+    parallel: Slots | None = None  # llama.cpp slots (-np); vLLM: full-length sequences
+    threads: Threads | None = None  # llama.cpp -t; vLLM's OMP threads on the CPU
+    batch_size: BatchTokens | None = None  # llama.cpp -b; vLLM max-num-batched-tokens
+    ubatch_size: BatchTokens | None = None  # llama.cpp -ub
     flash_attn: FlashAttn | None = None  # llama.cpp --flash-attn
     kv_cache_type: KvCacheType | None = None  # llama.cpp -ctk/-ctv
-    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)  # vLLM --max-num-seqs
+    max_num_seqs: Sequences | None = None  # vLLM --max-num-seqs
 
 
 class RunHost(BaseModel):
@@ -158,6 +167,11 @@ class NoFit(Exception):
     budget_bytes: int
     budget_kind: str
     detail: str
+
+
+def _skip(model: ModelSpec, kind: Literal["vram", "ram"], why: str) -> NoFit:
+    """A backend that cannot serve the model here; ``why`` is the sentence plan_deployment passes on."""
+    return NoFit(model.name, 0, 0, kind, why)
 
 
 def gib(n: float) -> str:
@@ -383,18 +397,27 @@ def _vllm_knobs(settings: PlanSettings, device: Literal["cuda", "cpu"]) -> _Vllm
     return _VllmKnobs(settings.parallel or 1, seqs, batched, reason)
 
 
-def _plan_vllm_gpu(
-    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings, threads: _Threads
-) -> DeploymentPlan | str:
-    """A vLLM plan on the GPU, or the reason there is none."""
+def _vllm_source_problem(model: ModelSpec, weights: LocalWeights | None) -> str | None:
+    """Why vLLM has nothing to load, if so: it serves Hugging Face weights only."""
     if weights is not None and weights.format != "hf":
         return "vLLM serves Hugging Face weights and the model given is a GGUF file"
     if weights is None and model.hf_repo is None:
         return "the model has no Hugging Face repository for vLLM to load"
+    return None
+
+
+def _plan_vllm_gpu(
+    host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings, threads: _Threads
+) -> DeploymentPlan | NoFit:
+    """A vLLM plan on the GPU, or the reason there is none."""
+    if (problem := _vllm_source_problem(model, weights)) is not None:
+        return _skip(model, "vram", problem)
     gpu = _best_gpu(host)
     cc = gpu.compute_capability_tuple
     if cc is not None and cc < VLLM_MIN_CC:
-        return f"vLLM needs compute capability 7.0 or newer and the {gpu.name} has {gpu.compute_capability}"
+        return _skip(
+            model, "vram", f"vLLM needs compute capability 7.0 or newer and the {gpu.name} has {gpu.compute_capability}"
+        )
     util, util_why = _gpu_utilization(gpu, settings)
     budget = int(gpu.memory_total_bytes * util)
     weight_bytes = weights.size_bytes if weights is not None else model.params * 2
@@ -404,9 +427,11 @@ def _plan_vllm_gpu(
     ctx = _fit_context(weight_bytes + overhead, model.kv_bytes_per_token() * knobs.sequences, budget, cap)
     need_min = weight_bytes + overhead + _kv_bytes(model, min(VLLM_MIN_CONTEXT, cap)) * knobs.sequences
     if ctx < min(VLLM_MIN_CONTEXT, cap):
-        return (
+        return _skip(
+            model,
+            "vram",
             f"{model.name} in FP16 needs {gib(need_min)} with {min(VLLM_MIN_CONTEXT, cap)} tokens of context "
-            f"and {gpu.name} offers {gib(budget)} ({util:.0%} of {gib(gpu.memory_total_bytes)})"
+            f"and {gpu.name} offers {gib(budget)} ({util:.0%} of {gib(gpu.memory_total_bytes)})",
         )
     bf16 = cc is None or cc >= BF16_MIN_CC
     dtype = "bfloat16" if bf16 else "float16"
@@ -435,9 +460,7 @@ def _plan_vllm_gpu(
         host,
         model,
         threads,
-        parallel=knobs.sequences,
-        vllm=knobs,
-        backend="vllm",
+        knobs,
         device="cuda",
         quantization="bf16" if bf16 else "fp16",
         dtype=dtype,
@@ -445,14 +468,7 @@ def _plan_vllm_gpu(
         gpu_memory_utilization=util,
         weights_bytes=weight_bytes,
         reasons=reasons,
-        memory=MemoryBreakdown(
-            weights_bytes=weight_bytes,
-            kv_cache_bytes=kv,
-            overhead_bytes=overhead,
-            total_bytes=total,
-            budget_bytes=budget,
-            budget_kind="vram",
-        ),
+        memory=_memory(weight_bytes, kv, overhead, budget, "vram"),
     )
 
 
@@ -469,13 +485,11 @@ def _context_why(ctx: int, cap: int, model: ModelSpec, settings: PlanSettings) -
 
 def _plan_vllm_cpu(
     host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings, threads: _Threads
-) -> DeploymentPlan | str:
-    if weights is not None and weights.format != "hf":
-        return "vLLM serves Hugging Face weights and the model given is a GGUF file"
-    if weights is None and model.hf_repo is None:
-        return "the model has no Hugging Face repository for vLLM to load"
+) -> DeploymentPlan | NoFit:
+    if (problem := _vllm_source_problem(model, weights)) is not None:
+        return _skip(model, "ram", problem)
     if host.cpu.arch != "x86_64":
-        return f"vLLM's CPU build used here targets x86-64 and this host is {host.cpu.arch}"
+        return _skip(model, "ram", f"vLLM's CPU build used here targets x86-64 and this host is {host.cpu.arch}")
     flags = set(host.cpu.flags)
     bf16 = bool(flags & {"avx512_bf16", "amx_bf16"}) or "avx512f" in flags
     weight_bytes = weights.size_bytes if weights is not None else model.params * 2
@@ -486,7 +500,7 @@ def _plan_vllm_cpu(
     per_token = model.kv_bytes_per_token() * knobs.sequences
     ctx = _fit_context(weight_bytes + overhead, per_token, budget, cap)
     if ctx < min(CPU_MIN_CONTEXT, cap):
-        return f"{model.name} in 16-bit needs more than the {gib(budget)} of RAM left for models"
+        return _skip(model, "ram", f"{model.name} in 16-bit needs more than the {gib(budget)} of RAM left for models")
     kv = _kv_bytes(model, ctx) * knobs.sequences
     # VLLM_CPU_KVCACHE_SPACE is whole GiB; give it the KV the context needs, rounded up, at least 1.
     kv_space = max(1, -(-kv // GiB)) * GiB
@@ -510,9 +524,7 @@ def _plan_vllm_cpu(
         host,
         model,
         threads,
-        parallel=knobs.sequences,
-        vllm=knobs,
-        backend="vllm",
+        knobs,
         device="cpu",
         quantization="bf16" if bf16 else "fp32",
         dtype=dtype,
@@ -520,14 +532,22 @@ def _plan_vllm_cpu(
         cpu_kv_cache_bytes=kv_space,
         weights_bytes=weight_bytes,
         reasons=reasons,
-        memory=MemoryBreakdown(
-            weights_bytes=weight_bytes,
-            kv_cache_bytes=kv_space,
-            overhead_bytes=overhead,
-            total_bytes=total,
-            budget_bytes=budget,
-            budget_kind="ram",
-        ),
+        memory=_memory(weight_bytes, kv_space, overhead, budget, "ram"),
+    )
+
+
+def _memory(
+    weights: int, kv_cache: int, overhead: int, budget: int, kind: Literal["vram", "ram"], ram_bytes: int | None = None
+) -> MemoryBreakdown:
+    """What the plan holds in its budget: weights + KV cache + overhead = total."""
+    return MemoryBreakdown(
+        weights_bytes=weights,
+        kv_cache_bytes=kv_cache,
+        overhead_bytes=overhead,
+        total_bytes=weights + kv_cache + overhead,
+        budget_bytes=budget,
+        budget_kind=kind,
+        ram_bytes=ram_bytes,
     )
 
 
@@ -535,23 +555,24 @@ def _make_plan(
     host: HostProfile,
     model: ModelSpec,
     threads: _Threads,
+    knobs: _LlamaKnobs | _VllmKnobs,
     *,
-    parallel: int,
-    backend: Backend,
     device: Literal["cuda", "cpu"],
     quantization: str,
     ctx: int,
     memory: MemoryBreakdown,
     weights_bytes: int,
     reasons: list[str],
+    parallel: int | None = None,  # llama.cpp's slots; vLLM's come from its knobs
     dtype: str | None = None,
     gpu_layers: int | None = None,
     gpu_memory_utilization: float | None = None,
     cpu_kv_cache_bytes: int | None = None,
-    llama: _LlamaKnobs | None = None,
-    vllm: _VllmKnobs | None = None,
 ) -> DeploymentPlan:
-    """The fields every plan fills the same way, around what the backend decided."""
+    """The fields every plan fills the same way, around what the backend decided (its knobs say which)."""
+    llama = knobs if isinstance(knobs, _LlamaKnobs) else None
+    vllm = knobs if isinstance(knobs, _VllmKnobs) else None
+    backend: Backend = "llamacpp" if llama else "vllm"
     return DeploymentPlan(
         profile=host.name,
         model_id=model.id,
@@ -561,7 +582,7 @@ def _make_plan(
         quantization=quantization,
         dtype=dtype,
         context_length=ctx,
-        parallel=parallel,
+        parallel=vllm.sequences if vllm else parallel or 1,
         gpu_layers=gpu_layers,
         total_layers=model.layers,
         threads=threads.count,
@@ -597,18 +618,37 @@ def _fit_slots(
     return slots, _fit_context(fixed(slots * min_ctx), per_token * slots, budget, cap)
 
 
+@dataclass(frozen=True)
+class _GgufOnGpu:
+    """What both llama.cpp GPU plans (full and partial offload) start from."""
+
+    gpu: Gpu
+    size: int  # the GGUF file
+    layer_bytes: float  # one repeating layer's share of it
+    quant: str
+    budget: int  # VRAM × utilisation
+    util_why: str
+    cap: int  # the context asked for
+    knobs: _LlamaKnobs
+    per_token: int  # KV cache bytes per token
+
+    def overhead(self, model: ModelSpec, tokens: int) -> int:
+        """CUDA runtime and compute buffers for ``tokens`` of context in all."""
+        return LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(
+            model, tokens, self.knobs.flash, "cuda", self.knobs.ubatch
+        )
+
+
 def _plan_llamacpp_gpu(
     host: HostProfile, model: ModelSpec, weights: LocalWeights | None, settings: PlanSettings, threads: _Threads
-) -> DeploymentPlan | str:
+) -> DeploymentPlan | NoFit:
+    """llama.cpp with every layer on the GPU, else with as many layers as fit there."""
     gguf = _gguf_size(model, weights)
     if gguf is None:
-        return "no GGUF file is known for this model"
+        return _skip(model, "vram", "no GGUF file is known for this model")
     size, non_layer, quant = gguf
     gpu = _best_gpu(host)
     util, util_why = _gpu_utilization(gpu, settings)
-    budget = int(gpu.memory_total_bytes * util)
-    cap = _context_cap(model, settings)
-    layer_bytes = (size - non_layer) / model.layers
     cc = gpu.compute_capability_tuple
     modern = cc is None or cc >= (7, 0)
     knobs = _llama_knobs(
@@ -618,71 +658,87 @@ def _plan_llamacpp_gpu(
         if modern
         else "Flash attention left to llama.cpp's judgement on this older GPU.",
     )
-    flash = knobs.flash
-    per_token = _kv_per_token(model, knobs.kv_type)
-
-    def overhead_for(tokens: int) -> int:
-        return LLAMACPP_CUDA_RUNTIME_BYTES + _llamacpp_overhead(model, tokens, flash, "cuda", knobs.ubatch)
-
-    # Full offload: every layer and the output head on the GPU.
-    slots, ctx = _fit_slots(
-        lambda tokens: size + overhead_for(tokens), per_token, budget, cap, settings, LLAMACPP_MIN_CONTEXT
+    g = _GgufOnGpu(
+        gpu,
+        size,
+        (size - non_layer) / model.layers,
+        quant,
+        int(gpu.memory_total_bytes * util),
+        util_why,
+        _context_cap(model, settings),
+        knobs,
+        _kv_per_token(model, knobs.kv_type),
     )
-    if ctx >= min(LLAMACPP_MIN_CONTEXT, cap):
-        kv = per_token * ctx * slots
-        overhead = overhead_for(ctx * slots)
-        total = size + kv + overhead
-        reasons = [
-            f"GGUF {quant} ({gib(size)}) with all {model.layers} layers on the {gpu.name}: {gib(size)} weights "
-            f"+ {gib(kv)} KV cache for {ctx} tokens × {slots} slot(s) + {gib(overhead)} CUDA runtime and compute "
-            f"buffers = {gib(total)} of {gib(budget)}.",
-            f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
-            _slots_why(slots, ctx, settings),
-            *knobs.reasons,
-            threads.reason,
-        ]
-        return _make_plan(
-            host,
-            model,
-            threads,
-            parallel=slots,
-            llama=knobs,
-            backend="llamacpp",
-            device="cuda",
-            quantization=quant,
-            ctx=ctx,
-            gpu_layers=model.layers,
-            weights_bytes=size,
-            reasons=reasons,
-            memory=MemoryBreakdown(
-                weights_bytes=size,
-                kv_cache_bytes=kv,
-                overhead_bytes=overhead,
-                total_bytes=total,
-                budget_bytes=budget,
-                budget_kind="vram",
-            ),
-        )
+    full = _plan_llamacpp_full_offload(host, model, settings, threads, g)
+    return full if full is not None else _plan_llamacpp_partial_offload(host, model, settings, threads, g)
 
-    # Partial offload: the context the user asked for, one slot unless told otherwise (memory is short),
-    # as many repeating layers as fit.
+
+def _plan_llamacpp_full_offload(
+    host: HostProfile, model: ModelSpec, settings: PlanSettings, threads: _Threads, g: _GgufOnGpu
+) -> DeploymentPlan | None:
+    """Every layer and the output head on the GPU, or None when the shortest useful context does not fit."""
+    size, gpu, budget, cap, knobs, per_token, quant = g.size, g.gpu, g.budget, g.cap, g.knobs, g.per_token, g.quant
+    slots, ctx = _fit_slots(
+        lambda tokens: size + g.overhead(model, tokens), per_token, budget, cap, settings, LLAMACPP_MIN_CONTEXT
+    )
+    if ctx < min(LLAMACPP_MIN_CONTEXT, cap):
+        return None
+    kv = per_token * ctx * slots
+    overhead = g.overhead(model, ctx * slots)
+    total = size + kv + overhead
+    reasons = [
+        f"GGUF {quant} ({gib(size)}) with all {model.layers} layers on the {gpu.name}: {gib(size)} weights "
+        f"+ {gib(kv)} KV cache for {ctx} tokens × {slots} slot(s) + {gib(overhead)} CUDA runtime and compute "
+        f"buffers = {gib(total)} of {gib(budget)}.",
+        f"Context {ctx} tokens: " + _context_why(ctx, cap, model, settings),
+        _slots_why(slots, ctx, settings),
+        *knobs.reasons,
+        threads.reason,
+    ]
+    return _make_plan(
+        host,
+        model,
+        threads,
+        knobs,
+        parallel=slots,
+        device="cuda",
+        quantization=quant,
+        ctx=ctx,
+        gpu_layers=model.layers,
+        weights_bytes=size,
+        reasons=reasons,
+        memory=_memory(size, kv, overhead, budget, "vram"),
+    )
+
+
+def _plan_llamacpp_partial_offload(
+    host: HostProfile, model: ModelSpec, settings: PlanSettings, threads: _Threads, g: _GgufOnGpu
+) -> DeploymentPlan | NoFit:
+    """The context the user asked for, one slot unless told otherwise (memory is short), as many repeating
+    layers on the GPU as fit and the rest on the CPU."""
+    size, gpu, budget, cap, knobs, per_token, quant = g.size, g.gpu, g.budget, g.cap, g.knobs, g.per_token, g.quant
+    layer_bytes, util_why = g.layer_bytes, g.util_why
     ctx = cap
     slots = settings.parallel or 1
-    overhead = overhead_for(ctx * slots)
+    overhead = g.overhead(model, ctx * slots)
     per_layer = layer_bytes + per_token * slots * ctx / model.layers
     room = budget - overhead
     layers_on_gpu = max(0, min(model.layers - 1, int(room // per_layer))) if room > 0 else 0
     if layers_on_gpu < 1:
-        return (
+        return _skip(
+            model,
+            "vram",
             f"not even one layer of {model.name} ({gib(per_layer)}) fits beside the "
-            f"{gib(overhead)} of CUDA buffers in {gib(budget)}"
+            f"{gib(overhead)} of CUDA buffers in {gib(budget)}",
         )
     gpu_weights = int(layer_bytes * layers_on_gpu)
     gpu_kv = per_token * slots * ctx * layers_on_gpu // model.layers
     cpu_side = size - gpu_weights + per_token * slots * ctx - gpu_kv + CPU_RUNTIME_BYTES
     ram_budget = _ram_budget(host)
     if cpu_side > ram_budget:
-        return f"the {model.layers - layers_on_gpu} layers left on the CPU need {gib(cpu_side)} of RAM"
+        return _skip(
+            model, "vram", f"the {model.layers - layers_on_gpu} layers left on the CPU need {gib(cpu_side)} of RAM"
+        )
     total = gpu_weights + gpu_kv + overhead
     reasons = [
         f"Not all {model.layers} layers fit in {gib(budget)} of VRAM ({util_why}): "
@@ -702,24 +758,15 @@ def _plan_llamacpp_gpu(
         host,
         model,
         threads,
+        knobs,
         parallel=slots,
-        llama=knobs,
-        backend="llamacpp",
         device="cuda",
         quantization=quant,
         ctx=ctx,
         gpu_layers=layers_on_gpu,
         weights_bytes=size,
         reasons=reasons,
-        memory=MemoryBreakdown(
-            weights_bytes=gpu_weights,
-            kv_cache_bytes=gpu_kv,
-            overhead_bytes=overhead,
-            total_bytes=total,
-            budget_bytes=budget,
-            budget_kind="vram",
-            ram_bytes=cpu_side,
-        ),
+        memory=_memory(gpu_weights, gpu_kv, overhead, budget, "vram", ram_bytes=cpu_side),
     )
 
 
@@ -762,23 +809,15 @@ def _plan_llamacpp_cpu(
         host,
         model,
         threads,
+        knobs,
         parallel=slots,
-        llama=knobs,
-        backend="llamacpp",
         device="cpu",
         quantization=quant,
         ctx=ctx,
         gpu_layers=0,
         weights_bytes=size,
         reasons=reasons,
-        memory=MemoryBreakdown(
-            weights_bytes=size,
-            kv_cache_bytes=kv,
-            overhead_bytes=overhead,
-            total_bytes=total,
-            budget_bytes=budget,
-            budget_kind="ram",
-        ),
+        memory=_memory(size, kv, overhead, budget, "ram"),
     )
 
 
@@ -803,19 +842,19 @@ def plan_deployment(
             vllm = _plan_vllm_gpu(host, model, weights, settings, threads)
             if isinstance(vllm, DeploymentPlan):
                 return vllm
-            skipped.append(f"Not vLLM: {vllm}.")
+            skipped.append(f"Not vLLM: {vllm.detail}.")
         if wanted in (None, "llamacpp"):
             llama = _plan_llamacpp_gpu(host, model, weights, settings, threads)
             if isinstance(llama, DeploymentPlan):
                 return llama.model_copy(update={"reasons": (*skipped, *llama.reasons)})
-            skipped.append(f"Not the GPU: {llama}.")
+            skipped.append(f"Not the GPU: {llama.detail}.")
     else:
         skipped.append("No NVIDIA GPU in this profile: the model runs on the CPU.")
         if wanted == "vllm":
             vllm = _plan_vllm_cpu(host, model, weights, settings, threads)
             if isinstance(vllm, DeploymentPlan):
                 return vllm
-            skipped.append(f"Not vLLM: {vllm}.")
+            skipped.append(f"Not vLLM: {vllm.detail}.")
     if wanted == "vllm" and host.gpus:
         raise NoFit(model.name, 0, 0, "vram", " ".join(skipped))
     cpu = _plan_llamacpp_cpu(host, model, weights, settings, threads)

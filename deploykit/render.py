@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import jinja2
 from pydantic import BaseModel, ConfigDict
@@ -26,13 +26,12 @@ from pydantic import BaseModel, ConfigDict
 from deploykit import __version__
 from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan
-from deploykit.stackdir import SECRET_KEYS, TARGET_FILES, sha256
+from deploykit.services import INFERENCE
+from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, env_quote, sha256
 
 Target = Literal["compose", "swarm", "kubernetes"]
-# The secrets a running stack needs (the admin's are only for deploykit's own checks). Swarm mounts
-# them as files under /run/secrets; Kubernetes keeps them in one Secret.
-RUNTIME_SECRETS = ("INFERENCE_API_KEY", "WEBUI_SECRET_KEY")
 GiB = 1024**3
+WEBUI_CONTAINER_PORT = 8080  # Open WebUI's own port inside its container
 
 
 class StackSpec(BaseModel):
@@ -55,6 +54,7 @@ class StackSpec(BaseModel):
 
     @property
     def inference_container_port(self) -> int:
+        """The port the server listens on inside its container: each server's own default."""
         return 8000 if self.plan.backend == "vllm" else 8080
 
     @property
@@ -64,6 +64,16 @@ class StackSpec(BaseModel):
         if self.plan.backend == "llamacpp":
             return str(host.parent), "/models", f"/models/{host.name}"
         return str(host), "/model", "/model"
+
+
+class StackIdentity(TypedDict):
+    """Which stack a report is about (the first keys of `status --json` and of bench's rows)."""
+
+    stack_dir: str
+    project: str
+    backend: str
+    device: str
+    model: str
 
 
 def project_name(stack_dir: Path) -> str:
@@ -99,15 +109,6 @@ def yaml_quote(value: object, escape_dollar: bool = True) -> str:
             out.append(ch)
     out.append('"')
     return "".join(out)
-
-
-def env_quote(value: object) -> str:
-    """A compose .env value: single-quoted, so compose takes it literally."""
-    text = str(value)
-    if "'" in text or "\n" in text or "\r" in text:
-        # Never the value itself in the message: it is a secret.
-        raise UsageError("a value for .env holds quotes or newlines, which .env cannot hold.")
-    return f"'{text}'"
 
 
 def _templates_root() -> Any:
@@ -209,7 +210,7 @@ def _kubernetes_context(spec: StackSpec, inputs: Mapping[str, Any]) -> dict[str,
     return {
         "names": {
             "base": base,
-            "inference": f"{base}-inference",
+            INFERENCE: f"{base}-inference",
             "webui": f"{base}-open-webui",
             "secret": f"{base}-secrets",
             "models": f"{base}-models",
@@ -245,6 +246,7 @@ def render_target(
         "webui_bind": spec.webui_bind,
         "inference_port": spec.inference_port,
         "inference_container_port": spec.inference_container_port,
+        "webui_container_port": WEBUI_CONTAINER_PORT,
         "inference_url": f"http://inference:{spec.inference_container_port}/v1",
         "model_host_dir": host_dir,
         "model_volume": spec.model_volume,

@@ -15,7 +15,7 @@ import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -26,7 +26,19 @@ from pydantic_settings import (
 )
 
 from deploykit.errors import ConfigError, UsageError
-from deploykit.plan import FlashAttn, KvCacheType, PlanSettings
+from deploykit.plan import (
+    Backend,
+    BatchTokens,
+    ContextTokens,
+    FlashAttn,
+    GpuShare,
+    KvCacheType,
+    PlanSettings,
+    Sequences,
+    Slots,
+    Threads,
+)
+from deploykit.services import SERVICES
 from deploykit.versions import pinned
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
@@ -43,6 +55,12 @@ def config_dir() -> Path:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deploykit"
+
+
+def default_model_cache() -> Path:
+    """Where models go unless DEPLOYKIT_MODEL_CACHE says otherwise (the Makefile and the provisioning
+    scripts spell the same rule in shell)."""
+    return cache_dir() / "models"
 
 
 def config_file() -> Path:
@@ -71,8 +89,10 @@ def _finite(value: object) -> object:
     return value
 
 
-WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
-FiniteFloat = Annotated[float, BeforeValidator(_finite)]
+WHOLE = BeforeValidator(_whole_number)
+FINITE = BeforeValidator(_finite)
+WholeNumber = Annotated[int, WHOLE]
+FiniteFloat = Annotated[float, FINITE]
 
 
 def check_image_ref(ref: str) -> str:
@@ -138,18 +158,19 @@ class Settings(BaseSettings):
     )
 
     model: str = DEFAULT_MODEL
-    max_context: WholeNumber = Field(4096, ge=256, le=1_048_576)
-    gpu_memory_utilization: FiniteFloat | None = Field(None, gt=0.1, le=0.99)
-    backend: Literal["vllm", "llamacpp"] | None = None
+    # The planner's knobs, with PlanSettings' bounds (deploykit.plan), parsed strictly.
+    max_context: Annotated[ContextTokens, WHOLE] = 4096
+    gpu_memory_utilization: Annotated[GpuShare, FINITE] | None = None
+    backend: Backend | None = None
     # Serving knobs (`deploykit tune` writes them into <stack>/deploykit.toml); unset, the planner chooses.
-    parallel: WholeNumber | None = Field(None, ge=1, le=64)
-    threads: WholeNumber | None = Field(None, ge=1, le=1024)
-    batch_size: WholeNumber | None = Field(None, ge=32, le=65536)
-    ubatch_size: WholeNumber | None = Field(None, ge=32, le=65536)
+    parallel: Annotated[Slots, WHOLE] | None = None
+    threads: Annotated[Threads, WHOLE] | None = None
+    batch_size: Annotated[BatchTokens, WHOLE] | None = None
+    ubatch_size: Annotated[BatchTokens, WHOLE] | None = None
     flash_attn: FlashAttn | None = None
     kv_cache_type: KvCacheType | None = None
-    max_num_seqs: WholeNumber | None = Field(None, ge=1, le=4096)
-    model_cache: Path = Field(default_factory=lambda: cache_dir() / "models")
+    max_num_seqs: Annotated[Sequences, WHOLE] | None = None
+    model_cache: Path = Field(default_factory=default_model_cache)
     profiles_file: Path | None = None
     webui_port: WholeNumber = Field(7860, ge=1, le=65535)
     webui_bind: str = "0.0.0.0"
@@ -340,7 +361,7 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
 
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     """``--image SERVICE=REF`` pairs, checked: a known service and a pinned reference."""
-    services = ("inference", "open-webui")
+    services = SERVICES
     out: dict[str, str] = {}
     for pair in pairs:
         service, sep, ref = pair.partition("=")

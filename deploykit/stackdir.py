@@ -39,13 +39,15 @@ PRIVATE_FILES = (".env", "kubernetes.yaml")
 SITE_FILES = ("compose.override.yaml", "deploykit.toml")  # the site's own; never written by render
 # DEPLOYKIT_STACK_ID is no secret, but it lives here: it tells this stack's containers and volume from
 # another stack's that happens to share the project name.
-SECRET_KEYS = (
-    "INFERENCE_API_KEY",
-    "WEBUI_SECRET_KEY",
-    "DEPLOYKIT_ADMIN_EMAIL",
-    "DEPLOYKIT_ADMIN_PASSWORD",
-    "DEPLOYKIT_STACK_ID",
-)
+INFERENCE_API_KEY = "INFERENCE_API_KEY"  # the inference server's API key, given to Open WebUI
+WEBUI_SECRET_KEY = "WEBUI_SECRET_KEY"  # Open WebUI's session secret
+ADMIN_EMAIL = "DEPLOYKIT_ADMIN_EMAIL"  # the admin deploykit creates and signs in as for its checks
+ADMIN_PASSWORD = "DEPLOYKIT_ADMIN_PASSWORD"
+STACK_ID = "DEPLOYKIT_STACK_ID"
+SECRET_KEYS = (INFERENCE_API_KEY, WEBUI_SECRET_KEY, ADMIN_EMAIL, ADMIN_PASSWORD, STACK_ID)
+# The secrets a running stack needs (the admin's are only for deploykit's own checks). Swarm mounts
+# them as files under /run/secrets, named in lower case; Kubernetes keeps them in one Secret.
+RUNTIME_SECRETS = (INFERENCE_API_KEY, WEBUI_SECRET_KEY)
 STAGING = ".deploykit-staging"  # complete new files, being moved into place
 STAGING_PARTIAL = ".deploykit-staging-"  # prefix of a staging folder still being written
 COMPOSE_HEADER = "# Rendered by deploykit"
@@ -53,6 +55,15 @@ FORCE_HINT = (
     "Put your changes in compose.override.yaml beside it (compose merges that file and deploykit never "
     "touches it), or render with --force to overwrite (the edited file is kept as compose.yaml.bak-TIME)."
 )
+
+
+def env_quote(value: object) -> str:
+    """A compose .env value: single-quoted, so compose takes it literally."""
+    text = str(value)
+    if "'" in text or "\n" in text or "\r" in text:
+        # Never the value itself in the message: it is a secret.
+        raise UsageError("a value for .env holds quotes or newlines, which .env cannot hold.")
+    return f"'{text}'"
 
 
 def sha256(data: bytes) -> str:
@@ -261,8 +272,6 @@ def read_secrets(stack_dir: Path) -> dict[str, str]:
 
 def merged_env(existing: EnvFile, secrets: Mapping[str, str], fresh_text: str) -> str:
     """The .env to write: a new one, or the existing file as it is with lines for missing keys appended."""
-    from deploykit.render import env_quote
-
     if existing.text is None:
         return fresh_text
     missing = [k for k in SECRET_KEYS if k not in existing.values]

@@ -8,7 +8,7 @@ and measures it with ``deploykit.bench``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Required, TypedDict
 
 Workload = Literal["chat", "throughput"]
 # What each named workload means: one conversation at a time, or several at once.
@@ -85,7 +85,30 @@ def pick(measured: list[tuple[Candidate, dict[str, float] | None]]) -> tuple[Can
     return best
 
 
-def describe_workload(concurrency: int, prompt_tokens: int, max_tokens: int, name: str | None) -> dict[str, Any]:
+class TuneWorkload(TypedDict):
+    """What `tune` optimises for, as its report records it."""
+
+    name: str
+    concurrency: int
+    prompt_tokens: int
+    max_tokens: int
+    objective: str
+
+
+class TuneRow(TypedDict, total=False):
+    """One candidate of the sweep: its knobs and what it measured."""
+
+    threads: Required[int]
+    parallel: Required[int]
+    current: Required[bool]
+    ready_s: float
+    metrics: dict[str, float] | None
+    errors: list[str]
+    score: float
+    of_best: float
+
+
+def describe_workload(concurrency: int, prompt_tokens: int, max_tokens: int, name: str | None) -> TuneWorkload:
     what = "one chat at a time" if concurrency == 1 else f"{concurrency} chats at once"
     return {
         "name": name or f"concurrency-{concurrency}",

@@ -12,10 +12,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+
+from deploykit.settings import default_model_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES_ENV = ROOT / "build" / "images.env"
@@ -23,7 +27,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 MODEL_CACHE = Path(
     os.environ.get("DEPLOYKIT_MODEL_CACHE")
     # Read at import, before the unit suite's fixtures point XDG_CACHE_HOME at a temp dir.
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deploykit" / "models"
+    or default_model_cache()
 )
 GGUF = MODEL_CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
 FP16_DIR = MODEL_CACHE / "smollm2-135m-instruct-fp16"
@@ -119,6 +123,46 @@ class Stack:
         remove_by_label(f"org.deploykit.stack={self.project}")
 
 
+def secrets(stack: Stack) -> dict[str, str]:
+    out = {}
+    for line in (stack.dir / ".env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out[key] = value.strip("'")
+    return out
+
+
+def webui_token(stack: Stack) -> str:
+    s = secrets(stack)
+    r = httpx.post(
+        f"http://127.0.0.1:{stack.webui_port}/api/v1/auths/signin",
+        json={"email": s["DEPLOYKIT_ADMIN_EMAIL"], "password": s["DEPLOYKIT_ADMIN_PASSWORD"]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
+
+
+def container_ids(stack: Stack) -> dict[str, str]:
+    out = docker(
+        "ps", "--filter", f"label=com.docker.compose.project={stack.project}", "--format", "{{.Names}} {{.ID}}"
+    )
+    return dict(line.split() for line in out.splitlines())
+
+
+@contextmanager
+def running(stack: Stack, images: dict[str, str], *args: str, backend_image: str = "LLAMACPP_IMAGE") -> Iterator[Stack]:
+    """``stack`` up (``args`` name the profile and model) for a fixture's lifetime, then removed, also when
+    `up` failed: nothing of ours is left on the shared engine."""
+    remove_by_label(f"org.deploykit.stack={stack.project}")
+    try:
+        stack.up_result = stack.up(images, *args, backend_image=backend_image)
+        assert stack.up_result.code == 0, stack.up_result.err
+        yield stack
+    finally:
+        stack.remove()
+
+
 def make_stack(tmp: Path, name: str, webui_port: int, inference_port: int) -> Stack:
     env = {
         "DEPLOYKIT_WEBUI_PORT": str(webui_port),
@@ -131,12 +175,8 @@ def make_stack(tmp: Path, name: str, webui_port: int, inference_port: int) -> St
 @pytest.fixture(scope="session")
 def llama_stack(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack(tmp_path_factory.mktemp("stacks"), "e2e-llama", 17860, 17861)
-    remove_by_label(f"org.deploykit.stack={stack.project}")
-    result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json")
-    stack.up_result = result
-    assert result.code == 0, result.err
-    yield stack
-    stack.remove()
+    with running(stack, engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json"):
+        yield stack
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,7 @@ import shutil
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, MODEL_ID, Stack, need
-from tests.e2e.test_llamacpp_stack import secrets
+from tests.e2e.conftest import ARTIFACTS, MODEL_ID, Stack, need, secrets
 
 pytestmark = pytest.mark.e2e
 

@@ -32,12 +32,14 @@ from tests.e2e.conftest import (
     ROOT,
     Result,
     Stack,
+    container_ids,
     deploykit,
     docker,
     make_stack,
     remove_by_label,
+    secrets,
+    webui_token,
 )
-from tests.e2e.test_llamacpp_stack import container_ids, secrets, webui_token
 
 pytestmark = pytest.mark.e2e
 

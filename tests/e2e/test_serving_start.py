@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import GGUF, MODEL_ID, Stack, docker, make_stack, remove_by_label
+from tests.e2e.conftest import GGUF, MODEL_ID, Stack, docker, make_stack, running
 
 pytestmark = pytest.mark.e2e
 
@@ -19,11 +19,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def started(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack(tmp_path_factory.mktemp("stacks"), "e2e-perfflags", 19866, 19867)
-    remove_by_label(f"org.deploykit.stack={stack.project}")
-    stack.up_result = stack.up(engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json")
-    assert stack.up_result.code == 0, stack.up_result.err
-    yield stack
-    stack.remove()
+    with running(stack, engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF), "--json"):
+        yield stack
 
 
 def started_at(stack: Stack, service: str) -> datetime:

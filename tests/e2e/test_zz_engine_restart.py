@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Stack, make_stack, remove_by_label
+from tests.e2e.conftest import ROOT, Stack, container_ids, make_stack, running
 from tests.e2e.test_data_safety import UP_ARGS, chat_titles, new_chat, project_objects, wait_status
-from tests.e2e.test_llamacpp_stack import container_ids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_restart]
 
@@ -50,13 +49,8 @@ def restart_engine() -> None:
 @pytest.fixture(scope="module")
 def restart_stack(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack(tmp_path_factory.mktemp("restart"), "e2e-trust-restart", 21870, 21871)
-    remove_by_label(f"org.deploykit.stack={stack.project}")
-    result = stack.up(engine, *UP_ARGS, "--json")
-    assert result.code == 0, result.err
-    try:
+    with running(stack, engine, *UP_ARGS, "--json"):
         yield stack
-    finally:
-        stack.remove()
 
 
 def test_docker_daemon_restart_the_stack_returns_by_itself(restart_stack: Stack) -> None:

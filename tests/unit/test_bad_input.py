@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from deploykit.cli import cli
+from tests.unit.conftest import ROOT
+from tests.unit.conftest import TINY_GGUF as GGUF
 
-ROOT = Path(__file__).resolve().parents[2]
-GGUF = ROOT / "tests" / "fixtures" / "gguf" / "tiny.gguf"
 NO_ENGINE = ("--docker-host", "unix:///nonexistent.sock")
 CPU = ("-p", "cpu")
 # The same model cache for the stack rendered once and for each case, so a re-render can be identical.

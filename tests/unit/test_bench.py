@@ -213,7 +213,7 @@ def test_bench_and_tune_refuse_bad_input(tmp_path: Path) -> None:
 def test_replan_reproduces_the_stack_and_changes_only_the_knobs(tmp_path: Path) -> None:
     from deploykit import app
     from deploykit.lifecycle import load_stack
-    from tests.e2e.conftest import ROOT
+    from tests.unit.conftest import ROOT
 
     gguf = ROOT / "tests" / "fixtures" / "gguf"
     model_file = next(iter(sorted(gguf.glob("*.gguf"))), None)

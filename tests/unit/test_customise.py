@@ -15,7 +15,7 @@ from deploykit.engine import Stack
 from deploykit.errors import ConfigError
 from deploykit.override import check_syntax, merge_error
 from deploykit.proc import Completed
-from tests.unit.test_render import compose_config
+from tests.unit.conftest import compose_config
 
 RENDER = ("render", "--profile", "cpu", "--model", "smollm2-135m-instruct")
 

@@ -19,7 +19,7 @@ from deploykit.detect import Address, host_addresses, parse_ip_addr_json
 from deploykit.errors import NotFoundError, UsageError
 from deploykit.lifecycle import reachable_urls
 from deploykit.proc import Completed
-from tests.unit.test_render import compose_config, render
+from tests.unit.conftest import compose_config, render
 
 MANIFEST = backup.Manifest(
     stack_id="0123456789abcdef",

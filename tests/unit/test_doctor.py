@@ -13,20 +13,11 @@ from deploykit.doctor import run_checks
 from deploykit.host import HostProfile
 from deploykit.lifecycle import load_stack
 from deploykit.settings import load_settings
-
-H200 = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "h200" / "detect.json"
+from tests.unit.conftest import H200
 
 
 def h200_stack(tmp_path: Path) -> tuple[HostProfile, Path]:
-    result = app.render_stack(
-        load_settings(),
-        profile="auto",
-        host_file=H200,
-        model_id=None,
-        model_path=None,
-        image_overrides={},
-        stack_dir=tmp_path / "h200",
-    )
+    result = app.render_stack(load_settings(), app.StackRequest(tmp_path / "h200", profile="auto", host_file=H200))
     return app.load_host_file(H200), result.stack_dir
 
 

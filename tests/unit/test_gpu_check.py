@@ -14,10 +14,8 @@ import yaml
 
 from deploykit import app
 from deploykit.settings import load_settings
-
-ROOT = Path(__file__).resolve().parents[2]
-H200 = ROOT / "tests" / "fixtures" / "gpu" / "h200" / "detect.json"
-GGUF = ROOT / "tests" / "fixtures" / "gguf" / "tiny.gguf"
+from tests.unit.conftest import H200, ROOT
+from tests.unit.conftest import TINY_GGUF as GGUF
 
 
 def _load(name: str):
@@ -34,15 +32,7 @@ make_tiny_model = _load("make_tiny_model")
 
 
 def render(stack_dir: Path, host: Path = H200) -> Path:
-    app.render_stack(
-        load_settings(),
-        profile="auto",
-        host_file=host,
-        model_id=None,
-        model_path=GGUF,
-        image_overrides={},
-        stack_dir=stack_dir,
-    )
+    app.render_stack(load_settings(), app.StackRequest(stack_dir, profile="auto", host_file=host, model_path=GGUF))
     return stack_dir
 
 

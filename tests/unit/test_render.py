@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -17,10 +14,9 @@ from deploykit import app
 from deploykit.catalog import builtin_profiles
 from deploykit.errors import UsageError
 from deploykit.render import env_quote, yaml_quote
-from deploykit.settings import load_settings
 from deploykit.stackdir import STACK_FILES
+from tests.unit.conftest import ROOT, compose_config, render
 
-ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = [
     "/models/my model.gguf",
     '/models/it\'s "quoted".gguf',
@@ -31,37 +27,6 @@ HOSTILE = [
     "/models/ünïcødé 😀 \u2028 sep.gguf",
     "/models/back\\slash\t tab.gguf",
 ]
-
-
-def compose_v2() -> str | None:
-    docker = shutil.which("docker")
-    if docker is None:
-        return None
-    ok = subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0
-    return docker if ok else None
-
-
-def require_compose() -> str:
-    docker = compose_v2()
-    if docker is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("docker compose v2 is required in CI (make provision installs it)")
-        pytest.skip("docker compose v2 not installed")
-    return docker
-
-
-def compose_config(stack_dir: Path) -> dict[str, Any]:
-    """What `docker compose config` makes of the rendered file (it must accept it)."""
-    docker = require_compose()
-    out = subprocess.run(
-        [docker, "compose", "-f", str(stack_dir / "compose.yaml"), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
 
 
 @pytest.mark.parametrize("profile", [p.name for p in builtin_profiles()])
@@ -82,18 +47,6 @@ def test_env_quote_refuses_what_dotenv_cannot_hold() -> None:
     assert env_quote("abc$def") == "'abc$def'"
     with pytest.raises(UsageError):
         env_quote("it's")
-
-
-def render(tmp_path: Path, name: str = "stack", **kwargs: object) -> app.RenderResult:
-    args: dict[str, object] = {
-        "profile": "rtx3060",
-        "host_file": None,
-        "model_id": None,
-        "model_path": None,
-        "image_overrides": {},
-    }
-    args.update(kwargs)
-    return app.render_stack(load_settings(), stack_dir=tmp_path / name, **args)  # type: ignore[arg-type]
 
 
 def test_render_writes_three_files_env_private(tmp_path: Path) -> None:

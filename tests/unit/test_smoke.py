@@ -19,13 +19,7 @@ from deploykit.settings import load_settings
 
 def command_of(tmp_path: Path, profile: str, model: str) -> list[str]:
     result = app.render_stack(
-        load_settings(),
-        profile=profile,
-        host_file=None,
-        model_id=model,
-        model_path=None,
-        image_overrides={},
-        stack_dir=tmp_path / f"{profile}-{model}",
+        load_settings(), app.StackRequest(tmp_path / f"{profile}-{model}", profile=profile, model_id=model)
     )
     compose = yaml.safe_load((result.stack_dir / "compose.yaml").read_text())
     return list(compose["services"]["inference"]["command"])

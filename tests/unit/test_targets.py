@@ -16,8 +16,8 @@ import yaml
 from deploykit import app
 from deploykit.catalog import builtin_profiles
 from deploykit.settings import load_settings
+from tests.unit.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PROFILES = [p.name for p in builtin_profiles()]
 # The Kubernetes release the manifests are validated against (schemas bundled by kubernetes-validate).
 KUBERNETES_VERSION = "1.33.0"
@@ -142,7 +142,7 @@ def render(tmp_path: Path, target: str, **kwargs: object) -> app.RenderResult:
         "target": target,
     }
     args.update(kwargs)
-    return app.render_stack(load_settings(), stack_dir=tmp_path / "stack", **args)  # type: ignore[arg-type]
+    return app.render_stack(load_settings(), app.StackRequest(stack_dir=tmp_path / "stack", **args))  # type: ignore[arg-type]
 
 
 def test_kubernetes_render_keeps_its_secret_private(tmp_path: Path) -> None:

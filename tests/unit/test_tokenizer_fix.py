@@ -12,11 +12,11 @@ import copy
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.conftest import ROOT
+
 FIXTURES = ROOT / "tests" / "fixtures" / "tokenizer"
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
 from deploykit.settings import Images
 from deploykit.versions import parse, pinned
+from tests.unit.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 TOML = ROOT / "deploykit" / "catalog" / "versions.toml"
 
 
