@@ -106,7 +106,14 @@ def test_render_keeps_the_override_and_a_changed_setting_lands_on_the_next_up(
     assert config["name"] == "Physics Lab (Open WebUI)"
     assert config["ui"]["response_watermark"] == "Lab B"  # type: ignore[index]
     assert any("ui.watermark" in note for note in json.loads(again.out)["notes"])
-    # TODO(upgrade): when `deploykit upgrade` lands (helper trust-data), run it here and assert the name again.
+    # An upgrade re-renders with (here: the same local) images: the override and the setting stay in effect.
+    upgraded = deploykit("upgrade", *images, "--dir", str(site_stack.dir), "--json", env=site_stack.env, timeout=1200)
+    assert upgraded.code == 0, upgraded.err
+    assert json.loads(upgraded.out)["backup"]  # taken first and kept
+    assert (site_stack.dir / "compose.override.yaml").read_text() == OVERRIDE
+    config = webui_config(site_stack)
+    assert config["name"] == "Physics Lab (Open WebUI)"
+    assert config["ui"]["response_watermark"] == "Lab B"  # type: ignore[index]
 
 
 def test_an_override_that_does_not_merge_is_refused_before_anything_starts(site_stack: Stack) -> None:
