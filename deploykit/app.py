@@ -617,9 +617,12 @@ class FleetRequest:
 
 
 def _fleet_hosts(req: FleetRequest) -> tuple[FleetHost, ...]:
-    from deploykit.fleet import load_inventory, select_hosts
+    from deploykit.fleet import check_tls, load_inventory, select_hosts
 
-    return select_hosts(load_inventory(req.inventory), req.hosts)
+    hosts = select_hosts(load_inventory(req.inventory), req.hosts)
+    for host in hosts:  # a tcp:// host without TLS material stops the run before anything is written
+        check_tls(host)
+    return hosts
 
 
 def _host_settings(settings: Settings, host: FleetHost, url: str) -> Settings:
@@ -670,7 +673,8 @@ def _reach(host: FleetHost) -> tuple[str, DockerEngine]:
     if not probe.reachable:
         raise EngineError(
             f"cannot reach the Docker Engine of {host.name} at {url}: {probe.error}.",
-            "Is the workstation on, its engine running and the ssh key accepted (`docker -H URL info`)?",
+            "Is the workstation on, its engine running and the ssh key or TLS client certificate accepted "
+            "(`docker -H URL info`)?",
         )
     return url, probe
 

@@ -31,6 +31,53 @@ def redact(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
+TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
+
+
+@dataclass(frozen=True)
+class EngineTLS:
+    """Client TLS material for a tcp:// engine, in Docker's DOCKER_CERT_PATH layout (ca.pem, cert.pem, key.pem);
+    the engine's certificate is always verified against ca.pem."""
+
+    cert_dir: Path
+
+    def sdk_config(self) -> Any:
+        import docker.tls
+
+        d = self.cert_dir
+        return docker.tls.TLSConfig(
+            client_cert=(str(d / "cert.pem"), str(d / "key.pem")), ca_cert=str(d / "ca.pem"), verify=True
+        )
+
+    def env(self) -> dict[str, str]:
+        """What the docker CLI (and so compose) reads for the same material."""
+        return {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(self.cert_dir)}
+
+
+class EngineURL(str):
+    """A Docker host URL that also says how to reach it (TLS material, or none). It is a str, so it travels
+    through every ``docker_host`` argument unchanged; only _client and Stack.env look at ``tls``."""
+
+    tls: EngineTLS | None
+
+    def __new__(cls, url: str, tls: EngineTLS | None = None) -> EngineURL:
+        made = super().__new__(cls, url)
+        made.tls = tls
+        return made
+
+
+def tls_of(docker_host: str | None) -> EngineTLS | None:
+    return docker_host.tls if isinstance(docker_host, EngineURL) else None
+
+
+def compose_env(docker_host: str | None) -> dict[str, str]:
+    """The variables that point the docker CLI at ``docker_host`` (none: the shell's own engine)."""
+    if not docker_host:
+        return {}
+    tls = tls_of(docker_host)
+    return {"DOCKER_HOST": str(docker_host), **(tls.env() if tls else {})}
+
+
 def _client(docker_host: str | None, timeout: int = 10) -> Any:
     import docker
 
@@ -38,7 +85,20 @@ def _client(docker_host: str | None, timeout: int = 10) -> Any:
         # ssh:// through the system ssh client, as compose's docker CLI does: one ~/.ssh/config, agent,
         # ProxyJump and known_hosts for both, rather than paramiko's partial reading of them.
         ssh = docker_host.startswith("ssh://")
-        return docker.DockerClient(base_url=docker_host, timeout=timeout, use_ssh_client=ssh)
+        tls = tls_of(docker_host)
+        if tls is None:
+            return docker.DockerClient(base_url=str(docker_host), timeout=timeout, use_ssh_client=ssh)
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the session's CA (psf/requests#3829), and
+        # the SDK asks the engine its API version while it is built: build it without asking, stop requests
+        # reading the environment, then ask, so the engine's own ca.pem is what verifies it.
+        from docker.constants import DEFAULT_DOCKER_API_VERSION
+
+        made = docker.DockerClient(
+            base_url=str(docker_host), timeout=timeout, tls=tls.sdk_config(), version=DEFAULT_DOCKER_API_VERSION
+        )
+        made.api.trust_env = False
+        made.api._version = made.api._retrieve_server_version()
+        return made
     return docker.from_env(timeout=timeout)
 
 
@@ -162,7 +222,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """The environment for compose: this stack's engine, whatever DOCKER_HOST the shell has."""
-        return dict(os.environ) | ({"DOCKER_HOST": self.docker_host} if self.docker_host else {})
+        return dict(os.environ) | compose_env(self.docker_host)
 
     def compose_files(self) -> list[Path]:
         """compose.yaml, then the site's compose.override.yaml when there is one (Compose's own convention)."""

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from deploykit.engine import TLS_FILES, EngineTLS, EngineURL
 from deploykit.errors import ConfigError, DeployKitError, EngineError, NotFoundError, UsageError
 from deploykit.settings import env_strings
 from deploykit.textfile import sha256_of
@@ -48,6 +49,10 @@ class SiteLayer(BaseModel):
     webui_env: dict[str, str] = {}
     templates_dir: str | None = None
     override: str | None = Field(None, description="a compose.override.yaml copied into the host's stack folder")
+    # A tcp:// engine's client TLS material, as DOCKER_CERT_PATH: a folder of ca.pem, cert.pem, key.pem.
+    tls_dir: str | None = None
+    # false: reach a tcp:// engine without TLS (an open engine port is root on that machine: opt in only).
+    tls: bool | None = None
 
     @field_validator("webui_env", mode="before")
     @classmethod
@@ -60,6 +65,7 @@ class FleetHost(SiteLayer):
 
     # Where the override was named ("lab.toml line 9"): a missing file is reported against that line.
     _override_from: str | None = PrivateAttr(None)
+    _tls_from: str | None = PrivateAttr(None)
 
     name: str = Field(pattern=HOST_NAME)
     engine: str | None = Field(None, description="ssh://user@host[:port], tcp://host:port or unix:///path")
@@ -125,7 +131,7 @@ def load_inventory(path: Path) -> Inventory:
         raise NotFoundError(f"cannot read inventory {path}: {exc.strerror}.", "Check the --inventory path.") from None
     hint = (
         "Each [[hosts]] table takes name, engine or context, profile, labels, ui_port, inference_port, address, "
-        "group, webui_env, templates_dir, override; the top level and [groups.NAME] take the last three."
+        "group, webui_env, templates_dir, override, tls_dir, tls; the top level and [groups.NAME] take the last five."
     )
     try:
         data = tomllib.loads(text)
@@ -177,9 +183,16 @@ def _effective(inventory: Inventory, index: int, base: Path, path: Path, text: s
     """The host with its layers folded in: [webui_env] merged, the nearest templates_dir and override, as
     absolute paths; the override remembers the line that named it."""
     env: dict[str, str] = {}
-    templates_dir = override = override_from = None
+    templates_dir = override = override_from = tls_dir = tls_from = None
+    tls: bool | None = None
     for loc, layer in _layers(inventory, index):
         env |= layer.webui_env
+        if layer.tls_dir is not None:
+            tls_dir = str(base / Path(layer.tls_dir).expanduser())
+            line = _line_of(text, (*loc, "tls_dir"))
+            tls_from = f"{path} line {line}" if line else str(path)
+        if layer.tls is not None:
+            tls = layer.tls
         if layer.templates_dir is not None:
             templates_dir = str(base / Path(layer.templates_dir).expanduser())
         if layer.override is not None:
@@ -187,9 +200,10 @@ def _effective(inventory: Inventory, index: int, base: Path, path: Path, text: s
             line = _line_of(text, (*loc, "override"))
             override_from = f"{path} line {line}" if line else str(path)
     host = inventory.hosts[index].model_copy(
-        update={"webui_env": env, "templates_dir": templates_dir, "override": override}
+        update={"webui_env": env, "templates_dir": templates_dir, "override": override, "tls_dir": tls_dir, "tls": tls}
     )
     host._override_from = override_from
+    host._tls_from = tls_from
     return host
 
 
@@ -244,10 +258,48 @@ def select_hosts(inventory: Inventory, patterns: str | None) -> tuple[FleetHost,
     return chosen
 
 
-def engine_url(host: FleetHost) -> str:
-    """The engine's URL; a docker context is read from the docker CLI's context store."""
+def check_tls(host: FleetHost) -> None:
+    """A tcp:// engine is reached with readable TLS material, or without TLS only when the inventory says
+    ``tls = false``; otherwise a ConfigError naming the host (and the file), before anything is written."""
+    if host.engine is None or urlparse(host.engine).scheme != "tcp":
+        return
+    if host.tls is False:
+        return
+    if host.tls_dir is None:
+        raise ConfigError(
+            f"host {host.name}: engine {host.engine} is tcp:// without TLS, and an engine port without TLS "
+            "gives root on that machine to anyone who reaches it.",
+            "Give tls_dir (a folder with ca.pem, cert.pem, key.pem, as DOCKER_CERT_PATH) for the host or "
+            "fleet-wide, or set tls = false for it to accept an unauthenticated engine.",
+        )
+    for name in TLS_FILES:
+        file = Path(host.tls_dir) / name
+        try:
+            with file.open("rb"):
+                pass
+        except OSError as exc:
+            where = f" (tls_dir from {host._tls_from})" if host._tls_from else ""
+            raise ConfigError(
+                f"host {host.name}: cannot read TLS file {file}{where}: {exc.strerror}.",
+                "tls_dir must hold ca.pem, cert.pem and key.pem (Docker's DOCKER_CERT_PATH layout); "
+                "a relative one is read from the inventory's folder.",
+            ) from None
+
+
+def _context_tls(name: str) -> Path | None:
+    """A TLS docker context's material, where the docker CLI keeps it (TLSPath/docker: ca, cert, key .pem)."""
+    from docker.context.config import get_tls_dir
+
+    folder = Path(get_tls_dir(name, "docker"))
+    return folder if folder.is_dir() else None
+
+
+def engine_url(host: FleetHost) -> EngineURL:
+    """The engine's URL with its TLS material; a docker context is read from the docker CLI's context store."""
     if host.engine is not None:
-        return host.engine
+        check_tls(host)
+        tcp_tls = urlparse(host.engine).scheme == "tcp" and host.tls is not False and host.tls_dir is not None
+        return EngineURL(host.engine, EngineTLS(Path(str(host.tls_dir))) if tcp_tls else None)
     from docker.context import ContextAPI
 
     try:
@@ -259,11 +311,14 @@ def engine_url(host: FleetHost) -> str:
     if ctx is None:
         raise NotFoundError(f"docker context '{host.context}' does not exist.", "See `docker context ls`.")
     if ctx.TLSConfig:
-        raise UsageError(
-            f"docker context '{host.context}' uses TLS, which fleet hosts do not support yet.",
-            "Reach that engine over ssh:// instead.",
-        )
-    return str(ctx.Host)
+        folder = _context_tls(str(host.context))
+        if folder is None:
+            raise NotFoundError(
+                f"docker context '{host.context}' uses TLS, but its material is not in the context store.",
+                "See `docker context inspect` (Storage.TLSPath).",
+            )
+        return EngineURL(str(ctx.Host), EngineTLS(folder))
+    return EngineURL(str(ctx.Host))
 
 
 def is_remote(url: str) -> bool:

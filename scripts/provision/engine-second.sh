@@ -6,12 +6,15 @@
 #   dockerd  --data-root /var/lib/deploykit-second  --exec-root /run/deploykit-second/exec
 #            -H unix:///run/deploykit-second/docker.sock  (its own containerd, namespace, pid file)
 #            its own default bridge dk2br0 (10.212.0.1/24), compose networks in 10.213.0.0/16, no
-#            iptables rules of its own
+#            iptables rules of its own; also -H tcp://127.0.0.1:$DEPLOYKIT_SECOND_TLS_PORT (22876)
+#            with --tlsverify: a CA, a server cert (IP:127.0.0.1, DNS:localhost) and a client cert made
+#            here by openssl in /etc/deploykit-second/tls/ (the client's in client/, as DOCKER_CERT_PATH)
 #   sshd     127.0.0.1:$DEPLOYKIT_SECOND_SSH_PORT (22879), root by key only, its own host key and
 #            authorized_keys; `SetEnv DOCKER_HOST=unix:///run/deploykit-second/docker.sock` makes
 #            the `docker system dial-stdio` that ssh:// clients run land on the second engine.
 #
-# Prints SECOND_ENGINE=ssh://root@127.0.0.1:PORT and records it in build/images.env.
+# Prints SECOND_ENGINE=ssh://root@127.0.0.1:PORT and SECOND_ENGINE_TLS=tcp://127.0.0.1:TLSPORT and records
+# them (and SECOND_ENGINE_CERTS, the client's cert folder) in build/images.env.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -28,15 +31,53 @@ BRIDGE_CIDR=10.212.0.1/24
 DOCKERD_LOG="${DEPLOYKIT_SECOND_DOCKERD_LOG:-$LOG_DIR/deploykit-second-dockerd.log}"
 SSHD_LOG="$LOG_DIR/deploykit-second-sshd.log"
 URL="ssh://root@127.0.0.1:$PORT"
+TLS_PORT="${DEPLOYKIT_SECOND_TLS_PORT:-22876}"
+TLS="$ETC/tls"
+TLS_URL="tcp://127.0.0.1:$TLS_PORT"
 
 command -v dockerd >/dev/null 2>&1 || die "dockerd is missing: run the engine target first."
 mkdir -p "$ETC" "$RUN" "$DATA"
 
+# --- TLS material for its tcp:// listener (Docker's file names: ca.pem, cert.pem, key.pem) -----
+make_cert() {  # make_cert NAME SUBJECT EXTFILE: NAME-key.pem and NAME.pem signed by the CA
+    openssl genrsa -out "$TLS/$1-key.pem" 2048 2>/dev/null
+    openssl req -new -key "$TLS/$1-key.pem" -subj "$2" -out "$TLS/$1.csr" 2>/dev/null
+    openssl x509 -req -in "$TLS/$1.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca-key.pem" -CAcreateserial \
+        -days 3650 -sha256 -extfile "$3" -out "$TLS/$1.pem" 2>/dev/null
+    rm -f "$TLS/$1.csr"
+}
+if [ ! -f "$TLS/client/key.pem" ]; then
+    install -d -m 0700 "$TLS" "$TLS/client"
+    openssl genrsa -out "$TLS/ca-key.pem" 2048 2>/dev/null
+    openssl req -x509 -new -key "$TLS/ca-key.pem" -sha256 -days 3650 -subj "/CN=deploykit-second CA" \
+        -out "$TLS/ca.pem" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$TLS/server.ext"
+    printf 'extendedKeyUsage=clientAuth\n' >"$TLS/client.ext"
+    make_cert server "/CN=localhost" "$TLS/server.ext"
+    make_cert client-cert "/CN=deploykit-controller" "$TLS/client.ext"
+    cp "$TLS/ca.pem" "$TLS/client/ca.pem"
+    mv "$TLS/client-cert.pem" "$TLS/client/cert.pem"
+    mv "$TLS/client-cert-key.pem" "$TLS/client/key.pem"
+    chmod 0600 "$TLS"/*.pem "$TLS/client"/*.pem
+    log "TLS material for $TLS_URL made in $TLS"
+fi
+
 # --- the second engine -----------------------------------------------------------------------
 second_up() { DOCKER_HOST="unix://$SOCK" docker info >/dev/null 2>&1; }
+tls_up() { DOCKER_HOST="$TLS_URL" DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH="$TLS/client" docker info >/dev/null 2>&1; }
 
+if second_up && ! tls_up; then
+    # Started before it had a tcp:// listener: restart it (only it; never the first engine).
+    pid="$(cat "$RUN/docker.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        log "restarting the second engine (pid $pid) to add its TLS listener $TLS_URL"
+        kill -TERM "$pid"
+        for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -0 "$pid" 2>/dev/null && die "the second dockerd (pid $pid) did not stop within 30 s."
+    fi
+fi
 if second_up; then
-    log "second engine already running at unix://$SOCK"
+    log "second engine already running at unix://$SOCK and $TLS_URL"
 else
     # Its own (empty) config file: an /etc/docker/daemon.json written for the first engine must not apply.
     [ -f "$ETC/daemon.json" ] || echo '{}' >"$ETC/daemon.json"
@@ -56,6 +97,8 @@ else
         --exec-root "$RUN/exec" \
         --pidfile "$RUN/docker.pid" \
         -H "unix://$SOCK" \
+        -H "$TLS_URL" --tlsverify \
+        --tlscacert "$TLS/ca.pem" --tlscert "$TLS/server.pem" --tlskey "$TLS/server-key.pem" \
         --containerd-namespace deploykit-second \
         --containerd-plugins-namespace deploykit-second-plugins \
         --bridge "$BRIDGE" \
@@ -67,6 +110,8 @@ else
         tail -n 20 "$DOCKERD_LOG" >&2 || true
         die "the second dockerd did not answer within 60 s (see the log lines above)."
     fi
+    for _ in $(seq 1 20); do tls_up && break; sleep 0.5; done
+    tls_up || die "the second dockerd does not answer on $TLS_URL with the client certificate."
     log "second engine running ($(took))"
 fi
 
@@ -142,4 +187,7 @@ done
 [ "$root" = "$DATA" ] || die "docker over $URL answers from '${root:-nothing}', not the second engine ($DATA)."
 log "second engine reachable as $URL (data root $DATA, $(took))"
 images_env_set SECOND_ENGINE "$URL"
+images_env_set SECOND_ENGINE_TLS "$TLS_URL"
+images_env_set SECOND_ENGINE_CERTS "$TLS/client"
 echo "SECOND_ENGINE=$URL"
+echo "SECOND_ENGINE_TLS=$TLS_URL"

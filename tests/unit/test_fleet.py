@@ -170,3 +170,79 @@ def test_cli_fleet_status_reports_an_unreachable_host(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert '"state": "unreachable"' in result.output
+
+
+# ---------------------------------------------------------------- tcp:// with TLS
+
+
+def tls_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (path / name).write_text(name, encoding="utf-8")
+    return path
+
+
+def test_tls_dir_is_layered_and_read_from_the_inventory_folder(tmp_path: Path) -> None:
+    from deploykit.engine import EngineTLS, compose_env
+    from deploykit.fleet import engine_url
+
+    tls_folder(tmp_path / "certs" / "fleet")
+    tls_folder(tmp_path / "certs" / "lab-02")
+    text = (
+        'tls_dir = "certs/fleet"\n'
+        '[[hosts]]\nname = "lab-01"\nengine = "tcp://lab-01:2376"\n'
+        '[[hosts]]\nname = "lab-02"\nengine = "tcp://lab-02:2376"\ntls_dir = "certs/lab-02"\n'
+        '[[hosts]]\nname = "lab-03"\nengine = "tcp://lab-03:2375"\ntls = false\n'
+        '[[hosts]]\nname = "lab-04"\nengine = "ssh://root@lab-04"\n'
+    )
+    hosts = load_inventory(write(tmp_path, text)).hosts
+    urls = [engine_url(h) for h in hosts]
+    assert [u.tls for u in urls] == [
+        EngineTLS(tmp_path / "certs" / "fleet"),
+        EngineTLS(tmp_path / "certs" / "lab-02"),
+        None,  # tls = false: the site's explicit choice
+        None,  # ssh:// carries its own authentication; a fleet-wide tls_dir does not apply
+    ]
+    assert urls[0] == "tcp://lab-01:2376"
+    assert compose_env(urls[1]) == {
+        "DOCKER_HOST": "tcp://lab-02:2376",
+        "DOCKER_TLS_VERIFY": "1",
+        "DOCKER_CERT_PATH": str(tmp_path / "certs" / "lab-02"),
+    }
+    assert compose_env(urls[2]) == {"DOCKER_HOST": "tcp://lab-03:2375"}
+    assert compose_env(None) == {}
+
+
+def test_tcp_without_tls_and_unreadable_cert_files_are_refused(tmp_path: Path) -> None:
+    from deploykit.fleet import check_tls
+
+    plain = load_inventory(write(tmp_path, '[[hosts]]\nname = "lab-01"\nengine = "tcp://lab-01:2375"\n')).hosts[0]
+    with pytest.raises(ConfigError) as err:
+        check_tls(plain)
+    assert "lab-01" in err.value.message and "without TLS" in err.value.message and "tls = false" in err.value.hint
+
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.pem").write_text("ca", encoding="utf-8")
+    text = '[[hosts]]\nname = "lab-01"\nengine = "tcp://lab-01:2376"\ntls_dir = "certs"\n'
+    with pytest.raises(ConfigError) as err:
+        check_tls(load_inventory(write(tmp_path, text)).hosts[0])
+    assert "host lab-01" in err.value.message and str(tmp_path / "certs" / "cert.pem") in err.value.message
+    assert "line 4" in err.value.message
+
+
+def test_cli_refuses_tcp_without_tls_before_writing(tmp_path: Path) -> None:
+    inv = write(tmp_path, '[[hosts]]\nname = "lab-01"\nengine = "tcp://127.0.0.1:1"\n')
+    out = CliRunner().invoke(cli, ["fleet", "render", "--inventory", str(inv), "--dir", str(tmp_path / "fleet")])
+    assert out.exit_code == ConfigError.exit_code and "without TLS" in out.output
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_tls_config_for_the_sdk(tmp_path: Path) -> None:
+    from deploykit.engine import EngineTLS, EngineURL, tls_of
+
+    folder = tls_folder(tmp_path / "c")
+    config = EngineTLS(folder).sdk_config()
+    assert config.cert == (str(folder / "cert.pem"), str(folder / "key.pem"))
+    assert config.ca_cert == str(folder / "ca.pem") and config.verify is True
+    assert tls_of(EngineURL("tcp://h:2376", EngineTLS(folder))) == EngineTLS(folder)
+    assert tls_of("tcp://h:2376") is None and tls_of(None) is None
