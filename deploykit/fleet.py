@@ -266,8 +266,9 @@ def check_tls(host: FleetHost) -> None:
     if host.tls is False:
         return
     if host.tls_dir is None:
+        said = "says tls = true but names no tls_dir" if host.tls else "is tcp:// without TLS"
         raise ConfigError(
-            f"host {host.name}: engine {host.engine} is tcp:// without TLS, and an engine port without TLS "
+            f"host {host.name}: engine {host.engine} {said}, and an engine port without TLS "
             "gives root on that machine to anyone who reaches it.",
             "Give tls_dir (a folder with ca.pem, cert.pem, key.pem, as DOCKER_CERT_PATH) for the host or "
             "fleet-wide, or set tls = false for it to accept an unauthenticated engine.",

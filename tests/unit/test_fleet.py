@@ -220,6 +220,9 @@ def test_tcp_without_tls_and_unreadable_cert_files_are_refused(tmp_path: Path) -
     with pytest.raises(ConfigError) as err:
         check_tls(plain)
     assert "lab-01" in err.value.message and "without TLS" in err.value.message and "tls = false" in err.value.hint
+    asked = '[[hosts]]\nname = "lab-02"\nengine = "tcp://lab-02:2376"\ntls = true\n'
+    with pytest.raises(ConfigError, match="tls = true but names no tls_dir"):
+        check_tls(load_inventory(write(tmp_path, asked)).hosts[0])
 
     (tmp_path / "certs").mkdir()
     (tmp_path / "certs" / "ca.pem").write_text("ca", encoding="utf-8")
