@@ -65,8 +65,10 @@ reference: venv  ## re-render compose/<profile>/ for every built-in profile
 
 bench: venv  ## benchmarks: figures side by side with their baselines
 	$(BIN)/python benchmarks/cli_startup.py
-	@if [ -f "$(DIR)/plan.json" ]; then $(BIN)/python benchmarks/memory_estimate.py "$(DIR)"; \
-	else echo "memory_estimate: no running stack in $(DIR) (make demo first)"; fi
+	@if [ -f "$(DIR)/plan.json" ]; then $(BIN)/python benchmarks/memory_estimate.py "$(DIR)" \
+		&& $(BIN)/python benchmarks/serving.py "$(DIR)"; \
+	else echo "memory_estimate, serving: no running stack in $(DIR) (make demo first)"; fi
+	$(BIN)/python benchmarks/readiness.py
 
 clean:  ## remove the venv and build outputs (not images, volumes or the model cache)
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
