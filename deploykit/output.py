@@ -346,6 +346,8 @@ def show_tune(report: TuneReport) -> None:
         note = "current" if row["current"] else ""
         if row["threads"] == report.winner["threads"] and row["parallel"] == report.winner["parallel"]:
             note = (note + ", winner").lstrip(", ")
+        if "repeat" in row:
+            note = (note + ", measured twice (of best: the mean)").lstrip(", ")
         if row["errors"]:
             note = (note + " " + row["errors"][0][:60]).strip()
         table.add_row(

@@ -7,6 +7,7 @@ and measures it with ``deploykit.bench``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Required, TypedDict
 
@@ -75,14 +76,32 @@ def score(metrics: dict[str, float]) -> float:
     return float(metrics["output_throughput"])
 
 
-def pick(measured: list[tuple[Candidate, dict[str, float] | None]]) -> tuple[Candidate, float] | None:
+def pick(scored: Sequence[tuple[Candidate, float]]) -> tuple[Candidate, float] | None:
     """The candidate with the highest score; ties go to the one measured first (the current setting)."""
     best: tuple[Candidate, float] | None = None
-    for candidate, metrics in measured:
-        value = score(metrics) if metrics is not None else 0.0
+    for candidate, value in scored:
         if value > 0 and (best is None or value > best[1]):
             best = (candidate, value)
     return best
+
+
+# Candidates scoring within this share of the best are measured again before one is picked: on a shared
+# machine one run can order settings that differ by less (a 2-core VM's sweep scored six settings within
+# 4 % and the pick then measured at 68 % of the best, docs/benchmarks.md).
+LEADER_BAND = 0.9
+
+
+def leaders(scores: Sequence[float], within: float = LEADER_BAND) -> list[int]:
+    """Indexes of the candidates close enough to the best that one noisy run may have ordered them."""
+    top = max(scores, default=0.0)
+    found = [i for i, value in enumerate(scores) if top > 0 and value >= within * top]
+    return found if len(found) > 1 else []
+
+
+def mean_score(runs: Sequence[dict[str, float] | None]) -> float:
+    """A candidate's score over all its runs; a run that failed counts as 0."""
+    values = [score(m) if m is not None else 0.0 for m in runs]
+    return sum(values) / len(values) if values else 0.0
 
 
 class TuneWorkload(TypedDict):
@@ -103,6 +122,7 @@ class TuneRow(TypedDict, total=False):
     current: Required[bool]
     ready_s: float
     metrics: dict[str, float] | None
+    repeat: dict[str, float] | None  # a second run, for a candidate close to the best
     errors: list[str]
     score: float
     of_best: float

@@ -22,7 +22,7 @@ from deploykit.bench import (
 from deploykit.cli import cli
 from deploykit.errors import ConfigError
 from deploykit.settings import load_settings, write_stack_settings
-from deploykit.tune import Candidate, candidates, parallel_choices, pick, thread_choices
+from deploykit.tune import Candidate, candidates, leaders, mean_score, parallel_choices, pick, score, thread_choices
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -133,15 +133,24 @@ def test_candidates_start_with_the_current_setting() -> None:
     assert candidates(Candidate(2, 1), 2, 1, threads=[2], parallel=[1, 2]) == [Candidate(2, 1), Candidate(2, 2)]
 
 
-def test_pick_takes_the_highest_throughput_and_skips_failures() -> None:
+def test_pick_takes_the_highest_score_and_skips_failures() -> None:
     ok = summarize([_req(1.0, 0.1, 10)], 1.0)
     fast = summarize([_req(1.0, 0.1, 10), _req(1.0, 0.1, 10)], 1.0)
     failed = summarize([_req(1.0, 0.1, 10), RequestResult(False, 1.0, error="x")], 0.1)
-    measured = [(Candidate(4, 1), ok), (Candidate(2, 2), fast), (Candidate(1, 1), failed), (Candidate(2, 4), None)]
-    assert pick(measured) == (Candidate(2, 2), 20.0)
-    assert pick([(Candidate(1, 1), None)]) is None
+    scored = [(Candidate(4, 1), score(ok)), (Candidate(2, 2), score(fast)), (Candidate(1, 1), score(failed))]
+    assert pick([*scored, (Candidate(2, 4), 0.0)]) == (Candidate(2, 2), 20.0)
+    assert pick([(Candidate(1, 1), 0.0)]) is None
     # a tie keeps the one measured first: the current setting
-    assert pick([(Candidate(4, 1), ok), (Candidate(2, 1), ok)]) == (Candidate(4, 1), 10.0)
+    assert pick([(Candidate(4, 1), 10.0), (Candidate(2, 1), 10.0)]) == (Candidate(4, 1), 10.0)
+
+
+def test_leaders_close_to_the_best_are_measured_again_and_averaged() -> None:
+    assert leaders([54.4, 42.9, 47.9, 53.3, 53.4, 51.9]) == [0, 3, 4, 5]
+    assert leaders([100.0, 50.0]) == []  # a clear winner needs no second run
+    assert leaders([0.0, 0.0]) == []
+    ok = summarize([_req(1.0, 0.1, 10)], 1.0)
+    assert mean_score([ok, None]) == score(ok) / 2  # a failed second run counts as 0
+    assert mean_score([ok, ok]) == score(ok)
 
 
 # ---------------------------------------------------------------- the stack's deploykit.toml
