@@ -90,6 +90,9 @@ else
         ip addr add "$BRIDGE_CIDR" dev "$BRIDGE"
         ip link set "$BRIDGE" up
     fi
+    # Starting a second dockerd deletes the first engine's docker0 bridge (seen on 20.10 even with
+    # --bridge set to its own): note it here and put it back, same address, once this one is up.
+    docker0_cidr="$(ip -o -4 addr show docker0 2>/dev/null | awk '{print $4}' | head -n1)"
     log "starting the second dockerd (log: $DOCKERD_LOG)"
     setsid dockerd \
         --config-file "$ETC/daemon.json" \
@@ -112,6 +115,12 @@ else
     fi
     for _ in $(seq 1 20); do tls_up && break; sleep 0.5; done
     tls_up || die "the second dockerd does not answer on $TLS_URL with the client certificate."
+    if [ -n "$docker0_cidr" ] && ! ip link show docker0 >/dev/null 2>&1; then
+        log "restoring the first engine's docker0 ($docker0_cidr), deleted by the second dockerd's start"
+        ip link add docker0 type bridge
+        ip addr add "$docker0_cidr" dev docker0
+        ip link set docker0 up
+    fi
     log "second engine running ($(took))"
 fi
 
