@@ -99,10 +99,12 @@ def chat_stages(stack: LoadedStack, budget: float) -> None:
 
 def time_compose_wait(stack_dir: Path, serial: bool) -> float:
     compose = stack_dir / "compose.yaml"
-    text = compose.read_text()
     if serial:
-        text = text.replace("condition: service_started", "condition: service_healthy")
-    compose.write_text(text)
+        # The serial start in a file of its own beside the stack: deploykit's compose.yaml stays as it
+        # wrote it (a hand edit there would stop the next `deploykit up`).
+        serial_file = stack_dir.parent / "compose.serial.yaml"
+        serial_file.write_text(compose.read_text().replace("condition: service_started", "condition: service_healthy"))
+        compose = serial_file
     stack = load_stack(stack_dir)
     started = time.monotonic()
     run("docker", "compose", "--project-directory", str(stack_dir), "-f", str(compose), "-p", stack.spec.project,
