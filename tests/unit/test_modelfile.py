@@ -9,7 +9,14 @@ import pytest
 
 from deploykit.catalog import builtin_models, find_model
 from deploykit.errors import UsageError
-from deploykit.modelfile import read_gguf, read_hf_dir, read_model_path, spec_from_hf_config
+from deploykit.modelfile import (
+    GgufArray,
+    read_gguf,
+    read_gguf_header,
+    read_hf_dir,
+    read_model_path,
+    spec_from_hf_config,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SHAPE = ("layers", "hidden_size", "intermediate_size", "attention_heads", "kv_heads", "head_dim", "vocab_size")
@@ -37,6 +44,36 @@ def test_gguf_header() -> None:
     assert spec.head_dim == 16 and spec.max_context == 2048 and spec.vocab_size == 256
     assert weights.format == "gguf" and weights.quant == "F16"
     assert weights.non_layer_bytes == 2 * 256 * 64 * 2  # token embedding + output head, f16
+
+
+def test_gguf_header_agrees_with_the_gguf_library() -> None:
+    """deploykit walks the header itself (fast); gguf's own GGUFReader is the reference it must match."""
+    from gguf import GGUFReader
+
+    path = FIXTURES / "gguf" / "tiny.gguf"
+    reference = GGUFReader(str(path))
+    header = read_gguf_header(path)
+    for key, field in reference.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        value = header.fields[key]
+        if isinstance(value, GgufArray):
+            assert value.length == len(field.data), key
+        else:
+            assert value == pytest.approx(field.contents()), key
+    assert [(t.name, t.n_elements, t.n_bytes) for t in header.tensors] == [
+        (t.name, int(t.n_elements), int(t.n_bytes)) for t in reference.tensors
+    ]
+
+
+def test_gguf_cut_anywhere_is_refused_in_words(tmp_path: Path) -> None:
+    data = (FIXTURES / "gguf" / "tiny.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    # Through the header (metadata, tensor table), and one byte short of whole: a download cut short.
+    for size in [*range(0, 4096, 37), len(data) - 1]:
+        cut.write_bytes(data[:size])
+        with pytest.raises(UsageError, match="is not a readable GGUF file"):
+            read_gguf(cut)
 
 
 def test_directory_without_config_is_refused(tmp_path: Path) -> None:
