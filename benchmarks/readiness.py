@@ -35,10 +35,10 @@ import httpx
 
 from deploykit import health
 from deploykit.lifecycle import LoadedStack, UpReport, health_stages, load_stack, run_stages
-from deploykit.settings import default_model_cache
+from deploykit.paths import model_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-GGUF = Path(os.environ.get("DEPLOYKIT_MODEL_CACHE") or default_model_cache()) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = model_cache() / "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEBUI_PORT, INFERENCE_PORT, ALONE_PORT = 19862, 19863, 19864
 RESULTS = ROOT / "docs" / "benchmarks.md"
 

@@ -12,7 +12,6 @@ for its workload.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -76,8 +75,7 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per sweep candidate")
     args = parser.parse_args()
     stack_dir = Path(args.stack_dir).absolute()
-    recorded = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["inputs"]
-    host_cores = recorded["host"]["cpu"]["physical_cores"]
+    host_cores = lifecycle.load_stack(stack_dir).inputs.host.cpu.physical_cores
     settings = {
         # The seed rendered -t from the profile's physical cores (4 for `cpu`) and one slot.
         "seed: naive": {"threads": host_cores, "parallel": 1},

@@ -32,7 +32,16 @@ from deploykit.catalog import (
 from deploykit.errors import ConfigError, DeployKitError, NotFoundError, PlanError, StackDirError, UsageError
 from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
-from deploykit.plan import DeploymentPlan, NoFit, PlanSettings, RunHost, gib, plan_deployment, suggest_alternative
+from deploykit.plan import (
+    DeploymentPlan,
+    NoFit,
+    PlanInputs,
+    PlanSettings,
+    RunHost,
+    gib,
+    plan_deployment,
+    suggest_alternative,
+)
 from deploykit.render import StackIdentity, StackSpec, Target, project_name, render_files
 from deploykit.services import INFERENCE, WEBUI
 from deploykit.settings import Settings, config_dir
@@ -250,13 +259,13 @@ def stack_spec(
     )
 
 
-def plan_inputs(settings: Settings, host: HostProfile, model: ResolvedModel) -> dict[str, Any]:
-    """What the plan was made from, as plan.json records it under "inputs"."""
-    return {
-        "host": host.model_dump(mode="json"),
-        "model": model.spec.model_dump(mode="json"),
-        "settings": settings.plan_settings().model_dump(mode="json"),
-    }
+def plan_inputs(
+    settings: Settings, host: HostProfile, model: ResolvedModel, runs_on: RunHost | None = None
+) -> PlanInputs:
+    """What a rendered stack's plan was made from: the weights always (null for a catalog model), the
+    machine that runs it only when `up` measured one."""
+    inputs = PlanInputs(host=host, model=model.spec, settings=settings.plan_settings(), weights=model.weights)
+    return inputs if runs_on is None else inputs.model_copy(update={"runs_on": runs_on})
 
 
 def new_secrets(admin_email: str) -> dict[str, str]:
@@ -285,12 +294,18 @@ class PreparedStack:
     spec: StackSpec
     files: dict[str, str]
     secrets: dict[str, str]
-    model: dict[str, Any]
+    inputs: PlanInputs
     backup: str | None  # the stack file being replaced was edited by hand (--force): keep a copy of it
     notes: list[str]  # what a person must know: secrets generated, the site's customisation
 
     def write(self) -> list[str]:
         return stackdir.write_stack(self.stack_dir, self.files, self.backup)
+
+    def loaded(self, address: str = "127.0.0.1") -> LoadedStack:
+        """The stack as `up` runs it, before its files are written."""
+        from deploykit.lifecycle import LoadedStack
+
+        return LoadedStack(self.stack_dir, self.spec, self.secrets, self.inputs, address=address)
 
 
 def prepare_stack(
@@ -363,11 +378,7 @@ def prepare_for_host(
         for key in fresh
         if existing.env.text is not None and key not in kept
     ]
-    inputs = plan_inputs(settings, host, model)
-    # The file's own numbers, when the user gave one: `tune` re-plans from these inputs alone.
-    inputs["weights"] = model.weights.model_dump(mode="json") if model.weights is not None else None
-    if runs_on is not None:
-        inputs["runs_on"] = runs_on.model_dump(mode="json")
+    inputs = plan_inputs(settings, host, model, runs_on)
     return _prepare(settings, existing, spec, stack_secrets, inputs, force, notes)
 
 
@@ -376,7 +387,7 @@ def _prepare(
     existing: stackdir.ExistingStack,
     spec: StackSpec,
     stack_secrets: dict[str, str],
-    inputs: dict[str, Any],
+    inputs: PlanInputs,
     force: bool,
     notes: list[str],
 ) -> PreparedStack:
@@ -393,7 +404,7 @@ def _prepare(
     main = TARGET_FILES[spec.target]
     backup = main if stackdir.backup_needed(existing, main, files[main], force) else None
     all_notes = [*notes, *env_notes, *template_notes]
-    return PreparedStack(stack_dir, spec, files, stack_secrets, inputs["model"], backup, all_notes)
+    return PreparedStack(stack_dir, spec, files, stack_secrets, inputs, backup, all_notes)
 
 
 def reprepare_stack(settings: Settings, stack_dir: Path, force: bool = False) -> PreparedStack:
@@ -402,8 +413,7 @@ def reprepare_stack(settings: Settings, stack_dir: Path, force: bool = False) ->
 
     stack = load_stack(stack_dir)
     existing = stackdir.open_for_render(stack_dir)
-    assert existing.plan is not None  # load_stack has read it
-    return _prepare(settings, existing, stack.spec, stack.secrets, existing.plan["inputs"], force, [])
+    return _prepare(settings, existing, stack.spec, stack.secrets, stack.inputs, force, [])
 
 
 @dataclass(frozen=True)
@@ -448,7 +458,6 @@ def render_stack(settings: Settings, request: StackRequest) -> RenderResult:
 def up_stack(settings: Settings, request: StackRequest, timeout: float | None, reporter: Reporter) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
     from deploykit import lifecycle
-    from deploykit.lifecycle import LoadedStack
 
     if request.target == "kubernetes":
         raise UsageError(
@@ -472,9 +481,8 @@ def up_stack(settings: Settings, request: StackRequest, timeout: float | None, r
             )
     for note in prepared.notes:
         reporter.note(note)
-    stack = LoadedStack(prepared.stack_dir, prepared.spec, prepared.secrets, prepared.model)
     return lifecycle.up(
-        stack, settings.docker_host, timeout, reporter, prepared.model, prepared.files, write_files=prepared.write
+        prepared.loaded(), settings.docker_host, timeout, reporter, prepared.files, write_files=prepared.write
     )
 
 
@@ -583,7 +591,8 @@ def reference_stack(profile: str) -> dict[str, str]:
     host = find_profile(profile, builtin_profiles())
     model = ResolvedModel(find_model(settings.model, builtin_models()), None)
     spec = stack_spec(settings, f"deploykit-{profile}", make_plan(host, model, settings), model, {})
-    inputs = plan_inputs(settings, host, model)
+    # A catalog model and no measured machine: the reference records neither weights nor runs_on.
+    inputs = PlanInputs(host=host, model=model.spec, settings=settings.plan_settings())
     files = render_files(spec, REFERENCE_SECRETS, inputs)
     return {
         "compose.yaml": files["compose.yaml"],
@@ -886,13 +895,8 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
                 delivery["model"] = deliver_model(url, fs.payload, spec.images[INFERENCE])
                 reporter.note(f"model: {delivery['model']}")
             prepared = fs.prepared
-            loaded = lifecycle.LoadedStack(
-                prepared.stack_dir, spec, prepared.secrets, prepared.model, address=fs.address
-            )
-            with inference_route(loaded, url) as stack:
-                report = lifecycle.up(
-                    stack, url, req.timeout, reporter, prepared.model, prepared.files, write_files=prepared.write
-                )
+            with inference_route(prepared.loaded(fs.address), url) as stack:
+                report = lifecycle.up(stack, url, req.timeout, reporter, prepared.files, write_files=prepared.write)
         except DeployKitError as exc:
             row.error, row.hint, row.exit_code = exc.message, exc.hint, exc.exit_code
             return row
@@ -1004,20 +1008,12 @@ def replan_files(stack: LoadedStack, **knobs: int) -> tuple[DeploymentPlan, dict
 
     Same host, model, images, ports and secrets; only what the knobs change (flags, KV cache, context split).
     """
-    from deploykit.catalog import ModelSpec
-    from deploykit.modelfile import LocalWeights
-
-    data = json.loads((stack.dir / "plan.json").read_text(encoding="utf-8"))
-    inputs = data["inputs"]
-    host = HostProfile.model_validate(inputs["host"])
-    weights = LocalWeights.model_validate(inputs["weights"]) if inputs.get("weights") else None
-    model = ResolvedModel(ModelSpec.model_validate(inputs["model"]), weights)
-    plan_settings = PlanSettings.model_validate(inputs["settings"]).model_copy(update=knobs)
-    runs_on = RunHost.model_validate(inputs["runs_on"]) if inputs.get("runs_on") else None
-    plan = plan_with(host, model, plan_settings, runs_on)
+    recorded = stack.inputs
+    plan_settings = recorded.settings.model_copy(update=knobs)
+    inputs = recorded.model_copy(update={"settings": plan_settings})
+    plan = plan_with(inputs.host, ResolvedModel(inputs.model, inputs.weights), plan_settings, inputs.runs_on)
     spec = stack.spec.model_copy(update={"plan": plan})
-    new_inputs = inputs | {"settings": plan_settings.model_dump(mode="json")}
-    return plan, render_files(spec, stack.secrets, new_inputs)
+    return plan, render_files(spec, stack.secrets, inputs)
 
 
 def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
@@ -1436,13 +1432,11 @@ def upgrade_stack(
     else:
         reporter.note("No Open WebUI data yet: nothing to back up.")
     existing = stackdir.open_for_render(stack_dir)
-    assert existing.plan is not None  # load_stack has read it
     spec = stack.spec.model_copy(update={"images": {s: new for s, (_, new) in changes.items()}})
-    prepared = _prepare(settings, existing, spec, stack.secrets, existing.plan["inputs"], False, [])
+    prepared = _prepare(settings, existing, spec, stack.secrets, stack.inputs, False, [])
     for note in prepared.notes:
         reporter.note(note)
-    upgraded = lifecycle.LoadedStack(stack_dir, prepared.spec, stack.secrets, prepared.model)
     report = lifecycle.up(
-        upgraded, settings.docker_host, timeout, reporter, prepared.model, prepared.files, write_files=prepared.write
+        prepared.loaded(), settings.docker_host, timeout, reporter, prepared.files, write_files=prepared.write
     )
     return UpgradeReport(changes, archive, report)

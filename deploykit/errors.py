@@ -106,9 +106,10 @@ def write_crash_report(text: str) -> str:
     """Keep a traceback in ``$XDG_CACHE_HOME/deploykit/crash/`` (mode 0600); return where, or why not."""
     import os
     import time
-    from pathlib import Path
 
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deploykit" / "crash"
+    from deploykit.paths import cache_dir
+
+    folder = cache_dir() / "crash"
     path = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -14,16 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Required, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Required, TypedDict, TypeVar, cast
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deploykit import engine, health, webui
+from deploykit.catalog import ModelSpec
 from deploykit.errors import HealthError, NotFoundError, PreflightError, StackDirError, UsageError
 from deploykit.host import GiB
 from deploykit.override import OVERRIDE_FILE, describe, override_path
-from deploykit.plan import gib
+from deploykit.plan import PlanInputs, gib
 from deploykit.render import StackIdentity, StackSpec
 from deploykit.services import INFERENCE, SERVICES, WEBUI
 from deploykit.stackdir import (
@@ -95,13 +96,18 @@ class LoadedStack:
     dir: Path
     spec: StackSpec
     secrets: dict[str, str]
-    model: dict[str, Any] = field(default_factory=dict)  # the model's numbers, as plan.json records them
+    inputs: PlanInputs  # what the plan was made from, as plan.json records it
     # Where this controller reaches the engine's published ports: its own loopback for a local engine,
     # the workstation's name for a fleet host.
     address: str = "127.0.0.1"
     # The inference port is published on the engine host's loopback only; for a remote host the fleet
     # reaches it through an ssh forward and sets this.
     inference_base: str | None = None
+
+    @property
+    def model(self) -> ModelSpec:
+        """The model's numbers, as plan.json records them."""
+        return self.inputs.model
 
     @property
     def api_key(self) -> str:
@@ -150,22 +156,24 @@ def load_stack(stack_dir: Path) -> LoadedStack:
             f"no deploykit stack in {stack_dir} (no plan.json).",
             f"Create one with `deploykit up --profile auto --dir {stack_dir}` or `deploykit render`.",
         )
-    inputs = data.get("inputs")
-    model = inputs.get("model") if isinstance(inputs, dict) else None
+    spec = _plan_block(StackSpec, data, "stack", plan_path)
+    inputs = _plan_block(PlanInputs, data, "inputs", plan_path)
+    return LoadedStack(stack_dir, spec, read_secrets(stack_dir), inputs)
+
+
+_Block = TypeVar("_Block", bound=BaseModel)
+
+
+def _plan_block(kind: type[_Block], data: Mapping[str, object], key: str, plan_path: Path) -> _Block:
+    """One block of plan.json ("stack", "inputs") as its type: validated here, once, for every command."""
     try:
-        spec = StackSpec.model_validate(data["stack"])
+        return kind.model_validate(data.get(key))
     except ValidationError as exc:
-        fields = ", ".join(sorted({".".join(map(str, e["loc"][:2])) for e in exc.errors()})[:4])
+        fields = ", ".join(sorted({".".join(map(str, e["loc"][:2])) for e in exc.errors()})[:4]) or "missing"
         raise StackDirError(
-            f"{plan_path} is not a stack plan this deploykit can read (stack: {fields}).",
+            f"{plan_path} is not a stack plan this deploykit can read ({key}: {fields}).",
             "Render the stack again with `deploykit render` (secrets are kept).",
         ) from None
-    if not isinstance(model, dict):
-        raise StackDirError(
-            f"{plan_path} has no inputs.model, so this deploykit cannot read it.",
-            "Render the stack again with `deploykit render` (secrets are kept).",
-        )
-    return LoadedStack(stack_dir, spec, read_secrets(stack_dir), model)
 
 
 # ---------------------------------------------------------------- preflight
@@ -300,24 +308,25 @@ def preflight_swarm(stack: LoadedStack, docker_host: str | None) -> list[str]:
 # ---------------------------------------------------------------- model
 
 
-def ensure_model(stack: LoadedStack, model: dict[str, Any], reporter: Reporter) -> None:
+def ensure_model(stack: LoadedStack, reporter: Reporter) -> None:
     """Put the weights where the stack mounts them: download from the hub when they are missing."""
     from deploykit import hub
 
     path = Path(stack.spec.model_host_path)
     if path.exists():
         return
-    gguf = model.get("gguf") or {}
+    model = stack.model
     if stack.spec.plan.backend == "llamacpp":
-        if not gguf.get("repo"):
+        gguf = model.gguf
+        if gguf is None or not gguf.repo:
             raise NotFoundError(
                 f"model file {path} is missing (moved or deleted?); nothing was started.",
                 "Put it back there, or render the stack again with --model-file NEW_PATH (secrets and chats are kept).",
             )
-        reporter.note(f"Downloading {gguf['file']} ({gib(gguf['size_bytes'])}) from {gguf['repo']} …")
-        hub.ensure_gguf(gguf["repo"], gguf["file"], path)
+        reporter.note(f"Downloading {gguf.file} ({gib(gguf.size_bytes)}) from {gguf.repo} …")
+        hub.ensure_gguf(gguf.repo, gguf.file, path)
     else:
-        repo = model.get("hf_repo")
+        repo = model.hf_repo
         if not repo:
             raise UsageError(f"model directory {path} is missing.", "Give it with --model-file DIR.")
         reporter.note(f"Downloading {repo} into {path} …")
@@ -517,7 +526,6 @@ def up(
     docker_host: str | None,
     timeout: float | None,
     reporter: Reporter,
-    model: dict[str, Any],
     files: Mapping[str, str],
     write_files: Callable[[], object],
 ) -> UpReport:
@@ -531,7 +539,7 @@ def up(
     if override_path(stack.dir) is not None:
         reporter.note(f"Using {OVERRIDE_FILE} on top of compose.yaml.")
     write_files()
-    ensure_model(stack, model, reporter)
+    ensure_model(stack, reporter)
     reporter.note(f"Starting project {stack.spec.project} …")
     # Both services at once: Open WebUI's own start (migrations, imports) overlaps the model load instead of
     # waiting for it; it asks the server for models only when asked, so it needs no ready server to start.
@@ -697,13 +705,13 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[SmokeCheck]:
         )
     else:
         checks.append({"name": "reasoning separation", "status": "skip", "detail": "not a reasoning model"})
-    model = stack.model
+    tool_calling = stack.model.tool_calling
     checks.append(
         {
             "name": "tool calling",
-            "status": "skip" if not model.get("tool_calling") else "pass",
+            "status": "pass" if tool_calling else "skip",
             "detail": "unsupported for this model: its chat template has no tool format either server parses well"
-            if not model.get("tool_calling")
+            if not tool_calling
             else "the model's template supports tools (not exercised by this check)",
         }
     )

@@ -107,6 +107,29 @@ class RunHost(BaseModel):
     where: str = "this host"
 
 
+class PlanInputs(BaseModel):
+    """What a plan is made from, as plan.json records it under "inputs": `tune` re-plans from these alone.
+
+    ``weights`` holds the file's own numbers when the user gave one; ``runs_on`` the machine `up` fitted the
+    serving flags to. Only the keys given are recorded (``recorded``): a reference stack has neither, a
+    rendered one has ``weights`` (null for a catalog model) and ``runs_on`` only when `up` measured the machine,
+    so a plan.json read and written again keeps its bytes.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    host: HostProfile
+    model: ModelSpec
+    settings: PlanSettings
+    weights: LocalWeights | None = None
+    runs_on: RunHost | None = None
+
+    def recorded(self) -> dict[str, object]:
+        """The JSON plan.json holds: every field given, in declaration order."""
+        data = self.model_dump(mode="json")
+        return {key: value for key, value in data.items() if key in self.model_fields_set}
+
+
 class MemoryBreakdown(BaseModel):
     model_config = ConfigDict(frozen=True)
 

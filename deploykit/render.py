@@ -24,8 +24,9 @@ import jinja2
 from pydantic import BaseModel, ConfigDict
 
 from deploykit import __version__
+from deploykit.catalog import ModelSpec
 from deploykit.errors import UsageError
-from deploykit.plan import DeploymentPlan
+from deploykit.plan import DeploymentPlan, PlanInputs
 from deploykit.services import INFERENCE
 from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, env_quote, sha256
 
@@ -187,19 +188,17 @@ def _k8s_name(text: str) -> str:
     return name or "deploykit"
 
 
-def _model_source(inputs: Mapping[str, Any], spec: StackSpec) -> dict[str, str] | None:
+def _model_source(model: ModelSpec, spec: StackSpec) -> dict[str, str] | None:
     """Where a cluster can download the weights from (Hugging Face), when the catalog names it."""
-    model = inputs.get("model") or {}
     if spec.plan.backend == "llamacpp":
-        gguf = model.get("gguf") or {}
-        if gguf.get("repo") and gguf.get("file"):
-            return {"repo": str(gguf["repo"]), "file": str(gguf["file"])}
+        gguf = model.gguf
+        if gguf is not None and gguf.repo and gguf.file:
+            return {"repo": gguf.repo, "file": gguf.file}
         return None
-    repo = model.get("hf_repo")
-    return {"repo": str(repo)} if repo else None
+    return {"repo": model.hf_repo} if model.hf_repo else None
 
 
-def _kubernetes_context(spec: StackSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def _kubernetes_context(spec: StackSpec, model: ModelSpec) -> dict[str, Any]:
     plan = spec.plan
     weights = plan.memory.weights_bytes
     base = _k8s_name(spec.project)[:40].rstrip("-")
@@ -216,7 +215,7 @@ def _kubernetes_context(spec: StackSpec, inputs: Mapping[str, Any]) -> dict[str,
             "models": f"{base}-models",
             "webui_data": f"{base}-open-webui-data",
         },
-        "model_source": _model_source(inputs, spec),
+        "model_source": _model_source(model, spec),
         "model_file_name": PurePosixPath(spec.model_host_path).name,
         "models_storage": f"{model_gib}Gi",
         "memory_request": f"{-(-plan.memory.total_bytes // (1024 * 1024))}Mi",
@@ -225,9 +224,7 @@ def _kubernetes_context(spec: StackSpec, inputs: Mapping[str, Any]) -> dict[str,
     }
 
 
-def render_target(
-    spec: StackSpec, inputs: Mapping[str, Any], secrets: Mapping[str, str], env: jinja2.Environment
-) -> str:
+def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str], env: jinja2.Environment) -> str:
     """The target's own file (compose.yaml, swarm.yaml or kubernetes.yaml) as text. Pure."""
     host_dir, container_dir, container_path = spec.model_mount
     plan = spec.plan
@@ -258,7 +255,7 @@ def render_target(
         "webui_env": spec.webui_env,
     }
     if spec.target == "kubernetes":
-        context |= _kubernetes_context(spec, inputs)
+        context |= _kubernetes_context(spec, inputs.model)
         context["secrets"] = {k: secrets[k] for k in RUNTIME_SECRETS}
         context["inference_url"] = f"http://{context['names']['inference']}:{spec.inference_container_port}/v1"
         return env.get_template("kubernetes/stack.yaml.j2").render(context)
@@ -268,7 +265,7 @@ def render_target(
 def render_files(
     spec: StackSpec,
     secrets: Mapping[str, str],
-    inputs: Mapping[str, Any],
+    inputs: PlanInputs,
     templates_dir: Path | None = None,
     customised: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
@@ -297,7 +294,7 @@ def render_files(
         {
             "deploykit_version": __version__,
             "stack": spec.model_dump(mode="json"),
-            "inputs": dict(inputs),
+            "inputs": inputs.recorded(),
             **({"customised": dict(customised)} if customised else {}),
             # What deploykit wrote, so a hand edit of the stack file is noticed before it is overwritten.
             "files": {TARGET_FILES[spec.target]: sha256(main.encode("utf-8", "surrogatepass"))},

@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from deploykit.errors import ConfigError, UsageError
+from deploykit.paths import model_cache
 from deploykit.plan import (
     Backend,
     BatchTokens,
@@ -51,16 +52,6 @@ IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*$"
 
 def config_dir() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "deploykit"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deploykit"
-
-
-def default_model_cache() -> Path:
-    """Where models go unless DEPLOYKIT_MODEL_CACHE says otherwise (the Makefile and the provisioning
-    scripts spell the same rule in shell)."""
-    return cache_dir() / "models"
 
 
 def config_file() -> Path:
@@ -170,7 +161,7 @@ class Settings(BaseSettings):
     flash_attn: FlashAttn | None = None
     kv_cache_type: KvCacheType | None = None
     max_num_seqs: Annotated[Sequences, WHOLE] | None = None
-    model_cache: Path = Field(default_factory=default_model_cache)
+    model_cache: Path = Field(default_factory=model_cache)
     profiles_file: Path | None = None
     webui_port: WholeNumber = Field(7860, ge=1, le=65535)
     webui_bind: str = "0.0.0.0"

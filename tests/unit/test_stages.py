@@ -16,7 +16,7 @@ from deploykit.errors import EngineError, HealthError, PreflightError
 from deploykit.health import NotReady, StageFailed, StageResult, poll_intervals, wait_until
 from deploykit.host import DockerEngine
 from deploykit.lifecycle import LoadedStack, UpReport, health_stages, run_stages
-from deploykit.plan import PlanSettings, plan_deployment
+from deploykit.plan import PlanInputs, PlanSettings, plan_deployment
 from deploykit.render import StackSpec
 
 MODEL = "smollm2-135m-instruct"
@@ -30,9 +30,10 @@ SECRETS = {
 
 
 def stack(tmp_path: Path) -> LoadedStack:
-    plan = plan_deployment(
-        find_profile("cpu", builtin_profiles()), find_model(MODEL, builtin_models()), PlanSettings()
+    inputs = PlanInputs(
+        host=find_profile("cpu", builtin_profiles()), model=find_model(MODEL, builtin_models()), settings=PlanSettings()
     )
+    plan = plan_deployment(inputs.host, inputs.model, inputs.settings)
     spec = StackSpec(
         project="deploykit-unit",
         plan=plan,
@@ -42,7 +43,7 @@ def stack(tmp_path: Path) -> LoadedStack:
         webui_bind="127.0.0.1",
         inference_port=19869,
     )
-    return LoadedStack(tmp_path, spec, dict(SECRETS))
+    return LoadedStack(tmp_path, spec, dict(SECRETS), inputs)
 
 
 class Reporter:
