@@ -21,6 +21,7 @@ from pathlib import Path
 from deploykit import app, lifecycle, stackdir
 from deploykit.bench import Workload, calibrate_words, run_level
 from deploykit.plan import PlanSettings
+from deploykit.settings import load_settings
 
 
 def apply(stack_dir: Path, knobs: dict[str, int | None]) -> tuple[int, int]:
@@ -45,8 +46,8 @@ def measure(stack_dir: Path, args: argparse.Namespace) -> dict[int, dict[str, fl
 
 def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> app.TuneReport:
     return app.tune_stack(
+        load_settings(),
         stack_dir,
-        None,
         concurrency={"chat": 1, "throughput": 4}[workload],
         workload_name=workload,
         prompt_tokens=args.prompt_tokens,

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from deploykit.bench import BenchLevel, RequestResult
     from deploykit.bench import Target as BenchTarget
     from deploykit.doctor import Check
+    from deploykit.engine import EngineAddress
     from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
     from deploykit.host import DockerEngine, Gpu
     from deploykit.lifecycle import LoadedStack, Reporter, SmokeCheck, StackStatus, UpReport
@@ -73,11 +74,19 @@ def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
     return (*user, *(p for p in builtin_profiles() if p.name not in names))
 
 
+def _docker_host(settings: Settings) -> EngineAddress:
+    """The engine the settings name (--docker-host, the config file); none named: the environment's
+    DOCKER_HOST, else the local socket. The one place a settings string becomes an engine address."""
+    from deploykit.engine import EngineAddress
+
+    return EngineAddress(settings.docker_host)
+
+
 def detect(settings: Settings) -> HostProfile:
     from deploykit.detect import detect_host
     from deploykit.engine import probe_engine
 
-    return detect_host(model_cache=settings.model_cache, docker=probe_engine(settings.docker_host))
+    return detect_host(model_cache=settings.model_cache, docker=probe_engine(_docker_host(settings)))
 
 
 def load_host_file(path: Path) -> HostProfile:
@@ -467,7 +476,8 @@ def up_stack(settings: Settings, request: StackRequest, timeout: float | None, r
     r = request
     stack_dir = r.stack_dir.expanduser().absolute()
     asked = any(x is not None for x in (r.profile, r.host_file, r.model_id, r.model_path, r.target))
-    runs_on = engine_host(settings)
+    docker_host = _docker_host(settings)
+    runs_on = engine_host(docker_host)
     if asked or r.image_overrides or not (stack_dir / "plan.json").is_file():
         prepared = r.prepare(settings, r.target or _rendered_target(stack_dir), runs_on)
     else:
@@ -481,9 +491,7 @@ def up_stack(settings: Settings, request: StackRequest, timeout: float | None, r
             )
     for note in prepared.notes:
         reporter.note(note)
-    return lifecycle.up(
-        prepared.loaded(), settings.docker_host, timeout, reporter, prepared.files, write_files=prepared.write
-    )
+    return lifecycle.up(prepared.loaded(), docker_host, timeout, reporter, prepared.files, write_files=prepared.write)
 
 
 def _rendered_target(stack_dir: Path) -> Target:
@@ -494,17 +502,17 @@ def _rendered_target(stack_dir: Path) -> Target:
     return cast("Target", target) if target in TARGET_FILES else "compose"
 
 
-def engine_host(settings: Settings) -> RunHost | None:
+def engine_host(docker_host: EngineAddress) -> RunHost | None:
     """The machine a stack started through this engine runs on: this one (its physical cores) for a
     local engine, else the engine's own CPU count, or None when the engine does not say."""
-    if not settings.docker_host or settings.docker_host.startswith("unix://"):
+    if docker_host.local:
         from deploykit.detect import detect_cpu
 
         return RunHost(cores=detect_cpu().physical_cores, where="this host")
     from deploykit.engine import probe_engine
 
-    cpus = probe_engine(settings.docker_host).cpus
-    return RunHost(cores=cpus, where=f"the engine at {settings.docker_host}") if cpus else None
+    cpus = probe_engine(docker_host).cpus
+    return RunHost(cores=cpus, where=f"the engine at {docker_host.display}") if cpus else None
 
 
 def plan_only(
@@ -634,13 +642,12 @@ def _fleet_hosts(req: FleetRequest) -> tuple[FleetHost, ...]:
     return hosts
 
 
-def _host_settings(settings: Settings, host: FleetHost, url: str) -> Settings:
-    """The controller's settings for one host: its ports and engine, its [webui_env] over the controller's,
-    its templates_dir instead of the controller's."""
+def _host_settings(settings: Settings, host: FleetHost) -> Settings:
+    """The controller's settings for one host: its ports, its [webui_env] over the controller's, its
+    templates_dir instead of the controller's. Its engine travels beside them, as an EngineAddress."""
     update: dict[str, Any] = {
         "webui_port": host.ui_port,
         "inference_port": host.inference_port,
-        "docker_host": url,
         "webui_env": settings.webui_env | host.webui_env,
     }
     if host.templates_dir is not None:
@@ -671,25 +678,30 @@ def place_override(host: FleetHost, stack_dir: Path, write: bool) -> dict[str, s
     return {"file": OVERRIDE_FILE, "sha256": hashlib.sha256(data).hexdigest(), "from": str(source)}
 
 
-def _reach(host: FleetHost) -> tuple[str, DockerEngine]:
-    """The host's engine URL and what its engine says; an unreachable engine is an EngineError (unreachable)."""
+def _reach(host: FleetHost) -> tuple[EngineAddress, DockerEngine]:
+    """The host's engine and what it says; an unreachable engine is an EngineError (unreachable)."""
     from deploykit import engine
     from deploykit.errors import EngineError
-    from deploykit.fleet import engine_url
+    from deploykit.fleet import engine_address
 
-    url = engine_url(host)
-    probe = engine.probe_engine(url)
+    docker_host = engine_address(host)
+    probe = engine.probe_engine(docker_host)
     if not probe.reachable:
         raise EngineError(
-            f"cannot reach the Docker Engine of {host.name} at {url}: {probe.error}.",
+            f"cannot reach the Docker Engine of {host.name} at {docker_host.display}: {probe.error}.",
             "Is the workstation on, its engine running and the ssh key or TLS client certificate accepted "
             "(`docker -H URL info`)?",
         )
-    return url, probe
+    return docker_host, probe
 
 
 def detect_fleet_host(
-    settings: Settings, host: FleetHost, url: str, probe: DockerEngine, gpu_image: str, default_profile: str = "auto"
+    settings: Settings,
+    host: FleetHost,
+    docker_host: EngineAddress,
+    probe: DockerEngine,
+    gpu_image: str,
+    default_profile: str = "auto",
 ) -> HostProfile:
     """The host as its engine describes it: CPUs, RAM and architecture from /info; GPUs from nvidia-smi in a
     short-lived probe container with GPU access, where the engine has the NVIDIA runtime."""
@@ -698,15 +710,17 @@ def detect_fleet_host(
     from deploykit.host import Cpu, Memory
     from deploykit.proc import Completed
 
-    res = engine.engine_resources(url)
+    res = engine.engine_resources(docker_host)
     gpus: tuple[Gpu, ...] = ()
     source, error = "none", None
     if not probe.nvidia_runtime:
         error = "the engine has no NVIDIA runtime"
-    elif not engine.image_present(url, gpu_image):
+    elif not engine.image_present(docker_host, gpu_image):
         error = f"image {gpu_image} is not on the engine to run the GPU probe in"
     else:
-        code, out = engine.run_probe(url, gpu_image, ["nvidia-smi", "-q", "-x"], gpus=True, label="deploykit-probe")
+        code, out = engine.run_probe(
+            docker_host, gpu_image, ["nvidia-smi", "-q", "-x"], gpus=True, label="deploykit-probe"
+        )
         try:
             if code != 0:
                 raise ValueError(describe_failure(Completed(("nvidia-smi",), code, out, "")))
@@ -729,7 +743,7 @@ def detect_fleet_host(
 
 @dataclass(frozen=True)
 class FleetStack:
-    url: str
+    docker_host: EngineAddress
     address: str
     prepared: PreparedStack
     payload: ModelPayload | None  # set when the weights travel as a volume
@@ -742,23 +756,23 @@ def _fleet_stack(
     host: FleetHost,
     model: ResolvedModel,
     payloads: PayloadCache,
-    reached: tuple[str, DockerEngine],
+    reached: tuple[EngineAddress, DockerEngine],
     write: bool,
 ) -> FleetStack:
     """Plan and render one host's stack in memory; ``write``: its inventory override goes into the folder first,
     so the render records it and `up` checks that it merges."""
-    from deploykit.fleet import address_of, is_remote
+    from deploykit.fleet import address_of
 
-    url, probe = reached
-    hs = _host_settings(settings, host, url)
+    docker_host, probe = reached
+    hs = _host_settings(settings, host)
     stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
     existing = stackdir.open_for_render(stack_dir)  # before detection: a folder that is not ours stops here
     override = place_override(host, stack_dir, write)
     overrides = req.image_overrides or {}
     gpu_image = overrides.get(WEBUI, settings.images.open_webui)
-    profile = detect_fleet_host(settings, host, url, probe, gpu_image, req.profile)
+    profile = detect_fleet_host(settings, host, docker_host, probe, gpu_image, req.profile)
     payload = None
-    if is_remote(url):
+    if not docker_host.local:  # a remote engine resolves bind mounts on its own disk: the model travels
         path = model_host_path(hs, make_plan(profile, model, hs), model)
         if not path.exists():
             raise NotFoundError(
@@ -768,7 +782,7 @@ def _fleet_stack(
         payload = payloads.get(path)
     volume = payload.volume if payload else None
     prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, volume, existing=existing)
-    return FleetStack(url, address_of(host, url), prepared, payload, override)
+    return FleetStack(docker_host, address_of(host, docker_host), prepared, payload, override)
 
 
 def _fleet_model(settings: Settings, req: FleetRequest) -> ResolvedModel:
@@ -781,9 +795,9 @@ def fleet_detect(settings: Settings, req: FleetRequest) -> list[HostResult]:
     overrides = req.image_overrides or {}
 
     def one(host: FleetHost) -> HostResult:
-        url, probe = _reach(host)
+        docker_host, probe = _reach(host)
         profile = detect_fleet_host(
-            settings, host, url, probe, overrides.get(WEBUI, settings.images.open_webui), req.profile
+            settings, host, docker_host, probe, overrides.get(WEBUI, settings.images.open_webui), req.profile
         )
         return HostResult(
             host.name,
@@ -825,7 +839,7 @@ def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> li
     return run_parallel(_fleet_hosts(req), one, req.parallel)
 
 
-def deliver_model(url: str, payload: ModelPayload, image: str) -> str:
+def deliver_model(docker_host: EngineAddress, payload: ModelPayload, image: str) -> str:
     """The weights into the host's named volume through its engine, checked by SHA-256 on the host's disk;
     nothing sent when the volume already holds that digest."""
     from deploykit import engine
@@ -834,8 +848,8 @@ def deliver_model(url: str, payload: ModelPayload, image: str) -> str:
 
     volume = payload.volume
     label = "deploykit-model-delivery"
-    if engine.volume_exists(url, volume):
-        _, marker = engine.run_probe(url, image, payload.marker_command(), label=label, volume=volume)
+    if engine.volume_exists(docker_host, volume):
+        _, marker = engine.run_probe(docker_host, image, payload.marker_command(), label=label, volume=volume)
         if marker.strip() == payload.digest:
             return f"already in volume {volume}"
     labels = {
@@ -844,7 +858,7 @@ def deliver_model(url: str, payload: ModelPayload, image: str) -> str:
         "org.deploykit.stack": label,
     }
     started = time.monotonic()
-    code, out = engine.fill_volume(url, volume, image, archive_stream(payload), payload.check_command(), labels)
+    code, out = engine.fill_volume(docker_host, volume, image, archive_stream(payload), payload.check_command(), labels)
     if code != 0:
         raise DownloadError(
             f"the model sent into volume {volume} failed its SHA-256 check on the host: {out.strip()[:200]}.",
@@ -860,18 +874,18 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
     from deploykit.fleet import HostResult, PayloadCache, run_parallel
 
     model, payloads = _fleet_model(settings, req), PayloadCache()
-    controller = settings.docker_host
+    controller = _docker_host(settings)
 
     def one(host: FleetHost) -> HostResult:
         reporter = reporter_for(host.name)
-        url, probe = _reach(host)
+        docker_host, probe = _reach(host)
         overrides = req.image_overrides or {}
         delivery = {}
         # Open WebUI's image first: the GPU probe runs in it.
         webui_image = overrides.get(WEBUI, settings.images.open_webui)
         reporter.note(f"images: {webui_image} …")
-        delivery["open-webui image"] = engine.copy_image(controller, url, webui_image)
-        fs = _fleet_stack(settings, req, host, model, payloads, (url, probe), write=True)
+        delivery["open-webui image"] = engine.copy_image(controller, docker_host, webui_image)
+        fs = _fleet_stack(settings, req, host, model, payloads, (docker_host, probe), write=True)
         spec = fs.prepared.spec
         row = HostResult(
             host.name,
@@ -888,15 +902,17 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
         )
         try:
             reporter.note(f"images: open-webui {delivery['open-webui image']}; {spec.images['inference']} …")
-            delivery["inference image"] = engine.copy_image(controller, url, spec.images[INFERENCE])
+            delivery["inference image"] = engine.copy_image(controller, docker_host, spec.images[INFERENCE])
             reporter.note(f"images: inference {delivery['inference image']}")
             if fs.payload is not None:
                 reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
-                delivery["model"] = deliver_model(url, fs.payload, spec.images[INFERENCE])
+                delivery["model"] = deliver_model(docker_host, fs.payload, spec.images[INFERENCE])
                 reporter.note(f"model: {delivery['model']}")
             prepared = fs.prepared
-            with inference_route(prepared.loaded(fs.address), url) as stack:
-                report = lifecycle.up(stack, url, req.timeout, reporter, prepared.files, write_files=prepared.write)
+            with inference_route(prepared.loaded(fs.address), docker_host) as stack:
+                report = lifecycle.up(
+                    stack, docker_host, req.timeout, reporter, prepared.files, write_files=prepared.write
+                )
         except DeployKitError as exc:
             row.error, row.hint, row.exit_code = exc.message, exc.hint, exc.exit_code
             return row
@@ -909,7 +925,7 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
 
 
 @contextmanager
-def inference_route(stack: LoadedStack, url: str) -> Iterator[LoadedStack]:
+def inference_route(stack: LoadedStack, docker_host: EngineAddress) -> Iterator[LoadedStack]:
     """The stack with an inference URL this controller can reach: the stack publishes that port on its engine
     host's loopback only, so an ssh:// host is reached through an ``ssh -L`` forward while the block runs."""
     from dataclasses import replace
@@ -918,10 +934,10 @@ def inference_route(stack: LoadedStack, url: str) -> Iterator[LoadedStack]:
     from deploykit.errors import EngineError
     from deploykit.proc import ssh_forward
 
-    parsed = urlparse(url)
-    if parsed.scheme != "ssh":
+    if not docker_host.ssh:
         yield stack
         return
+    parsed = urlparse(docker_host.url or "")
     target = f"{parsed.username}@{parsed.hostname}" if parsed.username else str(parsed.hostname)
     forward = ssh_forward(target, parsed.port, stack.spec.inference_port)
     try:
@@ -934,14 +950,14 @@ def inference_route(stack: LoadedStack, url: str) -> Iterator[LoadedStack]:
         forward.__exit__(None, None, None)
 
 
-def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[str, LoadedStack] | HostResult:
-    """The host's engine URL and its stack (addressed for this controller), or the row saying why not."""
+def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[EngineAddress, LoadedStack] | HostResult:
+    """The host's engine and its stack (addressed for this controller), or the row saying why not."""
     from dataclasses import replace
 
     from deploykit.fleet import HostResult, address_of
     from deploykit.lifecycle import load_stack
 
-    url, _ = _reach(host)  # an unreachable host is that first, deployed or not
+    docker_host, _ = _reach(host)  # an unreachable host is that first, deployed or not
     stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
     if not (stack_dir / "plan.json").is_file():
         return HostResult(
@@ -950,7 +966,7 @@ def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[str, LoadedStack]
             error=f"no stack in {stack_dir}",
             hint=f"Run `deploykit fleet up --inventory {req.inventory} --hosts {host.name}`.",
         )
-    return url, replace(load_stack(stack_dir), address=address_of(host, url))
+    return docker_host, replace(load_stack(stack_dir), address=address_of(host, docker_host))
 
 
 def fleet_status(settings: Settings, req: FleetRequest) -> list[HostResult]:
@@ -961,9 +977,9 @@ def fleet_status(settings: Settings, req: FleetRequest) -> list[HostResult]:
         found = _fleet_loaded(req, host)
         if isinstance(found, HostResult):
             return found
-        url, loaded = found
-        with inference_route(loaded, url) as stack:
-            state = lifecycle.status(stack, url)
+        docker_host, loaded = found
+        with inference_route(loaded, docker_host) as stack:
+            state = lifecycle.status(stack, docker_host)
         broken = [
             f"{s['service']}: {s['state']}, {s.get('detail') or s.get('health') or ''}".rstrip(", ")
             for s in state["services"]
@@ -992,8 +1008,8 @@ def fleet_down(settings: Settings, req: FleetRequest) -> list[HostResult]:
         if isinstance(found, HostResult):
             found.state = "down"  # nothing to stop is what down wants
             return found
-        url, stack = found
-        lifecycle.down(stack, url, volumes=False)
+        docker_host, stack = found
+        lifecycle.down(stack, docker_host, volumes=False)
         plan = stack.spec.plan
         return HostResult(host.name, "down", profile=plan.profile, backend=f"{plan.backend} on {plan.device}")
 
@@ -1126,8 +1142,8 @@ class TuneReport:
 
 
 def tune_stack(
+    settings: Settings,
     stack_dir: Path,
-    docker_host: str | None,
     *,
     concurrency: int,
     workload_name: str | None,
@@ -1150,6 +1166,7 @@ def tune_stack(
     from deploykit.errors import HealthError
     from deploykit.settings import write_stack_settings
 
+    docker_host = _docker_host(settings)
     stack = lifecycle.load_stack(stack_dir.expanduser().absolute())
     plan = stack.spec.plan
     original = {name: (stack.dir / name).read_text(encoding="utf-8") for name in ("compose.yaml", "plan.json")}
@@ -1266,7 +1283,7 @@ def stack_status(settings: Settings, stack: LoadedStack) -> StackStatus:
     """Each service's state, health and model, and whether the whole stack is healthy."""
     from deploykit import lifecycle
 
-    return lifecycle.status(stack, settings.docker_host)
+    return lifecycle.status(stack, _docker_host(settings))
 
 
 def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail: int, follow: bool) -> int:
@@ -1274,8 +1291,9 @@ def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail
     from deploykit.engine import client, require_compose_v2
     from deploykit.proc import run_attached
 
-    engine_stack = stack.engine_stack(settings.docker_host)
-    client(settings.docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
+    docker_host = _docker_host(settings)
+    engine_stack = stack.engine_stack(docker_host)
+    client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
     require_compose_v2()
     return run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env())
 
@@ -1283,13 +1301,13 @@ def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail
 def restart_stack(settings: Settings, stack: LoadedStack, service: str | None) -> None:
     from deploykit import lifecycle
 
-    lifecycle.restart(stack, settings.docker_host, service)
+    lifecycle.restart(stack, _docker_host(settings), service)
 
 
 def stop_stack(settings: Settings, stack: LoadedStack, volumes: bool) -> None:
     from deploykit import lifecycle
 
-    lifecycle.down(stack, settings.docker_host, volumes)
+    lifecycle.down(stack, _docker_host(settings), volumes)
 
 
 @dataclass(frozen=True)
@@ -1338,7 +1356,7 @@ def doctor(settings: Settings, stack_dir: Path | None) -> list[Check]:
 
     stack = load_stack(stack_dir) if stack_dir else None
     ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
-    return run_checks(detect(settings), settings.docker_host, settings.model_cache, stack, ports)
+    return run_checks(detect(settings), _docker_host(settings), settings.model_cache, stack, ports)
 
 
 def models() -> tuple[ModelSpec, ...]:
@@ -1380,7 +1398,7 @@ def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> B
     """Back up the stack's Open WebUI data into ``out_dir`` (default: the stack's backups/)."""
     from deploykit import backup
 
-    return backup.backup(_compose_stack(stack_dir), settings.docker_host, out_dir)
+    return backup.backup(_compose_stack(stack_dir), _docker_host(settings), out_dir)
 
 
 def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> RestoreReport:
@@ -1388,11 +1406,12 @@ def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: boo
     from deploykit import backup, lifecycle
 
     stack = _compose_stack(stack_dir)
+    docker_host = _docker_host(settings)
 
     def wait() -> float:
-        return lifecycle.wait_webui(stack, settings.docker_host)
+        return lifecycle.wait_webui(stack, docker_host)
 
-    return backup.restore(stack, settings.docker_host, archive, force, wait_healthy=wait)
+    return backup.restore(stack, docker_host, archive, force, wait_healthy=wait)
 
 
 @dataclass(frozen=True)
@@ -1419,14 +1438,15 @@ def upgrade_stack(
 
     stack_dir = stack_dir.expanduser().absolute()
     stack = _compose_stack(stack_dir)
+    docker_host = _docker_host(settings)
     changes = upgrade_images(settings, stack_dir, overrides)
     for service, (_, new) in changes.items():
-        if not engine.image_present(settings.docker_host, new):
+        if not engine.image_present(docker_host, new):
             reporter.note(f"Pulling {new} ({service}) …")
-            engine.pull_image(settings.docker_host, new)  # before anything changes: a failed pull leaves all as is
+            engine.pull_image(docker_host, new)  # before anything changes: a failed pull leaves all as is
     archive: str | None = None
-    if stack.engine_stack(settings.docker_host).volume_name(backup.DATA_VOLUME) is not None:
-        taken = backup.backup(stack, settings.docker_host)
+    if stack.engine_stack(docker_host).volume_name(backup.DATA_VOLUME) is not None:
+        taken = backup.backup(stack, docker_host)
         archive = taken.path
         reporter.note(f"Backed up Open WebUI's data to {archive} (kept).")
     else:
@@ -1436,7 +1456,5 @@ def upgrade_stack(
     prepared = _prepare(settings, existing, spec, stack.secrets, stack.inputs, False, [])
     for note in prepared.notes:
         reporter.note(note)
-    report = lifecycle.up(
-        prepared.loaded(), settings.docker_host, timeout, reporter, prepared.files, write_files=prepared.write
-    )
+    report = lifecycle.up(prepared.loaded(), docker_host, timeout, reporter, prepared.files, write_files=prepared.write)
     return UpgradeReport(changes, archive, report)

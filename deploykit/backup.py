@@ -158,7 +158,7 @@ def _repack(raw_tar: IO[bytes], out: IO[bytes], manifest: Manifest) -> int:
 
 
 def backup(
-    stack: LoadedStack, docker_host: str | None, out_dir: Path | None = None, now: datetime | None = None
+    stack: LoadedStack, docker_host: engine.EngineAddress, out_dir: Path | None = None, now: datetime | None = None
 ) -> BackupReport:
     """Copy the stack's Open WebUI volume into a new archive; Open WebUI is paused only during the copy."""
     es: engine.Stack = stack.engine_stack(docker_host)
@@ -269,7 +269,7 @@ def read_backup(path: Path) -> Manifest:
 
 def restore(
     stack: LoadedStack,
-    docker_host: str | None,
+    docker_host: engine.EngineAddress,
     archive: Path,
     force: bool = False,
     wait_healthy: Callable[[], object] | None = None,

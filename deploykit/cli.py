@@ -968,8 +968,8 @@ def tune(
             progress.update(task, description=label, completed=0, total=requests or default_requests(level))
 
         report = app.tune_stack(
+            _settings(ctx),
             Path(stack_dir),
-            _settings(ctx).docker_host,
             concurrency=level,
             workload_name=name,
             prompt_tokens=prompt_tokens,

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from deploykit.engine import EngineAddress
 from deploykit.host import GiB, HostProfile
 from deploykit.lifecycle import LoadedStack, disk_free, port_problem, ports_held_by, published_ports, status
 from deploykit.plan import gib
@@ -35,7 +36,7 @@ class Inputs:
     """What the checks look at: the detected host, its engine, the model cache and the stack (if any)."""
 
     host: HostProfile
-    docker_host: str | None
+    docker_host: EngineAddress
     model_cache: Path
     stack: LoadedStack | None
     ports: list[tuple[str, int]]  # (bind address, port) to check when no stack is given
@@ -194,7 +195,7 @@ CHECKS: tuple[Callable[[Inputs], list[Check]], ...] = (
 
 def run_checks(
     host: HostProfile,
-    docker_host: str | None,
+    docker_host: EngineAddress,
     model_cache: Path,
     stack: LoadedStack | None,
     ports: list[tuple[str, int]] | None = None,

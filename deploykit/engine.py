@@ -1,7 +1,7 @@
 """The only module that talks to Docker: the SDK for engine queries, the compose v2 CLI for stacks.
 
-Every function takes the Docker host (``None`` = the environment's DOCKER_HOST or the local socket),
-so the same code drives a workstation over ``ssh://`` or a context later.
+Every function takes the Docker host as an EngineAddress (no URL = the environment's DOCKER_HOST or the
+local socket), so the same code drives a workstation over ``ssh://``, ``tcp://`` with TLS or a context.
 """
 
 from __future__ import annotations
@@ -54,52 +54,74 @@ class EngineTLS:
         return {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(self.cert_dir)}
 
 
-class EngineURL(str):
-    """A Docker host URL that also says how to reach it (TLS material, or none). It is a str, so it travels
-    through every ``docker_host`` argument unchanged; only _client and Stack.env look at ``tls``."""
+@dataclass(frozen=True)
+class EngineAddress:
+    """Which Docker Engine, and how to reach it: its URL (``None``: the environment's DOCKER_HOST, else the
+    local socket) and, for a tcp:// engine with TLS, the client material."""
 
-    tls: EngineTLS | None
+    url: str | None = None
+    tls: EngineTLS | None = None
 
-    def __new__(cls, url: str, tls: EngineTLS | None = None) -> EngineURL:
-        made = super().__new__(cls, url)
-        made.tls = tls
-        return made
+    def __post_init__(self) -> None:
+        if self.tls is not None and not self.url:
+            raise ValueError("TLS material needs the engine's URL")
 
+    @property
+    def local(self) -> bool:
+        """Whether the engine runs on this machine (its socket, or the environment's engine)."""
+        return not self.url or self.url.startswith("unix://")
 
-def tls_of(docker_host: str | None) -> EngineTLS | None:
-    return docker_host.tls if isinstance(docker_host, EngineURL) else None
+    @property
+    def ssh(self) -> bool:
+        return (self.url or "").startswith("ssh://")
 
+    @property
+    def hostname(self) -> str | None:
+        """The machine named in the URL (None for a socket or the environment's engine)."""
+        from urllib.parse import urlparse
 
-def compose_env(docker_host: str | None) -> dict[str, str]:
-    """The variables that point the docker CLI at ``docker_host`` (none: the shell's own engine)."""
-    if not docker_host:
-        return {}
-    tls = tls_of(docker_host)
-    return {"DOCKER_HOST": str(docker_host), **(tls.env() if tls else {})}
+        return urlparse(self.url).hostname if self.url else None
 
+    @property
+    def display(self) -> str:
+        """Where the engine is, for messages: any password in the URL replaced by ***."""
+        return redact(self.url or os.environ.get("DOCKER_HOST") or "the local socket (/var/run/docker.sock)")
 
-def _client(docker_host: str | None, timeout: int = 10) -> Any:
-    import docker
+    def compose_env(self) -> dict[str, str]:
+        """The variables that point the docker CLI at this engine (none: the shell's own engine)."""
+        if not self.url:
+            return {}
+        return {"DOCKER_HOST": self.url, **(self.tls.env() if self.tls else {})}
 
-    if docker_host:
-        # ssh:// through the system ssh client, as compose's docker CLI does: one ~/.ssh/config, agent,
-        # ProxyJump and known_hosts for both, rather than paramiko's partial reading of them.
-        ssh = docker_host.startswith("ssh://")
-        tls = tls_of(docker_host)
-        if tls is None:
-            return docker.DockerClient(base_url=str(docker_host), timeout=timeout, use_ssh_client=ssh)
+    def sdk_client(self, timeout: int = 10) -> Any:
+        """An SDK client for this engine, not yet checked to answer."""
+        import docker
+
+        if not self.url:
+            return docker.from_env(timeout=timeout)
+        if self.tls is None:
+            # ssh:// through the system ssh client, as compose's docker CLI does: one ~/.ssh/config, agent,
+            # ProxyJump and known_hosts for both, rather than paramiko's partial reading of them.
+            return docker.DockerClient(base_url=self.url, timeout=timeout, use_ssh_client=self.ssh)
         # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the session's CA (psf/requests#3829), and
-        # the SDK asks the engine its API version while it is built: build it without asking, stop requests
-        # reading the environment, then ask, so the engine's own ca.pem is what verifies it.
+        # the SDK asks the engine its API version while it is built unless given one: build it with a version
+        # (no request), stop requests reading the environment, ask the engine's unversioned /version, then
+        # build the client kept with that answer, so the engine's own ca.pem is what verifies both.
         from docker.constants import DEFAULT_DOCKER_API_VERSION
 
-        made = docker.DockerClient(
-            base_url=str(docker_host), timeout=timeout, tls=tls.sdk_config(), version=DEFAULT_DOCKER_API_VERSION
-        )
-        made.api.trust_env = False
-        made.api._version = made.api._retrieve_server_version()
-        return made
-    return docker.from_env(timeout=timeout)
+        tls = self.tls.sdk_config()
+
+        def made(version: str) -> Any:
+            c = docker.DockerClient(base_url=self.url, timeout=timeout, tls=tls, version=version)
+            c.api.trust_env = False
+            return c
+
+        asking = made(DEFAULT_DOCKER_API_VERSION)
+        try:
+            api_version = str(asking.version(api_version=False)["ApiVersion"])
+        finally:
+            asking.close()
+        return made(api_version)
 
 
 def compose_version(runner: Runner = run_cmd) -> str | None:
@@ -110,17 +132,17 @@ def compose_version(runner: Runner = run_cmd) -> str | None:
     return result.stdout.strip().lstrip("v") or None
 
 
-def probe_engine(docker_host: str | None, runner: Runner = run_cmd) -> DockerEngine:
+def probe_engine(docker_host: EngineAddress, runner: Runner = run_cmd) -> DockerEngine:
     """Reachability, versions and GPU support of the engine; never raises."""
     compose = compose_version(runner)
     try:
-        client = _client(docker_host, timeout=5)
+        client = docker_host.sdk_client(timeout=5)
         info = client.info()
         version = client.version()
     except Exception as exc:  # the SDK raises many types for "not there"; all mean unreachable
         return DockerEngine(
             reachable=False,
-            host=redact(docker_host) if docker_host else None,
+            host=docker_host.display if docker_host.url else None,
             compose_version=compose,
             error=redact((str(exc).splitlines() or [type(exc).__name__])[0][:300]),
         )
@@ -128,7 +150,7 @@ def probe_engine(docker_host: str | None, runner: Runner = run_cmd) -> DockerEng
     cdi = tuple((info.get("DiscoveredDevices") and [d.get("ID", "") for d in info["DiscoveredDevices"]]) or ())
     return DockerEngine(
         reachable=True,
-        host=redact(docker_host) if docker_host else None,
+        host=docker_host.display if docker_host.url else None,
         server_version=version.get("Version"),
         api_version=version.get("ApiVersion"),
         compose_version=compose,
@@ -139,20 +161,19 @@ def probe_engine(docker_host: str | None, runner: Runner = run_cmd) -> DockerEng
     )
 
 
-def engine_error(docker_host: str | None, exc: Exception) -> EngineError:
-    where = docker_host or os.environ.get("DOCKER_HOST") or "the local socket (/var/run/docker.sock)"
+def engine_error(docker_host: EngineAddress, exc: Exception) -> EngineError:
     detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
     return EngineError(
-        f"cannot connect to the Docker Engine at {redact(where)}: {redact(detail)}.",
+        f"cannot connect to the Docker Engine at {docker_host.display}: {redact(detail)}.",
         "Is dockerd running? Start it (`systemctl start docker`, or `make provision` here) "
         "or point --docker-host / DOCKER_HOST at a running engine.",
     )
 
 
-def client(docker_host: str | None, timeout: int = 10) -> Any:
+def client(docker_host: EngineAddress, timeout: int = 10) -> Any:
     """A connected SDK client, or an EngineError a person can act on."""
     try:
-        c = _client(docker_host, timeout)
+        c = docker_host.sdk_client(timeout)
         c.ping()
     except Exception as exc:
         raise engine_error(docker_host, exc) from None
@@ -211,7 +232,9 @@ def container_state(ctr: Any, service: str, restart_count: int) -> ContainerStat
 class Stack:
     """One compose project on one engine: compose v2 CLI for orchestration, the SDK for queries."""
 
-    def __init__(self, stack_dir: Path, project: str, docker_host: str | None = None, runner: Runner = run_cmd):
+    def __init__(
+        self, stack_dir: Path, project: str, docker_host: EngineAddress = EngineAddress(), runner: Runner = run_cmd
+    ):
         self.stack_dir = stack_dir
         self.project = project
         self.docker_host = docker_host
@@ -222,7 +245,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """The environment for compose: this stack's engine, whatever DOCKER_HOST the shell has."""
-        return dict(os.environ) | compose_env(self.docker_host)
+        return dict(os.environ) | self.docker_host.compose_env()
 
     def compose_files(self) -> list[Path]:
         """compose.yaml, then the site's compose.override.yaml when there is one (Compose's own convention)."""
@@ -362,7 +385,7 @@ class Stack:
 SWARM_SECRET_FILES = tuple((key.lower(), key) for key in RUNTIME_SECRETS)
 
 
-def swarm_state(docker_host: str | None) -> tuple[str, bool]:
+def swarm_state(docker_host: EngineAddress) -> tuple[str, bool]:
     """The engine's swarm membership ("inactive", "active", …) and whether it is a manager."""
     info = client(docker_host).info().get("Swarm") or {}
     return str(info.get("LocalNodeState") or "inactive"), bool(info.get("ControlAvailable"))
@@ -379,7 +402,7 @@ class SwarmStack(Stack):
         self,
         stack_dir: Path,
         project: str,
-        docker_host: str | None,
+        docker_host: EngineAddress,
         secrets: Mapping[str, str],
         runner: Runner = run_cmd,
     ):
@@ -500,7 +523,7 @@ class ProjectOwner:
     volumes: tuple[str, ...]
 
 
-def project_owners(docker_host: str | None, project: str) -> dict[str, ProjectOwner]:
+def project_owners(docker_host: EngineAddress, project: str) -> dict[str, ProjectOwner]:
     """The stacks (by stack id) whose containers or volumes are in ``project``."""
     c = client(docker_host)
     label = f"com.docker.compose.project={project}"
@@ -517,7 +540,7 @@ def project_owners(docker_host: str | None, project: str) -> dict[str, ProjectOw
     return {sid: ProjectOwner(dirs.get(sid), tuple(volumes.get(sid, ()))) for sid in dirs.keys() | volumes.keys()}
 
 
-def image_present(docker_host: str | None, ref: str) -> bool:
+def image_present(docker_host: EngineAddress, ref: str) -> bool:
     return _exists(lambda: client(docker_host).images.get(ref))
 
 
@@ -545,7 +568,7 @@ class EngineResources:
     memory_bytes: int
 
 
-def engine_resources(docker_host: str | None) -> EngineResources:
+def engine_resources(docker_host: EngineAddress) -> EngineResources:
     info = client(docker_host).info()
     return EngineResources(
         name=str(info.get("Name", "")),
@@ -556,7 +579,7 @@ def engine_resources(docker_host: str | None) -> EngineResources:
 
 
 def run_probe(
-    docker_host: str | None,
+    docker_host: EngineAddress,
     image: str,
     command: list[str],
     *,
@@ -583,7 +606,7 @@ def run_probe(
         ctr.remove(force=True)
 
 
-def copy_image(source_host: str | None, target_host: str | None, ref: str) -> str:
+def copy_image(source_host: EngineAddress, target_host: EngineAddress, ref: str) -> str:
     """Stream ``ref`` from one engine into another (docker save | docker load), unless the same id is there."""
     import docker.errors
 
@@ -602,17 +625,19 @@ def copy_image(source_host: str | None, target_host: str | None, ref: str) -> st
     # get_image by name keeps the tag in the archive (an id-only save loads untagged).
     for chunk in target.api.load_image(source.api.get_image(ref, chunk_size=1 << 20)):
         if isinstance(chunk, dict) and chunk.get("error"):
-            raise EngineError(f"loading {ref} into {target_host} failed: {chunk['error']}", "See `docker info` there.")
+            raise EngineError(
+                f"loading {ref} into {target_host.display} failed: {chunk['error']}", "See `docker info` there."
+            )
     size = int(source.images.get(ref).attrs.get("Size", 0))
     return f"loaded ({size / 1e9:.2f} GB in {time.monotonic() - started:.0f} s)"
 
 
-def volume_exists(docker_host: str | None, name: str) -> bool:
+def volume_exists(docker_host: EngineAddress, name: str) -> bool:
     return _exists(lambda: client(docker_host).volumes.get(name))
 
 
 def fill_volume(
-    docker_host: str | None,
+    docker_host: EngineAddress,
     volume: str,
     image: str,
     archive: Iterator[bytes],
@@ -631,7 +656,7 @@ def fill_volume(
     try:
         # The engine extracts the archive itself, into the volume on ITS disk: no tar needed in the image.
         if not ctr.put_archive("/data", archive):
-            raise EngineError(f"the engine at {docker_host} refused the model archive for {volume}.")
+            raise EngineError(f"the engine at {docker_host.display} refused the model archive for {volume}.")
         ctr.start()
         code = int(ctr.wait(timeout=1800).get("StatusCode", 1))
         return code, ctr.logs().decode("utf-8", "replace")
@@ -639,7 +664,7 @@ def fill_volume(
         ctr.remove(force=True)
 
 
-def engine_cpus(docker_host: str | None) -> int:
+def engine_cpus(docker_host: EngineAddress) -> int:
     """CPUs of the machine the engine runs on (the one the server's threads share), as the engine reports."""
     try:
         return int(client(docker_host).info().get("NCPU") or os.cpu_count() or 1)
@@ -653,7 +678,7 @@ VOLUME_MOUNT = "/data"
 
 
 def _helper(
-    docker_host: str | None,
+    docker_host: EngineAddress,
     image: str,
     volume: str,
     labels: dict[str, str],
@@ -683,7 +708,7 @@ def _helper(
     )
 
 
-def export_volume(docker_host: str | None, volume: str, image: str, labels: dict[str, str], sink: Any) -> None:
+def export_volume(docker_host: EngineAddress, volume: str, image: str, labels: dict[str, str], sink: Any) -> None:
     """Stream the volume's files as an uncompressed tar (members under ``data/``) into ``sink(chunk)``.
 
     The helper container is created, never started: the engine reads the mounted volume for the copy.
@@ -698,7 +723,7 @@ def export_volume(docker_host: str | None, volume: str, image: str, labels: dict
 
 
 def run_on_volume(
-    docker_host: str | None,
+    docker_host: EngineAddress,
     volume: str,
     image: str,
     labels: dict[str, str],
@@ -741,7 +766,7 @@ def tar_of_file(name: str, source: IO[bytes], size: int, chunk: int = 1 << 20) -
     yield b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
 
 
-def pull_image(docker_host: str | None, ref: str) -> None:
+def pull_image(docker_host: EngineAddress, ref: str) -> None:
     repository, _, tag = ref.rpartition(":") if "@" not in ref else (ref, "", "")
     try:
         client(docker_host).images.pull(repository or ref, tag=tag or None)

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from deploykit.engine import TLS_FILES, EngineTLS, EngineURL
+from deploykit.engine import TLS_FILES, EngineAddress, EngineTLS
 from deploykit.errors import ConfigError, DeployKitError, EngineError, NotFoundError, UsageError
 from deploykit.settings import env_strings
 from deploykit.textfile import sha256_of
@@ -295,12 +295,13 @@ def _context_tls(name: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def engine_url(host: FleetHost) -> EngineURL:
-    """The engine's URL with its TLS material; a docker context is read from the docker CLI's context store."""
+def engine_address(host: FleetHost) -> EngineAddress:
+    """The host's engine: its URL with its TLS material; a docker context is read from the docker CLI's
+    context store."""
     if host.engine is not None:
         check_tls(host)
         tcp_tls = urlparse(host.engine).scheme == "tcp" and host.tls is not False and host.tls_dir is not None
-        return EngineURL(host.engine, EngineTLS(Path(str(host.tls_dir))) if tcp_tls else None)
+        return EngineAddress(host.engine, EngineTLS(Path(str(host.tls_dir))) if tcp_tls else None)
     from docker.context import ContextAPI
 
     try:
@@ -318,17 +319,13 @@ def engine_url(host: FleetHost) -> EngineURL:
                 f"docker context '{host.context}' uses TLS, but its material is not in the context store.",
                 "See `docker context inspect` (Storage.TLSPath).",
             )
-        return EngineURL(str(ctx.Host), EngineTLS(folder))
-    return EngineURL(str(ctx.Host))
+        return EngineAddress(str(ctx.Host), EngineTLS(folder))
+    return EngineAddress(str(ctx.Host))
 
 
-def is_remote(url: str) -> bool:
-    """A remote engine resolves bind mounts on its own disk: the model must reach it another way."""
-    return not url.startswith("unix://")
-
-
-def address_of(host: FleetHost, url: str) -> str:
-    return host.address or urlparse(url).hostname or "127.0.0.1"
+def address_of(host: FleetHost, docker_host: EngineAddress) -> str:
+    """Where this controller reaches the host's published ports."""
+    return host.address or docker_host.hostname or "127.0.0.1"
 
 
 # ---------------------------------------------------------------- results

@@ -136,7 +136,7 @@ class LoadedStack:
     def webui_internal_api(self) -> str:
         return f"http://inference:{self.spec.inference_container_port}/v1"
 
-    def engine_stack(self, docker_host: str | None) -> engine.Stack:
+    def engine_stack(self, docker_host: engine.EngineAddress) -> engine.Stack:
         if self.spec.target == "swarm":
             return engine.SwarmStack(self.dir, self.spec.project, docker_host, self.secrets)
         if self.spec.target == "kubernetes":
@@ -196,16 +196,12 @@ def port_problem(bind: str, port: int) -> str | None:
     return None
 
 
-def ports_held_by(stack: LoadedStack, docker_host: str | None) -> set[int]:
+def ports_held_by(stack: LoadedStack, docker_host: engine.EngineAddress) -> set[int]:
     held = set()
     for ctr in stack.engine_stack(docker_host).containers():
         for mapping in ctr.ports:
             held.add(int(mapping.split("->")[0].rsplit(":", 1)[1]))
     return held
-
-
-def _is_local(docker_host: str | None) -> bool:
-    return not docker_host or docker_host.startswith("unix://")
 
 
 def published_ports(stack: LoadedStack) -> list[tuple[str, int]]:
@@ -221,7 +217,7 @@ def disk_free(folder: Path) -> tuple[Path, int]:
     return probe_dir, shutil.disk_usage(probe_dir).free
 
 
-def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: int) -> list[str]:
+def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missing_bytes: int) -> list[str]:
     """Everything that would make `compose up` fail, checked first. Raises on the first failure."""
     notes = []
     probe = engine.probe_engine(docker_host)
@@ -255,7 +251,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
             "Install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker`, "
             "or plan for the CPU with --profile cpu.",
         )
-    if _is_local(docker_host):
+    if docker_host.local:
         ours = ports_held_by(stack, docker_host)
         for bind, port in published_ports(stack):
             problem = None if port in ours else port_problem(bind, port)
@@ -279,7 +275,7 @@ def preflight(stack: LoadedStack, docker_host: str | None, model_missing_bytes: 
     return notes
 
 
-def preflight_swarm(stack: LoadedStack, docker_host: str | None) -> list[str]:
+def preflight_swarm(stack: LoadedStack, docker_host: engine.EngineAddress) -> list[str]:
     """A swarm manager to deploy to, and the ports free unless this stack already holds them."""
     state, manager = engine.swarm_state(docker_host)
     if state != "active" or not manager:
@@ -290,7 +286,7 @@ def preflight_swarm(stack: LoadedStack, docker_host: str | None) -> list[str]:
     es = stack.engine_stack(docker_host)
     assert isinstance(es, engine.SwarmStack)
     notes = []
-    if _is_local(docker_host) and not es.deployed():
+    if docker_host.local and not es.deployed():
         for port in (stack.spec.webui_port, stack.spec.inference_port):
             if (problem := port_problem("0.0.0.0", port)) is not None:
                 raise PreflightError(
@@ -430,7 +426,9 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
     ]
 
 
-def _container_watch(stack: LoadedStack, docker_host: str | None, service: str) -> Callable[[float, str], None]:
+def _container_watch(
+    stack: LoadedStack, docker_host: engine.EngineAddress, service: str
+) -> Callable[[float, str], None]:
     """An on_tick hook that stops waiting as soon as the service's container has died or restarts."""
     es = stack.engine_stack(docker_host)
     last_check = -10.0
@@ -501,7 +499,11 @@ def run_stages(
 
 
 def check_stack(
-    stack: LoadedStack, docker_host: str | None, timeout: float, reporter: Reporter, started: float | None = None
+    stack: LoadedStack,
+    docker_host: engine.EngineAddress,
+    timeout: float,
+    reporter: Reporter,
+    started: float | None = None,
 ) -> UpReport:
     """The staged health check of a started stack, up to one chat answered through Open WebUI."""
     report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{stack.spec.webui_port}", healthy=False)
@@ -523,7 +525,7 @@ def check_stack(
 
 def up(
     stack: LoadedStack,
-    docker_host: str | None,
+    docker_host: engine.EngineAddress,
     timeout: float | None,
     reporter: Reporter,
     files: Mapping[str, str],
@@ -552,13 +554,11 @@ def up(
 
 
 def reachable_urls(
-    bind: str, port: int, docker_host: str | None, addresses: tuple[Address, ...] | None = None
+    bind: str, port: int, docker_host: engine.EngineAddress, addresses: tuple[Address, ...] | None = None
 ) -> list[dict[str, str]]:
     """The URLs a port published on ``bind`` answers on, each with who can reach it."""
-    from urllib.parse import urlparse
-
-    if not _is_local(docker_host):
-        where = urlparse(docker_host or "").hostname or str(docker_host)
+    if not docker_host.local:
+        where = docker_host.hostname or docker_host.display
         who = "whoever can reach the engine's host" if bind in ("0.0.0.0", "::", "") else f"{bind} on the engine's host"
         return [{"url": f"http://{where}:{port}", "who": who}]
     if bind.startswith("127.") or bind in ("::1", "localhost"):
@@ -578,7 +578,7 @@ def reachable_urls(
     return rows
 
 
-def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEBUI_START_SECONDS) -> float:
+def wait_webui(stack: LoadedStack, docker_host: engine.EngineAddress, timeout: float = WEBUI_START_SECONDS) -> float:
     """Wait for Open WebUI's /health; seconds waited, or HealthError with its log tail."""
     with health.http_client(stack.webui_url) as ui:
         ok, seconds, detail = health.wait_until(lambda: health.probe_webui_health(ui), timeout)
@@ -595,7 +595,7 @@ def wait_webui(stack: LoadedStack, docker_host: str | None, timeout: float = WEB
 # ---------------------------------------------------------------- status, chat
 
 
-def status(stack: LoadedStack, docker_host: str | None) -> StackStatus:
+def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus:
     containers = stack.engine_stack(docker_host).containers()
     plan = stack.spec.plan
     key = stack.api_key
@@ -718,19 +718,19 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[SmokeCheck]:
     return checks
 
 
-def down(stack: LoadedStack, docker_host: str | None, volumes: bool) -> None:
+def down(stack: LoadedStack, docker_host: engine.EngineAddress, volumes: bool) -> None:
     engine.client(docker_host)  # no engine: say so in its own words (exit 6), not compose's
     stack.engine_stack(docker_host).down(volumes=volumes)
 
 
-def restart(stack: LoadedStack, docker_host: str | None, service: str | None) -> None:
+def restart(stack: LoadedStack, docker_host: engine.EngineAddress, service: str | None) -> None:
     if service not in (None, *SERVICES):
         raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)
 
 
-def wait_inference_ready(stack: LoadedStack, docker_host: str | None, timeout: float | None = None) -> float:
+def wait_inference_ready(stack: LoadedStack, docker_host: engine.EngineAddress, timeout: float | None = None) -> float:
     """After (re)starting the inference service: wait until it is healthy and serves the model.
 
     Returns the seconds it took; raises HealthError with the log tail when it died or timed out.

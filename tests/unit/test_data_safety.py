@@ -16,6 +16,7 @@ import pytest
 
 from deploykit import backup
 from deploykit.detect import Address, host_addresses, parse_ip_addr_json
+from deploykit.engine import EngineAddress
 from deploykit.errors import NotFoundError, UsageError
 from deploykit.lifecycle import reachable_urls
 from deploykit.proc import Completed
@@ -96,7 +97,7 @@ def test_a_file_that_is_no_backup_is_refused(tmp_path: Path) -> None:
 def fake_stack(tmp_path: Path, stack_id: str) -> Any:
     spec = SimpleNamespace(project="deploykit-other", images={"open-webui": "open-webui:v1"})
 
-    def no_engine(docker_host: str | None) -> Any:
+    def no_engine(docker_host: EngineAddress) -> Any:
         raise AssertionError("the engine must not be touched")
 
     return SimpleNamespace(dir=tmp_path, spec=spec, secrets={"DEPLOYKIT_STACK_ID": stack_id}, engine_stack=no_engine)
@@ -105,7 +106,7 @@ def fake_stack(tmp_path: Path, stack_id: str) -> Any:
 def test_restore_refuses_another_stacks_backup_without_force(tmp_path: Path) -> None:
     path = write_backup(tmp_path, {"webui.db": b"x"})
     with pytest.raises(UsageError, match="another stack") as caught:
-        backup.restore(fake_stack(tmp_path, "fedcba9876543210"), None, path)
+        backup.restore(fake_stack(tmp_path, "fedcba9876543210"), EngineAddress(), path)
     assert "--force" in (caught.value.hint or "")
 
 
@@ -158,7 +159,7 @@ def test_parse_ip_addr_json() -> None:
 
 
 def test_all_interfaces_lists_every_address() -> None:
-    rows = reachable_urls("0.0.0.0", 7860, None, parse_ip_addr_json(IP_JSON))
+    rows = reachable_urls("0.0.0.0", 7860, EngineAddress(), parse_ip_addr_json(IP_JSON))
     assert rows == [
         {"url": "http://localhost:7860", "who": "this machine"},
         {"url": "http://192.168.1.20:7860", "who": "anyone who can reach eth0"},
@@ -167,8 +168,9 @@ def test_all_interfaces_lists_every_address() -> None:
 
 
 def test_loopback_bind_and_remote_engine() -> None:
-    assert reachable_urls("127.0.0.1", 7860, None, ()) == [{"url": "http://localhost:7860", "who": "this machine only"}]
-    remote = reachable_urls("0.0.0.0", 7860, "ssh://me@lab-pc-3", ())
+    local = reachable_urls("127.0.0.1", 7860, EngineAddress(), ())
+    assert local == [{"url": "http://localhost:7860", "who": "this machine only"}]
+    remote = reachable_urls("0.0.0.0", 7860, EngineAddress("ssh://me@lab-pc-3"), ())
     assert remote == [{"url": "http://lab-pc-3:7860", "who": "whoever can reach the engine's host"}]
 
 

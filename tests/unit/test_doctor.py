@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from deploykit import app
 from deploykit.cli import cli
 from deploykit.doctor import run_checks
+from deploykit.engine import EngineAddress
 from deploykit.host import HostProfile
 from deploykit.lifecycle import load_stack
 from deploykit.settings import load_settings
@@ -27,7 +28,7 @@ def by_name(checks: list) -> dict:
 
 def test_h200_without_engine_fails_engine_and_passes_gpu_and_driver(tmp_path: Path) -> None:
     host, stack_dir = h200_stack(tmp_path)
-    checks = by_name(run_checks(host, None, tmp_path, load_stack(stack_dir)))
+    checks = by_name(run_checks(host, EngineAddress(), tmp_path, load_stack(stack_dir)))
     assert checks["engine"].status == "fail" and "dockerd" in checks["engine"].fix
     assert checks["compose"].status == "fail"
     assert checks["gpu"].status == "pass" and "NVIDIA H200" in checks["gpu"].detail
@@ -37,7 +38,7 @@ def test_h200_without_engine_fails_engine_and_passes_gpu_and_driver(tmp_path: Pa
 def test_an_old_driver_fails_against_the_vllm_image(tmp_path: Path) -> None:
     host, stack_dir = h200_stack(tmp_path)
     old = host.model_copy(update={"gpus": (host.gpus[0].model_copy(update={"cuda_version": "12.2"}),)})
-    checks = by_name(run_checks(old, None, tmp_path, load_stack(stack_dir)))
+    checks = by_name(run_checks(old, EngineAddress(), tmp_path, load_stack(stack_dir)))
     assert checks["driver"].status == "fail"
     assert "12.2" in checks["driver"].detail and checks["driver"].fix
 
@@ -65,7 +66,7 @@ def test_the_driver_minimum_and_the_older_cuda_image_come_from_versions_toml(tmp
 
     host, stack_dir = h200_stack(tmp_path)
     old = host.model_copy(update={"gpus": (host.gpus[0].model_copy(update={"cuda_version": "12.9"}),)})
-    driver = by_name(run_checks(old, None, tmp_path, load_stack(stack_dir)))["driver"]
+    driver = by_name(run_checks(old, EngineAddress(), tmp_path, load_stack(stack_dir)))["driver"]
     vllm = pinned().vllm
     assert driver.status == "fail" and f"CUDA {vllm.cuda_text}" in driver.detail and vllm.driver in driver.detail
     assert f"--image inference={vllm.fallback}" in driver.fix

@@ -8,6 +8,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -183,8 +184,8 @@ def tls_folder(path: Path) -> Path:
 
 
 def test_tls_dir_is_layered_and_read_from_the_inventory_folder(tmp_path: Path) -> None:
-    from deploykit.engine import EngineTLS, compose_env
-    from deploykit.fleet import engine_url
+    from deploykit.engine import EngineAddress, EngineTLS
+    from deploykit.fleet import engine_address
 
     tls_folder(tmp_path / "certs" / "fleet")
     tls_folder(tmp_path / "certs" / "lab-02")
@@ -196,21 +197,22 @@ def test_tls_dir_is_layered_and_read_from_the_inventory_folder(tmp_path: Path) -
         '[[hosts]]\nname = "lab-04"\nengine = "ssh://root@lab-04"\n'
     )
     hosts = load_inventory(write(tmp_path, text)).hosts
-    urls = [engine_url(h) for h in hosts]
-    assert [u.tls for u in urls] == [
+    addresses = [engine_address(h) for h in hosts]
+    assert [a.tls for a in addresses] == [
         EngineTLS(tmp_path / "certs" / "fleet"),
         EngineTLS(tmp_path / "certs" / "lab-02"),
         None,  # tls = false: the site's explicit choice
         None,  # ssh:// carries its own authentication; a fleet-wide tls_dir does not apply
     ]
-    assert urls[0] == "tcp://lab-01:2376"
-    assert compose_env(urls[1]) == {
+    assert addresses[0] == EngineAddress("tcp://lab-01:2376", EngineTLS(tmp_path / "certs" / "fleet"))
+    assert addresses[1].compose_env() == {
         "DOCKER_HOST": "tcp://lab-02:2376",
         "DOCKER_TLS_VERIFY": "1",
         "DOCKER_CERT_PATH": str(tmp_path / "certs" / "lab-02"),
     }
-    assert compose_env(urls[2]) == {"DOCKER_HOST": "tcp://lab-03:2375"}
-    assert compose_env(None) == {}
+    assert addresses[2].compose_env() == {"DOCKER_HOST": "tcp://lab-03:2375"}
+    assert EngineAddress().compose_env() == {}
+    assert addresses[3].ssh and not addresses[3].local and addresses[3].hostname == "lab-04"
 
 
 def test_tcp_without_tls_and_unreadable_cert_files_are_refused(tmp_path: Path) -> None:
@@ -241,11 +243,59 @@ def test_cli_refuses_tcp_without_tls_before_writing(tmp_path: Path) -> None:
 
 
 def test_tls_config_for_the_sdk(tmp_path: Path) -> None:
-    from deploykit.engine import EngineTLS, EngineURL, tls_of
+    from deploykit.engine import EngineAddress, EngineTLS
 
     folder = tls_folder(tmp_path / "c")
     config = EngineTLS(folder).sdk_config()
     assert config.cert == (str(folder / "cert.pem"), str(folder / "key.pem"))
     assert config.ca_cert == str(folder / "ca.pem") and config.verify is True
-    assert tls_of(EngineURL("tcp://h:2376", EngineTLS(folder))) == EngineTLS(folder)
-    assert tls_of("tcp://h:2376") is None and tls_of(None) is None
+    with pytest.raises(ValueError, match="needs the engine's URL"):
+        EngineAddress(None, EngineTLS(folder))
+
+
+def test_engine_address_says_where_without_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploykit.engine import EngineAddress
+
+    assert EngineAddress("tcp://user:hunter2@lab-01:2376").display == "tcp://***@lab-01:2376"
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert EngineAddress().display == "the local socket (/var/run/docker.sock)" and EngineAddress().local
+    monkeypatch.setenv("DOCKER_HOST", "ssh://me:pw@lab-02")
+    assert EngineAddress().display == "ssh://***@lab-02"
+    assert EngineAddress("unix:///run/other.sock").local and not EngineAddress("tcp://h:2375").local
+
+
+def test_tls_client_asks_the_api_version_without_reading_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client is built with a version (no request), trust_env goes off before the one request (the
+    unversioned /version), and the client kept speaks the engine's API version."""
+    import docker
+    from docker.constants import DEFAULT_DOCKER_API_VERSION
+
+    from deploykit.engine import EngineAddress, EngineTLS
+
+    made: list[FakeClient] = []
+
+    class FakeApi:
+        trust_env = True
+
+    class FakeClient:
+        def __init__(self, **kwargs: Any) -> None:
+            self.kwargs, self.api, self.asked, self.closed = kwargs, FakeApi(), [], False
+            made.append(self)
+
+        def version(self, api_version: bool = True) -> dict[str, str]:
+            assert self.api.trust_env is False
+            self.asked.append(api_version)
+            return {"ApiVersion": "1.41", "Version": "20.10.24"}
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(docker, "DockerClient", FakeClient)
+    folder = tls_folder(tmp_path / "c")
+    kept = EngineAddress("tcp://127.0.0.1:2376", EngineTLS(folder)).sdk_client(timeout=5)
+    asking = made[0]
+    assert asking.kwargs["version"] == DEFAULT_DOCKER_API_VERSION and asking.asked == [False] and asking.closed
+    assert kept is made[1] and kept.kwargs["version"] == "1.41" and kept.api.trust_env is False
+    assert kept.kwargs["tls"].ca_cert == str(folder / "ca.pem") and kept.asked == []

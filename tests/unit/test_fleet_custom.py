@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploykit.engine import EngineAddress
 from deploykit.errors import ConfigError, NotFoundError
 from deploykit.fleet import FleetHost, load_inventory
 
@@ -121,7 +122,7 @@ def fleet_render(tmp_path: Path, inventory: Path, monkeypatch: pytest.MonkeyPatc
     from deploykit.settings import Settings
 
     cpu = find_profile("cpu", builtin_profiles())
-    monkeypatch.setattr(app, "_reach", lambda host: ("unix:///nonexistent/docker.sock", None))
+    monkeypatch.setattr(app, "_reach", lambda host: (EngineAddress("unix:///nonexistent/docker.sock"), None))
     monkeypatch.setattr(app, "detect_fleet_host", lambda *args, **kwargs: cpu)
     settings = Settings(model_cache=tmp_path / "cache", webui_env={"WEBUI_NAME": "controller", "ENABLE_SIGNUP": "true"})
     req = app.FleetRequest(inventory, "lab-01", 1, tmp_path / "fleet")

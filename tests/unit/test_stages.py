@@ -204,7 +204,7 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, *, reachable: bool = True, owne
 def test_preflight_passes_and_notes_images_to_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_engine(monkeypatch)
     monkeypatch.setattr(lifecycle, "port_problem", lambda bind, port: None)
-    notes = lifecycle.preflight(stack(tmp_path), None, 0)
+    notes = lifecycle.preflight(stack(tmp_path), engine.EngineAddress(), 0)
     assert notes == ["image b:1 (open-webui) is not on this engine yet; compose will pull it."]
 
 
@@ -213,7 +213,7 @@ def test_preflight_refuses_a_busy_port(tmp_path: Path, monkeypatch: pytest.Monke
     busy = "in use by another program"
     monkeypatch.setattr(lifecycle, "port_problem", lambda bind, port: busy if port == 19868 else None)
     with pytest.raises(PreflightError) as info:
-        lifecycle.preflight(stack(tmp_path), None, 0)
+        lifecycle.preflight(stack(tmp_path), engine.EngineAddress(), 0)
     assert "port 19868 on 127.0.0.1: in use" in info.value.message
     assert "DEPLOYKIT_WEBUI_PORT" in (info.value.hint or "")
 
@@ -222,12 +222,12 @@ def test_preflight_refuses_another_stacks_project(tmp_path: Path, monkeypatch: p
     other = engine.ProjectOwner(working_dir="/elsewhere/stack", volumes=("deploykit-unit_open-webui-data",))
     fake_engine(monkeypatch, owners={"id2": other})
     with pytest.raises(PreflightError) as info:
-        lifecycle.preflight(stack(tmp_path), None, 0)
+        lifecycle.preflight(stack(tmp_path), engine.EngineAddress(), 0)
     assert "/elsewhere/stack" in info.value.message
 
 
 def test_preflight_without_an_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_engine(monkeypatch, reachable=False)
     with pytest.raises(EngineError) as info:
-        lifecycle.preflight(stack(tmp_path), None, 0)
+        lifecycle.preflight(stack(tmp_path), engine.EngineAddress(), 0)
     assert "cannot connect to the Docker Engine" in info.value.message and "no socket" in info.value.message
