@@ -1312,7 +1312,7 @@ def stop_stack(settings: Settings, stack: LoadedStack, volumes: bool) -> None:
 
 @dataclass(frozen=True)
 class ChatAnswer:
-    response: dict[str, Any]  # the server's JSON answer as it came (printed by `chat --json`)
+    response: dict[str, object]  # the server's JSON answer as it came (printed by `chat --json`)
 
     def text(self) -> str:
         """The answer without its reasoning; an answer with no text is a failed chat."""

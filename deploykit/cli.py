@@ -515,7 +515,6 @@ def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
-
 @cli.command(short_help="Back up Open WebUI's accounts, chats and settings.")
 @stack_dir_option()
 @click.option(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from deploykit.engine import EngineAddress
 from deploykit.host import GiB, HostProfile
@@ -205,5 +205,5 @@ def run_checks(
     return [c for check in CHECKS for c in check(inputs)]
 
 
-def as_json(checks: list[Check]) -> dict[str, Any]:
+def as_json(checks: list[Check]) -> dict[str, object]:
     return {"ok": all(c.status != "fail" for c in checks), "checks": [asdict(c) for c in checks]}

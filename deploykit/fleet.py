@@ -346,7 +346,7 @@ class HostResult:
     seconds: float = 0.0
     engine: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)  # what --json shows of the host, by command
 
     @property
     def ok(self) -> bool:
@@ -378,7 +378,7 @@ def run_parallel(
         return list(pool.map(guarded, hosts))
 
 
-def summary(results: Sequence[HostResult]) -> dict[str, Any]:
+def summary(results: Sequence[HostResult]) -> dict[str, object]:
     failed = [r.host for r in results if not r.ok and r.state != "unreachable"]
     unreachable = [r.host for r in results if r.state == "unreachable"]
     return {

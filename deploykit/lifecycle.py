@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Required, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, Protocol, Required, TypedDict, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -664,7 +664,7 @@ def identity(stack: LoadedStack) -> StackIdentity:
     }
 
 
-def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dict[str, Any]:
+def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dict[str, object]:
     plan = stack.spec.plan
     try:
         if direct:
