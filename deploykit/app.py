@@ -1288,13 +1288,13 @@ def stack_status(settings: Settings, stack: LoadedStack) -> StackStatus:
 
 def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail: int, follow: bool) -> int:
     """Show the logs on this terminal (compose's own output); the exit code of `docker compose logs`."""
-    from deploykit.engine import client, require_compose_v2
+    from deploykit.engine import client, compose_version, require_compose_v2
     from deploykit.proc import run_attached
 
     docker_host = _docker_host(settings)
     engine_stack = stack.engine_stack(docker_host)
     client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
-    require_compose_v2()
+    require_compose_v2(compose_version())
     return run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env())
 
 

@@ -180,8 +180,8 @@ def client(docker_host: EngineAddress, timeout: int = 10) -> Any:
     return c
 
 
-def require_compose_v2(runner: Runner = run_cmd) -> str:
-    version = compose_version(runner)
+def require_compose_v2(version: str | None, runner: Runner = run_cmd) -> str:
+    """``version``, compose v2's as compose_version (or a probe) found it; when None, an error saying what is there."""
     if version is not None:
         return version
     v1 = runner(["docker-compose", "version", "--short"])

@@ -225,7 +225,7 @@ def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missi
         raise engine.engine_error(docker_host, Exception(probe.error or "unreachable"))
     if stack.spec.target == "swarm":
         return preflight_swarm(stack, docker_host)
-    engine.require_compose_v2()
+    engine.require_compose_v2(probe.compose_version)  # the probe asked compose already
     stack_id = stack.secrets.get(STACK_ID)
     others = {k: v for k, v in engine.project_owners(docker_host, stack.spec.project).items() if k != stack_id}
     if others:

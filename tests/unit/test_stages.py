@@ -195,7 +195,7 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, *, reachable: bool = True, owne
     monkeypatch.setattr(
         engine, "probe_engine", lambda host: DockerEngine(reachable=reachable, error=None if reachable else "no socket")
     )
-    monkeypatch.setattr(engine, "require_compose_v2", lambda: "2.26.1")
+    monkeypatch.setattr(engine, "require_compose_v2", lambda version: "2.26.1")
     monkeypatch.setattr(engine, "project_owners", lambda host, project: owners or {})
     monkeypatch.setattr(engine, "image_present", lambda host, ref: ref == "a:1")
     monkeypatch.setattr(lifecycle, "ports_held_by", lambda stack, host: set())
