@@ -5,7 +5,7 @@
 Side by side, each from nothing running and a fresh data volume, on the same rendered files:
 
 - ``deploykit up``: Open WebUI started beside the inference server, readiness polled from 50 ms backing off
-  to 0.4 s, then admin sign-up, the model in Open WebUI's list, and one chat through Open WebUI;
+  to 0.25 s, then admin sign-up, the model in Open WebUI's list, and one chat through Open WebUI;
 - ``docker compose up --wait`` on the same compose.yaml, then the same admin/model/chat stages;
 - the same with Open WebUI held back until the inference healthcheck passes (``service_healthy``, what
   deploykit rendered before): the serial baseline;

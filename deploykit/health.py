@@ -39,9 +39,10 @@ def http_client(base_url: str, token: str | None = None, timeout: float = 10.0) 
 
 
 # Readiness polls: fast at first (a server that is up is seen within a few tens of milliseconds), then
-# backing off to a cap that still sees a service at most about half a second after it is ready.
+# backing off to a cap that sees a service at most a quarter of a second after it is ready. A refused
+# connection costs the starting service nothing, and on the path to the first chat each poll's wait counts.
 FIRST_POLL_SECONDS = 0.05
-MAX_POLL_SECONDS = 0.4
+MAX_POLL_SECONDS = 0.25
 
 
 def poll_intervals(first: float = FIRST_POLL_SECONDS, cap: float = MAX_POLL_SECONDS) -> Iterator[float]:

@@ -13,7 +13,7 @@ import pytest
 from deploykit import engine, lifecycle
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
 from deploykit.errors import EngineError, HealthError, PreflightError
-from deploykit.health import NotReady, StageFailed, StageResult, poll_intervals, wait_until
+from deploykit.health import MAX_POLL_SECONDS, NotReady, StageFailed, StageResult, poll_intervals, wait_until
 from deploykit.host import DockerEngine
 from deploykit.lifecycle import LoadedStack, UpReport, health_stages, run_stages
 from deploykit.plan import PlanInputs, PlanSettings, plan_deployment
@@ -161,7 +161,7 @@ def test_a_failing_stage_raises_with_its_hint_and_its_services_log(tmp_path: Pat
 
 
 def test_polls_start_fast_then_back_off_to_the_cap() -> None:
-    assert list(itertools.islice(poll_intervals(), 6)) == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]
+    assert list(itertools.islice(poll_intervals(), 6)) == [0.05, 0.1, 0.2, 0.25, 0.25, 0.25]
 
 
 def test_wait_until_sees_readiness_within_one_capped_poll() -> None:
@@ -178,7 +178,7 @@ def test_wait_until_sees_readiness_within_one_capped_poll() -> None:
 
     ok, seconds, detail = wait_until(probe, 60, clock=lambda: now[0], sleep=sleep)
     assert ok and detail == "ready"
-    assert ready_at <= seconds <= ready_at + 0.4
+    assert ready_at <= seconds <= ready_at + MAX_POLL_SECONDS
 
 
 def test_wait_until_gives_up_at_the_timeout() -> None:
