@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from deploykit import app, lifecycle, stackdir
-from deploykit.bench import Workload, calibrate_words, run_level
+from deploykit.bench import Workload, calibrate_words, run_level, warm_up
 from deploykit.plan import PlanSettings
 from deploykit.settings import load_settings
 
@@ -40,6 +40,7 @@ def measure(stack_dir: Path, args: argparse.Namespace) -> dict[int, dict[str, fl
     out = {}
     for concurrency in (1, 4):
         load = Workload(concurrency, args.requests, args.prompt_tokens, args.max_tokens)
+        warm_up(target, load, words)  # as tune does before each measurement
         out[concurrency] = run_level(target, load, words, lambda _r: None).metrics
     return out
 

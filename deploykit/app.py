@@ -1162,7 +1162,7 @@ def tune_stack(
     interrupted sweep puts the stack back as it was. Only the inference service restarts; secrets stay.
     """
     from deploykit import engine, lifecycle, tune
-    from deploykit.bench import Workload, calibrate_words, run_level
+    from deploykit.bench import Workload, calibrate_words, run_level, warm_up
     from deploykit.errors import HealthError
     from deploykit.settings import write_stack_settings
 
@@ -1199,8 +1199,7 @@ def tune_stack(
             row["ready_s"] = round(apply(candidate), 1)
             if words is None:
                 words = calibrate_words(target, prompt_tokens)
-            else:
-                calibrate_words(target, 2)  # a warm-up request, not measured
+            warm_up(target, load, words, time_limit)
             level = run_level(target, load, words, on_result, time_limit)
             row["metrics"] = level.metrics
             row["errors"] = level.errors

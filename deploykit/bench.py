@@ -372,6 +372,18 @@ def run_level(
     )
 
 
+def warm_up(target: Target, workload: Workload, words: int, time_limit: float | None = None) -> None:
+    """One unmeasured round at the workload's concurrency, with short answers and prompts of their own.
+
+    A restarted llama-server is slow the first time each slot is used: measured here, a 4-chat round right
+    after a restart gave 78 tok/s and the next ones 112-117, which ordered `tune`'s candidates by slot count
+    rather than by speed. The prompts are not the measured ones, so no prefix cache flatters the run after.
+    """
+    prompts = [make_prompt(-1 - i, words) for i in range(workload.concurrency)]
+    round_ = Workload(workload.concurrency, workload.concurrency, workload.prompt_tokens, min(16, workload.max_tokens))
+    asyncio.run(_run(target, round_, prompts, lambda _r: None, time_limit))
+
+
 # ---------------------------------------------------------------- chart
 
 
