@@ -31,9 +31,10 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed  ## create .venv with deploykit and the test tools
 
-lint: venv  ## ruff + mypy (strict on deploykit/)
+lint: venv  ## ruff + mypy (strict on deploykit/, and on benchmarks/: they call deploykit's seams too)
 	$(BIN)/ruff check deploykit tests scripts benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 
 provision:  ## Docker Engine, compose v2, offline images, the tiny model, Chromium (root; skips what exists)
 	bash $(PROVISION) all

@@ -15,6 +15,7 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
@@ -32,7 +33,7 @@ def measured_bytes(project: str) -> int:
     return int(stats["usage"]) - int(cache)
 
 
-def warm_up(stack_dir: Path, plan: dict) -> None:
+def warm_up(stack_dir: Path, plan: dict[str, Any]) -> None:
     env = dict(
         line.split("=", 1) for line in (stack_dir / ".env").read_text().splitlines() if "=" in line and line[0] != "#"
     )

@@ -20,16 +20,19 @@ from pathlib import Path
 
 from deploykit import app, lifecycle, stackdir
 from deploykit.bench import Workload, calibrate_words, run_level, warm_up
+from deploykit.engine import EngineAddress
 from deploykit.plan import PlanSettings
 from deploykit.settings import load_settings
+
+LOCAL = EngineAddress()  # the environment's engine, as the stack's own commands use
 
 
 def apply(stack_dir: Path, knobs: dict[str, int | None]) -> tuple[int, int]:
     stack = lifecycle.load_stack(stack_dir)
     plan, files = app.replan_files(stack, **knobs)
     stackdir.write_stack(stack_dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
-    stack.engine_stack(None).up("inference")
-    lifecycle.wait_inference_ready(lifecycle.load_stack(stack_dir), None)
+    stack.engine_stack(LOCAL).up("inference")
+    lifecycle.wait_inference_ready(lifecycle.load_stack(stack_dir), LOCAL)
     return plan.threads, plan.parallel
 
 
@@ -78,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     stack_dir = Path(args.stack_dir).absolute()
     host_cores = lifecycle.load_stack(stack_dir).inputs.host.cpu.physical_cores
-    settings = {
+    settings: dict[str, dict[str, int | None]] = {
         # The seed rendered -t from the profile's physical cores (4 for `cpu`) and one slot.
         "seed: naive": {"threads": host_cores, "parallel": 1},
         "kit default": {"threads": PlanSettings().threads, "parallel": PlanSettings().parallel},
@@ -86,7 +89,7 @@ def main() -> None:
     sweeps = {w: tuned(stack_dir, w, args) for w in ("chat", "throughput")}
     winners = {f"tune --workload {w}": report.winner for w, report in sweeps.items()}
     rows = []
-    for name, knobs in {**settings, **winners}.items():
+    for name, knobs in (settings | winners).items():
         print(f"  measuring {name} …", file=sys.stderr)
         threads, slots = apply(stack_dir, dict(knobs))
         rows.append((name, threads, slots, measure(stack_dir, args)))
@@ -114,10 +117,10 @@ def main() -> None:
         print(f"\n# sweep for {workload}: {report.workload['objective']}")
         print("| -t | -np | output tok/s | median TTFT ms | of best |\n|---|---|---|---|---|")
         for row in report.rows:
-            m = row["metrics"] or {}
+            got = row["metrics"] or {}
             print(
-                f"| {row['threads']} | {row['parallel']} | {m.get('output_throughput', 0):.1f} "
-                f"| {m.get('median_ttft_ms', 0):.0f} | {row['of_best']:.0%} |"
+                f"| {row['threads']} | {row['parallel']} | {got.get('output_throughput', 0):.1f} "
+                f"| {got.get('median_ttft_ms', 0):.0f} | {row['of_best']:.0%} |"
             )
     print()
     by_name = {r[0]: r[3] for r in rows}

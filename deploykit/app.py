@@ -1019,7 +1019,7 @@ def fleet_down(settings: Settings, req: FleetRequest) -> list[HostResult]:
 # ---------------------------------------------------------------- bench and tune
 
 
-def replan_files(stack: LoadedStack, **knobs: int) -> tuple[DeploymentPlan, dict[str, str]]:
+def replan_files(stack: LoadedStack, **knobs: int | None) -> tuple[DeploymentPlan, dict[str, str]]:
     """The stack's files re-planned from the inputs plan.json recorded, with some planner knobs changed.
 
     Same host, model, images, ports and secrets; only what the knobs change (flags, KV cache, context split).
