@@ -1,10 +1,11 @@
 """Serving speed: the kit's default flags vs the seed's naive command line vs `deploykit tune`'s sweep.
 
-    python benchmarks/serving.py STACK_DIR [--prompt-tokens 128] [--max-tokens 128] [--requests 8]
+    python benchmarks/serving.py STACK_DIR [--prompt-tokens 128] [--max-tokens 128] [--requests 8] [--rounds 3]
 
 STACK_DIR is a running llama.cpp stack (`make demo`'s demo-stack). For each setting the inference
 service is restarted with it and measured at concurrency 1 and 4 (streaming, EOS ignored, same
-prompts); the sweep runs `deploykit tune` for each workload first. The stack ends on the throughput
+prompts), in interleaved rounds whose medians the table shows; the sweep runs `deploykit tune` for each
+workload first. The stack ends on the throughput
 winner, written to its deploykit.toml as `tune` does. Target: the tuned setting ≥ 95 % of the best measured
 for its workload.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +50,11 @@ def measure(stack_dir: Path, args: argparse.Namespace) -> dict[int, dict[str, fl
     return out
 
 
+def median_of(measured: list[dict[int, dict[str, float]]]) -> dict[int, dict[str, float]]:
+    """Each figure's median over the rounds, per concurrency."""
+    return {c: {key: statistics.median(m[c][key] for m in measured) for key in measured[0][c]} for c in measured[0]}
+
+
 def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> app.TuneReport:
     return app.tune_stack(
         load_settings(),
@@ -77,6 +84,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--threads", type=_ints, help="thread counts for the sweep [default: tune's]")
     parser.add_argument("--parallel", type=_ints, help="slot counts for the sweep [default: tune's]")
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds; the table shows medians")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per sweep candidate")
     args = parser.parse_args()
     stack_dir = Path(args.stack_dir).absolute()
@@ -88,16 +96,28 @@ def main() -> None:
     }
     sweeps = {w: tuned(stack_dir, w, args) for w in ("chat", "throughput")}
     winners = {f"tune --workload {w}": report.winner for w, report in sweeps.items()}
-    rows = []
-    for name, knobs in (settings | winners).items():
-        print(f"  measuring {name} …", file=sys.stderr)
-        threads, slots = apply(stack_dir, dict(knobs))
-        rows.append((name, threads, slots, measure(stack_dir, args)))
+    # Rounds interleave the settings so a slow spell of this machine hits them alike; the table shows each
+    # setting's median. Rows that come to the same flags share one measurement per round: the same flags
+    # measured twice differ only by the machine's noise (15 % here), which is not a difference between rows.
+    flags: dict[str, tuple[int, int]] = {}
+    runs: dict[tuple[int, int], list[dict[int, dict[str, float]]]] = {}
+    for round_ in range(args.rounds):
+        for name, knobs in (settings | winners).items():
+            if name in flags and len(runs[flags[name]]) > round_:
+                continue
+            print(f"  round {round_ + 1}: measuring {name} …", file=sys.stderr)
+            flags[name] = apply(stack_dir, dict(knobs))
+            if len(runs.setdefault(flags[name], [])) == round_:
+                runs[flags[name]].append(measure(stack_dir, args))
+    rows = [(name, threads, slots, median_of(runs[(threads, slots)])) for name, (threads, slots) in flags.items()]
     apply(stack_dir, dict(winners["tune --workload throughput"]))  # leave the stack as the last `tune` left it
     best = {c: max(r[3][c]["output_throughput"] for r in rows) for c in (1, 4)}
     print(f"# deploykit serving benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# machine: {platform.node()}, {os.cpu_count()} CPUs; command: python {' '.join(sys.argv)}")
-    print(f"# {args.requests} streaming requests per level, {args.prompt_tokens} prompt / {args.max_tokens} tokens out")
+    print(
+        f"# {args.requests} streaming requests per level, {args.prompt_tokens} prompt / {args.max_tokens} tokens out; "
+        f"side by side: median of {args.rounds} interleaved rounds"
+    )
     header = (
         "| setting | -t | -np | c=1 tok/s | c=1 TTFT p50 ms | c=4 tok/s (aggregate) | c=4 tok/s per request "
         "| c=4 TTFT p50 ms |"
