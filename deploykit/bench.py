@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,10 +201,19 @@ def _tpots(done: Iterable[RequestResult]) -> list[float]:
     return [(r.latency - r.ttft) / (r.output_tokens - 1) for r in done if r.ttft is not None and r.output_tokens > 1]
 
 
-def make_prompt(index: int, words: int) -> str:
-    """A prompt of about ``words`` tokens, different for every request so no prefix cache helps."""
+def make_prompt(index: int, words: int, run: str = "") -> str:
+    """A prompt of about ``words`` tokens, different for every request so no prefix cache helps.
+
+    ``run`` (new for each load) begins the text: llama-server keeps earlier prompts' KV in its prompt cache,
+    and a second load with the same prompts measured its first-token times from that cache (28 ms, not 400).
+    """
     rng = random.Random(index)
-    return f"Request {index}. Continue this text: " + " ".join(rng.choice(_WORDS) for _ in range(max(1, words)))
+    return f"Request {run}{index}. Continue this text: " + " ".join(rng.choice(_WORDS) for _ in range(max(1, words)))
+
+
+def new_run() -> str:
+    """A tag that makes one load's prompts its own."""
+    return secrets.token_hex(4) + "-"
 
 
 def _body(target: Target, prompt: str, max_tokens: int) -> dict[str, Any]:
@@ -321,7 +331,7 @@ def calibrate_words(target: Target, prompt_tokens: int) -> int:
 
     async def once() -> RequestResult:
         async with _client(target, 1) as client:
-            return await _stream_one(client, target, make_prompt(-1, words), 2)
+            return await _stream_one(client, target, make_prompt(0, words, new_run()), 2)
 
     result = asyncio.run(once())
     if not result.ok:
@@ -359,7 +369,8 @@ def run_level(
 
     With ``time_limit``, requests still running when it passes are cut and count as failed.
     """
-    prompts = [make_prompt(i, words) for i in range(workload.requests)]
+    run = new_run()
+    prompts = [make_prompt(i, words, run) for i in range(workload.requests)]
     before = server_counters(target)
     results, duration = asyncio.run(_run(target, workload, prompts, on_result, time_limit))
     after = server_counters(target)
@@ -377,9 +388,10 @@ def warm_up(target: Target, workload: Workload, words: int, time_limit: float | 
 
     A restarted llama-server is slow the first time each slot is used: measured here, a 4-chat round right
     after a restart gave 78 tok/s and the next ones 112-117, which ordered `tune`'s candidates by slot count
-    rather than by speed. The prompts are not the measured ones, so no prefix cache flatters the run after.
+    rather than by speed. Its prompts are its own, so no prefix cache flatters the run after.
     """
-    prompts = [make_prompt(-1 - i, words) for i in range(workload.concurrency)]
+    run = new_run()
+    prompts = [make_prompt(i, words, run) for i in range(workload.concurrency)]
     round_ = Workload(workload.concurrency, workload.concurrency, workload.prompt_tokens, min(16, workload.max_tokens))
     asyncio.run(_run(target, round_, prompts, lambda _r: None, time_limit))
 

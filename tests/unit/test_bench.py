@@ -15,6 +15,7 @@ from deploykit.bench import (
     chart_html,
     compare_counters,
     make_prompt,
+    new_run,
     parse_prometheus,
     percentile,
     summarize,
@@ -100,6 +101,9 @@ def test_prompts_differ_and_have_the_asked_length() -> None:
     a, b = make_prompt(0, 50), make_prompt(1, 50)
     assert a != b and make_prompt(0, 50) == a
     assert len(a.split()) == 50 + 5
+    # Each load's prompts are its own: a server's prompt cache from an earlier load cannot shorten them.
+    first, second = make_prompt(0, 50, new_run()), make_prompt(0, 50, new_run())
+    assert first != second and first.split()[1] != second.split()[1]
 
 
 def test_chart_is_self_contained_svg() -> None:
