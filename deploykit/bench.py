@@ -216,6 +216,12 @@ def new_run() -> str:
     return secrets.token_hex(4) + "-"
 
 
+def load_prompts(count: int, words: int) -> list[str]:
+    """``count`` prompts for one load: different from each other and from every other load's."""
+    run = new_run()
+    return [make_prompt(i, words, run) for i in range(count)]
+
+
 def _body(target: Target, prompt: str, max_tokens: int) -> dict[str, Any]:
     return {
         "model": target.model,
@@ -331,7 +337,7 @@ def calibrate_words(target: Target, prompt_tokens: int) -> int:
 
     async def once() -> RequestResult:
         async with _client(target, 1) as client:
-            return await _stream_one(client, target, make_prompt(0, words, new_run()), 2)
+            return await _stream_one(client, target, load_prompts(1, words)[0], 2)
 
     result = asyncio.run(once())
     if not result.ok:
@@ -369,8 +375,7 @@ def run_level(
 
     With ``time_limit``, requests still running when it passes are cut and count as failed.
     """
-    run = new_run()
-    prompts = [make_prompt(i, words, run) for i in range(workload.requests)]
+    prompts = load_prompts(workload.requests, words)
     before = server_counters(target)
     results, duration = asyncio.run(_run(target, workload, prompts, on_result, time_limit))
     after = server_counters(target)
@@ -390,8 +395,7 @@ def warm_up(target: Target, workload: Workload, words: int, time_limit: float | 
     after a restart gave 78 tok/s and the next ones 112-117, which ordered `tune`'s candidates by slot count
     rather than by speed. Its prompts are its own, so no prefix cache flatters the run after.
     """
-    run = new_run()
-    prompts = [make_prompt(i, words, run) for i in range(workload.concurrency)]
+    prompts = load_prompts(workload.concurrency, words)
     round_ = Workload(workload.concurrency, workload.concurrency, workload.prompt_tokens, min(16, workload.max_tokens))
     asyncio.run(_run(target, round_, prompts, lambda _r: None, time_limit))
 
