@@ -8,10 +8,10 @@ BIN := $(VENV)/bin
 DK := $(BIN)/deploykit
 DIR ?= demo-stack
 VLLM_DIR ?= demo-stack-vllm
-# The rule lives in deploykit/paths.py (stdlib only: the system python3 runs it before .venv exists);
+# The rule lives in deploykit/values/paths.py (stdlib only: the system python3 runs it before .venv exists);
 # make's own values go with it, so `make demo DEPLOYKIT_MODEL_CACHE=DIR` works as the variable does.
 MODEL_CACHE := $(shell DEPLOYKIT_MODEL_CACHE='$(DEPLOYKIT_MODEL_CACHE)' XDG_CACHE_HOME='$(XDG_CACHE_HOME)' \
-	$(PYTHON) deploykit/paths.py model-cache)
+	$(PYTHON) deploykit/values/paths.py model-cache)
 GGUF := $(MODEL_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 FP16 := $(MODEL_CACHE)/smollm2-135m-instruct-fp16
 IMAGES_ENV := build/images.env

@@ -36,7 +36,7 @@ import yaml
 
 from deploykit import health
 from deploykit.lifecycle import LoadedStack, UpReport, health_stages, load_stack, run_stages
-from deploykit.paths import model_cache
+from deploykit.values.paths import model_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 GGUF = model_cache() / "SmolLM2-135M-Instruct.Q4_1.gguf"

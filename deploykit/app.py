@@ -29,8 +29,6 @@ from deploykit.catalog import (
     find_profile,
     load_profiles_file,
 )
-from deploykit.errors import ConfigError, DeployKitError, NotFoundError, PlanError, StackDirError, UsageError
-from deploykit.host import HostProfile
 from deploykit.modelfile import LocalWeights, read_model_path
 from deploykit.plan import (
     DeploymentPlan,
@@ -43,9 +41,11 @@ from deploykit.plan import (
     suggest_alternative,
 )
 from deploykit.render import StackIdentity, StackSpec, Target, project_name, render_files
-from deploykit.services import INFERENCE, WEBUI
 from deploykit.settings import Settings, config_dir
 from deploykit.stackdir import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, STACK_ID, TARGET_FILES, WEBUI_SECRET_KEY
+from deploykit.values.errors import ConfigError, DeployKitError, NotFoundError, PlanError, StackDirError, UsageError
+from deploykit.values.host import HostProfile
+from deploykit.values.services import INFERENCE, WEBUI
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -55,9 +55,9 @@ if TYPE_CHECKING:
     from deploykit.doctor import Check
     from deploykit.engine import EngineAddress
     from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
-    from deploykit.host import DockerEngine, Gpu
     from deploykit.lifecycle import LoadedStack, Reporter, SmokeCheck, StackStatus, UpReport
     from deploykit.tune import TuneRow, TuneWorkload
+    from deploykit.values.host import DockerEngine, Gpu
 
 
 def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
@@ -401,8 +401,8 @@ def _prepare(
     notes: list[str],
 ) -> PreparedStack:
     """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override."""
-    from deploykit import webui_env
     from deploykit.customise import customisation
+    from deploykit.values import webui_env
 
     stack_dir = existing.dir
     env_notes = webui_env.check(settings.webui_env)
@@ -681,8 +681,8 @@ def place_override(host: FleetHost, stack_dir: Path, write: bool) -> dict[str, s
 def _reach(host: FleetHost) -> tuple[EngineAddress, DockerEngine]:
     """The host's engine and what it says; an unreachable engine is an EngineError (unreachable)."""
     from deploykit import engine
-    from deploykit.errors import EngineError
     from deploykit.fleet import engine_address
+    from deploykit.values.errors import EngineError
 
     docker_host = engine_address(host)
     probe = engine.probe_engine(docker_host)
@@ -707,8 +707,8 @@ def detect_fleet_host(
     short-lived probe container with GPU access, where the engine has the NVIDIA runtime."""
     from deploykit import engine
     from deploykit.detect import describe_failure, normalise_arch, parse_nvidia_smi_xml
-    from deploykit.host import Cpu, Memory
     from deploykit.proc import Completed
+    from deploykit.values.host import Cpu, Memory
 
     res = engine.engine_resources(docker_host)
     gpus: tuple[Gpu, ...] = ()
@@ -843,8 +843,8 @@ def deliver_model(docker_host: EngineAddress, payload: ModelPayload, image: str)
     """The weights into the host's named volume through its engine, checked by SHA-256 on the host's disk;
     nothing sent when the volume already holds that digest."""
     from deploykit import engine
-    from deploykit.errors import DownloadError
     from deploykit.fleet import archive_stream
+    from deploykit.values.errors import DownloadError
 
     volume = payload.volume
     label = "deploykit-model-delivery"
@@ -870,8 +870,8 @@ def deliver_model(docker_host: EngineAddress, payload: ModelPayload, image: str)
 def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str], Reporter]) -> list[HostResult]:
     """Per host, at most ``parallel`` at once: images and model through its engine, render, start, check."""
     from deploykit import engine, lifecycle
-    from deploykit.errors import DeployKitError
     from deploykit.fleet import HostResult, PayloadCache, run_parallel
+    from deploykit.values.errors import DeployKitError
 
     model, payloads = _fleet_model(settings, req), PayloadCache()
     controller = _docker_host(settings)
@@ -931,8 +931,8 @@ def inference_route(stack: LoadedStack, docker_host: EngineAddress) -> Iterator[
     from dataclasses import replace
     from urllib.parse import urlparse
 
-    from deploykit.errors import EngineError
     from deploykit.proc import ssh_forward
+    from deploykit.values.errors import EngineError
 
     if not docker_host.ssh:
         yield stack
@@ -1046,7 +1046,7 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
             try:
                 token, _ = webui.admin_token(anon, *stack.admin)
             except (health.NotReady, health.StageFailed) as exc:
-                from deploykit.errors import HealthError
+                from deploykit.values.errors import HealthError
 
                 raise HealthError(
                     f"cannot sign in to Open WebUI as the admin: {exc}.", "Check `deploykit status`."
@@ -1096,8 +1096,8 @@ def bench_stack(
     from dataclasses import asdict
 
     from deploykit.bench import Workload, calibrate_words, run_level
-    from deploykit.errors import HealthError
     from deploykit.lifecycle import identity, load_stack
+    from deploykit.values.errors import HealthError
 
     stack = load_stack(stack_dir.expanduser().absolute())
     target = bench_target(stack, via)
@@ -1163,8 +1163,8 @@ def tune_stack(
     """
     from deploykit import engine, lifecycle, tune
     from deploykit.bench import Workload, calibrate_words, run_level, warm_up
-    from deploykit.errors import HealthError
     from deploykit.settings import write_stack_settings
+    from deploykit.values.errors import HealthError
 
     docker_host = _docker_host(settings)
     stack = lifecycle.load_stack(stack_dir.expanduser().absolute())
@@ -1315,8 +1315,8 @@ class ChatAnswer:
 
     def text(self) -> str:
         """The answer without its reasoning; an answer with no text is a failed chat."""
-        from deploykit.errors import HealthError
         from deploykit.health import split_answer
+        from deploykit.values.errors import HealthError
 
         _, text = split_answer(self.response)
         if not text:

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from deploykit import __version__, engine
-from deploykit.errors import EngineError, NotFoundError, UsageError
-from deploykit.services import WEBUI
 from deploykit.stackdir import STACK_ID
 from deploykit.textfile import sha256_of
+from deploykit.values.errors import EngineError, NotFoundError, UsageError
+from deploykit.values.services import WEBUI
 
 if TYPE_CHECKING:
     from deploykit.lifecycle import LoadedStack

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from deploykit import __version__
-from deploykit.services import INFERENCE, SERVICES
+from deploykit.values.services import INFERENCE, SERVICES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,7 +35,7 @@ class DeployKitGroup(click.Group):
         return list(self.commands)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from deploykit.errors import DeployKitError
+        from deploykit.values.errors import DeployKitError
 
         try:
             return super().invoke(ctx)
@@ -61,7 +61,7 @@ def _internal_error(exc: Exception) -> None:
     a secret), but the type and where the whole traceback was kept."""
     import traceback
 
-    from deploykit.errors import InternalError, write_crash_report
+    from deploykit.values.errors import InternalError, write_crash_report
 
     where = write_crash_report("".join(traceback.format_exception(exc)))
     _fail(
@@ -447,7 +447,7 @@ def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
 def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
     """Stop and remove the stack's containers. Chats, accounts and the model cache are kept."""
     from deploykit import app
-    from deploykit.errors import UsageError
+    from deploykit.values.errors import UsageError
 
     stack = _stack(stack_dir)
     if volumes and not yes:
@@ -811,7 +811,7 @@ def fleet_down(ctx: click.Context, /, **params: Any) -> None:
 
 
 def _int_list(value: str, option: str) -> list[int]:
-    from deploykit.errors import UsageError
+    from deploykit.values.errors import UsageError
 
     try:
         numbers = [int(v) for v in value.split(",") if v.strip()]
@@ -875,7 +875,7 @@ def bench(
 
     levels = _int_list(concurrency, "--concurrency")
     if requests is not None and requests < 1:
-        from deploykit.errors import UsageError
+        from deploykit.values.errors import UsageError
 
         raise UsageError("--requests must be at least 1.", "e.g. --requests 16")
     dirs = [Path(stack_dir)] + ([Path(compare_dir)] if compare_dir else [])
@@ -948,8 +948,8 @@ def tune(
     from pathlib import Path
 
     from deploykit import app, output
-    from deploykit.errors import UsageError
     from deploykit.tune import WORKLOAD_CONCURRENCY, default_requests
+    from deploykit.values.errors import UsageError
 
     if workload and concurrency:
         raise UsageError("--workload and --concurrency both say what to optimise.", "Give one of them.")

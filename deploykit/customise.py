@@ -1,6 +1,6 @@
 """A site's customisation of its stacks: its template folder, its override file, and what plan.json says of them.
 
-Three levels, from light to deep: ``[webui_env]`` settings (deploykit.webui_env), ``compose.override.yaml``
+Three levels, from light to deep: ``[webui_env]`` settings (deploykit.values.webui_env), ``compose.override.yaml``
 beside compose.yaml (deploykit.override), and a ``templates_dir`` whose files shadow the built-in templates.
 A shadowed built-in may change in a later deploykit; the hash of the built-in each copy was made from is kept
 (``deploykit-templates.json`` in the folder, else plan.json), so `render` can say when a copy has fallen behind.
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from deploykit import __version__
-from deploykit.errors import NotFoundError, UsageError
 from deploykit.override import describe
 from deploykit.render import TEMPLATES_MANIFEST, builtin_templates, sha256_text, shadowed_templates
+from deploykit.values.errors import NotFoundError, UsageError
 
 
 def _manifest(templates_dir: Path) -> dict[str, str]:

@@ -25,8 +25,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
-from deploykit.host import Cpu, Disk, DockerEngine, Gpu, HostProfile, Memory
 from deploykit.proc import Completed, Runner, run_cmd
+from deploykit.values.host import Cpu, Disk, DockerEngine, Gpu, HostProfile, Memory
 
 KiB = 1024
 MiB = 1024**2

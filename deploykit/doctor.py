@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 from deploykit.engine import EngineAddress
-from deploykit.host import GiB, HostProfile
 from deploykit.lifecycle import LoadedStack, disk_free, port_problem, ports_held_by, published_ports, status
 from deploykit.plan import gib
-from deploykit.versions import pinned
+from deploykit.values.host import GiB, HostProfile
+from deploykit.values.versions import pinned
 
 Status = Literal["pass", "warn", "fail"]
 

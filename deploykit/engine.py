@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from deploykit.errors import EngineError
-from deploykit.host import DockerEngine
 from deploykit.proc import Completed, Runner, run_cmd
-from deploykit.services import SERVICES
 from deploykit.stackdir import RUNTIME_SECRETS, STACK_ID
+from deploykit.values.errors import EngineError
+from deploykit.values.host import DockerEngine
+from deploykit.values.services import SERVICES
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:[^/@\s]*@")
 

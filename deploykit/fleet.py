@@ -27,9 +27,9 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from deploykit.engine import TLS_FILES, EngineAddress, EngineTLS
-from deploykit.errors import ConfigError, DeployKitError, EngineError, NotFoundError, UsageError
 from deploykit.settings import env_strings
 from deploykit.textfile import sha256_of
+from deploykit.values.errors import ConfigError, DeployKitError, EngineError, NotFoundError, UsageError
 
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # Failed and unreachable hosts are kept apart (as Ansible does): the fix differs.
@@ -160,7 +160,7 @@ def _layers(inventory: Inventory, index: int) -> list[tuple[tuple[str | int, ...
 
 def _check_layers(inventory: Inventory, path: Path, text: str) -> None:
     """Every host's group exists and every [webui_env] name is one Open WebUI can take."""
-    from deploykit import webui_env
+    from deploykit.values import webui_env
 
     for i, host in enumerate(inventory.hosts):
         if host.group is not None and host.group not in inventory.groups:

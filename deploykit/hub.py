@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import DownloadError, NotFoundError
+from deploykit.values.errors import DownloadError, NotFoundError
 
 
 def fetch_config(repo: str) -> tuple[dict[str, Any], int | None]:

@@ -21,12 +21,9 @@ from pydantic import BaseModel, ValidationError
 
 from deploykit import engine, health, webui
 from deploykit.catalog import ModelSpec
-from deploykit.errors import HealthError, NotFoundError, PreflightError, StackDirError, UsageError
-from deploykit.host import GiB
 from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import PlanInputs, gib
 from deploykit.render import StackIdentity, StackSpec
-from deploykit.services import INFERENCE, SERVICES, WEBUI
 from deploykit.stackdir import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -37,7 +34,10 @@ from deploykit.stackdir import (
     read_secrets,
     recover,
 )
-from deploykit.webui_env import stored_settings
+from deploykit.values.errors import HealthError, NotFoundError, PreflightError, StackDirError, UsageError
+from deploykit.values.host import GiB
+from deploykit.values.services import INFERENCE, SERVICES, WEBUI
+from deploykit.values.webui_env import stored_settings
 
 if TYPE_CHECKING:
     from deploykit.detect import Address

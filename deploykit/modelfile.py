@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.catalog import GgufSource, ModelSpec
-from deploykit.errors import UsageError
+from deploykit.values.errors import UsageError
 
 
 class LocalWeights(BaseModel):

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from deploykit.doctor import Check
     from deploykit.fleet import HostResult
     from deploykit.health import StageResult
-    from deploykit.host import HostProfile
     from deploykit.lifecycle import StackStatus, UpReport
     from deploykit.plan import DeploymentPlan
+    from deploykit.values.host import HostProfile
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 

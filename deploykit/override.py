@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import ConfigError
+from deploykit.values.errors import ConfigError
 
 OVERRIDE_FILE = "compose.override.yaml"
 

@@ -22,8 +22,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from deploykit.catalog import ModelSpec
-from deploykit.host import GiB, Gpu, HostProfile
 from deploykit.modelfile import LocalWeights
+from deploykit.values.host import GiB, Gpu, HostProfile
 
 MiB = 1024**2
 Backend = Literal["vllm", "llamacpp"]

@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict
 
 from deploykit import __version__
 from deploykit.catalog import ModelSpec
-from deploykit.errors import UsageError
 from deploykit.plan import DeploymentPlan, PlanInputs
-from deploykit.services import INFERENCE
 from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, env_quote, sha256
+from deploykit.values.errors import UsageError
+from deploykit.values.services import INFERENCE
 
 Target = Literal["compose", "swarm", "kubernetes"]
 GiB = 1024**3

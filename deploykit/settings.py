@@ -25,8 +25,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from deploykit.errors import ConfigError, UsageError
-from deploykit.paths import model_cache
 from deploykit.plan import (
     Backend,
     BatchTokens,
@@ -39,8 +37,10 @@ from deploykit.plan import (
     Slots,
     Threads,
 )
-from deploykit.services import SERVICES
-from deploykit.versions import pinned
+from deploykit.values.errors import ConfigError, UsageError
+from deploykit.values.paths import model_cache
+from deploykit.values.services import SERVICES
+from deploykit.values.versions import pinned
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
 STACK_SETTINGS_FILE = "deploykit.toml"
@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     docker_host: str | None = Field(None, pattern=r"^(unix|tcp|ssh|npipe|http|https)://[^\s]+$")
     images: Images = Images()
     # Open WebUI environment settings (``[webui_env]`` in the config file), checked against the pinned
-    # version's names by deploykit.webui_env; values arrive as strings, as in any environment.
+    # version's names by deploykit.values.webui_env; values arrive as strings, as in any environment.
     webui_env: dict[str, str] = Field(default_factory=dict)
     # A site's own templates: files here shadow the built-in ones of the same relative name.
     templates_dir: Path | None = None

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import StackDirError, UsageError
+from deploykit.values.errors import StackDirError, UsageError
 
 STACK_FILES = ("compose.yaml", ".env", "plan.json")
 # The file each target renders: compose.yaml (Docker Compose), swarm.yaml (`docker stack deploy`), kubernetes.yaml.

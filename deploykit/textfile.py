@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from deploykit.errors import DeployKitError, UsageError
+from deploykit.values.errors import DeployKitError, UsageError
 
 
 def read_text(path: Path, what: str, hint: str, error: type[DeployKitError] = UsageError) -> str:

@@ -75,7 +75,7 @@ def apply_stored(client: httpx.Client, wanted: dict[str, str]) -> list[str]:
     every `up` each differing value is written (``/api/v1/configs/import`` upserts just the keys given), typed
     like the value Open WebUI holds. Returns notes: what changed, and what could not be applied.
     """
-    from deploykit.webui_env import typed
+    from deploykit.values.webui_env import typed
 
     if not wanted:
         return []

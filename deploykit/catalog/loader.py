@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deploykit.errors import ConfigError, NotFoundError
-from deploykit.host import GiB, HostProfile
+from deploykit.values.errors import ConfigError, NotFoundError
+from deploykit.values.host import GiB, HostProfile
 
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 

@@ -37,9 +37,9 @@ print(value.format(**values) if isinstance(value, str) else value)
 PY
 }
 
-# The model cache folder: deploykit/paths.py holds the rule (DEPLOYKIT_MODEL_CACHE, else the XDG cache).
+# The model cache folder: deploykit/values/paths.py holds the rule (DEPLOYKIT_MODEL_CACHE, else the XDG cache).
 model_cache() {
-    python3 "$REPO_ROOT/deploykit/paths.py" model-cache || die "cannot work out the model cache folder."
+    python3 "$REPO_ROOT/deploykit/values/paths.py" model-cache || die "cannot work out the model cache folder."
 }
 
 require_root() {

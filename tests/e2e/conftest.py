@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploykit.paths import model_cache
+from deploykit.values.paths import model_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES_ENV = ROOT / "build" / "images.env"

@@ -384,7 +384,7 @@ def test_every_case_is_in_the_docs() -> None:
 
 
 def test_exit_codes_are_documented() -> None:
-    from deploykit.errors import EXIT_CODES
+    from deploykit.values.errors import EXIT_CODES
 
     doc = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

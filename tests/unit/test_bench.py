@@ -21,9 +21,9 @@ from deploykit.bench import (
     summarize,
 )
 from deploykit.cli import cli
-from deploykit.errors import ConfigError
 from deploykit.settings import load_settings, write_stack_settings
 from deploykit.tune import Candidate, candidates, leaders, mean_score, parallel_choices, pick, score, thread_choices
+from deploykit.values.errors import ConfigError
 
 
 def test_percentile_interpolates_like_numpy() -> None:

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from deploykit import webui_env
 from deploykit.cli import cli
 from deploykit.engine import Stack
-from deploykit.errors import ConfigError
 from deploykit.override import check_syntax, merge_error
 from deploykit.proc import Completed
+from deploykit.values import webui_env
+from deploykit.values.errors import ConfigError
 from tests.unit.conftest import compose_config
 
 RENDER = ("render", "--profile", "cpu", "--model", "smollm2-135m-instruct")

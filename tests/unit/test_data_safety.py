@@ -17,9 +17,9 @@ import pytest
 from deploykit import backup
 from deploykit.detect import Address, host_addresses, parse_ip_addr_json
 from deploykit.engine import EngineAddress
-from deploykit.errors import NotFoundError, UsageError
 from deploykit.lifecycle import reachable_urls
 from deploykit.proc import Completed
+from deploykit.values.errors import NotFoundError, UsageError
 from tests.unit.conftest import compose_config, render
 
 MANIFEST = backup.Manifest(

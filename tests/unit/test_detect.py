@@ -39,8 +39,8 @@ from deploykit.detect import (
     probe_nvidia_smi,
     probe_nvml,
 )
-from deploykit.host import HostProfile
 from deploykit.proc import Completed
+from deploykit.values.host import HostProfile
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 GPU = FIXTURES / "gpu"

@@ -11,9 +11,9 @@ from deploykit import app
 from deploykit.cli import cli
 from deploykit.doctor import run_checks
 from deploykit.engine import EngineAddress
-from deploykit.host import HostProfile
 from deploykit.lifecycle import load_stack
 from deploykit.settings import load_settings
+from deploykit.values.host import HostProfile
 from tests.unit.conftest import H200
 
 
@@ -62,7 +62,7 @@ def test_doctor_json_shape(tmp_path: Path) -> None:
 
 
 def test_the_driver_minimum_and_the_older_cuda_image_come_from_versions_toml(tmp_path: Path) -> None:
-    from deploykit.versions import pinned
+    from deploykit.values.versions import pinned
 
     host, stack_dir = h200_stack(tmp_path)
     old = host.model_copy(update={"gpus": (host.gpus[0].model_copy(update={"cuda_version": "12.9"}),)})

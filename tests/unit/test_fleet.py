@@ -15,7 +15,6 @@ import yaml
 from click.testing import CliRunner
 
 from deploykit.cli import cli
-from deploykit.errors import ConfigError, EngineError, NotFoundError, UsageError
 from deploykit.fleet import (
     FleetHost,
     HostResult,
@@ -26,6 +25,7 @@ from deploykit.fleet import (
     select_hosts,
     summary,
 )
+from deploykit.values.errors import ConfigError, EngineError, NotFoundError, UsageError
 
 INVENTORY = """
 [[hosts]]

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from deploykit.engine import EngineAddress
-from deploykit.errors import ConfigError, NotFoundError
 from deploykit.fleet import FleetHost, load_inventory
+from deploykit.values.errors import ConfigError, NotFoundError
 
 ROOM = """
 templates_dir = "site-templates"

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from deploykit.catalog import builtin_models, find_model
-from deploykit.errors import UsageError
 from deploykit.modelfile import (
     GgufArray,
     read_gguf,
@@ -17,6 +16,7 @@ from deploykit.modelfile import (
     read_model_path,
     spec_from_hf_config,
 )
+from deploykit.values.errors import UsageError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SHAPE = ("layers", "hidden_size", "intermediate_size", "attention_heads", "kv_heads", "head_dim", "vocab_size")

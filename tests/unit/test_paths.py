@@ -1,4 +1,4 @@
-"""The model cache's default folder is one rule (deploykit/paths.py): the settings, the script the Makefile
+"""The model cache's default folder is one rule (deploykit/values/paths.py): the settings, the script the Makefile
 and the provisioning scripts run, and those callers all give the same folder."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.paths import model_cache
 from deploykit.settings import load_settings
+from deploykit.values.paths import model_cache
 from tests.unit.conftest import ROOT
 
 ENVS = {
@@ -48,7 +48,7 @@ def test_the_script_and_the_function_agree(case: str, tmp_path: Path, monkeypatc
     expected = EXPECTED[case].replace("HOME", str(tmp_path))
     assert str(model_cache()) == expected
     # -I: no site-packages and not this venv's deploykit, as the system python3 runs it before `make venv`.
-    assert _run([sys.executable, "-I", "deploykit/paths.py", "model-cache"], env) == expected
+    assert _run([sys.executable, "-I", "deploykit/values/paths.py", "model-cache"], env) == expected
     assert _run(["bash", "-c", '. scripts/provision/lib.sh && model_cache'], env) == expected
     if ENVS[case].get("DEPLOYKIT_MODEL_CACHE") != "":  # an empty variable is refused by the settings
         assert load_settings().model_cache == Path(expected)
@@ -69,6 +69,6 @@ def test_the_makefile_asks_the_script(case: str, tmp_path: Path) -> None:
 
 def test_the_script_says_how_to_use_it() -> None:
     done = subprocess.run(
-        [sys.executable, "-I", "deploykit/paths.py"], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-I", "deploykit/values/paths.py"], cwd=ROOT, capture_output=True, text=True, check=False
     )
-    assert done.returncode == 2 and "usage: python3 deploykit/paths.py model-cache" in done.stderr
+    assert done.returncode == 2 and "usage: python3 deploykit/values/paths.py model-cache" in done.stderr

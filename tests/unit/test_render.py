@@ -12,9 +12,9 @@ import yaml
 
 from deploykit import app
 from deploykit.catalog import builtin_profiles
-from deploykit.errors import UsageError
 from deploykit.render import env_quote, yaml_quote
 from deploykit.stackdir import STACK_FILES
+from deploykit.values.errors import UsageError
 from tests.unit.conftest import ROOT, compose_config, render
 
 HOSTILE = [

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-from deploykit.host import Cpu, GiB, HostProfile, Memory
 from deploykit.plan import LLAMACPP_DEFAULT_SLOTS, PlanInputs, PlanSettings, RunHost, plan_deployment
 from deploykit.render import SECRET_KEYS, StackSpec, render_files
 from deploykit.settings import load_settings
+from deploykit.values.host import Cpu, GiB, HostProfile, Memory
 
 SMOL = "smollm2-135m-instruct"
 R1_15B = "deepseek-r1-distill-qwen-1.5b"

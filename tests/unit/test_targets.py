@@ -202,7 +202,7 @@ def test_swarm_up_on_an_engine_that_is_no_manager_says_so_and_writes_nothing(
 
     from deploykit import engine
     from deploykit.cli import cli
-    from deploykit.host import DockerEngine
+    from deploykit.values.host import DockerEngine
 
     monkeypatch.setattr(engine, "probe_engine", lambda docker_host: DockerEngine(reachable=True))
     monkeypatch.setattr(engine, "swarm_state", lambda docker_host: ("inactive", False))

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 from deploykit.settings import Images
-from deploykit.versions import parse, pinned
+from deploykit.values.versions import parse, pinned
 from tests.unit.conftest import ROOT
 
 TOML = ROOT / "deploykit" / "catalog" / "versions.toml"

@@ -4,7 +4,7 @@ Standard library only, and runnable as a script, so the Makefile and the provisi
 run with the system's python3 before any virtual environment exists) ask it instead of spelling the
 rule again::
 
-    python3 deploykit/paths.py model-cache
+    python3 deploykit/values/paths.py model-cache
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def model_cache() -> Path:
 
 def main(argv: list[str]) -> int:
     if argv != ["model-cache"]:
-        print("usage: python3 deploykit/paths.py model-cache", file=sys.stderr)
+        print("usage: python3 deploykit/values/paths.py model-cache", file=sys.stderr)
         return 2
     print(model_cache())
     return 0

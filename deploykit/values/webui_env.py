@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from deploykit.errors import ConfigError
+from deploykit.values.errors import ConfigError
 
 # Set by the stack itself: the connection to the inference server, its key and the session secret.
 RESERVED = frozenset(

@@ -107,7 +107,7 @@ def write_crash_report(text: str) -> str:
     import os
     import time
 
-    from deploykit.paths import cache_dir
+    from deploykit.values.paths import cache_dir
 
     folder = cache_dir() / "crash"
     path = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
