@@ -20,7 +20,7 @@ from typing import Any
 import docker
 import httpx
 
-MiB = 1024**2
+from deploykit.values.units import MiB
 
 
 def measured_bytes(project: str) -> int:

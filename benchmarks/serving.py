@@ -23,8 +23,8 @@ from pathlib import Path
 from deploykit import app, lifecycle, stackdir
 from deploykit.bench import Workload, calibrate_words, run_level, warm_up
 from deploykit.engine import EngineAddress
-from deploykit.plan import PlanSettings
 from deploykit.settings import load_settings
+from deploykit.values.plan import PlanSettings
 
 LOCAL = EngineAddress()  # the environment's engine, as the stack's own commands use
 

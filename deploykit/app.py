@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Required, TypedDict, cast
 
 from pydantic import ValidationError
 
-from deploykit import stackdir
+from deploykit import backends, stackdir
 from deploykit.catalog import (
     MODEL_ID,
     ModelSpec,
@@ -29,23 +29,16 @@ from deploykit.catalog import (
     find_profile,
     load_profiles_file,
 )
-from deploykit.modelfile import LocalWeights, read_model_path
-from deploykit.plan import (
-    DeploymentPlan,
-    NoFit,
-    PlanInputs,
-    PlanSettings,
-    RunHost,
-    gib,
-    plan_deployment,
-    suggest_alternative,
-)
+from deploykit.modelfile import read_model_path
+from deploykit.plan import plan_deployment, suggest_alternative
 from deploykit.render import StackIdentity, StackSpec, Target, project_name, render_files
 from deploykit.settings import Settings, config_dir
 from deploykit.stackdir import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, STACK_ID, TARGET_FILES, WEBUI_SECRET_KEY
 from deploykit.values.errors import ConfigError, DeployKitError, NotFoundError, PlanError, StackDirError, UsageError
 from deploykit.values.host import HostProfile
+from deploykit.values.plan import DeploymentPlan, LocalWeights, NoFit, PlanInputs, PlanSettings, RunHost
 from deploykit.values.services import INFERENCE, WEBUI
+from deploykit.values.units import gib
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -69,7 +62,7 @@ def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
     if settings.profiles_file is not None and not path.is_file():
         raise ConfigError(f"profiles file {path} is not a regular file.", "Give the path of a TOML file.")
     if path.is_file():
-        user = load_profiles_file(path)
+        user = load_profiles_file(path, backends.named)
     names = {p.name for p in user}
     return (*user, *(p for p in builtin_profiles() if p.name not in names))
 
@@ -100,14 +93,16 @@ def load_host_file(path: Path) -> HostProfile:
             f"{path} is not JSON ({exc.msg} at line {exc.lineno}).",
             "Save one with `deploykit detect --json > host.json` on the target machine.",
         ) from None
+    hint = "Save one with `deploykit detect --json > host.json` on the target machine."
     try:
         host = HostProfile.model_validate(data)
+        if host.preferred_backend is not None:
+            backends.named(host.preferred_backend)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(
-            f"{path} is not a host profile: {fields}.",
-            "Save one with `deploykit detect --json > host.json` on the target machine.",
-        ) from None
+        raise ConfigError(f"{path} is not a host profile: {fields}.", hint) from None
+    except ValueError as exc:  # a backend no module of deploykit.backends is
+        raise ConfigError(f"{path} is not a host profile: preferred_backend: {exc}.", hint) from None
     return host.model_copy(update={"source": "file"})
 
 
@@ -226,22 +221,12 @@ def model_host_path(settings: Settings, plan: DeploymentPlan, model: ResolvedMod
     """Where the weights live on the Docker host: the user's file, or their place in the model cache."""
     if model.weights is not None:
         return Path(model.weights.path)
-    spec = model.spec
-    if plan.backend == "llamacpp":
-        assert spec.gguf is not None  # the planner only picks llama.cpp with a GGUF source
-        repo = spec.gguf.repo or spec.id
-        return settings.model_cache / repo / spec.gguf.file
-    return settings.model_cache / (spec.hf_repo or spec.id)
+    return backends.named(plan.backend).cache_path(model.spec, settings.model_cache)
 
 
 def choose_images(settings: Settings, plan: DeploymentPlan, overrides: dict[str, str]) -> dict[str, str]:
     images = settings.images
-    inference = {
-        ("llamacpp", "cpu"): images.llama_server,
-        ("llamacpp", "cuda"): images.llama_server_cuda,
-        ("vllm", "cuda"): images.vllm,
-        ("vllm", "cpu"): images.vllm_cpu,
-    }[(plan.backend, plan.device)]
+    inference = images.ref(backends.named(plan.backend).image_key(plan.device))
     return {INFERENCE: inference, WEBUI: images.open_webui} | overrides
 
 
@@ -1052,7 +1037,7 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
                     f"cannot sign in to Open WebUI as the admin: {exc}.", "Check `deploykit status`."
                 ) from None
         base, path = stack.webui_url, "/api/chat/completions"
-    return Target(base, path, token, plan.model_id, via, plan.backend, stack.inference_url, key)
+    return Target(base, path, token, plan.model_id, via, stack.spec.backend.metrics, stack.inference_url, key)
 
 
 class BenchStack(StackIdentity):

@@ -23,6 +23,8 @@ from typing import Any, Required, TypedDict
 
 import httpx
 
+from deploykit.backends.base import ServerMetrics
+
 # Common short English words: close to one token each in the usual BPE vocabularies.
 _WORD_TEXT = (
     "the of and to in is was for on that with as by at from his her they this have which one had not but "
@@ -31,16 +33,6 @@ _WORD_TEXT = (
 )
 _WORDS = tuple(_WORD_TEXT.split())
 
-# Counters each server keeps of the tokens it processed: (prompt, generated, seconds spent generating).
-SERVER_COUNTERS = {
-    "llamacpp": (
-        "llamacpp:prompt_tokens_total",
-        "llamacpp:tokens_predicted_total",
-        "llamacpp:tokens_predicted_seconds_total",
-    ),
-    "vllm": ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", None),
-}
-PROMPT_SECONDS = {"llamacpp": "llamacpp:prompt_seconds_total"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +44,7 @@ class Target:
     token: str
     model: str
     via: str  # "inference" | "open-webui"
-    backend: str  # "llamacpp" | "vllm": which counters /metrics has
+    counters: ServerMetrics  # which counters the server's /metrics has (its backend names them)
     metrics_url: str  # the inference server, whichever way the load goes
     metrics_token: str
 
@@ -157,10 +149,11 @@ class ServerCounters(TypedDict, total=False):
 
 
 def compare_counters(
-    results: Sequence[RequestResult], before: dict[str, float], after: dict[str, float], backend: str
+    results: Sequence[RequestResult], before: dict[str, float], after: dict[str, float], counters: ServerMetrics
 ) -> ServerCounters:
     """Our token counts against the server's own counters over the same interval."""
-    prompt_name, output_name, seconds_name = SERVER_COUNTERS[backend]
+    prompt_name, output_name = counters.prompt_tokens, counters.generated_tokens
+    seconds_name, prompt_seconds = counters.generated_seconds, counters.prompt_seconds
     if output_name not in after or output_name not in before:
         return {"available": False}
     done = [r for r in results if r.ok]
@@ -172,8 +165,7 @@ def compare_counters(
         "server_prompt_tokens": int(after.get(prompt_name, 0) - before.get(prompt_name, 0)),
         "output_tokens_ratio": ours / server_out if server_out else None,
     }
-    prompt_seconds = PROMPT_SECONDS.get(backend)
-    if seconds_name and seconds_name in after and prompt_seconds in after:
+    if seconds_name and seconds_name in after and prompt_seconds and prompt_seconds in after:
         # Tokens over the time the server spent on the requests (prompt + generation), against ours over the
         # requests' latency: the same figure when no request waits for a free slot (concurrency ≤ slots).
         busy = after[seconds_name] - before.get(seconds_name, 0) + after[prompt_seconds] - before.get(prompt_seconds, 0)
@@ -383,7 +375,7 @@ def run_level(
     return LevelResult(
         workload.concurrency,
         summarize(results, duration),
-        compare_counters(results, before, after, target.backend),
+        compare_counters(results, before, after, target.counters),
         errors,
     )
 

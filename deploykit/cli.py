@@ -116,6 +116,24 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
     return load_settings(profiles_file=_path(root.get("profiles_file")), docker_host=root.get("docker_host"), **flags)
 
 
+class BackendChoice(click.Choice[str]):
+    """--backend's choices: the registry's names, looked up when a command parses or shows its help, so
+    `deploykit --help` does not import the backends (and pydantic with them)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from deploykit.backends import names
+
+        return names()
+
+    @choices.setter
+    def choices(self, _given: tuple[str, ...]) -> None:
+        pass  # click.Choice's __init__ sets the empty tuple
+
+
 def model_options(fn: F) -> F:
     fn = click.option(
         "--model-file",
@@ -141,7 +159,7 @@ def plan_options(profile_default: str | None = "auto") -> Callable[[F], F]:
         fn = model_options(fn)
         fn = click.option(
             "--backend",
-            type=click.Choice(["vllm", "llamacpp"]),
+            type=BackendChoice(),
             help="Force a backend instead of letting the planner choose.",
         )(fn)
         fn = click.option(

@@ -27,9 +27,9 @@ from typing import TypeVar
 
 from deploykit.proc import Completed, Runner, run_cmd
 from deploykit.values.host import Cpu, Disk, DockerEngine, Gpu, HostProfile, Memory
+from deploykit.values.units import MiB
 
 KiB = 1024
-MiB = 1024**2
 
 NVIDIA_SMI_XML_ARGS = ("nvidia-smi", "-q", "-x")
 # Asked separately: compute capability is not in the -q -x document, and drivers older than the field

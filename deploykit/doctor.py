@@ -9,8 +9,8 @@ from typing import Literal
 
 from deploykit.engine import EngineAddress
 from deploykit.lifecycle import LoadedStack, disk_free, port_problem, ports_held_by, published_ports, status
-from deploykit.plan import gib
-from deploykit.values.host import GiB, HostProfile
+from deploykit.values.host import HostProfile
+from deploykit.values.units import GiB, gib
 from deploykit.values.versions import pinned
 
 Status = Literal["pass", "warn", "fail"]
@@ -101,7 +101,7 @@ def check_driver(i: Inputs) -> list[Check]:
     host, stack = i.host, i.stack
     if stack is None or stack.spec.plan.device != "cuda" or not host.gpus:
         return []
-    image = pinned().gpu_image(stack.spec.plan.backend)
+    image = stack.spec.backend.gpu_image(pinned())
     have = _version(host.gpus[0].cuda_version)
     if have and have < image.cuda:
         other = (

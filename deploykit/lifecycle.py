@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Literal, Protocol, Required, TypedDict, TypeVa
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from deploykit import engine, health, webui
+from deploykit import backends, engine, health, webui
 from deploykit.catalog import ModelSpec
 from deploykit.override import OVERRIDE_FILE, describe, override_path
-from deploykit.plan import PlanInputs, gib
 from deploykit.render import StackIdentity, StackSpec
 from deploykit.stackdir import (
     ADMIN_EMAIL,
@@ -35,8 +34,9 @@ from deploykit.stackdir import (
     recover,
 )
 from deploykit.values.errors import HealthError, NotFoundError, PreflightError, StackDirError, UsageError
-from deploykit.values.host import GiB
+from deploykit.values.plan import PlanInputs
 from deploykit.values.services import INFERENCE, SERVICES, WEBUI
+from deploykit.values.units import GiB, gib
 from deploykit.values.webui_env import stored_settings
 
 if TYPE_CHECKING:
@@ -158,6 +158,14 @@ def load_stack(stack_dir: Path) -> LoadedStack:
         )
     spec = _plan_block(StackSpec, data, "stack", plan_path)
     inputs = _plan_block(PlanInputs, data, "inputs", plan_path)
+    named_backends = {
+        ("stack", "plan.backend"): spec.plan.backend,
+        ("inputs", "settings.backend"): inputs.settings.backend,
+        ("inputs", "host.preferred_backend"): inputs.host.preferred_backend,
+    }
+    for (key, field_name), name in named_backends.items():
+        if name is not None and name not in backends.names():
+            raise _unreadable(plan_path, key, field_name)
     return LoadedStack(stack_dir, spec, read_secrets(stack_dir), inputs)
 
 
@@ -170,10 +178,14 @@ def _plan_block(kind: type[_Block], data: Mapping[str, object], key: str, plan_p
         return kind.model_validate(data.get(key))
     except ValidationError as exc:
         fields = ", ".join(sorted({".".join(map(str, e["loc"][:2])) for e in exc.errors()})[:4]) or "missing"
-        raise StackDirError(
-            f"{plan_path} is not a stack plan this deploykit can read ({key}: {fields}).",
-            "Render the stack again with `deploykit render` (secrets are kept).",
-        ) from None
+        raise _unreadable(plan_path, key, fields) from None
+
+
+def _unreadable(plan_path: Path, key: str, fields: str) -> StackDirError:
+    return StackDirError(
+        f"{plan_path} is not a stack plan this deploykit can read ({key}: {fields}).",
+        "Render the stack again with `deploykit render` (secrets are kept).",
+    )
 
 
 # ---------------------------------------------------------------- preflight
@@ -311,22 +323,12 @@ def ensure_model(stack: LoadedStack, reporter: Reporter) -> None:
     path = Path(stack.spec.model_host_path)
     if path.exists():
         return
-    model = stack.model
-    if stack.spec.plan.backend == "llamacpp":
-        gguf = model.gguf
-        if gguf is None or not gguf.repo:
-            raise NotFoundError(
-                f"model file {path} is missing (moved or deleted?); nothing was started.",
-                "Put it back there, or render the stack again with --model-file NEW_PATH (secrets and chats are kept).",
-            )
-        reporter.note(f"Downloading {gguf.file} ({gib(gguf.size_bytes)}) from {gguf.repo} …")
-        hub.ensure_gguf(gguf.repo, gguf.file, path)
+    source = stack.spec.backend.model_download(stack.model, path)
+    reporter.note(source.note)
+    if source.file is not None:
+        hub.ensure_gguf(source.repo, source.file, path)
     else:
-        repo = model.hf_repo
-        if not repo:
-            raise UsageError(f"model directory {path} is missing.", "Give it with --model-file DIR.")
-        reporter.note(f"Downloading {repo} into {path} …")
-        hub.ensure_snapshot(repo, path)
+        hub.ensure_snapshot(source.repo, path)
 
 
 def model_missing_bytes(stack: LoadedStack) -> int:
@@ -692,7 +694,7 @@ def smoke(stack: LoadedStack, compose_text: str) -> list[SmokeCheck]:
             checks.append({"name": "structured output (json_schema)", "status": "pass", "detail": detail})
         except (health.StageFailed, health.NotReady) as exc:
             checks.append({"name": "structured output (json_schema)", "status": "fail", "detail": str(exc)})
-    flag = {"vllm": "--reasoning-parser", "llamacpp": "--reasoning-format"}[plan.backend]
+    flag = stack.spec.backend.reasoning_flag
     wired = flag in compose_text
     if plan.reasoning_parser:
         checks.append(

@@ -13,25 +13,13 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from deploykit.catalog import GgufSource, ModelSpec
 from deploykit.values.errors import UsageError
-
-
-class LocalWeights(BaseModel):
-    """Weights already on disk: a GGUF file or a Hugging Face model directory."""
-
-    model_config = ConfigDict(frozen=True)
-
-    path: str
-    format: Literal["gguf", "hf"]
-    size_bytes: int
-    quant: str | None = None  # GGUF type, e.g. "Q4_K_M"; None for an HF directory
-    # GGUF only: bytes of tensors outside the repeating blocks (token embedding, output head).
-    non_layer_bytes: int | None = None
+from deploykit.values.plan import LocalWeights
 
 
 def slug(text: str) -> str:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.plan import gib
+from deploykit.values.units import gib
 
 if TYPE_CHECKING:
     from rich.status import Status
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from deploykit.fleet import HostResult
     from deploykit.health import StageResult
     from deploykit.lifecycle import StackStatus, UpReport
-    from deploykit.plan import DeploymentPlan
     from deploykit.values.host import HostProfile
+    from deploykit.values.plan import DeploymentPlan
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 

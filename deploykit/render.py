@@ -24,14 +24,15 @@ import jinja2
 from pydantic import BaseModel, ConfigDict
 
 from deploykit import __version__
+from deploykit.backends import Backend, named
 from deploykit.catalog import ModelSpec
-from deploykit.plan import DeploymentPlan, PlanInputs
 from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, env_quote, sha256
 from deploykit.values.errors import UsageError
+from deploykit.values.plan import DeploymentPlan, PlanInputs
 from deploykit.values.services import INFERENCE
+from deploykit.values.units import GiB
 
 Target = Literal["compose", "swarm", "kubernetes"]
-GiB = 1024**3
 WEBUI_CONTAINER_PORT = 8080  # Open WebUI's own port inside its container
 
 
@@ -54,17 +55,18 @@ class StackSpec(BaseModel):
     model_volume: str | None = None
 
     @property
+    def backend(self) -> Backend:
+        return named(self.plan.backend)
+
+    @property
     def inference_container_port(self) -> int:
         """The port the server listens on inside its container: each server's own default."""
-        return 8000 if self.plan.backend == "vllm" else 8080
+        return self.backend.container_port
 
     @property
     def model_mount(self) -> tuple[str, str, str]:
         """(host dir, container dir, path the server loads) for the read-only model mount."""
-        host = PurePosixPath(self.model_host_path)
-        if self.plan.backend == "llamacpp":
-            return str(host.parent), "/models", f"/models/{host.name}"
-        return str(host), "/model", "/model"
+        return self.backend.model_mount(PurePosixPath(self.model_host_path))
 
 
 class StackIdentity(TypedDict):
@@ -188,16 +190,6 @@ def _k8s_name(text: str) -> str:
     return name or "deploykit"
 
 
-def _model_source(model: ModelSpec, spec: StackSpec) -> dict[str, str] | None:
-    """Where a cluster can download the weights from (Hugging Face), when the catalog names it."""
-    if spec.plan.backend == "llamacpp":
-        gguf = model.gguf
-        if gguf is not None and gguf.repo and gguf.file:
-            return {"repo": gguf.repo, "file": gguf.file}
-        return None
-    return {"repo": model.hf_repo} if model.hf_repo else None
-
-
 def _kubernetes_context(spec: StackSpec, model: ModelSpec) -> dict[str, Any]:
     plan = spec.plan
     weights = plan.memory.weights_bytes
@@ -215,7 +207,7 @@ def _kubernetes_context(spec: StackSpec, model: ModelSpec) -> dict[str, Any]:
             "models": f"{base}-models",
             "webui_data": f"{base}-open-webui-data",
         },
-        "model_source": _model_source(model, spec),
+        "model_source": spec.backend.model_source(model),
         "model_file_name": PurePosixPath(spec.model_host_path).name,
         "models_storage": f"{model_gib}Gi",
         "memory_request": f"{-(-plan.memory.total_bytes // (1024 * 1024))}Mi",
@@ -228,15 +220,12 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
     """The target's own file (compose.yaml, swarm.yaml or kubernetes.yaml) as text. Pure."""
     host_dir, container_dir, container_path = spec.model_mount
     plan = spec.plan
-    ngl = None
-    if plan.backend == "llamacpp":
-        # llama.cpp counts the output head as one layer more: total + 1 puts everything on the GPU.
-        ngl = plan.total_layers + 1 if plan.gpu_layers == plan.total_layers else plan.gpu_layers
     context: dict[str, Any] = {
         "version": __version__,
         "target": spec.target,
         "project": spec.project,
         "plan": plan,
+        "backend": spec.backend,
         "images": spec.images,
         "labels": {"org.deploykit.managed": "true", "org.deploykit.stack": spec.project},
         "webui_port": spec.webui_port,
@@ -249,10 +238,10 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
         "model_volume": spec.model_volume,
         "model_container_dir": container_dir,
         "model_container_path": container_path,
-        "ngl": ngl,
         "shm_size": f"{_shm_bytes(spec) // GiB}gb",
         "shm_bytes": _shm_bytes(spec),
         "webui_env": spec.webui_env,
+        **spec.backend.template_vars(plan),
     }
     if spec.target == "kubernetes":
         context |= _kubernetes_context(spec, inputs.model)

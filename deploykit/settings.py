@@ -9,15 +9,14 @@ Nested values use ``__`` in the environment: ``DEPLOYKIT_IMAGES__OPEN_WEBUI=mirr
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,20 +24,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from deploykit.plan import (
-    Backend,
-    BatchTokens,
-    ContextTokens,
-    FlashAttn,
-    GpuShare,
-    KvCacheType,
-    PlanSettings,
-    Sequences,
-    Slots,
-    Threads,
-)
+from deploykit.backends import BACKENDS, named
 from deploykit.values.errors import ConfigError, UsageError
 from deploykit.values.paths import model_cache
+from deploykit.values.plan import FINITE, WHOLE, PlanKnobs, PlanSettings
 from deploykit.values.services import SERVICES
 from deploykit.values.versions import pinned
 
@@ -58,30 +47,6 @@ def config_file() -> Path:
     return Path(os.environ.get("DEPLOYKIT_CONFIG") or config_dir() / "config.toml")
 
 
-def _whole_number(value: object) -> object:
-    # Strict numbers from every layer: `true` is no number, 4096.0 or "4k" no count; "4096" from the
-    # environment is (variables are text).
-    if isinstance(value, bool | float):
-        raise ValueError("must be a whole number")
-    if isinstance(value, str) and not re.fullmatch(r"\s*[0-9]+\s*", value):
-        raise ValueError("must be a whole number")
-    return value
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError("must be a number")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return value  # pydantic says what is wrong
-    if not math.isfinite(number):
-        raise ValueError("must be a finite number")
-    return value
-
-
-WHOLE = BeforeValidator(_whole_number)
-FINITE = BeforeValidator(_finite)
 WholeNumber = Annotated[int, WHOLE]
 FiniteFloat = Annotated[float, FINITE]
 
@@ -106,23 +71,34 @@ def check_pinned(ref: str) -> str:
     return ref
 
 
-class Images(BaseModel):
+class ImagesBase(BaseModel):
     """Container images, pinned. Air-gapped teams point these at their own mirror."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Defaults come from deploykit/catalog/versions.toml, the one place that names each version; every value
     # is checked by check_image_ref below: the same rule, and the same words, as --image.
-    llama_server: str = pinned().llama_server
-    llama_server_cuda: str = pinned().llama_server_cuda.image
-    vllm: str = pinned().vllm.image
-    vllm_cpu: str = pinned().vllm_cpu
     open_webui: str = pinned().open_webui
 
     @field_validator("*")
     @classmethod
     def _pinned(cls, value: str) -> str:
         return check_image_ref(value)
+
+    def ref(self, key: str) -> str:
+        """The image under ``key``: open_webui, or a key a backend names (``Backend.images``)."""
+        return str(getattr(self, key))
+
+
+# Each backend's images, under the keys it names (llama_server, llama_server_cuda, vllm, vllm_cpu), beside
+# Open WebUI's: the fields come from the registry, so a new backend brings its own.
+_BACKEND_IMAGES: dict[str, Any] = {
+    image.key: (str, image.default) for backend in BACKENDS for image in backend.images(pinned()).values()
+}
+if TYPE_CHECKING:
+    Images = ImagesBase
+else:
+    Images = create_model("Images", __base__=ImagesBase, __doc__=ImagesBase.__doc__, **_BACKEND_IMAGES)
 
 
 def env_strings(value: Any) -> Any:
@@ -140,7 +116,7 @@ def env_strings(value: Any) -> Any:
     return {str(k).upper(): text(v) for k, v in value.items()}
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, PlanKnobs):
     model_config = SettingsConfigDict(
         env_prefix="DEPLOYKIT_",
         env_nested_delimiter="__",
@@ -149,18 +125,7 @@ class Settings(BaseSettings):
     )
 
     model: str = DEFAULT_MODEL
-    # The planner's knobs, with PlanSettings' bounds (deploykit.plan), parsed strictly.
-    max_context: Annotated[ContextTokens, WHOLE] = 4096
-    gpu_memory_utilization: Annotated[GpuShare, FINITE] | None = None
-    backend: Backend | None = None
-    # Serving knobs (`deploykit tune` writes them into <stack>/deploykit.toml); unset, the planner chooses.
-    parallel: Annotated[Slots, WHOLE] | None = None
-    threads: Annotated[Threads, WHOLE] | None = None
-    batch_size: Annotated[BatchTokens, WHOLE] | None = None
-    ubatch_size: Annotated[BatchTokens, WHOLE] | None = None
-    flash_attn: FlashAttn | None = None
-    kv_cache_type: KvCacheType | None = None
-    max_num_seqs: Annotated[Sequences, WHOLE] | None = None
+    # The planner's knobs are PlanKnobs' fields (deploykit.values.plan), declared there once.
     model_cache: Path = Field(default_factory=model_cache)
     profiles_file: Path | None = None
     webui_port: WholeNumber = Field(7860, ge=1, le=65535)
@@ -179,6 +144,13 @@ class Settings(BaseSettings):
     @classmethod
     def _env_strings(cls, value: Any) -> Any:
         return env_strings(value)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value is not None:
+            named(value)  # a ValueError saying the names deploykit knows
+        return value
 
     @field_validator("webui_bind")
     @classmethod
@@ -221,18 +193,7 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def plan_settings(self) -> PlanSettings:
-        return PlanSettings(
-            max_context=self.max_context,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            backend=self.backend,
-            parallel=self.parallel,
-            threads=self.threads,
-            batch_size=self.batch_size,
-            ubatch_size=self.ubatch_size,
-            flash_attn=self.flash_attn,
-            kv_cache_type=self.kv_cache_type,
-            max_num_seqs=self.max_num_seqs,
-        )
+        return PlanSettings(**{name: getattr(self, name) for name in PlanKnobs.model_fields})
 
 
 # The command-line flag that sets a field, where its name differs from --FIELD or it has one.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deploykit.values.errors import ConfigError, NotFoundError
-from deploykit.values.host import GiB, HostProfile
+from deploykit.values.host import HostProfile
+from deploykit.values.units import GiB
 
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -78,14 +79,25 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
 
 
-def _profile_from(data: Mapping[str, Any], origin: str, source: Literal["builtin", "user"]) -> HostProfile:
+def _profile_from(
+    data: Mapping[str, Any],
+    origin: str,
+    source: Literal["builtin", "user"],
+    check_backend: Callable[[str], object] | None = None,
+) -> HostProfile:
+    """The profile, validated; ``check_backend`` (a ValueError for a name no backend has) checks the backend
+    it prefers, since the backends sit above this module."""
+    hint = "Compare it with `deploykit profiles --json` output or a file in deploykit/catalog/profiles/."
     try:
-        return HostProfile.model_validate({**_bytes_from_gib(data), "source": source})
+        profile = HostProfile.model_validate({**_bytes_from_gib(data), "source": source})
     except ValidationError as exc:
-        raise ConfigError(
-            f"profile in {origin} is not valid: {_errors(exc)}.",
-            "Compare it with `deploykit profiles --json` output or a file in deploykit/catalog/profiles/.",
-        ) from None
+        raise ConfigError(f"profile in {origin} is not valid: {_errors(exc)}.", hint) from None
+    if check_backend is not None and profile.preferred_backend is not None:
+        try:
+            check_backend(profile.preferred_backend)
+        except ValueError as exc:
+            raise ConfigError(f"profile in {origin} is not valid: preferred_backend: {exc}.", hint) from None
+    return profile
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -123,8 +135,9 @@ def builtin_models() -> tuple[ModelSpec, ...]:
     return tuple(models)
 
 
-def load_profiles_file(path: Path) -> tuple[HostProfile, ...]:
-    """User profiles: ``[profiles.NAME]`` tables, each shaped like a built-in profile file."""
+def load_profiles_file(path: Path, check_backend: Callable[[str], object]) -> tuple[HostProfile, ...]:
+    """User profiles: ``[profiles.NAME]`` tables, each shaped like a built-in profile file; ``check_backend``
+    refuses a backend name deploykit does not know (a ValueError)."""
     data = _read_toml(path)
     tables = data.get("profiles")
     shape_hint = "Write one table per profile, e.g. [profiles.office-pc] with [profiles.office-pc.cpu] …"
@@ -134,7 +147,8 @@ def load_profiles_file(path: Path) -> tuple[HostProfile, ...]:
     if unknown:
         raise ConfigError(f"{path} has entries that are not profile tables: {', '.join(unknown)}.", shape_hint)
     return tuple(
-        _profile_from({"name": name, **table}, f"{path} [profiles.{name}]", "user") for name, table in tables.items()
+        _profile_from({"name": name, **table}, f"{path} [profiles.{name}]", "user", check_backend)
+        for name, table in tables.items()
     )
 
 

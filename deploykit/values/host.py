@@ -11,8 +11,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-GiB = 1024**3
-
 
 class _Frozen(BaseModel):
     # Strict: `true` is not a number and "8" is not a count, in a profile file or a host file alike.
@@ -90,8 +88,9 @@ class HostProfile(_Frozen):
     # Where detection of NVIDIA GPUs came from, and why it failed if it did ("nvml", "nvidia-smi", "none").
     gpu_probe: str | None = None
     gpu_probe_error: str | None = None
-    # A profile may say which backend it is for (``cpu-vllm`` runs vLLM's CPU build).
-    preferred_backend: Literal["vllm", "llamacpp"] | None = None
+    # A profile may say which backend it is for (``cpu-vllm`` runs vLLM's CPU build): a backend's name, which
+    # whoever loads a profile checks against deploykit.backends (this module sits below them).
+    preferred_backend: str | None = None
     # A profile of "this machine, served this way": CPU, RAM and disk are detected when it is used;
     # its own figures are only what listings and reference stacks show.
     detect: bool = False

@@ -10,9 +10,6 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Literal
-
-Backend = Literal["vllm", "llamacpp"]
 
 
 @dataclass(frozen=True)
@@ -31,20 +28,22 @@ class GpuImage:
 
 @dataclass(frozen=True)
 class Versions:
-    llamacpp_version: str
-    llamacpp_build: int
-    llamacpp_debian: str
-    llama_server: str
-    llama_server_cuda: GpuImage
-    vllm_version: str
-    vllm: GpuImage
-    vllm_cpu: str
-    open_webui_version: str
-    open_webui: str
-    torch_cpu: str
+    """Every table of versions.toml, its values as text with ``{version}`` and ``{build}`` filled in from the
+    same table. A backend reads its own table (``Backend.images``, ``Backend.gpu_image``)."""
 
-    def gpu_image(self, backend: Backend) -> GpuImage:
-        return self.vllm if backend == "vllm" else self.llama_server_cuda
+    tables: dict[str, dict[str, str]]
+
+    def get(self, table: str, key: str) -> str:
+        return self.tables[table][key]
+
+    def gpu_image(self, table: str, image: str, fallback: str | None = None) -> GpuImage:
+        """The CUDA image under ``image`` in ``table``, with the table's CUDA and driver minimum."""
+        t = self.tables[table]
+        return GpuImage(t[image], _cuda(t["cuda"]), t["driver"], t[fallback] if fallback else None)
+
+    @property
+    def open_webui(self) -> str:
+        return self.get("open_webui", "image")
 
 
 def _cuda(text: str) -> tuple[int, int]:
@@ -53,28 +52,11 @@ def _cuda(text: str) -> tuple[int, int]:
 
 
 def parse(text: str) -> Versions:
-    data = tomllib.loads(text)
-    llama, vllm, webui = data["llamacpp"], data["vllm"], data["open_webui"]
-    fill_llama = {"version": llama["version"], "build": llama["build"]}
-    fill_vllm = {"version": vllm["version"]}
-    return Versions(
-        llamacpp_version=llama["version"],
-        llamacpp_build=int(llama["build"]),
-        llamacpp_debian=llama["debian"].format(**fill_llama),
-        llama_server=llama["image"].format(**fill_llama),
-        llama_server_cuda=GpuImage(llama["image_cuda"].format(**fill_llama), _cuda(llama["cuda"]), llama["driver"]),
-        vllm_version=vllm["version"],
-        vllm=GpuImage(
-            vllm["image"].format(**fill_vllm),
-            _cuda(vllm["cuda"]),
-            vllm["driver"],
-            vllm["image_older_cuda"].format(**fill_vllm),
-        ),
-        vllm_cpu=vllm["image_cpu"].format(**fill_vllm),
-        open_webui_version=webui["version"],
-        open_webui=webui["image"].format(version=webui["version"]),
-        torch_cpu=data["torch"]["cpu"],
-    )
+    tables: dict[str, dict[str, str]] = {}
+    for name, table in tomllib.loads(text).items():
+        fill = {key: table[key] for key in ("version", "build") if key in table}
+        tables[name] = {key: str(value).format(**fill) for key, value in table.items()}
+    return Versions(tables)
 
 
 @cache

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from deploykit.backends import named
 from deploykit.bench import (
     RequestResult,
     chart_html,
@@ -86,7 +87,7 @@ def test_parse_prometheus_sums_label_sets() -> None:
 def test_counters_agree_with_our_counts() -> None:
     before = parse_prometheus(LLAMA_METRICS.format(predicted=100, seconds=1.0))
     after = parse_prometheus(LLAMA_METRICS.format(predicted=120, seconds=3.0))
-    check = compare_counters([_req(2.0, 0.2, 10), _req(2.0, 0.2, 10)], before, after, "llamacpp")
+    check = compare_counters([_req(2.0, 0.2, 10), _req(2.0, 0.2, 10)], before, after, named("llamacpp").metrics)
     assert check["server_output_tokens"] == 20
     assert check["output_tokens_ratio"] == 1.0
     assert check["server_decode_tokens_per_s"] == 10.0
@@ -94,7 +95,7 @@ def test_counters_agree_with_our_counts() -> None:
     assert check["server_request_tokens_per_s"] == 5.0  # 20 tokens over 2 s of prompt + 2 s of generation
     assert check["request_tokens_per_s"] == 5.0  # 20 tokens over 4 s of latency
     assert check["request_speed_ratio"] == 1.0
-    assert compare_counters([], {}, {}, "vllm") == {"available": False}
+    assert compare_counters([], {}, {}, named("vllm").metrics) == {"available": False}
 
 
 def test_prompts_differ_and_have_the_asked_length() -> None:

@@ -62,11 +62,12 @@ def test_doctor_json_shape(tmp_path: Path) -> None:
 
 
 def test_the_driver_minimum_and_the_older_cuda_image_come_from_versions_toml(tmp_path: Path) -> None:
+    from deploykit.backends import named
     from deploykit.values.versions import pinned
 
     host, stack_dir = h200_stack(tmp_path)
     old = host.model_copy(update={"gpus": (host.gpus[0].model_copy(update={"cuda_version": "12.9"}),)})
     driver = by_name(run_checks(old, EngineAddress(), tmp_path, load_stack(stack_dir)))["driver"]
-    vllm = pinned().vllm
+    vllm = named("vllm").gpu_image(pinned())
     assert driver.status == "fail" and f"CUDA {vllm.cuda_text}" in driver.detail and vllm.driver in driver.detail
     assert f"--image inference={vllm.fallback}" in driver.fix

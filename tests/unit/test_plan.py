@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-from deploykit.plan import NoFit, PlanSettings, plan_deployment, suggest_alternative
-from deploykit.values.host import Cpu, GiB, Gpu, HostProfile, Memory
+from deploykit.plan import plan_deployment, suggest_alternative
+from deploykit.values.host import Cpu, Gpu, HostProfile, Memory
+from deploykit.values.plan import NoFit, PlanSettings
+from deploykit.values.units import GiB
 
 R1_15B = "deepseek-r1-distill-qwen-1.5b"
 R1_7B = "deepseek-r1-distill-qwen-7b"

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from deploykit import app
 from deploykit.cli import cli
 from deploykit.lifecycle import load_stack
-from deploykit.plan import PlanInputs, RunHost
 from deploykit.render import StackSpec, render_files
 from deploykit.settings import load_settings
 from deploykit.values.errors import StackDirError
+from deploykit.values.plan import PlanInputs, RunHost
 from tests.unit.conftest import ROOT, TINY_GGUF
 
 REFERENCE_PLANS = sorted((ROOT / "compose").glob("*/plan.json"))

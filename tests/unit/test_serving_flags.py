@@ -7,11 +7,14 @@ import re
 
 import pytest
 
+from deploykit.backends.llamacpp import LLAMACPP_DEFAULT_SLOTS
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-from deploykit.plan import LLAMACPP_DEFAULT_SLOTS, PlanInputs, PlanSettings, RunHost, plan_deployment
+from deploykit.plan import plan_deployment
 from deploykit.render import SECRET_KEYS, StackSpec, render_files
 from deploykit.settings import load_settings
-from deploykit.values.host import Cpu, GiB, HostProfile, Memory
+from deploykit.values.host import Cpu, HostProfile, Memory
+from deploykit.values.plan import PlanInputs, PlanSettings, RunHost
+from deploykit.values.units import GiB
 
 SMOL = "smollm2-135m-instruct"
 R1_15B = "deepseek-r1-distill-qwen-1.5b"

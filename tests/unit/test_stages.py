@@ -14,10 +14,11 @@ from deploykit import engine, lifecycle
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
 from deploykit.health import MAX_POLL_SECONDS, NotReady, StageFailed, StageResult, poll_intervals, wait_until
 from deploykit.lifecycle import LoadedStack, UpReport, health_stages, run_stages
-from deploykit.plan import PlanInputs, PlanSettings, plan_deployment
+from deploykit.plan import plan_deployment
 from deploykit.render import StackSpec
 from deploykit.values.errors import EngineError, HealthError, PreflightError
 from deploykit.values.host import DockerEngine
+from deploykit.values.plan import PlanInputs, PlanSettings
 
 MODEL = "smollm2-135m-instruct"
 SECRETS = {
