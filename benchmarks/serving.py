@@ -20,7 +20,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploykit import app, lifecycle, stackdir
+from deploykit import lifecycle, stackdir
+from deploykit.app.measure import TuneReport, bench_target, replan_files, tune_stack
 from deploykit.bench import Workload, calibrate_words, run_level, warm_up
 from deploykit.engine import EngineAddress
 from deploykit.settings import load_settings
@@ -31,7 +32,7 @@ LOCAL = EngineAddress()  # the environment's engine, as the stack's own commands
 
 def apply(stack_dir: Path, knobs: dict[str, int | None]) -> tuple[int, int]:
     stack = lifecycle.load_stack(stack_dir)
-    plan, files = app.replan_files(stack, **knobs)
+    plan, files = replan_files(stack, **knobs)
     stackdir.write_stack(stack_dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
     stack.engine_stack(LOCAL).up("inference")
     lifecycle.wait_inference_ready(lifecycle.load_stack(stack_dir), LOCAL)
@@ -40,7 +41,7 @@ def apply(stack_dir: Path, knobs: dict[str, int | None]) -> tuple[int, int]:
 
 def measure(stack_dir: Path, args: argparse.Namespace) -> dict[int, dict[str, float]]:
     stack = lifecycle.load_stack(stack_dir)
-    target = app.bench_target(stack, "inference")
+    target = bench_target(stack, "inference")
     words = calibrate_words(target, args.prompt_tokens)
     out = {}
     for concurrency in (1, 4):
@@ -55,8 +56,8 @@ def median_of(measured: list[dict[int, dict[str, float]]]) -> dict[int, dict[str
     return {c: {key: statistics.median(m[c][key] for m in measured) for key in measured[0][c]} for c in measured[0]}
 
 
-def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> app.TuneReport:
-    return app.tune_stack(
+def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> TuneReport:
+    return tune_stack(
         load_settings(),
         stack_dir,
         concurrency={"chat": 1, "throughput": 4}[workload],

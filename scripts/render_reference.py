@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from deploykit.app import reference_stack
+from deploykit.app.stack import reference_stack
 from deploykit.catalog import builtin_profiles
 
 ROOT = Path(__file__).resolve().parent.parent / "compose"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from deploykit import app
+from deploykit.app.stack import RenderResult, StackRequest, render_stack
 from deploykit.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def compose_config(stack_dir: Path) -> dict[str, Any]:
     return result
 
 
-def render(tmp_path: Path, name: str = "stack", **kwargs: object) -> app.RenderResult:
+def render(tmp_path: Path, name: str = "stack", **kwargs: object) -> RenderResult:
     args: dict[str, object] = {
         "profile": "rtx3060",
         "host_file": None,
@@ -63,4 +63,4 @@ def render(tmp_path: Path, name: str = "stack", **kwargs: object) -> app.RenderR
         "image_overrides": {},
     }
     args.update(kwargs)
-    return app.render_stack(load_settings(), app.StackRequest(stack_dir=tmp_path / name, **args))  # type: ignore[arg-type]
+    return render_stack(load_settings(), StackRequest(stack_dir=tmp_path / name, **args))  # type: ignore[arg-type]

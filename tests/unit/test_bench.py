@@ -225,7 +225,7 @@ def test_bench_and_tune_refuse_bad_input(tmp_path: Path) -> None:
 
 
 def test_replan_reproduces_the_stack_and_changes_only_the_knobs(tmp_path: Path) -> None:
-    from deploykit import app
+    from deploykit.app.measure import replan_files
     from deploykit.lifecycle import load_stack
     from tests.unit.conftest import ROOT
 
@@ -239,9 +239,9 @@ def test_replan_reproduces_the_stack_and_changes_only_the_knobs(tmp_path: Path) 
     assert result.exit_code == 0, result.output
     before = {n: (stack_dir / n).read_text() for n in ("compose.yaml", ".env", "plan.json")}
     stack = load_stack(stack_dir)
-    _, same = app.replan_files(stack)
+    _, same = replan_files(stack)
     assert same == before  # nothing asked, nothing changes: tune does not churn the stack
-    plan, files = app.replan_files(stack, threads=2, parallel=4)
+    plan, files = replan_files(stack, threads=2, parallel=4)
     assert (plan.threads, plan.parallel) == (2, 4)
     assert files[".env"] == before[".env"]
     assert '"-t"\n      - "2"' in files["compose.yaml"] and '"-np"\n      - "4"' in files["compose.yaml"]

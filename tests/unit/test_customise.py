@@ -227,7 +227,7 @@ def test_apply_stored_writes_only_what_differs_typed_like_open_webui() -> None:
 
 
 def test_up_on_an_existing_stack_renders_todays_webui_env(tmp_path: Path, isolated_home: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from deploykit.app import reprepare_stack
+    from deploykit.app.stack import reprepare_stack
     from deploykit.settings import load_settings
 
     config = config_file(isolated_home, '[webui_env]\nRESPONSE_WATERMARK = "A"\n')

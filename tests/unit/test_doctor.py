@@ -7,7 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from deploykit import app
+from deploykit.app.resolve import load_host_file
+from deploykit.app.stack import StackRequest, render_stack
 from deploykit.cli import cli
 from deploykit.doctor import run_checks
 from deploykit.engine import EngineAddress
@@ -18,8 +19,8 @@ from tests.unit.conftest import H200
 
 
 def h200_stack(tmp_path: Path) -> tuple[HostProfile, Path]:
-    result = app.render_stack(load_settings(), app.StackRequest(tmp_path / "h200", profile="auto", host_file=H200))
-    return app.load_host_file(H200), result.stack_dir
+    result = render_stack(load_settings(), StackRequest(tmp_path / "h200", profile="auto", host_file=H200))
+    return load_host_file(H200), result.stack_dir
 
 
 def by_name(checks: list) -> dict:

@@ -147,7 +147,8 @@ def test_payload_of_a_file_and_a_directory(tmp_path: Path) -> None:
 
 
 def test_render_mounts_a_model_volume_safely(tmp_path: Path) -> None:
-    from deploykit.app import ResolvedModel, prepare_for_host
+    from deploykit.app.resolve import ResolvedModel
+    from deploykit.app.stack import prepare_for_host
     from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
     from deploykit.settings import Settings
 

@@ -116,17 +116,18 @@ def test_a_missing_override_names_the_inventory_line_and_the_host(tmp_path: Path
 
 def fleet_render(tmp_path: Path, inventory: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """`fleet render` through the app, with the engine calls replaced by the built-in cpu profile."""
-    from deploykit import app
+    from deploykit.app.fleet import FleetRequest, fleet_plan
     from deploykit.catalog import builtin_profiles, find_profile
     from deploykit.fleet import summary
     from deploykit.settings import Settings
 
     cpu = find_profile("cpu", builtin_profiles())
-    monkeypatch.setattr(app, "_reach", lambda host: (EngineAddress("unix:///nonexistent/docker.sock"), None))
-    monkeypatch.setattr(app, "detect_fleet_host", lambda *args, **kwargs: cpu)
+    nowhere = EngineAddress("unix:///nonexistent/docker.sock")
+    monkeypatch.setattr("deploykit.app.fleet._reach", lambda host: (nowhere, None))
+    monkeypatch.setattr("deploykit.app.fleet.detect_fleet_host", lambda *args, **kwargs: cpu)
     settings = Settings(model_cache=tmp_path / "cache", webui_env={"WEBUI_NAME": "controller", "ENABLE_SIGNUP": "true"})
-    req = app.FleetRequest(inventory, "lab-01", 1, tmp_path / "fleet")
-    return summary(app.fleet_plan(settings, req, write=True))
+    req = FleetRequest(inventory, "lab-01", 1, tmp_path / "fleet")
+    return summary(fleet_plan(settings, req, write=True))
 
 
 def test_fleet_render_writes_the_hosts_settings_and_its_override(

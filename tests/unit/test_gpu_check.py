@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from deploykit import app
+from deploykit.app.stack import StackRequest, render_stack
 from deploykit.settings import load_settings
 from tests.unit.conftest import H200, ROOT
 from tests.unit.conftest import TINY_GGUF as GGUF
@@ -32,7 +32,7 @@ make_tiny_model = _load("make_tiny_model")
 
 
 def render(stack_dir: Path, host: Path = H200) -> Path:
-    app.render_stack(load_settings(), app.StackRequest(stack_dir, profile="auto", host_file=host, model_path=GGUF))
+    render_stack(load_settings(), StackRequest(stack_dir, profile="auto", host_file=host, model_path=GGUF))
     return stack_dir
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deploykit import app
+from deploykit.app.resolve import resolve_host, resolve_model
+from deploykit.app.stack import REFERENCE_SECRETS, prepare_for_host, reprepare_stack
 from deploykit.cli import cli
 from deploykit.lifecycle import load_stack
 from deploykit.render import StackSpec, render_files
@@ -28,7 +29,7 @@ def test_a_reference_plan_round_trips_byte_for_byte(path: Path) -> None:
     assert inputs.weights is None and inputs.runs_on is None
     assert list(inputs.recorded()) == ["host", "model", "settings"]  # a reference records neither
     spec = StackSpec.model_validate(data["stack"])
-    assert render_files(spec, app.REFERENCE_SECRETS, inputs)["plan.json"] == text
+    assert render_files(spec, REFERENCE_SECRETS, inputs)["plan.json"] == text
 
 
 def _render(stack_dir: Path, *extra: str) -> None:
@@ -48,15 +49,15 @@ def test_a_rendered_stack_records_weights_and_reloads_unchanged(tmp_path: Path) 
         stack = load_stack(stack_dir)
         assert stack.model is stack.inputs.model
         assert stack.inputs.recorded() == json.loads(text)["inputs"]
-        assert app.reprepare_stack(load_settings(), stack_dir).files["plan.json"] == text
+        assert reprepare_stack(load_settings(), stack_dir).files["plan.json"] == text
     assert load_stack(tmp_path / "file").inputs.weights is not None
 
 
 def test_runs_on_is_recorded_only_when_measured(tmp_path: Path) -> None:
     settings = load_settings()
-    host = app.resolve_host(settings, "cpu", None)
-    model = app.resolve_model(settings, "smollm2-135m-instruct", None)
-    prepared = app.prepare_for_host(settings, host, model, {}, tmp_path / "s", runs_on=RunHost(cores=2))
+    host = resolve_host(settings, "cpu", None)
+    model = resolve_model(settings, "smollm2-135m-instruct", None)
+    prepared = prepare_for_host(settings, host, model, {}, tmp_path / "s", runs_on=RunHost(cores=2))
     recorded = json.loads(prepared.files["plan.json"])["inputs"]
     assert list(recorded) == ["host", "model", "settings", "weights", "runs_on"]
     assert recorded["runs_on"] == {"cores": 2, "where": "this host"}

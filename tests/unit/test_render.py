@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploykit import app
+from deploykit.app.stack import reference_stack
 from deploykit.catalog import builtin_profiles
 from deploykit.render import env_quote, yaml_quote
 from deploykit.stackdir import STACK_FILES
@@ -31,7 +31,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize("profile", [p.name for p in builtin_profiles()])
 def test_reference_stacks_are_current(profile: str) -> None:
-    for name, text in app.reference_stack(profile).items():
+    for name, text in reference_stack(profile).items():
         path = ROOT / "compose" / profile / name
         assert path.is_file(), f"{path} missing: run `make reference`"
         assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run `make reference` and review the diff"

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploykit import app
+from deploykit.app.stack import StackRequest, render_stack
 from deploykit.health import PERSON_SCHEMA, NotReady, chat_verdict, schema_errors, split_answer
 from deploykit.settings import load_settings
 
 
 def command_of(tmp_path: Path, profile: str, model: str) -> list[str]:
-    result = app.render_stack(
-        load_settings(), app.StackRequest(tmp_path / f"{profile}-{model}", profile=profile, model_id=model)
+    result = render_stack(
+        load_settings(), StackRequest(tmp_path / f"{profile}-{model}", profile=profile, model_id=model)
     )
     compose = yaml.safe_load((result.stack_dir / "compose.yaml").read_text())
     return list(compose["services"]["inference"]["command"])

@@ -138,12 +138,10 @@ def test_an_unreadable_env_names_the_file(tmp_path: Path, monkeypatch: pytest.Mo
 def test_an_unexpected_exception_is_an_internal_error_with_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_home: Path
 ) -> None:
-    from deploykit import app
-
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret-looking detail")
 
-    monkeypatch.setattr(app, "plan_only", boom)
+    monkeypatch.setattr("deploykit.app.stack.plan_only", boom)
     result = run("plan", "-p", "cpu")
     assert result.exit_code == 70
     assert "Traceback" not in result.output and "secret-looking detail" not in result.output

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploykit import app
+from deploykit.app.stack import RenderResult, StackRequest, reference_stack, render_stack
 from deploykit.catalog import builtin_profiles
 from deploykit.settings import load_settings
 from tests.unit.conftest import ROOT
@@ -25,7 +25,7 @@ GPU_PROFILES = {"a100-80gb", "gtx1650", "h200", "rtx3060", "rtx4060", "rtx4090"}
 
 
 def manifests(profile: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(app.reference_stack(profile)["kubernetes.yaml"]) if d]
+    return [d for d in yaml.safe_load_all(reference_stack(profile)["kubernetes.yaml"]) if d]
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -106,7 +106,7 @@ def stack_config(path: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_swarm_stack_passes_docker_stack_schema(profile: str, tmp_path: Path) -> None:
     path = tmp_path / "swarm.yaml"
-    path.write_text(app.reference_stack(profile)["swarm.yaml"])
+    path.write_text(reference_stack(profile)["swarm.yaml"])
     result = stack_config(path)
     assert result.returncode == 0, result.stderr
     stack = yaml.safe_load(path.read_text())
@@ -128,11 +128,11 @@ def test_swarm_stack_passes_docker_stack_schema(profile: str, tmp_path: Path) ->
 def test_swarm_schema_rejects_what_compose_v2_accepts(tmp_path: Path) -> None:
     # The check above is a real one: the compose stack of a GPU profile does not pass it.
     path = tmp_path / "compose.yaml"
-    path.write_text(app.reference_stack("rtx3060")["compose.yaml"])
+    path.write_text(reference_stack("rtx3060")["compose.yaml"])
     assert stack_config(path).returncode != 0
 
 
-def render(tmp_path: Path, target: str, **kwargs: object) -> app.RenderResult:
+def render(tmp_path: Path, target: str, **kwargs: object) -> RenderResult:
     args: dict[str, object] = {
         "profile": "cpu",
         "host_file": None,
@@ -142,7 +142,7 @@ def render(tmp_path: Path, target: str, **kwargs: object) -> app.RenderResult:
         "target": target,
     }
     args.update(kwargs)
-    return app.render_stack(load_settings(), app.StackRequest(stack_dir=tmp_path / "stack", **args))  # type: ignore[arg-type]
+    return render_stack(load_settings(), StackRequest(stack_dir=tmp_path / "stack", **args))  # type: ignore[arg-type]
 
 
 def test_kubernetes_render_keeps_its_secret_private(tmp_path: Path) -> None:

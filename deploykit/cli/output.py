@@ -15,7 +15,8 @@ from deploykit.values.units import gib
 if TYPE_CHECKING:
     from rich.status import Status
 
-    from deploykit.app import BenchReport, ProfileRow, RenderResult, TuneReport
+    from deploykit.app.measure import BenchReport, TuneReport
+    from deploykit.app.stack import ProfileRow, RenderResult
     from deploykit.catalog import ModelSpec
     from deploykit.doctor import Check
     from deploykit.fleet import HostResult

@@ -1,0 +1,97 @@
+"""A stack's data: backups and restores of Open WebUI's volume, and upgrades to new pinned images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deploykit import stackdir
+from deploykit.settings import Settings
+from deploykit.values.errors import UsageError
+
+if TYPE_CHECKING:
+    # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
+    from deploykit.backup import BackupReport, RestoreReport
+    from deploykit.lifecycle import LoadedStack, Reporter, UpReport
+from deploykit.app.resolve import engine_for
+from deploykit.app.stack import choose_images, prepare_spec
+
+
+def _compose_stack(stack_dir: Path) -> LoadedStack:
+    """The stack at ``stack_dir``; backups, restores and upgrades handle Compose stacks only."""
+    from deploykit.lifecycle import load_stack
+
+    stack = load_stack(stack_dir.expanduser().absolute())
+    if stack.spec.target != "compose":
+        raise UsageError(
+            f"{stack.dir} is a {stack.spec.target} stack; backup, restore and upgrade handle Compose stacks only.",
+            "Back up the Open WebUI volume with your orchestrator's tools.",
+        )
+    return stack
+
+
+def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> BackupReport:
+    """Back up the stack's Open WebUI data into ``out_dir`` (default: the stack's backups/)."""
+    from deploykit import backup
+
+    return backup.backup(_compose_stack(stack_dir), engine_for(settings), out_dir)
+
+
+def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> RestoreReport:
+    """Put a backup's Open WebUI data back; Open WebUI is stopped only for the swap and waited for after."""
+    from deploykit import backup, lifecycle
+
+    stack = _compose_stack(stack_dir)
+    docker_host = engine_for(settings)
+
+    def wait() -> float:
+        return lifecycle.wait_webui(stack, docker_host)
+
+    return backup.restore(stack, docker_host, archive, force, wait_healthy=wait)
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    images: dict[str, tuple[str, str]]  # service -> (old, new)
+    backup: str | None  # the archive taken first (None: the stack had no data yet)
+    up: UpReport  # the restart with the new images
+
+
+def upgrade_images(settings: Settings, stack_dir: Path, overrides: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Old and new image per service: today's pinned defaults for the stack's backend, then --image."""
+    from deploykit.lifecycle import load_stack
+
+    stack = load_stack(stack_dir.expanduser().absolute())
+    new = choose_images(settings, stack.spec.plan, overrides)
+    return {service: (stack.spec.images.get(service, ""), new[service]) for service in new}
+
+
+def upgrade_stack(
+    settings: Settings, stack_dir: Path, overrides: dict[str, str], timeout: float | None, reporter: Reporter
+) -> UpgradeReport:
+    """Back up the data, re-render with the new pinned images (the plan is kept), and bring the stack up."""
+    from deploykit import backup, engine, lifecycle
+
+    stack_dir = stack_dir.expanduser().absolute()
+    stack = _compose_stack(stack_dir)
+    docker_host = engine_for(settings)
+    changes = upgrade_images(settings, stack_dir, overrides)
+    for service, (_, new) in changes.items():
+        if not engine.image_present(docker_host, new):
+            reporter.note(f"Pulling {new} ({service}) …")
+            engine.pull_image(docker_host, new)  # before anything changes: a failed pull leaves all as is
+    archive: str | None = None
+    if stack.engine_stack(docker_host).volume_name(backup.DATA_VOLUME) is not None:
+        taken = backup.backup(stack, docker_host)
+        archive = taken.path
+        reporter.note(f"Backed up Open WebUI's data to {archive} (kept).")
+    else:
+        reporter.note("No Open WebUI data yet: nothing to back up.")
+    existing = stackdir.open_for_render(stack_dir)
+    spec = stack.spec.model_copy(update={"images": {s: new for s, (_, new) in changes.items()}})
+    prepared = prepare_spec(settings, existing, spec, stack.secrets, stack.inputs, False, [])
+    for note in prepared.notes:
+        reporter.note(note)
+    report = lifecycle.up(prepared.loaded(), docker_host, timeout, reporter, prepared.files, write_files=prepared.write)
+    return UpgradeReport(changes, archive, report)

@@ -1,0 +1,125 @@
+"""Day two of one running stack: status, logs, restart, down, chat, smoke, doctor; the catalog and templates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deploykit.catalog import (
+    ModelSpec,
+    builtin_models,
+)
+from deploykit.settings import Settings
+
+if TYPE_CHECKING:
+    # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
+    from deploykit.doctor import Check
+    from deploykit.lifecycle import LoadedStack, SmokeCheck, StackStatus
+from deploykit.app.resolve import detect, engine_for
+
+
+def load_stack(stack_dir: Path) -> LoadedStack:
+    """The stack rendered into ``stack_dir`` (relative to the working directory)."""
+    from deploykit import lifecycle
+
+    return lifecycle.load_stack(stack_dir.absolute())
+
+
+def stack_status(settings: Settings, stack: LoadedStack) -> StackStatus:
+    """Each service's state, health and model, and whether the whole stack is healthy."""
+    from deploykit import lifecycle
+
+    return lifecycle.status(stack, engine_for(settings))
+
+
+def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail: int, follow: bool) -> int:
+    """Show the logs on this terminal (compose's own output); the exit code of `docker compose logs`."""
+    from deploykit.engine import client, compose_version, require_compose_v2
+    from deploykit.proc import run_attached
+
+    docker_host = engine_for(settings)
+    engine_stack = stack.engine_stack(docker_host)
+    client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
+    require_compose_v2(compose_version())
+    return run_attached(engine_stack.logs_command(service, tail, follow), env=engine_stack.env())
+
+
+def restart_stack(settings: Settings, stack: LoadedStack, service: str | None) -> None:
+    from deploykit import lifecycle
+
+    lifecycle.restart(stack, engine_for(settings), service)
+
+
+def stop_stack(settings: Settings, stack: LoadedStack, volumes: bool) -> None:
+    from deploykit import lifecycle
+
+    lifecycle.down(stack, engine_for(settings), volumes)
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    response: dict[str, object]  # the server's JSON answer as it came (printed by `chat --json`)
+
+    def text(self) -> str:
+        """The answer without its reasoning; an answer with no text is a failed chat."""
+        from deploykit.health import split_answer
+        from deploykit.values.errors import HealthError
+
+        _, text = split_answer(self.response)
+        if not text:
+            raise HealthError(
+                "the model answered with no text.", "Try a larger --max-tokens; reasoning models think first."
+            )
+        return text
+
+
+def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> ChatAnswer:
+    """One message through Open WebUI as the stack's admin, or straight to the inference server."""
+    from deploykit import lifecycle
+
+    return ChatAnswer(lifecycle.chat(stack, message, direct, max_tokens))
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    checks: list[SmokeCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(c["status"] != "fail" for c in self.checks)
+
+
+def smoke(stack: LoadedStack) -> SmokeReport:
+    """Structured output, reasoning wiring and tool calling, for the served model."""
+    from deploykit import lifecycle
+
+    return SmokeReport(lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8")))
+
+
+def doctor(settings: Settings, stack_dir: Path | None) -> list[Check]:
+    """What the host offers stacks (and the stack in ``stack_dir``, if given), each with its fix."""
+    from deploykit.doctor import run_checks
+
+    stack = load_stack(stack_dir) if stack_dir else None
+    ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
+    return run_checks(detect(settings), engine_for(settings), settings.model_cache, stack, ports)
+
+
+def models() -> tuple[ModelSpec, ...]:
+    """The model catalog."""
+    return builtin_models()
+
+
+def export_templates(directory: Path, force: bool) -> list[str]:
+    """Write the built-in templates into ``directory`` for a site to change; the names written."""
+    from deploykit.customise import export_templates as export
+
+    return export(directory, force)
+
+
+def rebase_templates(directory: Path) -> list[str]:
+    """Record the site's copies in ``directory`` as current with this deploykit's built-ins."""
+    from deploykit.customise import rebase_templates as rebase
+
+    return rebase(directory)

@@ -1,0 +1,212 @@
+"""What a command is about, resolved from the settings: the host (a profile, a host file or detection), the model,
+the engine, and the plan for them."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from deploykit import backends
+from deploykit.catalog import (
+    MODEL_ID,
+    ModelSpec,
+    builtin_models,
+    builtin_profiles,
+    find_model,
+    find_profile,
+    load_profiles_file,
+)
+from deploykit.modelfile import read_model_path
+from deploykit.plan import plan_deployment, suggest_alternative
+from deploykit.settings import Settings, config_dir
+from deploykit.values.errors import ConfigError, NotFoundError, PlanError, UsageError
+from deploykit.values.host import HostProfile
+from deploykit.values.plan import DeploymentPlan, LocalWeights, NoFit, PlanSettings, RunHost
+from deploykit.values.units import gib
+
+if TYPE_CHECKING:
+    # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
+    from deploykit.engine import EngineAddress
+
+
+def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
+    """Built-in profiles, then the user's (config dir, or --profiles-file); a user profile wins a name clash."""
+    user: tuple[HostProfile, ...] = ()
+    path = settings.profiles_file or config_dir() / "profiles.toml"
+    if settings.profiles_file is not None and not path.exists():
+        raise NotFoundError(f"profiles file {path} does not exist.", "Check the --profiles-file path.")
+    if settings.profiles_file is not None and not path.is_file():
+        raise ConfigError(f"profiles file {path} is not a regular file.", "Give the path of a TOML file.")
+    if path.is_file():
+        user = load_profiles_file(path, backends.named)
+    names = {p.name for p in user}
+    return (*user, *(p for p in builtin_profiles() if p.name not in names))
+
+
+def engine_for(settings: Settings) -> EngineAddress:
+    """The engine the settings name (--docker-host, the config file); none named: the environment's
+    DOCKER_HOST, else the local socket. The one place a settings string becomes an engine address."""
+    from deploykit.engine import EngineAddress
+
+    return EngineAddress(settings.docker_host)
+
+
+def detect(settings: Settings) -> HostProfile:
+    from deploykit.detect import detect_host
+    from deploykit.engine import probe_engine
+
+    return detect_host(model_cache=settings.model_cache, docker=probe_engine(engine_for(settings)))
+
+
+def load_host_file(path: Path) -> HostProfile:
+    from deploykit.textfile import read_text
+
+    text = read_text(path, "host file", "Check the --host path; save one with `deploykit detect --json`.")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{path} is not JSON ({exc.msg} at line {exc.lineno}).",
+            "Save one with `deploykit detect --json > host.json` on the target machine.",
+        ) from None
+    hint = "Save one with `deploykit detect --json > host.json` on the target machine."
+    try:
+        host = HostProfile.model_validate(data)
+        if host.preferred_backend is not None:
+            backends.named(host.preferred_backend)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path} is not a host profile: {fields}.", hint) from None
+    except ValueError as exc:  # a backend no module of deploykit.backends is
+        raise ConfigError(f"{path} is not a host profile: preferred_backend: {exc}.", hint) from None
+    return host.model_copy(update={"source": "file"})
+
+
+def resolve_host(settings: Settings, profile: str, host_file: Path | None) -> HostProfile:
+    if host_file is not None:
+        if profile not in ("auto", ""):
+            raise UsageError(
+                f"--host and --profile {profile} both describe the hardware.",
+                "Use --host FILE alone (it stands for the detected host) or --profile alone.",
+            )
+        return load_host_file(host_file)
+    if profile == "auto":
+        return detect(settings)
+    return apply_profile(settings, profile, lambda: detect(settings))
+
+
+def apply_profile(settings: Settings, profile: str, detected: Callable[[], HostProfile]) -> HostProfile:
+    """A named profile; one that stands for "this machine, served this way" keeps the detected CPU and RAM."""
+    chosen = find_profile(profile, all_profiles(settings))
+    if not chosen.detect:
+        return chosen
+    return detected().model_copy(
+        update={
+            "name": chosen.name,
+            "description": chosen.description,
+            "preferred_backend": chosen.preferred_backend,
+            "gpus": chosen.gpus,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: ModelSpec
+    weights: LocalWeights | None  # set when the user gave a local file or directory
+
+
+def resolve_model(settings: Settings, model_id: str | None, model_path: Path | None) -> ResolvedModel:
+    catalog = builtin_models()
+    if model_path is not None and model_id is not None and not re.fullmatch(MODEL_ID, model_id):
+        raise UsageError(
+            f"--model {model_id!r} is not a model id: use letters, digits, '.', '_' and '-'.",
+            "`deploykit models` lists the catalog; with --model-file, --model names the file's model.",
+        )
+    if model_path is not None:
+        path = model_path.expanduser().resolve()
+        if not path.exists():
+            raise UsageError(
+                f"model file {model_path} does not exist.",
+                "Give the path of a .gguf file or a Hugging Face model directory.",
+            )
+        if not (path.is_file() or path.is_dir()):
+            raise UsageError(
+                f"model file {model_path} is not a regular file or directory.",
+                "Give the path of a .gguf file or a Hugging Face model directory.",
+            )
+        known = next((m for m in catalog if m.id == model_id), None) if model_id else None
+        spec, weights = read_model_path(path, model_id)
+        if known is not None:
+            # The file's header gives the true shapes; the catalog gives the id, name and capabilities.
+            spec = spec.model_copy(
+                update={
+                    "name": known.name,
+                    "hf_repo": known.hf_repo,
+                    "reasoning": known.reasoning,
+                    "tool_calling": known.tool_calling,
+                }
+            )
+        return ResolvedModel(spec, weights)
+    wanted = model_id or settings.model
+    if "/" in wanted and not any(m.hf_repo == wanted for m in catalog):
+        return ResolvedModel(_spec_from_hub(wanted), None)
+    return ResolvedModel(find_model(wanted, catalog), None)
+
+
+def _spec_from_hub(repo: str) -> ModelSpec:
+    """A Hugging Face model outside the catalog: its config.json gives the numbers."""
+    from deploykit.hub import fetch_config
+    from deploykit.modelfile import slug, spec_from_hf_config
+
+    config, params = fetch_config(repo)
+    spec = spec_from_hf_config(config, slug(repo.split("/")[-1]), repo.split("/")[-1], params)
+    return spec.model_copy(update={"hf_repo": repo})
+
+
+def make_plan(
+    host: HostProfile, model: ResolvedModel, settings: Settings, runs_on: RunHost | None = None
+) -> DeploymentPlan:
+    return plan_with(host, model, settings.plan_settings(), runs_on)
+
+
+def plan_with(
+    host: HostProfile, model: ResolvedModel, plan_settings: PlanSettings, runs_on: RunHost | None = None
+) -> DeploymentPlan:
+    """The plan, or a PlanError that says what is needed and the nearest thing that would fit."""
+    try:
+        return plan_deployment(host, model.spec, plan_settings, model.weights, runs_on)
+    except NoFit as nofit:
+        alternative = (
+            suggest_alternative(host, model.spec, plan_settings, builtin_models()) if model.weights is None else None
+        )
+        if nofit.need_bytes:
+            message = (
+                f"{nofit.model_name} ({nofit.detail}) needs {gib(nofit.need_bytes)}; profile {host.name} "
+                f"has {gib(nofit.budget_bytes)} of {nofit.budget_kind.upper()} for it."
+            )
+        else:
+            message = f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}"
+        raise PlanError(
+            message,
+            alternative[0].upper() + alternative[1:] if alternative else "Use a smaller model or a bigger machine.",
+        ) from None
+
+
+def engine_host(docker_host: EngineAddress) -> RunHost | None:
+    """The machine a stack started through this engine runs on: this one (its physical cores) for a
+    local engine, else the engine's own CPU count, or None when the engine does not say."""
+    if docker_host.local:
+        from deploykit.detect import detect_cpu
+
+        return RunHost(cores=detect_cpu().physical_cores, where="this host")
+    from deploykit.engine import probe_engine
+
+    cpus = probe_engine(docker_host).cpus
+    return RunHost(cores=cpus, where=f"the engine at {docker_host.display}") if cpus else None

@@ -1,0 +1,104 @@
+"""A stack's data: backup, restore, upgrade."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+
+    pass
+from deploykit.cli.common import image_option, path_or_none, print_json, settings_from, stack_dir_option, timeout_option
+
+
+@click.command(short_help="Back up Open WebUI's accounts, chats and settings.")
+@stack_dir_option()
+@click.option(
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Folder for the archive [default: backups/ in the stack directory].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the backup's manifest as JSON.")
+@click.pass_context
+def backup(ctx: click.Context, stack_dir: str, out_dir: str | None, as_json: bool) -> None:
+    """Copy the Open WebUI volume (accounts, chats, settings) into backups/<stack>-<UTC time>.tar.gz.
+
+    Open WebUI is paused, not stopped, while its files are copied (usually well under a second);
+    the archive is mode 0600 and a .json manifest beside it records the stack id, image, time and sha256.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit.app import data as api
+
+    report = api.backup_stack(settings_from(ctx), Path(stack_dir), path_or_none(out_dir))
+    if as_json:
+        print_json(asdict(report))
+        return
+    size = report.manifest.size_bytes / 1024**2
+    click.echo(f"Backed up {report.files} files of {report.manifest.volume} to {report.path} ({size:.1f} MiB).")
+    click.echo(f"  sha256 {report.manifest.sha256}; Open WebUI paused {report.paused_seconds:.1f} s.")
+    click.echo(f"  Restore with: deploykit restore --dir {stack_dir} {report.path}")
+
+
+@click.command(short_help="Restore Open WebUI's data from a backup.")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@stack_dir_option()
+@click.option("--force", is_flag=True, help="Restore a backup of another stack (its accounts come with it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def restore(ctx: click.Context, archive: str, stack_dir: str, force: bool, as_json: bool) -> None:
+    """Replace the stack's Open WebUI data with ARCHIVE (made by `deploykit backup`).
+
+    The archive is checked against its manifest and unpacked beside the live data first; Open WebUI is
+    stopped only for the swap. A restore that fails leaves the old data. A backup of another stack is
+    refused unless --force.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit.app import data as api
+
+    report = api.restore_stack(settings_from(ctx), Path(stack_dir), Path(archive), force)
+    if as_json:
+        print_json(asdict(report))
+        return
+    click.echo(f"Restored {report.path} (taken {report.manifest.created} from {report.manifest.project}).")
+    if report.webui_restarted:
+        click.echo(f"  Open WebUI was down {report.downtime_seconds:.0f} s and answers again.")
+    else:
+        click.echo(f"  Open WebUI was not running; start the stack with: deploykit up --dir {stack_dir}")
+
+
+@click.command(short_help="Move to new pinned images, backing up first.")
+@image_option
+@stack_dir_option()
+@timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def upgrade(ctx: click.Context, images: tuple[str, ...], stack_dir: str, timeout: float | None, as_json: bool) -> None:
+    """Re-render the stack with this deploykit's pinned images (or --image SERVICE=REF) and restart it.
+
+    Open WebUI's data is backed up first and the backup is kept; the plan (model, context, memory) is
+    not changed. The health check runs as for `up`.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit.app import data as api
+    from deploykit.cli import output
+    from deploykit.settings import parse_image_overrides
+
+    overrides = parse_image_overrides(images)
+    settings = settings_from(ctx)
+    report = api.upgrade_stack(settings, Path(stack_dir), overrides, timeout, output.ConsoleReporter())
+    if as_json:
+        print_json(asdict(report))
+        return
+    for service, (old, new) in report.images.items():
+        click.echo(f"{service}: {old} → {new}" if old != new else f"{service}: {new} (unchanged)")
+    if report.backup:
+        click.echo(f"Backup kept: {report.backup}")
+    output.show_up(report.up)

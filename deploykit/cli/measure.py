@@ -1,0 +1,171 @@
+"""Measuring a running stack: bench and tune."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from deploykit.values.services import INFERENCE, SERVICES
+
+if TYPE_CHECKING:
+
+    pass
+from deploykit.cli.common import int_list, path_or_none, print_json, progress_bar, settings_from, stack_dir_option
+
+
+@click.command(short_help="Measure a running stack: TTFT, ITL, tokens/s.")
+@stack_dir_option()
+@click.option("--concurrency", default="1,4", show_default=True, metavar="N[,N…]", help="Concurrency levels.")
+@click.option("--requests", type=int, metavar="N", help="Requests per level [default: max(8, 2 × concurrency)].")
+@click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length of each request, in tokens.")
+@click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates (EOS ignored).")
+@click.option(
+    "--via",
+    type=click.Choice(list(SERVICES)),
+    default=INFERENCE,
+    show_default=True,
+    help="Send the load to the inference server's API, or through Open WebUI as the admin.",
+)
+@click.option("--compare", "compare_dir", type=click.Path(file_okay=False), help="Run the same load on a second stack.")
+@click.option("--chart", type=click.Path(dir_okay=False), help="Also write an HTML chart of tok/s and TTFT to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    stack_dir: str,
+    concurrency: str,
+    requests: int | None,
+    prompt_tokens: int,
+    max_tokens: int,
+    via: str,
+    compare_dir: str | None,
+    chart: str | None,
+    as_json: bool,
+) -> None:
+    """Streaming chat requests against a running stack at each concurrency level.
+
+    Reports what `vllm bench serve` and GuideLLM report, under the same names: successful requests,
+    request and output-token throughput, TTFT, TPOT and ITL (mean, median, P95, P99), and checks its
+    token counts against the server's own /metrics counters.
+    """
+    from pathlib import Path
+
+    from deploykit.app import measure as api
+    from deploykit.cli import output
+
+    levels = int_list(concurrency, "--concurrency")
+    if requests is not None and requests < 1:
+        from deploykit.values.errors import UsageError
+
+        raise UsageError("--requests must be at least 1.", "e.g. --requests 16")
+    dirs = [Path(stack_dir)] + ([Path(compare_dir)] if compare_dir else [])
+    total = sum(requests or api.default_requests(c) for c in levels) * len(dirs)
+    stacks = []
+    with progress_bar(total, "bench") as progress:
+        task = progress.task_ids[0]
+        for d in dirs:
+            progress.update(task, description=f"bench {d.name}")
+            stacks.append(
+                api.bench_stack(
+                    d,
+                    via=via,
+                    levels=levels,
+                    requests=requests,
+                    prompt_tokens=prompt_tokens,
+                    max_tokens=max_tokens,
+                    on_result=lambda _r: progress.advance(task),
+                )
+            )
+    report = api.bench_report(stacks, prompt_tokens, max_tokens, " ".join(sys.argv), path_or_none(chart))
+    if as_json:
+        print_json(report)
+    else:
+        output.show_bench(report)
+
+
+@click.command(short_help="Sweep threads × slots on the running stack; keep the best.")
+@stack_dir_option()
+@click.option(
+    "--workload",
+    type=click.Choice(["chat", "throughput"]),
+    help="What to optimise: one chat at a time (chat), or 4 at once (throughput) [default: chat].",
+)
+@click.option("--concurrency", type=int, metavar="N", help="Optimise for N chats at once instead of a named workload.")
+@click.option("--threads", "threads_list", metavar="N[,N…]", help="Thread counts to try [default: from the CPUs].")
+@click.option("--parallel", "parallel_list", metavar="N[,N…]", help="Slot counts to try [default: from the workload].")
+@click.option("--requests", type=int, metavar="N", help="Requests per candidate [default: max(4, 2 × concurrency)].")
+@click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length of each request, in tokens.")
+@click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates.")
+@click.option(
+    "--time-limit",
+    default=90.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Cut a candidate's measurement after this long (it scores 0: too slow).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
+@click.pass_context
+def tune(
+    ctx: click.Context,
+    stack_dir: str,
+    workload: str | None,
+    concurrency: int | None,
+    threads_list: str | None,
+    parallel_list: str | None,
+    requests: int | None,
+    prompt_tokens: int,
+    max_tokens: int,
+    time_limit: float,
+    as_json: bool,
+) -> None:
+    """Measure the running stack with each candidate setting and keep the fastest for your workload.
+
+    Restarts only the inference service, once per candidate (threads × parallel slots). The winner is
+    written to the stack's deploykit.toml, so later `render` and `up` keep it, and the stack is left
+    running it. Secrets, accounts and chats are untouched. A few minutes on a small model.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit.app import measure as api
+    from deploykit.cli import output
+    from deploykit.tune import WORKLOAD_CONCURRENCY, default_requests
+    from deploykit.values.errors import UsageError
+
+    if workload and concurrency:
+        raise UsageError("--workload and --concurrency both say what to optimise.", "Give one of them.")
+    if concurrency is not None and concurrency < 1:
+        raise UsageError("--concurrency must be at least 1.", "e.g. --concurrency 4")
+    name = workload or (None if concurrency else "chat")
+    level = concurrency or WORKLOAD_CONCURRENCY[name or "chat"]
+    err = output.err_console
+    err.print(f"Optimising for {name or f'concurrency {level}'}: {level} chat(s) at once.")
+    progress = progress_bar(1, "tune")
+    with progress:
+        task = progress.task_ids[0]
+
+        def on_candidate(label: str) -> None:
+            progress.update(task, description=label, completed=0, total=requests or default_requests(level))
+
+        report = api.tune_stack(
+            settings_from(ctx),
+            Path(stack_dir),
+            concurrency=level,
+            workload_name=name,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            requests=requests,
+            threads=int_list(threads_list, "--threads") if threads_list else None,
+            parallel=int_list(parallel_list, "--parallel") if parallel_list else None,
+            time_limit=time_limit,
+            on_candidate=on_candidate,
+            on_result=lambda _r: progress.advance(task),
+        )
+    if as_json:
+        print_json(asdict(report))
+    else:
+        output.show_tune(report)
+    if not report.healthy:
+        sys.exit(1)

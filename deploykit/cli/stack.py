@@ -1,0 +1,202 @@
+"""One stack from nothing to running: detect, profiles, models, plan, render, up."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+
+    from deploykit.app.stack import StackRequest
+    from deploykit.settings import Settings
+from deploykit.cli.common import (
+    force_option,
+    image_option,
+    path_or_none,
+    plan_options,
+    print_json,
+    settings_from,
+    show,
+    stack_dir_option,
+    timeout_option,
+)
+
+
+@click.command(short_help="Detect GPUs, CPU, RAM, disk and Docker.")
+@click.option("--json", "as_json", is_flag=True, help="Print the host profile as JSON (reusable with --host).")
+@click.pass_context
+def detect(ctx: click.Context, as_json: bool) -> None:
+    """Detect this host: NVIDIA GPUs, CPU, RAM, disk and the Docker Engine."""
+    from deploykit.app import resolve as api
+    from deploykit.cli import output
+
+    host = api.detect(settings_from(ctx))
+    show(as_json, host.model_dump(mode="json"), output.show_host, host)
+
+
+@click.command(short_help="List hardware profiles and their backends.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def profiles(ctx: click.Context, as_json: bool) -> None:
+    """List hardware profiles with their memory and the backend the default model would get."""
+    from deploykit.app import stack as api
+    from deploykit.cli import output
+
+    rows = api.profile_rows(settings_from(ctx))
+    show(as_json, rows, output.show_profiles, rows)
+
+
+@click.command(short_help="List the model catalog.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def models(as_json: bool) -> None:
+    """List the model catalog."""
+    from deploykit.app import day2 as api
+    from deploykit.cli import output
+
+    catalog = api.models()
+    show(as_json, [m.model_dump(mode="json") for m in catalog], output.show_models, catalog)
+
+
+@click.command(short_help="Choose backend, context and offload, with reasons.")
+@plan_options()
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    profile: str,
+    host_file: str | None,
+    max_context: int | None,
+    backend: str | None,
+    model_id: str | None,
+    model_path: str | None,
+    as_json: bool,
+) -> None:
+    """Decide backend, quantisation, context and offload for a model on a profile, with reasons."""
+    from deploykit.app import stack as api
+    from deploykit.cli import output
+
+    settings = settings_from(ctx, max_context=max_context, backend=backend)
+    _, _, deployment = api.plan_only(
+        settings,
+        profile=profile,
+        host_file=path_or_none(host_file),
+        model_id=model_id,
+        model_path=path_or_none(model_path),
+    )
+    show(as_json, deployment.model_dump(mode="json"), output.show_plan, deployment)
+
+
+@click.command(short_help="Write the stack: compose.yaml (or swarm/kubernetes), .env, plan.json.")
+@plan_options()
+@stack_dir_option()
+@image_option
+@click.option(
+    "--target",
+    type=click.Choice(["compose", "swarm", "kubernetes"]),
+    default="compose",
+    show_default=True,
+    help="What to write: compose.yaml (Docker Compose), swarm.yaml (`docker stack deploy`) or "
+    "kubernetes.yaml (manifests for kubectl apply).",
+)
+@force_option
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.pass_context
+def render(
+    ctx: click.Context,
+    profile: str,
+    host_file: str | None,
+    max_context: int | None,
+    backend: str | None,
+    model_id: str | None,
+    model_path: str | None,
+    stack_dir: str,
+    images: tuple[str, ...],
+    target: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write the stack: compose.yaml (or swarm.yaml, or kubernetes.yaml), .env (secrets, 0600) and plan.json."""
+    from deploykit.app import stack as api
+    from deploykit.cli import output
+
+    settings, request = _stack_request(ctx)
+    result = api.render_stack(settings, request)
+    if as_json:
+        print_json(
+            {
+                "dir": str(result.stack_dir),
+                "changed": result.changed,
+                "notes": result.notes,
+                "project": result.spec.project,
+                "plan": result.spec.plan.model_dump(mode="json"),
+            }
+        )
+    else:
+        output.show_rendered(result)
+
+
+def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
+    """Settings and the stack request render and up share, from their common options (``ctx.params``)."""
+    from pathlib import Path
+
+    from deploykit.app.stack import StackRequest
+    from deploykit.settings import parse_image_overrides
+
+    p = ctx.params
+    overrides = parse_image_overrides(p["images"])  # before settings: a bad --image is the first thing said
+    # The stack's own deploykit.toml (written by `deploykit tune`) is one of the layers.
+    stack_dir = Path(p["stack_dir"])
+    settings = settings_from(
+        ctx, stack_dir=stack_dir.expanduser().absolute(), max_context=p["max_context"], backend=p["backend"]
+    )
+    return settings, StackRequest(
+        stack_dir=stack_dir,
+        profile=p["profile"],
+        host_file=path_or_none(p["host_file"]),
+        model_id=p["model_id"],
+        model_path=path_or_none(p["model_path"]),
+        image_overrides=overrides,
+        target=p["target"],
+        force=p["force"],
+    )
+
+
+@click.command(short_help="Start the stack and check it up to a chat.")
+@plan_options(profile_default=None)
+@image_option
+@stack_dir_option()
+@force_option
+@timeout_option
+@click.option(
+    "--target",
+    type=click.Choice(["compose", "swarm"]),
+    help="Run with Docker Compose, or deploy to the engine's swarm with `docker stack deploy` "
+    "[default: the stack's, else compose].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the health report as JSON.")
+@click.pass_context
+def up(
+    ctx: click.Context,
+    profile: str | None,
+    host_file: str | None,
+    max_context: int | None,
+    backend: str | None,
+    model_id: str | None,
+    model_path: str | None,
+    images: tuple[str, ...],
+    stack_dir: str,
+    force: bool,
+    timeout: float | None,
+    target: str | None,
+    as_json: bool,
+) -> None:
+    """Render (or reuse) the stack, start it, and check it stage by stage up to a chat through Open WebUI."""
+    from dataclasses import asdict
+
+    from deploykit.app import stack as api
+    from deploykit.cli import output
+
+    settings, request = _stack_request(ctx)
+    report = api.up_stack(settings, request, timeout, output.ConsoleReporter())
+    show(as_json, asdict(report), output.show_up, report)
