@@ -34,8 +34,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from deploykit import health
-from deploykit.lifecycle import LoadedStack, UpReport, health_stages, load_stack, run_stages
+from deploykit.running.stack import LoadedStack, load_stack
+from deploykit.running.stages import UpReport, health_stages, run_stages
+from deploykit.seams import health
 from deploykit.values.paths import model_cache
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,27 +20,29 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploykit import lifecycle, stackdir
-from deploykit.app.measure import TuneReport, bench_target, replan_files, tune_stack
-from deploykit.bench import Workload, calibrate_words, run_level, warm_up
-from deploykit.engine import EngineAddress
-from deploykit.settings import load_settings
+from deploykit.app.measure import TuneReport, TuneRequest, bench_target, replan_files, tune_stack
+from deploykit.config.settings import load_settings
+from deploykit.running.bench import Workload, calibrate_words, run_level, warm_up
+from deploykit.running.stack import load_stack
+from deploykit.running.stages import wait_inference_ready
+from deploykit.seams import stackdir
+from deploykit.seams.engine import EngineAddress
 from deploykit.values.plan import PlanSettings
 
 LOCAL = EngineAddress()  # the environment's engine, as the stack's own commands use
 
 
 def apply(stack_dir: Path, knobs: dict[str, int | None]) -> tuple[int, int]:
-    stack = lifecycle.load_stack(stack_dir)
+    stack = load_stack(stack_dir)
     plan, files = replan_files(stack, **knobs)
     stackdir.write_stack(stack_dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
     stack.engine_stack(LOCAL).up("inference")
-    lifecycle.wait_inference_ready(lifecycle.load_stack(stack_dir), LOCAL)
+    wait_inference_ready(load_stack(stack_dir), LOCAL)
     return plan.threads, plan.parallel
 
 
 def measure(stack_dir: Path, args: argparse.Namespace) -> dict[int, dict[str, float]]:
-    stack = lifecycle.load_stack(stack_dir)
+    stack = load_stack(stack_dir)
     target = bench_target(stack, "inference")
     words = calibrate_words(target, args.prompt_tokens)
     out = {}
@@ -57,17 +59,19 @@ def median_of(measured: list[dict[int, dict[str, float]]]) -> dict[int, dict[str
 
 
 def tuned(stack_dir: Path, workload: str, args: argparse.Namespace) -> TuneReport:
-    return tune_stack(
-        load_settings(),
+    request = TuneRequest(
         stack_dir,
         concurrency={"chat": 1, "throughput": 4}[workload],
         workload_name=workload,
         prompt_tokens=args.prompt_tokens,
         max_tokens=args.max_tokens,
-        requests=None,
         threads=args.threads,
         parallel=args.parallel,
         time_limit=args.time_limit,
+    )
+    return tune_stack(
+        load_settings(),
+        request,
         on_candidate=lambda label: print(f"  tune {workload}: {label}", file=sys.stderr),
         on_result=lambda _r: None,
     )
@@ -89,7 +93,7 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per sweep candidate")
     args = parser.parse_args()
     stack_dir = Path(args.stack_dir).absolute()
-    host_cores = lifecycle.load_stack(stack_dir).inputs.host.cpu.physical_cores
+    host_cores = load_stack(stack_dir).inputs.host.cpu.physical_cores
     settings: dict[str, dict[str, int | None]] = {
         # The seed rendered -t from the profile's physical cores (4 for `cpu`) and one slot.
         "seed: naive": {"threads": host_cores, "parallel": 1},

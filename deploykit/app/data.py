@@ -6,47 +6,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deploykit import stackdir
-from deploykit.settings import Settings
-from deploykit.values.errors import UsageError
+from deploykit.config.settings import Settings
+from deploykit.seams import stackdir
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
-    from deploykit.backup import BackupReport, RestoreReport
-    from deploykit.lifecycle import LoadedStack, Reporter, UpReport
+    from deploykit.running.backup import BackupReport, RestoreReport
+    from deploykit.running.stack import LoadedStack
+    from deploykit.running.stages import Reporter, UpReport
 from deploykit.app.resolve import engine_for
 from deploykit.app.stack import choose_images, prepare_spec
 
 
 def _compose_stack(stack_dir: Path) -> LoadedStack:
     """The stack at ``stack_dir``; backups, restores and upgrades handle Compose stacks only."""
-    from deploykit.lifecycle import load_stack
+    from deploykit.running.stack import load_stack
 
-    stack = load_stack(stack_dir.expanduser().absolute())
-    if stack.spec.target != "compose":
-        raise UsageError(
-            f"{stack.dir} is a {stack.spec.target} stack; backup, restore and upgrade handle Compose stacks only.",
-            "Back up the Open WebUI volume with your orchestrator's tools.",
-        )
-    return stack
+    return load_stack(stack_dir.expanduser().absolute()).require_compose(
+        "backup, restore and upgrade handle Compose stacks only",
+        "Back up the Open WebUI volume with your orchestrator's tools.",
+    )
 
 
 def backup_stack(settings: Settings, stack_dir: Path, out_dir: Path | None) -> BackupReport:
     """Back up the stack's Open WebUI data into ``out_dir`` (default: the stack's backups/)."""
-    from deploykit import backup
+    from deploykit.running import backup
 
     return backup.backup(_compose_stack(stack_dir), engine_for(settings), out_dir)
 
 
 def restore_stack(settings: Settings, stack_dir: Path, archive: Path, force: bool) -> RestoreReport:
     """Put a backup's Open WebUI data back; Open WebUI is stopped only for the swap and waited for after."""
-    from deploykit import backup, lifecycle
+    from deploykit.running import backup
+    from deploykit.running.stages import wait_webui
 
     stack = _compose_stack(stack_dir)
     docker_host = engine_for(settings)
 
     def wait() -> float:
-        return lifecycle.wait_webui(stack, docker_host)
+        return wait_webui(stack, docker_host)
 
     return backup.restore(stack, docker_host, archive, force, wait_healthy=wait)
 
@@ -60,7 +58,7 @@ class UpgradeReport:
 
 def upgrade_images(settings: Settings, stack_dir: Path, overrides: dict[str, str]) -> dict[str, tuple[str, str]]:
     """Old and new image per service: today's pinned defaults for the stack's backend, then --image."""
-    from deploykit.lifecycle import load_stack
+    from deploykit.running.stack import load_stack
 
     stack = load_stack(stack_dir.expanduser().absolute())
     new = choose_images(settings, stack.spec.plan, overrides)
@@ -71,7 +69,8 @@ def upgrade_stack(
     settings: Settings, stack_dir: Path, overrides: dict[str, str], timeout: float | None, reporter: Reporter
 ) -> UpgradeReport:
     """Back up the data, re-render with the new pinned images (the plan is kept), and bring the stack up."""
-    from deploykit import backup, engine, lifecycle
+    from deploykit.running import backup, lifecycle
+    from deploykit.seams import engine
 
     stack_dir = stack_dir.expanduser().absolute()
     stack = _compose_stack(stack_dir)

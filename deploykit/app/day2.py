@@ -10,33 +10,34 @@ from deploykit.catalog import (
     ModelSpec,
     builtin_models,
 )
-from deploykit.settings import Settings
+from deploykit.config.settings import Settings
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
-    from deploykit.doctor import Check
-    from deploykit.lifecycle import LoadedStack, SmokeCheck, StackStatus
+    from deploykit.running.doctor import Check
+    from deploykit.running.lifecycle import SmokeCheck, StackStatus
+    from deploykit.running.stack import LoadedStack
 from deploykit.app.resolve import detect, engine_for
 
 
 def load_stack(stack_dir: Path) -> LoadedStack:
     """The stack rendered into ``stack_dir`` (relative to the working directory)."""
-    from deploykit import lifecycle
+    from deploykit.running import stack
 
-    return lifecycle.load_stack(stack_dir.absolute())
+    return stack.load_stack(stack_dir.absolute())
 
 
 def stack_status(settings: Settings, stack: LoadedStack) -> StackStatus:
     """Each service's state, health and model, and whether the whole stack is healthy."""
-    from deploykit import lifecycle
+    from deploykit.running import lifecycle
 
     return lifecycle.status(stack, engine_for(settings))
 
 
 def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail: int, follow: bool) -> int:
     """Show the logs on this terminal (compose's own output); the exit code of `docker compose logs`."""
-    from deploykit.engine import client, compose_version, require_compose_v2
-    from deploykit.proc import run_attached
+    from deploykit.seams.engine import client, compose_version, require_compose_v2
+    from deploykit.seams.proc import run_attached
 
     docker_host = engine_for(settings)
     engine_stack = stack.engine_stack(docker_host)
@@ -46,13 +47,13 @@ def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail
 
 
 def restart_stack(settings: Settings, stack: LoadedStack, service: str | None) -> None:
-    from deploykit import lifecycle
+    from deploykit.running import lifecycle
 
     lifecycle.restart(stack, engine_for(settings), service)
 
 
 def stop_stack(settings: Settings, stack: LoadedStack, volumes: bool) -> None:
-    from deploykit import lifecycle
+    from deploykit.running import lifecycle
 
     lifecycle.down(stack, engine_for(settings), volumes)
 
@@ -63,7 +64,7 @@ class ChatAnswer:
 
     def text(self) -> str:
         """The answer without its reasoning; an answer with no text is a failed chat."""
-        from deploykit.health import split_answer
+        from deploykit.seams.health import split_answer
         from deploykit.values.errors import HealthError
 
         _, text = split_answer(self.response)
@@ -76,7 +77,7 @@ class ChatAnswer:
 
 def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> ChatAnswer:
     """One message through Open WebUI as the stack's admin, or straight to the inference server."""
-    from deploykit import lifecycle
+    from deploykit.running import lifecycle
 
     return ChatAnswer(lifecycle.chat(stack, message, direct, max_tokens))
 
@@ -92,14 +93,14 @@ class SmokeReport:
 
 def smoke(stack: LoadedStack) -> SmokeReport:
     """Structured output, reasoning wiring and tool calling, for the served model."""
-    from deploykit import lifecycle
+    from deploykit.running import lifecycle
 
     return SmokeReport(lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8")))
 
 
 def doctor(settings: Settings, stack_dir: Path | None) -> list[Check]:
     """What the host offers stacks (and the stack in ``stack_dir``, if given), each with its fix."""
-    from deploykit.doctor import run_checks
+    from deploykit.running.doctor import run_checks
 
     stack = load_stack(stack_dir) if stack_dir else None
     ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
@@ -113,13 +114,13 @@ def models() -> tuple[ModelSpec, ...]:
 
 def export_templates(directory: Path, force: bool) -> list[str]:
     """Write the built-in templates into ``directory`` for a site to change; the names written."""
-    from deploykit.customise import export_templates as export
+    from deploykit.running.customise import export_templates as export
 
     return export(directory, force)
 
 
 def rebase_templates(directory: Path) -> list[str]:
     """Record the site's copies in ``directory`` as current with this deploykit's built-ins."""
-    from deploykit.customise import rebase_templates as rebase
+    from deploykit.running.customise import rebase_templates as rebase
 
     return rebase(directory)

@@ -1,28 +1,46 @@
-"""A fleet of workstations: every `deploykit fleet` command, host by host in parallel, one result per host."""
+"""A fleet of workstations: every `deploykit fleet` command, host by host in parallel, one result per host.
+
+Each workstation keeps its own Docker Engine; deploykit reaches it through that engine and never runs a
+scheduler of its own. Every command is one function of a host run on each selected host at once
+(``_on_each_host``); one host's failure never stops the others, and failed and unreachable hosts are kept apart
+(as Ansible does: the fix differs). The inventory is ``deploykit.config.inventory``; the model's way to a
+remote engine is ``deploykit.running.delivery``.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from deploykit import stackdir
-from deploykit.settings import Settings
-from deploykit.values.errors import DeployKitError, NotFoundError, StackDirError
-from deploykit.values.host import HostProfile
-from deploykit.values.services import INFERENCE, WEBUI
-
-if TYPE_CHECKING:
-    # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
-    from deploykit.engine import EngineAddress
-    from deploykit.fleet import FleetHost, HostResult, ModelPayload, PayloadCache
-    from deploykit.lifecycle import LoadedStack, Reporter
-    from deploykit.values.host import DockerEngine, Gpu
 from deploykit.app.resolve import ResolvedModel, apply_profile, engine_for, make_plan, resolve_model
 from deploykit.app.stack import PreparedStack, model_host_path, prepare_for_host
+from deploykit.config.settings import Settings
+from deploykit.seams import stackdir
+from deploykit.values.errors import DeployKitError, EngineError, NotFoundError, StackDirError
+from deploykit.values.host import HostProfile
+from deploykit.values.services import INFERENCE, WEBUI
+from deploykit.values.stackfiles import PLAN_FILE
+
+if TYPE_CHECKING:
+    # Running stacks needs httpx and the docker SDK: `fleet plan` should not pay for them.
+    from deploykit.config.inventory import FleetHost
+    from deploykit.running.delivery import ModelPayload, PayloadCache
+    from deploykit.running.stack import LoadedStack
+    from deploykit.running.stages import Reporter
+    from deploykit.seams.engine import EngineAddress
+    from deploykit.values.host import DockerEngine, Gpu
+    from deploykit.values.plan import DeploymentPlan
+
+State = Literal[
+    "detected", "planned", "rendered", "healthy", "unhealthy", "down", "not deployed", "failed", "unreachable"
+]
+BAD_STATES = ("unhealthy", "not deployed", "failed", "unreachable")
 
 
 @dataclass(frozen=True)
@@ -39,14 +57,93 @@ class FleetRequest:
     image_overrides: dict[str, str] | None = None
     timeout: float | None = None
 
+    def stack_dir(self, host: FleetHost) -> Path:
+        """The host's stack folder on this controller: one per host, named after it."""
+        return (self.fleet_dir / host.name).expanduser().absolute()
 
-def _fleet_hosts(req: FleetRequest) -> tuple[FleetHost, ...]:
-    from deploykit.fleet import check_tls, load_inventory, select_hosts
+    def webui_image(self, settings: Settings) -> str:
+        """Open WebUI's image: the GPU probe runs in it, so it reaches a host first."""
+        return (self.image_overrides or {}).get(WEBUI, settings.images.open_webui)
+
+
+# ---------------------------------------------------------------- results and the parallel runner
+
+
+@dataclass
+class HostResult:
+    """One host's outcome, as Compose Farm's CommandResult: the table row and the JSON entry."""
+
+    host: str
+    state: State
+    profile: str | None = None
+    backend: str | None = None
+    url: str | None = None
+    error: str | None = None
+    hint: str | None = None
+    exit_code: int = 0
+    seconds: float = 0.0
+    engine: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)  # what --json shows of the host, by command
+
+    @property
+    def ok(self) -> bool:
+        return self.state not in BAD_STATES
+
+
+def _row(host: FleetHost, state: State, plan: DeploymentPlan, url: str | None = None, **rest: Any) -> HostResult:
+    """A host's row about a stack: its profile and backend beside the state."""
+    backend = f"{plan.backend} on {plan.device}"
+    return HostResult(host.name, state, profile=plan.profile, backend=backend, url=url, **rest)
+
+
+def run_parallel(
+    hosts: Sequence[FleetHost], work: Callable[[FleetHost], HostResult], parallel: int
+) -> list[HostResult]:
+    """``work`` on every host, at most ``parallel`` at a time; results in inventory order. A host that
+    raises becomes a failed (or, for an engine error, unreachable) row; the others carry on."""
+
+    def guarded(host: FleetHost) -> HostResult:
+        started = time.monotonic()
+        try:
+            result = work(host)
+        except EngineError as exc:
+            result = HostResult(host.name, "unreachable", error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+        except DeployKitError as exc:
+            result = HostResult(host.name, "failed", error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+        except Exception as exc:  # one host's surprise must not take the fleet down with it
+            result = HostResult(host.name, "failed", error=f"{type(exc).__name__}: {exc}", exit_code=1)
+        result.seconds = round(time.monotonic() - started, 1)
+        result.engine = result.engine or host.engine or f"context {host.context}"
+        result.labels = dict(host.labels)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="fleet") as pool:
+        return list(pool.map(guarded, hosts))
+
+
+def _on_each_host(req: FleetRequest, work: Callable[[FleetHost], HostResult]) -> list[HostResult]:
+    """``work`` on every host the request selects, ``req.parallel`` at a time: what every fleet command is."""
+    from deploykit.config.inventory import check_tls, load_inventory, select_hosts
 
     hosts = select_hosts(load_inventory(req.inventory), req.hosts)
     for host in hosts:  # a tcp:// host without TLS material stops the run before anything is written
         check_tls(host)
-    return hosts
+    return run_parallel(hosts, work, req.parallel)
+
+
+def summary(results: Sequence[HostResult]) -> dict[str, object]:
+    failed = [r.host for r in results if not r.ok and r.state != "unreachable"]
+    unreachable = [r.host for r in results if r.state == "unreachable"]
+    return {
+        "ok": all(r.ok for r in results),
+        "failed": failed,
+        "unreachable": unreachable,
+        "hosts": [asdict(r) | {"ok": r.ok} for r in results],
+    }
+
+
+# ---------------------------------------------------------------- one host
 
 
 def _host_settings(settings: Settings, host: FleetHost) -> Settings:
@@ -69,7 +166,7 @@ def place_override(host: FleetHost, stack_dir: Path, write: bool) -> dict[str, s
     A folder's own override stays when the inventory names none (deploykit never deletes a site's file)."""
     import hashlib
 
-    from deploykit.override import OVERRIDE_FILE, describe
+    from deploykit.seams.override import OVERRIDE_FILE, describe
 
     source = host.site_override()
     if source is None:
@@ -87,9 +184,8 @@ def place_override(host: FleetHost, stack_dir: Path, write: bool) -> dict[str, s
 
 def _reach(host: FleetHost) -> tuple[EngineAddress, DockerEngine]:
     """The host's engine and what it says; an unreachable engine is an EngineError (unreachable)."""
-    from deploykit import engine
-    from deploykit.fleet import engine_address
-    from deploykit.values.errors import EngineError
+    from deploykit.config.inventory import engine_address
+    from deploykit.seams import engine
 
     docker_host = engine_address(host)
     probe = engine.probe_engine(docker_host)
@@ -112,9 +208,9 @@ def detect_fleet_host(
 ) -> HostProfile:
     """The host as its engine describes it: CPUs, RAM and architecture from /info; GPUs from nvidia-smi in a
     short-lived probe container with GPU access, where the engine has the NVIDIA runtime."""
-    from deploykit import engine
-    from deploykit.detect import describe_failure, normalise_arch, parse_nvidia_smi_xml
-    from deploykit.proc import Completed
+    from deploykit.seams import engine
+    from deploykit.seams.detect import describe_failure, normalise_arch, parse_nvidia_smi_xml
+    from deploykit.seams.proc import Completed
     from deploykit.values.host import Cpu, Memory
 
     res = engine.engine_resources(docker_host)
@@ -156,6 +252,10 @@ class FleetStack:
     payload: ModelPayload | None  # set when the weights travel as a volume
     override: dict[str, str] | None  # the compose.override.yaml in effect in the host's folder
 
+    @property
+    def webui_url(self) -> str:
+        return self.prepared.loaded(self.address).webui_url
+
 
 def _fleet_stack(
     settings: Settings,
@@ -168,16 +268,14 @@ def _fleet_stack(
 ) -> FleetStack:
     """Plan and render one host's stack in memory; ``write``: its inventory override goes into the folder first,
     so the render records it and `up` checks that it merges."""
-    from deploykit.fleet import address_of
+    from deploykit.config.inventory import address_of
 
     docker_host, probe = reached
     hs = _host_settings(settings, host)
-    stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
+    stack_dir = req.stack_dir(host)
     existing = stackdir.open_for_render(stack_dir)  # before detection: a folder that is not ours stops here
     override = place_override(host, stack_dir, write)
-    overrides = req.image_overrides or {}
-    gpu_image = overrides.get(WEBUI, settings.images.open_webui)
-    profile = detect_fleet_host(settings, host, docker_host, probe, gpu_image, req.profile)
+    profile = detect_fleet_host(settings, host, docker_host, probe, req.webui_image(settings), req.profile)
     payload = None
     if not docker_host.local:  # a remote engine resolves bind mounts on its own disk: the model travels
         path = model_host_path(hs, make_plan(profile, model, hs), model)
@@ -188,157 +286,18 @@ def _fleet_stack(
             )
         payload = payloads.get(path)
     volume = payload.volume if payload else None
+    overrides = req.image_overrides or {}
     prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, volume, existing=existing)
     return FleetStack(docker_host, address_of(host, docker_host), prepared, payload, override)
-
-
-def _fleet_model(settings: Settings, req: FleetRequest) -> ResolvedModel:
-    return resolve_model(settings, req.model_id, req.model_path)
-
-
-def fleet_detect(settings: Settings, req: FleetRequest) -> list[HostResult]:
-    from deploykit.fleet import HostResult, run_parallel
-
-    overrides = req.image_overrides or {}
-
-    def one(host: FleetHost) -> HostResult:
-        docker_host, probe = _reach(host)
-        profile = detect_fleet_host(
-            settings, host, docker_host, probe, overrides.get(WEBUI, settings.images.open_webui), req.profile
-        )
-        return HostResult(
-            host.name,
-            "detected",
-            profile=host.profile or req.profile,
-            details={"host": profile.model_dump(mode="json")},
-        )
-
-    return run_parallel(_fleet_hosts(req), one, req.parallel)
-
-
-def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> list[HostResult]:
-    """Plan every host (``write``: and render its stack folder)."""
-    from deploykit.fleet import HostResult, PayloadCache, run_parallel
-
-    model, payloads = _fleet_model(settings, req), PayloadCache()
-
-    def one(host: FleetHost) -> HostResult:
-        fs = _fleet_stack(settings, req, host, model, payloads, _reach(host), write)
-        spec = fs.prepared.spec
-        details: dict[str, Any] = {
-            "plan": spec.plan.model_dump(mode="json"),
-            "model_volume": spec.model_volume,
-            "override": fs.override,
-            "notes": fs.prepared.notes,
-        }
-        if write:
-            details["dir"] = str(fs.prepared.stack_dir)
-            details["changed"] = fs.prepared.write()
-        return HostResult(
-            host.name,
-            "rendered" if write else "planned",
-            profile=spec.plan.profile,
-            backend=f"{spec.plan.backend} on {spec.plan.device}",
-            url=f"http://{fs.address}:{spec.webui_port}",
-            details=details,
-        )
-
-    return run_parallel(_fleet_hosts(req), one, req.parallel)
-
-
-def deliver_model(docker_host: EngineAddress, payload: ModelPayload, image: str) -> str:
-    """The weights into the host's named volume through its engine, checked by SHA-256 on the host's disk;
-    nothing sent when the volume already holds that digest."""
-    from deploykit import engine
-    from deploykit.fleet import archive_stream
-    from deploykit.values.errors import DownloadError
-
-    volume = payload.volume
-    label = "deploykit-model-delivery"
-    if engine.volume_exists(docker_host, volume):
-        _, marker = engine.run_probe(docker_host, image, payload.marker_command(), label=label, volume=volume)
-        if marker.strip() == payload.digest:
-            return f"already in volume {volume}"
-    labels = {
-        "org.deploykit.managed": "true",
-        "org.deploykit.model-sha256": payload.digest,
-        "org.deploykit.stack": label,
-    }
-    started = time.monotonic()
-    code, out = engine.fill_volume(docker_host, volume, image, archive_stream(payload), payload.check_command(), labels)
-    if code != 0:
-        raise DownloadError(
-            f"the model sent into volume {volume} failed its SHA-256 check on the host: {out.strip()[:200]}.",
-            "Run `deploykit fleet up` again to resend it; check the host's disk if it fails again.",
-        )
-    return f"sent into volume {volume} and SHA-256 checked there ({time.monotonic() - started:.1f} s)"
-
-
-def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str], Reporter]) -> list[HostResult]:
-    """Per host, at most ``parallel`` at once: images and model through its engine, render, start, check."""
-    from deploykit import engine, lifecycle
-    from deploykit.fleet import HostResult, PayloadCache, run_parallel
-
-    model, payloads = _fleet_model(settings, req), PayloadCache()
-    controller = engine_for(settings)
-
-    def one(host: FleetHost) -> HostResult:
-        reporter = reporter_for(host.name)
-        docker_host, probe = _reach(host)
-        overrides = req.image_overrides or {}
-        delivery = {}
-        # Open WebUI's image first: the GPU probe runs in it.
-        webui_image = overrides.get(WEBUI, settings.images.open_webui)
-        reporter.note(f"images: {webui_image} …")
-        delivery["open-webui image"] = engine.copy_image(controller, docker_host, webui_image)
-        fs = _fleet_stack(settings, req, host, model, payloads, (docker_host, probe), write=True)
-        spec = fs.prepared.spec
-        row = HostResult(
-            host.name,
-            "failed",
-            profile=spec.plan.profile,
-            backend=f"{spec.plan.backend} on {spec.plan.device}",
-            url=f"http://{fs.address}:{spec.webui_port}",
-            details={
-                "delivery": delivery,
-                "dir": str(fs.prepared.stack_dir),
-                "override": fs.override,
-                "notes": fs.prepared.notes,
-            },
-        )
-        try:
-            reporter.note(f"images: open-webui {delivery['open-webui image']}; {spec.images['inference']} …")
-            delivery["inference image"] = engine.copy_image(controller, docker_host, spec.images[INFERENCE])
-            reporter.note(f"images: inference {delivery['inference image']}")
-            if fs.payload is not None:
-                reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
-                delivery["model"] = deliver_model(docker_host, fs.payload, spec.images[INFERENCE])
-                reporter.note(f"model: {delivery['model']}")
-            prepared = fs.prepared
-            with inference_route(prepared.loaded(fs.address), docker_host) as stack:
-                report = lifecycle.up(
-                    stack, docker_host, req.timeout, reporter, prepared.files, write_files=prepared.write
-                )
-        except DeployKitError as exc:
-            row.error, row.hint, row.exit_code = exc.message, exc.hint, exc.exit_code
-            return row
-        row.state = "healthy" if report.healthy else "unhealthy"
-        row.details["stages"] = report.stages
-        row.details["drift"] = report.drift
-        return row
-
-    return run_parallel(_fleet_hosts(req), one, req.parallel)
 
 
 @contextmanager
 def inference_route(stack: LoadedStack, docker_host: EngineAddress) -> Iterator[LoadedStack]:
     """The stack with an inference URL this controller can reach: the stack publishes that port on its engine
     host's loopback only, so an ssh:// host is reached through an ``ssh -L`` forward while the block runs."""
-    from dataclasses import replace
     from urllib.parse import urlparse
 
-    from deploykit.proc import ssh_forward
-    from deploykit.values.errors import EngineError
+    from deploykit.seams.proc import ssh_forward
 
     if not docker_host.ssh:
         yield stack
@@ -358,14 +317,12 @@ def inference_route(stack: LoadedStack, docker_host: EngineAddress) -> Iterator[
 
 def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[EngineAddress, LoadedStack] | HostResult:
     """The host's engine and its stack (addressed for this controller), or the row saying why not."""
-    from dataclasses import replace
-
-    from deploykit.fleet import HostResult, address_of
-    from deploykit.lifecycle import load_stack
+    from deploykit.config.inventory import address_of
+    from deploykit.running.stack import load_stack
 
     docker_host, _ = _reach(host)  # an unreachable host is that first, deployed or not
-    stack_dir = (req.fleet_dir / host.name).expanduser().absolute()
-    if not (stack_dir / "plan.json").is_file():
+    stack_dir = req.stack_dir(host)
+    if not (stack_dir / PLAN_FILE).is_file():
         return HostResult(
             host.name,
             "not deployed",
@@ -375,48 +332,136 @@ def _fleet_loaded(req: FleetRequest, host: FleetHost) -> tuple[EngineAddress, Lo
     return docker_host, replace(load_stack(stack_dir), address=address_of(host, docker_host))
 
 
+# ---------------------------------------------------------------- the commands: one function of a host each
+
+
+def _detect(settings: Settings, req: FleetRequest, host: FleetHost) -> HostResult:
+    docker_host, probe = _reach(host)
+    profile = detect_fleet_host(settings, host, docker_host, probe, req.webui_image(settings), req.profile)
+    details: dict[str, object] = {"host": profile.model_dump(mode="json")}
+    return HostResult(host.name, "detected", profile=host.profile or req.profile, details=details)
+
+
+def _plan(
+    settings: Settings, req: FleetRequest, model: ResolvedModel, payloads: PayloadCache, write: bool, host: FleetHost
+) -> HostResult:
+    fs = _fleet_stack(settings, req, host, model, payloads, _reach(host), write)
+    spec = fs.prepared.spec
+    details: dict[str, object] = {
+        "plan": spec.plan.model_dump(mode="json"),
+        "model_volume": spec.model_volume,
+        "override": fs.override,
+        "notes": fs.prepared.notes,
+    }
+    if write:
+        details["dir"] = str(fs.prepared.stack_dir)
+        details["changed"] = fs.prepared.write()
+    return _row(host, "rendered" if write else "planned", spec.plan, fs.webui_url, details=details)
+
+
+def _up(
+    settings: Settings,
+    req: FleetRequest,
+    model: ResolvedModel,
+    payloads: PayloadCache,
+    reporter_for: Callable[[str], Reporter],
+    host: FleetHost,
+) -> HostResult:
+    from deploykit.running import lifecycle
+    from deploykit.running.delivery import deliver_model
+    from deploykit.seams import engine
+
+    reporter = reporter_for(host.name)
+    controller = engine_for(settings)
+    docker_host, probe = _reach(host)
+    webui_image = req.webui_image(settings)
+    reporter.note(f"images: {webui_image} …")
+    delivery = {"open-webui image": engine.copy_image(controller, docker_host, webui_image)}
+    fs = _fleet_stack(settings, req, host, model, payloads, (docker_host, probe), write=True)
+    prepared, images = fs.prepared, fs.prepared.spec.images
+    details = {"delivery": delivery, "dir": str(prepared.stack_dir), "override": fs.override, "notes": prepared.notes}
+    row = _row(host, "failed", prepared.spec.plan, fs.webui_url, details=details)
+    try:
+        reporter.note(f"images: open-webui {delivery['open-webui image']}; {images['inference']} …")
+        delivery["inference image"] = engine.copy_image(controller, docker_host, images[INFERENCE])
+        reporter.note(f"images: inference {delivery['inference image']}")
+        if fs.payload is not None:
+            reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
+            delivery["model"] = deliver_model(docker_host, fs.payload, images[INFERENCE])
+            reporter.note(f"model: {delivery['model']}")
+        with inference_route(prepared.loaded(fs.address), docker_host) as stack:
+            report = lifecycle.up(stack, docker_host, req.timeout, reporter, prepared.files, write_files=prepared.write)
+    except DeployKitError as exc:
+        row.error, row.hint, row.exit_code = exc.message, exc.hint, exc.exit_code
+        return row
+    row.state = "healthy" if report.healthy else "unhealthy"
+    row.details["stages"] = report.stages
+    row.details["drift"] = report.drift
+    return row
+
+
+def _status(req: FleetRequest, host: FleetHost) -> HostResult:
+    from deploykit.running import lifecycle
+
+    found = _fleet_loaded(req, host)
+    if isinstance(found, HostResult):
+        return found
+    docker_host, loaded = found
+    with inference_route(loaded, docker_host) as stack:
+        state = lifecycle.status(stack, docker_host)
+    broken = [
+        f"{s['service']}: {s['state']}, {s.get('detail') or s.get('health') or ''}".rstrip(", ")
+        for s in state["services"]
+        if s["state"] != "running" or s.get("health") == "unhealthy" or not state["healthy"]
+    ]
+    return _row(
+        host,
+        "healthy" if state["healthy"] else "unhealthy",
+        stack.spec.plan,
+        stack.webui_url,
+        error=None if state["healthy"] else "; ".join(broken),
+        details={"services": state["services"], "override": state["override"]},
+    )
+
+
+def _down(req: FleetRequest, host: FleetHost) -> HostResult:
+    from deploykit.running import lifecycle
+
+    found = _fleet_loaded(req, host)
+    if isinstance(found, HostResult):
+        found.state = "down"  # nothing to stop is what down wants
+        return found
+    docker_host, stack = found
+    lifecycle.down(stack, docker_host, volumes=False)
+    return _row(host, "down", stack.spec.plan)
+
+
+def fleet_detect(settings: Settings, req: FleetRequest) -> list[HostResult]:
+    """What each host's engine reports: CPUs, RAM, GPUs (and the profile it gets)."""
+    return _on_each_host(req, partial(_detect, settings, req))
+
+
+def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> list[HostResult]:
+    """Plan every host (``write``: and render its stack folder)."""
+    from deploykit.running.delivery import PayloadCache
+
+    model = resolve_model(settings, req.model_id, req.model_path)
+    return _on_each_host(req, partial(_plan, settings, req, model, PayloadCache(), write))
+
+
+def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str], Reporter]) -> list[HostResult]:
+    """Per host, at most ``parallel`` at once: images and model through its engine, render, start, check."""
+    from deploykit.running.delivery import PayloadCache
+
+    model = resolve_model(settings, req.model_id, req.model_path)
+    return _on_each_host(req, partial(_up, settings, req, model, PayloadCache(), reporter_for))
+
+
 def fleet_status(settings: Settings, req: FleetRequest) -> list[HostResult]:
-    from deploykit import lifecycle
-    from deploykit.fleet import HostResult, run_parallel
-
-    def one(host: FleetHost) -> HostResult:
-        found = _fleet_loaded(req, host)
-        if isinstance(found, HostResult):
-            return found
-        docker_host, loaded = found
-        with inference_route(loaded, docker_host) as stack:
-            state = lifecycle.status(stack, docker_host)
-        broken = [
-            f"{s['service']}: {s['state']}, {s.get('detail') or s.get('health') or ''}".rstrip(", ")
-            for s in state["services"]
-            if s["state"] != "running" or s.get("health") == "unhealthy" or not state["healthy"]
-        ]
-        plan = stack.spec.plan
-        return HostResult(
-            host.name,
-            "healthy" if state["healthy"] else "unhealthy",
-            profile=plan.profile,
-            backend=f"{plan.backend} on {plan.device}",
-            url=stack.webui_url,
-            error=None if state["healthy"] else "; ".join(broken),
-            details={"services": state["services"], "override": state["override"]},
-        )
-
-    return run_parallel(_fleet_hosts(req), one, req.parallel)
+    """Each host's stack: healthy or not, its URL and what is wrong."""
+    return _on_each_host(req, partial(_status, req))
 
 
 def fleet_down(settings: Settings, req: FleetRequest) -> list[HostResult]:
-    from deploykit import lifecycle
-    from deploykit.fleet import HostResult, run_parallel
-
-    def one(host: FleetHost) -> HostResult:
-        found = _fleet_loaded(req, host)
-        if isinstance(found, HostResult):
-            found.state = "down"  # nothing to stop is what down wants
-            return found
-        docker_host, stack = found
-        lifecycle.down(stack, docker_host, volumes=False)
-        plan = stack.spec.plan
-        return HostResult(host.name, "down", profile=plan.profile, backend=f"{plan.backend} on {plan.device}")
-
-    return run_parallel(_fleet_hosts(req), one, req.parallel)
+    """Stop each host's stack; chats, accounts and the delivered model stay."""
+    return _on_each_host(req, partial(_down, req))

@@ -1,27 +1,47 @@
-"""Measuring a running stack: `bench` (load at each concurrency) and `tune` (the sweep that keeps the best)."""
+"""Measuring a running stack: `bench` (streaming load at each concurrency) and `tune` (the sweep that keeps the best).
+
+`tune`'s whole logic is here: which knob settings to try (from the machine's CPU count, the stack's current
+settings and the workload), how each is measured (the inference service restarted with it, then loaded through
+``deploykit.running.bench``), and which one won (written into the stack's deploykit.toml).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Required, TypedDict, cast
+from typing import TYPE_CHECKING, Literal, Required, TypedDict, cast
 
-from deploykit import stackdir
-from deploykit.render import StackIdentity, render_files
-from deploykit.settings import Settings
-from deploykit.values.errors import DeployKitError, PlanError
+from deploykit.app.resolve import ResolvedModel, engine_for, plan_with
+from deploykit.config.settings import Settings
+from deploykit.planning.render import StackIdentity, render_files
+from deploykit.seams import stackdir
+from deploykit.values.errors import DeployKitError, HealthError, PlanError, UsageError
 from deploykit.values.plan import DeploymentPlan
 from deploykit.values.services import INFERENCE
+from deploykit.values.stackfiles import PLAN_FILE
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
-    from deploykit.bench import BenchLevel, RequestResult
-    from deploykit.bench import Target as BenchTarget
-    from deploykit.lifecycle import LoadedStack
-    from deploykit.tune import TuneRow, TuneWorkload
-from deploykit.app.resolve import ResolvedModel, engine_for, plan_with
+    from deploykit.running.bench import BenchLevel, RequestResult, Workload
+    from deploykit.running.bench import Target as BenchTarget
+    from deploykit.running.stack import LoadedStack
+    from deploykit.seams.compose import Stack
+    from deploykit.seams.engine import EngineAddress
+
+# Requests per level (bench) and per candidate (tune) when none are asked for: every worker sends at least two,
+# since the first wave starts all at once; bench never fewer than eight, tune never fewer than four.
+BENCH_MIN_REQUESTS = 8
+TUNE_MIN_REQUESTS = 4
+
+
+def requests_for(concurrency: int, at_least: int) -> int:
+    """Requests for one load at ``concurrency``: two per worker, and never fewer than ``at_least``."""
+    return max(at_least, 2 * concurrency)
+
+
+# ---------------------------------------------------------------- bench
 
 
 def replan_files(stack: LoadedStack, **knobs: int | None) -> tuple[DeploymentPlan, dict[str, str]]:
@@ -39,8 +59,8 @@ def replan_files(stack: LoadedStack, **knobs: int | None) -> tuple[DeploymentPla
 
 def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
     """Where `bench` sends its load: the inference server's API, or Open WebUI's as the stack's admin."""
-    from deploykit import health, webui
-    from deploykit.bench import Target
+    from deploykit.running.bench import Target
+    from deploykit.seams import health, webui
 
     plan = stack.spec.plan
     key = stack.api_key
@@ -100,8 +120,8 @@ def bench_stack(
     """Streaming load at each concurrency level against a running stack; figures per level as plain data."""
     from dataclasses import asdict
 
-    from deploykit.bench import Workload, calibrate_words, run_level
-    from deploykit.lifecycle import identity, load_stack
+    from deploykit.running.bench import Workload, calibrate_words, run_level
+    from deploykit.running.stack import identity, load_stack
     from deploykit.values.errors import HealthError
 
     stack = load_stack(stack_dir.expanduser().absolute())
@@ -115,7 +135,8 @@ def bench_stack(
         ) from None
     results: list[BenchLevel] = []
     for concurrency in levels:
-        workload = Workload(concurrency, requests or default_requests(concurrency), prompt_tokens, max_tokens)
+        count = requests or requests_for(concurrency, BENCH_MIN_REQUESTS)
+        workload = Workload(concurrency, count, prompt_tokens, max_tokens)
         results.append(cast("BenchLevel", asdict(run_level(target, workload, words, on_result))))
     plan = stack.spec.plan
     return {
@@ -125,128 +146,6 @@ def bench_stack(
         "url": target.base_url + target.path,
         "levels": results,
     }
-
-
-def default_requests(concurrency: int) -> int:
-    """Enough requests that every worker sends at least two (the first wave starts all at once)."""
-    return max(8, 2 * concurrency)
-
-
-@dataclass
-class TuneReport:
-    stack_dir: str
-    workload: TuneWorkload
-    cpus: int
-    before: dict[str, int]
-    winner: dict[str, int]
-    rows: list[TuneRow]
-    settings_file: str = ""
-    confirmed: dict[str, float] | None = None
-    healthy: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
-def tune_stack(
-    settings: Settings,
-    stack_dir: Path,
-    *,
-    concurrency: int,
-    workload_name: str | None,
-    prompt_tokens: int,
-    max_tokens: int,
-    requests: int | None,
-    threads: list[int] | None,
-    parallel: list[int] | None,
-    time_limit: float,
-    on_candidate: Callable[[str], None],
-    on_result: Callable[[RequestResult], None],
-) -> TuneReport:
-    """Restart the inference service with each candidate setting, measure it, keep the best.
-
-    The winner goes into the stack's deploykit.toml and the stack is re-rendered and restarted with it; an
-    interrupted sweep puts the stack back as it was. Only the inference service restarts; secrets stay.
-    """
-    from deploykit import engine, lifecycle, tune
-    from deploykit.bench import Workload, calibrate_words, run_level, warm_up
-    from deploykit.settings import write_stack_settings
-    from deploykit.values.errors import HealthError
-
-    docker_host = engine_for(settings)
-    stack = lifecycle.load_stack(stack_dir.expanduser().absolute())
-    plan = stack.spec.plan
-    original = {name: (stack.dir / name).read_text(encoding="utf-8") for name in ("compose.yaml", "plan.json")}
-    current = tune.Candidate(plan.threads, plan.parallel)
-    cpus = engine.engine_cpus(docker_host)
-    grid = tune.candidates(current, cpus, concurrency, threads, parallel)
-    load = Workload(concurrency, requests or tune.default_requests(concurrency), prompt_tokens, max_tokens)
-    report = TuneReport(
-        str(stack.dir),
-        tune.describe_workload(concurrency, prompt_tokens, max_tokens, workload_name),
-        cpus,
-        current.knobs(),
-        current.knobs(),
-        [],
-    )
-    compose = stack.engine_stack(docker_host)
-    target = bench_target(stack, INFERENCE)
-    words: int | None = None
-
-    def apply(candidate: tune.Candidate) -> float:
-        _, files = replan_files(stack, **candidate.knobs())
-        stackdir.write_stack(stack.dir, {k: files[k] for k in ("compose.yaml", "plan.json")})
-        compose.up(INFERENCE)
-        return lifecycle.wait_inference_ready(lifecycle.load_stack(stack.dir), docker_host)
-
-    def measure(candidate: tune.Candidate) -> TuneRow:
-        nonlocal words
-        row: TuneRow = {"threads": candidate.threads, "parallel": candidate.parallel, "current": candidate == current}
-        try:
-            row["ready_s"] = round(apply(candidate), 1)
-            if words is None:
-                words = calibrate_words(target, prompt_tokens)
-            warm_up(target, load, words, time_limit)
-            level = run_level(target, load, words, on_result, time_limit)
-            row["metrics"] = level.metrics
-            row["errors"] = level.errors
-        except (PlanError, HealthError, ConnectionError) as exc:
-            row["metrics"] = None
-            row["errors"] = [getattr(exc, "message", str(exc))]
-        return row
-
-    try:
-        for candidate in grid:
-            on_candidate(candidate.label())
-            report.rows.append(measure(candidate))
-        first = [tune.mean_score([r.get("metrics")]) for r in report.rows]
-        for i in tune.leaders(first):
-            row = report.rows[i]
-            again = tune.Candidate(row["threads"], row["parallel"])
-            on_candidate(f"{again.label()} (close to the best: measured again)")
-            row["repeat"] = measure(again).get("metrics")
-    except BaseException:
-        # Interrupted or broken: the stack goes back to what it ran before, nothing is written; the
-        # error the user sees is the one that stopped the sweep, not one from putting things back.
-        stackdir.write_stack(stack.dir, original)
-        with contextlib.suppress(DeployKitError):
-            compose.up(INFERENCE)
-        raise
-    for row in report.rows:
-        row["score"] = tune.mean_score([row.get("metrics"), *([row.get("repeat")] if "repeat" in row else [])])
-    best = tune.pick([(tune.Candidate(r["threads"], r["parallel"]), r["score"]) for r in report.rows])
-    winner = best[0] if best else current
-    top = best[1] if best else 0.0
-    for row in report.rows:
-        row["of_best"] = row["score"] / top if top else 0.0
-    report.winner = winner.knobs()
-    if best is None:
-        report.notes.append("no candidate completed its requests; the stack keeps its settings.")
-    else:
-        report.settings_file = str(write_stack_settings(stack.dir, winner.knobs()))
-    on_candidate(f"{winner.label()} (winner, confirming)")
-    confirm = measure(winner)
-    report.confirmed = confirm["metrics"]
-    report.healthy = lifecycle.status(lifecycle.load_stack(stack.dir), docker_host)["healthy"]
-    return report
 
 
 def bench_report(
@@ -265,9 +164,308 @@ def bench_report(
         "stacks": stacks,
     }
     if chart:
-        from deploykit.bench import chart_html
+        from deploykit.running.bench import chart_html
 
         series = {f"{s['project']} ({s['flags']['threads']}t/{s['flags']['parallel']}np)": s["levels"] for s in stacks}
         chart.write_text(chart_html(series, "deploykit bench"), encoding="utf-8")
         report["chart"] = str(chart.absolute())
+    return report
+
+
+# ---------------------------------------------------------------- tune's sweep: pure
+
+WorkloadName = Literal["chat", "throughput"]
+# What each named workload means: one conversation at a time, or several at once.
+WORKLOAD_CONCURRENCY: dict[str, int] = {"chat": 1, "throughput": 4}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting of the planner's knobs (PlanSettings names: they go into deploykit.toml as they are)."""
+
+    threads: int
+    parallel: int
+
+    def knobs(self) -> dict[str, int]:
+        return {"threads": self.threads, "parallel": self.parallel}
+
+    def label(self) -> str:
+        return f"threads={self.threads} parallel={self.parallel}"
+
+
+def thread_choices(cpus: int, current: int) -> list[int]:
+    """Half the CPUs (the physical cores on an SMT machine), all of them, and what the stack has now."""
+    return sorted({max(1, cpus // 2), max(1, cpus), current})
+
+
+def parallel_choices(concurrency: int, current: int) -> list[int]:
+    """Slots from 1 up to the workload's concurrency in powers of two, at least 1 and 2, and the current."""
+    choices = {1, 2, current, max(1, concurrency)}
+    slots = 4
+    while slots < concurrency:
+        choices.add(slots)
+        slots *= 2
+    return sorted(c for c in choices if c <= max(2, concurrency) or c == current)
+
+
+def candidates(
+    current: Candidate,
+    cpus: int,
+    concurrency: int,
+    threads: list[int] | None = None,
+    parallel: list[int] | None = None,
+) -> list[Candidate]:
+    """The grid to measure, the stack's current setting first (it is the baseline the gain is measured from)."""
+    grid = [
+        Candidate(t, p)
+        for t in (threads or thread_choices(cpus, current.threads))
+        for p in (parallel or parallel_choices(concurrency, current.parallel))
+    ]
+    return [current, *(c for c in grid if c != current)]
+
+
+def score(metrics: dict[str, float]) -> float:
+    """What the sweep maximises: output tokens per second over all requests at the workload's concurrency.
+
+    At concurrency 1 this is the speed one chat sees; at higher concurrency, what the server delivers in all.
+    """
+    if metrics.get("failed", 0) or not metrics.get("completed"):
+        return 0.0
+    return float(metrics["output_throughput"])
+
+
+def pick(scored: Sequence[tuple[Candidate, float]]) -> tuple[Candidate, float] | None:
+    """The candidate with the highest score; ties go to the one measured first (the current setting)."""
+    best: tuple[Candidate, float] | None = None
+    for candidate, value in scored:
+        if value > 0 and (best is None or value > best[1]):
+            best = (candidate, value)
+    return best
+
+
+# Candidates scoring within this share of the best are measured again before one is picked: on a shared
+# machine one run can order settings that differ by less (a 2-core VM's sweep scored six settings within
+# 4 % and the pick then measured at 68 % of the best, docs/benchmarks.md).
+LEADER_BAND = 0.9
+
+
+def leaders(scores: Sequence[float], within: float = LEADER_BAND) -> list[int]:
+    """Indexes of the candidates close enough to the best that one noisy run may have ordered them."""
+    top = max(scores, default=0.0)
+    found = [i for i, value in enumerate(scores) if top > 0 and value >= within * top]
+    return found if len(found) > 1 else []
+
+
+def mean_score(runs: Sequence[dict[str, float] | None]) -> float:
+    """A candidate's score over all its runs; a run that failed counts as 0."""
+    values = [score(m) if m is not None else 0.0 for m in runs]
+    return sum(values) / len(values) if values else 0.0
+
+
+class TuneWorkload(TypedDict):
+    """What `tune` optimises for, as its report records it."""
+
+    name: str
+    concurrency: int
+    prompt_tokens: int
+    max_tokens: int
+    objective: str
+
+
+class TuneRow(TypedDict, total=False):
+    """One candidate of the sweep: its knobs and what it measured."""
+
+    threads: Required[int]
+    parallel: Required[int]
+    current: Required[bool]
+    ready_s: float
+    metrics: dict[str, float] | None
+    repeat: dict[str, float] | None  # a second run, for a candidate close to the best
+    errors: list[str]
+    score: float
+    of_best: float
+
+
+def describe_workload(concurrency: int, prompt_tokens: int, max_tokens: int, name: str | None) -> TuneWorkload:
+    what = "one chat at a time" if concurrency == 1 else f"{concurrency} chats at once"
+    return {
+        "name": name or f"concurrency-{concurrency}",
+        "concurrency": concurrency,
+        "prompt_tokens": prompt_tokens,
+        "max_tokens": max_tokens,
+        "objective": f"output tokens/s with {what} ({prompt_tokens} prompt tokens, {max_tokens} output tokens each)",
+    }
+
+
+# ---------------------------------------------------------------- tune
+
+
+def tune_goal(workload: str | None, concurrency: int | None) -> tuple[str | None, int]:
+    """(workload name, concurrency) `tune` optimises for: a named workload, or N chats at once (default: chat)."""
+    if workload and concurrency:
+        raise UsageError("--workload and --concurrency both say what to optimise.", "Give one of them.")
+    if concurrency is not None and concurrency < 1:
+        raise UsageError("--concurrency must be at least 1.", "e.g. --concurrency 4")
+    name = workload or (None if concurrency else "chat")
+    return name, concurrency or WORKLOAD_CONCURRENCY[name or "chat"]
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """What `tune` is asked for: the stack, the workload to optimise for, and the candidates (None: from the CPUs)."""
+
+    stack_dir: Path
+    concurrency: int
+    workload_name: str | None
+    prompt_tokens: int
+    max_tokens: int
+    requests: int | None = None
+    threads: list[int] | None = None
+    parallel: list[int] | None = None
+    time_limit: float = 90.0
+
+    @property
+    def requests_each(self) -> int:
+        return self.requests or requests_for(self.concurrency, TUNE_MIN_REQUESTS)
+
+
+@dataclass
+class TuneReport:
+    stack_dir: str
+    workload: TuneWorkload
+    cpus: int
+    before: dict[str, int]
+    winner: dict[str, int]
+    rows: list[TuneRow]
+    settings_file: str = ""
+    confirmed: dict[str, float] | None = None
+    healthy: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Sweep:
+    """One candidate after another on the running stack: re-render with its knobs, restart the inference
+    service, warm it up, measure it."""
+
+    stack: LoadedStack
+    docker_host: EngineAddress
+    compose: Stack
+    target: BenchTarget
+    load: Workload
+    request: TuneRequest
+    current: Candidate
+    on_result: Callable[[RequestResult], None]
+    words: int | None = None
+
+    @property
+    def files(self) -> tuple[str, str]:
+        """What a candidate rewrites: the stack file and plan.json (never .env)."""
+        return self.stack.stack_file.name, PLAN_FILE
+
+    def apply(self, candidate: Candidate) -> float:
+        from deploykit.running.stack import load_stack
+        from deploykit.running.stages import wait_inference_ready
+
+        _, files = replan_files(self.stack, **candidate.knobs())
+        stackdir.write_stack(self.stack.dir, {k: files[k] for k in self.files})
+        self.compose.up(INFERENCE)
+        return wait_inference_ready(load_stack(self.stack.dir), self.docker_host)
+
+    def measure(self, candidate: Candidate) -> TuneRow:
+        from deploykit.running.bench import calibrate_words, run_level, warm_up
+
+        limit = self.request.time_limit
+        row: TuneRow = {
+            "threads": candidate.threads,
+            "parallel": candidate.parallel,
+            "current": candidate == self.current,
+        }
+        try:
+            row["ready_s"] = round(self.apply(candidate), 1)
+            if self.words is None:
+                self.words = calibrate_words(self.target, self.request.prompt_tokens)
+            warm_up(self.target, self.load, self.words, limit)
+            level = run_level(self.target, self.load, self.words, self.on_result, limit)
+            row["metrics"] = level.metrics
+            row["errors"] = level.errors
+        except (PlanError, HealthError, ConnectionError) as exc:
+            row["metrics"] = None
+            row["errors"] = [getattr(exc, "message", str(exc))]
+        return row
+
+    def run(self, grid: list[Candidate], on_candidate: Callable[[str], None]) -> list[TuneRow]:
+        """Every candidate, and again those close to the best; interrupted or broken, the stack goes back to
+        what it ran before, and the error the user sees is the one that stopped the sweep."""
+        original = {name: (self.stack.dir / name).read_text(encoding="utf-8") for name in self.files}
+        rows: list[TuneRow] = []
+        try:
+            for candidate in grid:
+                on_candidate(candidate.label())
+                rows.append(self.measure(candidate))
+            for i in leaders([mean_score([r.get("metrics")]) for r in rows]):
+                again = Candidate(rows[i]["threads"], rows[i]["parallel"])
+                on_candidate(f"{again.label()} (close to the best: measured again)")
+                rows[i]["repeat"] = self.measure(again).get("metrics")
+        except BaseException:
+            stackdir.write_stack(self.stack.dir, original)
+            with contextlib.suppress(DeployKitError):
+                self.compose.up(INFERENCE)
+            raise
+        return rows
+
+
+def _score_rows(rows: list[TuneRow]) -> tuple[Candidate, float] | None:
+    """Each row's score over its runs and its share of the best; the best candidate, if any completed."""
+    for row in rows:
+        row["score"] = mean_score([row.get("metrics"), *([row.get("repeat")] if "repeat" in row else [])])
+    best = pick([(Candidate(r["threads"], r["parallel"]), r["score"]) for r in rows])
+    top = best[1] if best else 0.0
+    for row in rows:
+        row["of_best"] = row["score"] / top if top else 0.0
+    return best
+
+
+def tune_stack(
+    settings: Settings,
+    request: TuneRequest,
+    on_candidate: Callable[[str], None],
+    on_result: Callable[[RequestResult], None],
+) -> TuneReport:
+    """Restart the inference service with each candidate setting, measure it, keep the best.
+
+    The winner goes into the stack's deploykit.toml and the stack is re-rendered and restarted with it; an
+    interrupted sweep puts the stack back as it was. Only the inference service restarts; secrets stay.
+    """
+    from deploykit.config.settings import write_stack_settings
+    from deploykit.running import lifecycle
+    from deploykit.running.bench import Workload
+    from deploykit.running.stack import load_stack
+    from deploykit.seams import engine
+
+    stack = load_stack(request.stack_dir.expanduser().absolute()).require_compose(
+        "tune restarts a Compose stack's inference service, and handles Compose stacks only",
+        "Tune a Compose stack of the same plan (`deploykit up --target compose --dir OTHER`), then copy the "
+        "winner from its deploykit.toml into this stack's and render it again.",
+    )
+    docker_host = engine_for(settings)
+    plan = stack.spec.plan
+    current = Candidate(plan.threads, plan.parallel)
+    cpus = engine.engine_cpus(docker_host)
+    load = Workload(request.concurrency, request.requests_each, request.prompt_tokens, request.max_tokens)
+    target = bench_target(stack, INFERENCE)
+    sweep = _Sweep(stack, docker_host, stack.engine_stack(docker_host), target, load, request, current, on_result)
+    grid = candidates(current, cpus, request.concurrency, request.threads, request.parallel)
+    workload = describe_workload(request.concurrency, request.prompt_tokens, request.max_tokens, request.workload_name)
+    report = TuneReport(str(stack.dir), workload, cpus, current.knobs(), current.knobs(), sweep.run(grid, on_candidate))
+    best = _score_rows(report.rows)
+    winner = best[0] if best else current
+    report.winner = winner.knobs()
+    if best is None:
+        report.notes.append("no candidate completed its requests; the stack keeps its settings.")
+    else:
+        report.settings_file = str(write_stack_settings(stack.dir, winner.knobs()))
+    on_candidate(f"{winner.label()} (winner, confirming)")
+    report.confirmed = sweep.measure(winner)["metrics"]
+    report.healthy = lifecycle.status(load_stack(stack.dir), docker_host)["healthy"]
     return report

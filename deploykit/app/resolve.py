@@ -22,9 +22,9 @@ from deploykit.catalog import (
     find_profile,
     load_profiles_file,
 )
-from deploykit.modelfile import read_model_path
-from deploykit.plan import plan_deployment, suggest_alternative
-from deploykit.settings import Settings, config_dir
+from deploykit.config.settings import Settings, config_dir
+from deploykit.planning.planner import plan_deployment, suggest_alternative
+from deploykit.seams.modelfile import read_model_path
 from deploykit.values.errors import ConfigError, NotFoundError, PlanError, UsageError
 from deploykit.values.host import HostProfile
 from deploykit.values.plan import DeploymentPlan, LocalWeights, NoFit, PlanSettings, RunHost
@@ -32,7 +32,7 @@ from deploykit.values.units import gib
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
-    from deploykit.engine import EngineAddress
+    from deploykit.seams.engine import EngineAddress
 
 
 def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
@@ -52,20 +52,20 @@ def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
 def engine_for(settings: Settings) -> EngineAddress:
     """The engine the settings name (--docker-host, the config file); none named: the environment's
     DOCKER_HOST, else the local socket. The one place a settings string becomes an engine address."""
-    from deploykit.engine import EngineAddress
+    from deploykit.seams.engine import EngineAddress
 
     return EngineAddress(settings.docker_host)
 
 
 def detect(settings: Settings) -> HostProfile:
-    from deploykit.detect import detect_host
-    from deploykit.engine import probe_engine
+    from deploykit.seams.detect import detect_host
+    from deploykit.seams.engine import probe_engine
 
     return detect_host(model_cache=settings.model_cache, docker=probe_engine(engine_for(settings)))
 
 
 def load_host_file(path: Path) -> HostProfile:
-    from deploykit.textfile import read_text
+    from deploykit.seams.textfile import read_text
 
     text = read_text(path, "host file", "Check the --host path; save one with `deploykit detect --json`.")
     try:
@@ -162,8 +162,8 @@ def resolve_model(settings: Settings, model_id: str | None, model_path: Path | N
 
 def _spec_from_hub(repo: str) -> ModelSpec:
     """A Hugging Face model outside the catalog: its config.json gives the numbers."""
-    from deploykit.hub import fetch_config
-    from deploykit.modelfile import slug, spec_from_hf_config
+    from deploykit.seams.hub import fetch_config
+    from deploykit.seams.modelfile import slug, spec_from_hf_config
 
     config, params = fetch_config(repo)
     spec = spec_from_hf_config(config, slug(repo.split("/")[-1]), repo.split("/")[-1], params)
@@ -203,10 +203,10 @@ def engine_host(docker_host: EngineAddress) -> RunHost | None:
     """The machine a stack started through this engine runs on: this one (its physical cores) for a
     local engine, else the engine's own CPU count, or None when the engine does not say."""
     if docker_host.local:
-        from deploykit.detect import detect_cpu
+        from deploykit.seams.detect import detect_cpu
 
         return RunHost(cores=detect_cpu().physical_cores, where="this host")
-    from deploykit.engine import probe_engine
+    from deploykit.seams.engine import probe_engine
 
     cpus = probe_engine(docker_host).cpus
     return RunHost(cores=cpus, where=f"the engine at {docker_host.display}") if cpus else None

@@ -10,24 +10,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Required, TypedDict, cast
 
-from deploykit import backends, stackdir
+from deploykit import backends
 from deploykit.catalog import (
     builtin_models,
     builtin_profiles,
     find_model,
     find_profile,
 )
-from deploykit.render import StackSpec, Target, project_name, render_files
-from deploykit.settings import Settings
-from deploykit.stackdir import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, STACK_ID, TARGET_FILES, WEBUI_SECRET_KEY
+from deploykit.config.settings import Settings
+from deploykit.planning.render import StackSpec, Target, project_name, render_files
+from deploykit.seams import stackdir
 from deploykit.values.errors import PlanError, StackDirError, UsageError
 from deploykit.values.host import HostProfile
 from deploykit.values.plan import DeploymentPlan, PlanInputs, RunHost
 from deploykit.values.services import INFERENCE, WEBUI
+from deploykit.values.stackfiles import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    INFERENCE_API_KEY,
+    STACK_ID,
+    TARGET_FILES,
+    WEBUI_SECRET_KEY,
+)
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
-    from deploykit.lifecycle import LoadedStack, Reporter, UpReport
+    from deploykit.running.stack import LoadedStack
+    from deploykit.running.stages import Reporter, UpReport
 from deploykit.app.resolve import (
     ResolvedModel,
     all_profiles,
@@ -119,7 +128,7 @@ class PreparedStack:
 
     def loaded(self, address: str = "127.0.0.1") -> LoadedStack:
         """The stack as `up` runs it, before its files are written."""
-        from deploykit.lifecycle import LoadedStack
+        from deploykit.running.stack import LoadedStack
 
         return LoadedStack(self.stack_dir, self.spec, self.secrets, self.inputs, address=address)
 
@@ -208,7 +217,7 @@ def prepare_spec(
     notes: list[str],
 ) -> PreparedStack:
     """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override."""
-    from deploykit.customise import customisation
+    from deploykit.running.customise import customisation
     from deploykit.values import webui_env
 
     stack_dir = existing.dir
@@ -225,7 +234,7 @@ def prepare_spec(
 
 def reprepare_stack(settings: Settings, stack_dir: Path, force: bool = False) -> PreparedStack:
     """An existing stack rendered again from its plan.json, with today's [webui_env] and templates."""
-    from deploykit.lifecycle import load_stack
+    from deploykit.running.stack import load_stack
 
     stack = load_stack(stack_dir)
     existing = stackdir.open_for_render(stack_dir)
@@ -273,7 +282,7 @@ def render_stack(settings: Settings, request: StackRequest) -> RenderResult:
 
 def up_stack(settings: Settings, request: StackRequest, timeout: float | None, reporter: Reporter) -> UpReport:
     """Render (or reuse) the stack, preflight, fetch the model, start it and check it stage by stage."""
-    from deploykit import lifecycle
+    from deploykit.running import lifecycle
 
     if request.target == "kubernetes":
         raise UsageError(

@@ -101,7 +101,7 @@ def _profile_from(
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    from deploykit.textfile import read_text
+    from deploykit.seams.textfile import read_text
 
     text = read_text(path, "profiles file", "Check the --profiles-file path; it is TOML in UTF-8.", ConfigError)
     try:

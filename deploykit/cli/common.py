@@ -13,8 +13,8 @@ from deploykit import __version__
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from deploykit.lifecycle import LoadedStack
-    from deploykit.settings import Settings
+    from deploykit.config.settings import Settings
+    from deploykit.running.stack import LoadedStack
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,7 +108,7 @@ def path_or_none(value: str | None) -> Path | None:
 
 
 def settings_from(ctx: click.Context, **flags: Any) -> Settings:
-    from deploykit.settings import load_settings
+    from deploykit.config.settings import load_settings
 
     root = ctx.find_root().params
     profiles_file = path_or_none(root.get("profiles_file"))

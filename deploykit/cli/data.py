@@ -89,7 +89,7 @@ def upgrade(ctx: click.Context, images: tuple[str, ...], stack_dir: str, timeout
 
     from deploykit.app import data as api
     from deploykit.cli import output
-    from deploykit.settings import parse_image_overrides
+    from deploykit.config.settings import parse_image_overrides
 
     overrides = parse_image_overrides(images)
     settings = settings_from(ctx)

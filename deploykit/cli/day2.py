@@ -124,7 +124,7 @@ def doctor(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
     """Check the host for running stacks: engine, compose v2, NVIDIA toolkit, driver, ports, disk, memory."""
     from deploykit.app import day2 as api
     from deploykit.cli import output
-    from deploykit.doctor import as_json as checks_json
+    from deploykit.running.doctor import as_json as checks_json
 
     checks = api.doctor(settings_from(ctx), path_or_none(stack_dir))
     show(as_json, checks_json(checks), output.show_checks, checks)

@@ -10,9 +10,8 @@ import click
 
 if TYPE_CHECKING:
 
-    from deploykit.app.fleet import FleetRequest
-    from deploykit.fleet import HostResult
-    from deploykit.settings import Settings
+    from deploykit.app.fleet import FleetRequest, HostResult
+    from deploykit.config.settings import Settings
 from deploykit.cli.common import DeployKitGroup, F, image_option, model_options, path_or_none, print_json, settings_from
 
 
@@ -69,7 +68,7 @@ def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings
     from pathlib import Path
 
     from deploykit.app.fleet import FleetRequest
-    from deploykit.settings import parse_image_overrides
+    from deploykit.config.settings import parse_image_overrides
 
     overrides = parse_image_overrides(params.get("images", ()))
     settings = settings_from(ctx, max_context=params.get("max_context"))
@@ -93,8 +92,8 @@ def _fleet_run(
     action: Callable[[Settings, FleetRequest], list[HostResult]],
 ) -> None:
     """Run ``action(settings, request)`` and print its per-host results; exit 1 when any host failed."""
+    from deploykit.app.fleet import summary
     from deploykit.cli import output
-    from deploykit.fleet import summary
 
     settings, req = _fleet_request(ctx, params)
     results = action(settings, req)

@@ -61,7 +61,7 @@ def bench(
 
         raise UsageError("--requests must be at least 1.", "e.g. --requests 16")
     dirs = [Path(stack_dir)] + ([Path(compare_dir)] if compare_dir else [])
-    total = sum(requests or api.default_requests(c) for c in levels) * len(dirs)
+    total = sum(requests or api.requests_for(c, api.BENCH_MIN_REQUESTS) for c in levels) * len(dirs)
     stacks = []
     with progress_bar(total, "bench") as progress:
         task = progress.task_ids[0]
@@ -131,38 +131,27 @@ def tune(
 
     from deploykit.app import measure as api
     from deploykit.cli import output
-    from deploykit.tune import WORKLOAD_CONCURRENCY, default_requests
-    from deploykit.values.errors import UsageError
 
-    if workload and concurrency:
-        raise UsageError("--workload and --concurrency both say what to optimise.", "Give one of them.")
-    if concurrency is not None and concurrency < 1:
-        raise UsageError("--concurrency must be at least 1.", "e.g. --concurrency 4")
-    name = workload or (None if concurrency else "chat")
-    level = concurrency or WORKLOAD_CONCURRENCY[name or "chat"]
-    err = output.err_console
-    err.print(f"Optimising for {name or f'concurrency {level}'}: {level} chat(s) at once.")
-    progress = progress_bar(1, "tune")
-    with progress:
+    name, level = api.tune_goal(workload, concurrency)
+    request = api.TuneRequest(
+        Path(stack_dir),
+        concurrency=level,
+        workload_name=name,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        requests=requests,
+        threads=int_list(threads_list, "--threads") if threads_list else None,
+        parallel=int_list(parallel_list, "--parallel") if parallel_list else None,
+        time_limit=time_limit,
+    )
+    output.show_tune_goal(name, level)
+    with progress_bar(1, "tune") as progress:
         task = progress.task_ids[0]
 
         def on_candidate(label: str) -> None:
-            progress.update(task, description=label, completed=0, total=requests or default_requests(level))
+            progress.update(task, description=label, completed=0, total=request.requests_each)
 
-        report = api.tune_stack(
-            settings_from(ctx),
-            Path(stack_dir),
-            concurrency=level,
-            workload_name=name,
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            requests=requests,
-            threads=int_list(threads_list, "--threads") if threads_list else None,
-            parallel=int_list(parallel_list, "--parallel") if parallel_list else None,
-            time_limit=time_limit,
-            on_candidate=on_candidate,
-            on_result=lambda _r: progress.advance(task),
-        )
+        report = api.tune_stack(settings_from(ctx), request, on_candidate, lambda _r: progress.advance(task))
     if as_json:
         print_json(asdict(report))
     else:

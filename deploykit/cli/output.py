@@ -15,13 +15,14 @@ from deploykit.values.units import gib
 if TYPE_CHECKING:
     from rich.status import Status
 
+    from deploykit.app.fleet import HostResult
     from deploykit.app.measure import BenchReport, TuneReport
     from deploykit.app.stack import ProfileRow, RenderResult
     from deploykit.catalog import ModelSpec
-    from deploykit.doctor import Check
-    from deploykit.fleet import HostResult
-    from deploykit.health import StageResult
-    from deploykit.lifecycle import StackStatus, UpReport
+    from deploykit.running.doctor import Check
+    from deploykit.running.lifecycle import StackStatus
+    from deploykit.running.stages import UpReport
+    from deploykit.seams.health import StageResult
     from deploykit.values.host import HostProfile
     from deploykit.values.plan import DeploymentPlan
 
@@ -333,6 +334,10 @@ def show_bench(report: BenchReport) -> None:
                 console.print(f"[red]{s['project']} concurrency {level['concurrency']}:[/red] {error}")
     if report.get("chart"):
         console.print(f"Chart: {report['chart']}")
+
+
+def show_tune_goal(name: str | None, concurrency: int) -> None:
+    err_console.print(f"Optimising for {name or f'concurrency {concurrency}'}: {concurrency} chat(s) at once.")
 
 
 def show_tune(report: TuneReport) -> None:

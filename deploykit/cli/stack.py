@@ -9,7 +9,7 @@ import click
 if TYPE_CHECKING:
 
     from deploykit.app.stack import StackRequest
-    from deploykit.settings import Settings
+    from deploykit.config.settings import Settings
 from deploykit.cli.common import (
     force_option,
     image_option,
@@ -141,7 +141,7 @@ def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
     from pathlib import Path
 
     from deploykit.app.stack import StackRequest
-    from deploykit.settings import parse_image_overrides
+    from deploykit.config.settings import parse_image_overrides
 
     p = ctx.params
     overrides = parse_image_overrides(p["images"])  # before settings: a bad --image is the first thing said

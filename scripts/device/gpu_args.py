@@ -81,8 +81,8 @@ def estimate(stack_dir: Path) -> dict[str, Any]:
 def partial_host(host_file: Path, gguf: Path) -> dict[str, Any]:
     """The smallest GPU (same card otherwise) on which the planner puts at least half the layers on it."""
     from deploykit.app.resolve import load_host_file
-    from deploykit.modelfile import read_gguf
-    from deploykit.plan import plan_deployment
+    from deploykit.planning.planner import plan_deployment
+    from deploykit.seams.modelfile import read_gguf
     from deploykit.values.plan import NoFit, PlanSettings
 
     host = load_host_file(host_file)

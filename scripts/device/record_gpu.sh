@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Record, on a real NVIDIA machine, exactly what deploykit/detect.py reads, so tests replay real outputs.
+# Record, on a real NVIDIA machine, exactly what deploykit/seams/detect.py reads, so tests replay real outputs.
 #
 #   OUT=/some/folder bash scripts/device/record_gpu.sh
 #

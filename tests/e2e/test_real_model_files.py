@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploykit.catalog import builtin_models, find_model
-from deploykit.modelfile import read_gguf, read_hf_dir
+from deploykit.seams.modelfile import read_gguf, read_hf_dir
 from tests.e2e.conftest import FP16_DIR, GGUF, need
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from deploykit.app.stack import RenderResult, StackRequest, render_stack
-from deploykit.settings import load_settings
+from deploykit.config.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -402,7 +402,7 @@ def test_names_from_files_are_printed_not_parsed_as_markup(capsys: pytest.Captur
     # A GGUF's general.name or a plan.json's model is the user's text: "[/x]" must print, not raise.
     from deploykit.app.stack import plan_only
     from deploykit.cli import output
-    from deploykit.settings import load_settings
+    from deploykit.config.settings import load_settings
 
     _, _, plan = plan_only(load_settings(), profile="cpu", host_file=None, model_id=None, model_path=None)
     output.show_plan(plan.model_copy(update={"model_name": "evil [/x] [bold]name"}))

@@ -10,8 +10,20 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from deploykit.app.measure import (
+    Candidate,
+    candidates,
+    leaders,
+    mean_score,
+    parallel_choices,
+    pick,
+    score,
+    thread_choices,
+)
 from deploykit.backends import named
-from deploykit.bench import (
+from deploykit.cli import cli
+from deploykit.config.settings import load_settings, write_stack_settings
+from deploykit.running.bench import (
     RequestResult,
     chart_html,
     compare_counters,
@@ -21,9 +33,6 @@ from deploykit.bench import (
     percentile,
     summarize,
 )
-from deploykit.cli import cli
-from deploykit.settings import load_settings, write_stack_settings
-from deploykit.tune import Candidate, candidates, leaders, mean_score, parallel_choices, pick, score, thread_choices
 from deploykit.values.errors import ConfigError
 
 
@@ -226,7 +235,7 @@ def test_bench_and_tune_refuse_bad_input(tmp_path: Path) -> None:
 
 def test_replan_reproduces_the_stack_and_changes_only_the_knobs(tmp_path: Path) -> None:
     from deploykit.app.measure import replan_files
-    from deploykit.lifecycle import load_stack
+    from deploykit.running.stack import load_stack
     from tests.unit.conftest import ROOT
 
     gguf = ROOT / "tests" / "fixtures" / "gguf"

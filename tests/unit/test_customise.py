@@ -10,9 +10,9 @@ import yaml
 from click.testing import CliRunner
 
 from deploykit.cli import cli
-from deploykit.engine import Stack
-from deploykit.override import check_syntax, merge_error
-from deploykit.proc import Completed
+from deploykit.seams.compose import Stack
+from deploykit.seams.override import check_syntax, merge_error
+from deploykit.seams.proc import Completed
 from deploykit.values import webui_env
 from deploykit.values.errors import ConfigError
 from tests.unit.conftest import compose_config
@@ -208,7 +208,7 @@ def test_a_broken_site_template_is_one_sentence(tmp_path: Path, isolated_home: P
 def test_apply_stored_writes_only_what_differs_typed_like_open_webui() -> None:
     import httpx
 
-    from deploykit.webui import apply_stored
+    from deploykit.seams.webui import apply_stored
 
     stored = {"ui.watermark": "old", "ui.enable_message_rating": True, "ui.default_locale": "de-DE"}
     posted: list[dict[str, object]] = []
@@ -228,7 +228,7 @@ def test_apply_stored_writes_only_what_differs_typed_like_open_webui() -> None:
 
 def test_up_on_an_existing_stack_renders_todays_webui_env(tmp_path: Path, isolated_home: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from deploykit.app.stack import reprepare_stack
-    from deploykit.settings import load_settings
+    from deploykit.config.settings import load_settings
 
     config = config_file(isolated_home, '[webui_env]\nRESPONSE_WATERMARK = "A"\n')
     monkeypatch.setenv("DEPLOYKIT_CONFIG", str(config))
@@ -241,6 +241,6 @@ def test_up_on_an_existing_stack_renders_todays_webui_env(tmp_path: Path, isolat
 
 
 def app_secrets(stack_dir: Path) -> dict[str, str]:
-    from deploykit.stackdir import read_secrets
+    from deploykit.seams.stackdir import read_secrets
 
     return read_secrets(stack_dir)

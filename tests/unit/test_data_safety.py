@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from deploykit import backup
-from deploykit.detect import Address, host_addresses, parse_ip_addr_json
-from deploykit.engine import EngineAddress
-from deploykit.lifecycle import reachable_urls
-from deploykit.proc import Completed
+from deploykit.running import backup
+from deploykit.running.lifecycle import reachable_urls
+from deploykit.seams.detect import Address, host_addresses, parse_ip_addr_json
+from deploykit.seams.engine import EngineAddress
+from deploykit.seams.proc import Completed
 from deploykit.values.errors import NotFoundError, UsageError
 from tests.unit.conftest import compose_config, render
 
@@ -181,7 +181,7 @@ def test_ctrl_c_lets_the_running_step_finish(tmp_path: Path) -> None:
     import signal
     import threading
 
-    from deploykit.proc import run_cmd
+    from deploykit.seams.proc import run_cmd
 
     marker = tmp_path / "finished"
     threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()

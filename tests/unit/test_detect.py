@@ -22,7 +22,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from deploykit.detect import (
+from deploykit.seams.detect import (
     NVIDIA_SMI_COMPUTE_CAP_ARGS,
     NVIDIA_SMI_XML_ARGS,
     CpuInfo,
@@ -39,7 +39,7 @@ from deploykit.detect import (
     probe_nvidia_smi,
     probe_nvml,
 )
-from deploykit.proc import Completed
+from deploykit.seams.proc import Completed
 from deploykit.values.host import HostProfile
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from deploykit.app.resolve import load_host_file
 from deploykit.app.stack import StackRequest, render_stack
 from deploykit.cli import cli
-from deploykit.doctor import run_checks
-from deploykit.engine import EngineAddress
-from deploykit.lifecycle import load_stack
-from deploykit.settings import load_settings
+from deploykit.config.settings import load_settings
+from deploykit.running.doctor import run_checks
+from deploykit.running.stack import load_stack
+from deploykit.seams.engine import EngineAddress
 from deploykit.values.host import HostProfile
 from tests.unit.conftest import H200
 

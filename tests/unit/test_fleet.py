@@ -14,17 +14,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from deploykit.app.fleet import HostResult, run_parallel, summary
 from deploykit.cli import cli
-from deploykit.fleet import (
-    FleetHost,
-    HostResult,
-    archive_stream,
-    load_inventory,
-    model_payload,
-    run_parallel,
-    select_hosts,
-    summary,
-)
+from deploykit.config.inventory import FleetHost, load_inventory, select_hosts
+from deploykit.running.delivery import archive_stream, model_payload
 from deploykit.values.errors import ConfigError, EngineError, NotFoundError, UsageError
 
 INVENTORY = """
@@ -150,7 +143,7 @@ def test_render_mounts_a_model_volume_safely(tmp_path: Path) -> None:
     from deploykit.app.resolve import ResolvedModel
     from deploykit.app.stack import prepare_for_host
     from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-    from deploykit.settings import Settings
+    from deploykit.config.settings import Settings
 
     settings = Settings(model_cache=tmp_path / "cache")
     host = find_profile("cpu", builtin_profiles())
@@ -185,8 +178,8 @@ def tls_folder(path: Path) -> Path:
 
 
 def test_tls_dir_is_layered_and_read_from_the_inventory_folder(tmp_path: Path) -> None:
-    from deploykit.engine import EngineAddress, EngineTLS
-    from deploykit.fleet import engine_address
+    from deploykit.config.inventory import engine_address
+    from deploykit.seams.engine import EngineAddress, EngineTLS
 
     tls_folder(tmp_path / "certs" / "fleet")
     tls_folder(tmp_path / "certs" / "lab-02")
@@ -217,7 +210,7 @@ def test_tls_dir_is_layered_and_read_from_the_inventory_folder(tmp_path: Path) -
 
 
 def test_tcp_without_tls_and_unreadable_cert_files_are_refused(tmp_path: Path) -> None:
-    from deploykit.fleet import check_tls
+    from deploykit.config.inventory import check_tls
 
     plain = load_inventory(write(tmp_path, '[[hosts]]\nname = "lab-01"\nengine = "tcp://lab-01:2375"\n')).hosts[0]
     with pytest.raises(ConfigError) as err:
@@ -244,7 +237,7 @@ def test_cli_refuses_tcp_without_tls_before_writing(tmp_path: Path) -> None:
 
 
 def test_tls_config_for_the_sdk(tmp_path: Path) -> None:
-    from deploykit.engine import EngineAddress, EngineTLS
+    from deploykit.seams.engine import EngineAddress, EngineTLS
 
     folder = tls_folder(tmp_path / "c")
     config = EngineTLS(folder).sdk_config()
@@ -255,7 +248,7 @@ def test_tls_config_for_the_sdk(tmp_path: Path) -> None:
 
 
 def test_engine_address_says_where_without_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    from deploykit.engine import EngineAddress
+    from deploykit.seams.engine import EngineAddress
 
     assert EngineAddress("tcp://user:hunter2@lab-01:2376").display == "tcp://***@lab-01:2376"
     monkeypatch.delenv("DOCKER_HOST", raising=False)
@@ -273,7 +266,7 @@ def test_tls_client_asks_the_api_version_without_reading_the_environment(
     import docker
     from docker.constants import DEFAULT_DOCKER_API_VERSION
 
-    from deploykit.engine import EngineAddress, EngineTLS
+    from deploykit.seams.engine import EngineAddress, EngineTLS
 
     made: list[FakeClient] = []
 

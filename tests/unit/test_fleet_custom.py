@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploykit.engine import EngineAddress
-from deploykit.fleet import FleetHost, load_inventory
+from deploykit.config.inventory import FleetHost, load_inventory
+from deploykit.seams.engine import EngineAddress
 from deploykit.values.errors import ConfigError, NotFoundError
 
 ROOM = """
@@ -116,10 +116,9 @@ def test_a_missing_override_names_the_inventory_line_and_the_host(tmp_path: Path
 
 def fleet_render(tmp_path: Path, inventory: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """`fleet render` through the app, with the engine calls replaced by the built-in cpu profile."""
-    from deploykit.app.fleet import FleetRequest, fleet_plan
+    from deploykit.app.fleet import FleetRequest, fleet_plan, summary
     from deploykit.catalog import builtin_profiles, find_profile
-    from deploykit.fleet import summary
-    from deploykit.settings import Settings
+    from deploykit.config.settings import Settings
 
     cpu = find_profile("cpu", builtin_profiles())
     nowhere = EngineAddress("unix:///nonexistent/docker.sock")
@@ -152,7 +151,7 @@ def test_fleet_render_writes_the_hosts_settings_and_its_override(
 
 
 def test_fleet_render_uses_the_inventorys_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deploykit.customise import export_templates
+    from deploykit.running.customise import export_templates
 
     inventory = write(tmp_path, ROOM.replace('override = "room.override.yaml"\n', ""))
     export_templates(tmp_path / "site-templates", force=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from deploykit.app.stack import StackRequest, render_stack
-from deploykit.settings import load_settings
+from deploykit.config.settings import load_settings
 from tests.unit.conftest import H200, ROOT
 from tests.unit.conftest import TINY_GGUF as GGUF
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deploykit.catalog import builtin_models, find_model
-from deploykit.modelfile import (
+from deploykit.seams.modelfile import (
     GgufArray,
     read_gguf,
     read_gguf_header,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.settings import load_settings
+from deploykit.config.settings import load_settings
 from deploykit.values.paths import model_cache
 from tests.unit.conftest import ROOT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-from deploykit.plan import plan_deployment, suggest_alternative
+from deploykit.planning.planner import plan_deployment, suggest_alternative
 from deploykit.values.host import Cpu, Gpu, HostProfile, Memory
 from deploykit.values.plan import NoFit, PlanSettings
 from deploykit.values.units import GiB

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from deploykit.app.resolve import resolve_host, resolve_model
 from deploykit.app.stack import REFERENCE_SECRETS, prepare_for_host, reprepare_stack
 from deploykit.cli import cli
-from deploykit.lifecycle import load_stack
-from deploykit.render import StackSpec, render_files
-from deploykit.settings import load_settings
+from deploykit.config.settings import load_settings
+from deploykit.planning.render import StackSpec, render_files
+from deploykit.running.stack import load_stack
 from deploykit.values.errors import StackDirError
 from deploykit.values.plan import PlanInputs, RunHost
 from tests.unit.conftest import ROOT, TINY_GGUF

@@ -12,9 +12,9 @@ import yaml
 
 from deploykit.app.stack import reference_stack
 from deploykit.catalog import builtin_profiles
-from deploykit.render import env_quote, yaml_quote
-from deploykit.stackdir import STACK_FILES
+from deploykit.planning.render import env_quote, yaml_quote
 from deploykit.values.errors import UsageError
+from deploykit.values.stackfiles import STACK_FILES
 from tests.unit.conftest import ROOT, compose_config, render
 
 HOSTILE = [

@@ -9,9 +9,9 @@ import pytest
 
 from deploykit.backends.llamacpp import LLAMACPP_DEFAULT_SLOTS
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-from deploykit.plan import plan_deployment
-from deploykit.render import SECRET_KEYS, StackSpec, render_files
-from deploykit.settings import load_settings
+from deploykit.config.settings import load_settings
+from deploykit.planning.planner import plan_deployment
+from deploykit.planning.render import SECRET_KEYS, StackSpec, render_files
 from deploykit.values.host import Cpu, HostProfile, Memory
 from deploykit.values.plan import PlanInputs, PlanSettings, RunHost
 from deploykit.values.units import GiB

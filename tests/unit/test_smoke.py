@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from deploykit.app.stack import StackRequest, render_stack
-from deploykit.health import PERSON_SCHEMA, NotReady, chat_verdict, schema_errors, split_answer
-from deploykit.settings import load_settings
+from deploykit.config.settings import load_settings
+from deploykit.seams.health import PERSON_SCHEMA, NotReady, chat_verdict, schema_errors, split_answer
 
 
 def command_of(tmp_path: Path, profile: str, model: str) -> list[str]:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deploykit import stackdir
 from deploykit.cli import cli
-from deploykit.stackdir import STAGING, STAGING_PARTIAL, sha256
+from deploykit.seams import stackdir
+from deploykit.seams.stackdir import STAGING, STAGING_PARTIAL
+from deploykit.values.stackfiles import SECRET_KEYS, sha256
 
 
 def run(*args: str):
@@ -117,7 +118,7 @@ def test_a_lost_env_needs_force(tmp_path: Path) -> None:
     (stack / ".env").unlink()
     assert render(stack).exit_code == 10
     assert render(stack, "--force").exit_code == 0
-    assert set(stackdir.read_secrets(stack)) == set(stackdir.SECRET_KEYS)
+    assert set(stackdir.read_secrets(stack)) == set(SECRET_KEYS)
 
 
 def test_an_unreadable_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,12 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploykit import engine, lifecycle
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-from deploykit.health import MAX_POLL_SECONDS, NotReady, StageFailed, StageResult, poll_intervals, wait_until
-from deploykit.lifecycle import LoadedStack, UpReport, health_stages, run_stages
-from deploykit.plan import plan_deployment
-from deploykit.render import StackSpec
+from deploykit.planning.planner import plan_deployment
+from deploykit.planning.render import StackSpec
+from deploykit.running import lifecycle
+from deploykit.running.stack import LoadedStack
+from deploykit.running.stages import UpReport, health_stages, run_stages
+from deploykit.seams import engine
+from deploykit.seams.health import MAX_POLL_SECONDS, NotReady, StageFailed, StageResult, poll_intervals, wait_until
 from deploykit.values.errors import EngineError, HealthError, PreflightError
 from deploykit.values.host import DockerEngine
 from deploykit.values.plan import PlanInputs, PlanSettings

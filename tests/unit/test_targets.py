@@ -15,7 +15,7 @@ import yaml
 
 from deploykit.app.stack import RenderResult, StackRequest, reference_stack, render_stack
 from deploykit.catalog import builtin_profiles
-from deploykit.settings import load_settings
+from deploykit.config.settings import load_settings
 from tests.unit.conftest import ROOT
 
 PROFILES = [p.name for p in builtin_profiles()]
@@ -200,12 +200,12 @@ def test_swarm_up_on_an_engine_that_is_no_manager_says_so_and_writes_nothing(
 ) -> None:
     from click.testing import CliRunner
 
-    from deploykit import engine
     from deploykit.cli import cli
+    from deploykit.seams import compose, engine
     from deploykit.values.host import DockerEngine
 
     monkeypatch.setattr(engine, "probe_engine", lambda docker_host: DockerEngine(reachable=True))
-    monkeypatch.setattr(engine, "swarm_state", lambda docker_host: ("inactive", False))
+    monkeypatch.setattr(compose, "swarm_state", lambda docker_host: ("inactive", False))
     target = tmp_path / "stack"
     result = CliRunner().invoke(cli, ["up", "--target", "swarm", "-p", "cpu", "--dir", str(target)])
     assert result.exit_code == 7, result.output

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 from deploykit.backends import named
-from deploykit.settings import Images
+from deploykit.config.settings import Images
 from deploykit.values.versions import parse, pinned
 from tests.unit.conftest import ROOT
 

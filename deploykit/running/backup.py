@@ -29,14 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from deploykit import __version__, engine
-from deploykit.stackdir import STACK_ID
-from deploykit.textfile import sha256_of
+from deploykit import __version__
+from deploykit.seams import compose, engine
+from deploykit.seams.textfile import sha256_of
 from deploykit.values.errors import EngineError, NotFoundError, UsageError
 from deploykit.values.services import WEBUI
+from deploykit.values.stackfiles import STACK_ID
 
 if TYPE_CHECKING:
-    from deploykit.lifecycle import LoadedStack
+    from deploykit.running.stack import LoadedStack
 
 DATA_VOLUME = "open-webui-data"  # the compose volume key in compose.yaml.j2
 MANIFEST_MEMBER = "deploykit-backup.json"
@@ -161,7 +162,7 @@ def backup(
     stack: LoadedStack, docker_host: engine.EngineAddress, out_dir: Path | None = None, now: datetime | None = None
 ) -> BackupReport:
     """Copy the stack's Open WebUI volume into a new archive; Open WebUI is paused only during the copy."""
-    es: engine.Stack = stack.engine_stack(docker_host)
+    es: compose.Stack = stack.engine_stack(docker_host)
     volume = es.volume_name(DATA_VOLUME)
     if volume is None:
         raise NotFoundError(
@@ -285,7 +286,7 @@ def restore(
             "Add --force to restore it anyway: its accounts and admin password come with it, so sign in with "
             "that stack's credentials afterwards.",
         )
-    es: engine.Stack = stack.engine_stack(docker_host)
+    es: compose.Stack = stack.engine_stack(docker_host)
     image = stack.spec.images[WEBUI]
     running = any(c.service == WEBUI and c.state in ("running", "restarting", "paused") for c in es.containers())
     volume = es.volume_name(DATA_VOLUME)

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
-from deploykit.proc import Completed, Runner, run_cmd
+from deploykit.seams.proc import Completed, Runner, run_cmd
 from deploykit.values.host import Cpu, Disk, DockerEngine, Gpu, HostProfile, Memory
 from deploykit.values.units import MiB
 

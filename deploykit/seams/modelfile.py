@@ -274,7 +274,7 @@ def read_hf_dir(path: Path, model_id: str | None = None) -> tuple[ModelSpec, Loc
     config_path = path / "config.json"
     if not config_path.is_file():
         raise UsageError(f"{path} has no config.json.", "Give a .gguf file or a Hugging Face model directory.")
-    from deploykit.textfile import read_text
+    from deploykit.seams.textfile import read_text
 
     text = read_text(config_path, "model config", "Use the model's original config.json.")
     try:

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from deploykit.engine import EngineAddress
-from deploykit.lifecycle import LoadedStack, disk_free, port_problem, ports_held_by, published_ports, status
+from deploykit.running.lifecycle import disk_free, port_problem, ports_held_by, published_ports, status
+from deploykit.running.stack import LoadedStack
+from deploykit.seams.engine import EngineAddress
 from deploykit.values.host import HostProfile
 from deploykit.values.units import GiB, gib
 from deploykit.values.versions import pinned

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -30,24 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.values.errors import StackDirError, UsageError
+from deploykit.values.stackfiles import (
+    PLAN_FILE,
+    PRIVATE_FILES,
+    SECRET_KEYS,
+    SITE_FILES,
+    STACK_FILES,
+    TARGET_FILES,
+    env_quote,
+    sha256,
+)
 
-STACK_FILES = ("compose.yaml", ".env", "plan.json")
-# The file each target renders: compose.yaml (Docker Compose), swarm.yaml (`docker stack deploy`), kubernetes.yaml.
-TARGET_FILES: dict[str, str] = {"compose": "compose.yaml", "swarm": "swarm.yaml", "kubernetes": "kubernetes.yaml"}
-# Files that hold secret values in clear: written 0600 from the start.
-PRIVATE_FILES = (".env", "kubernetes.yaml")
-SITE_FILES = ("compose.override.yaml", "deploykit.toml")  # the site's own; never written by render
-# DEPLOYKIT_STACK_ID is no secret, but it lives here: it tells this stack's containers and volume from
-# another stack's that happens to share the project name.
-INFERENCE_API_KEY = "INFERENCE_API_KEY"  # the inference server's API key, given to Open WebUI
-WEBUI_SECRET_KEY = "WEBUI_SECRET_KEY"  # Open WebUI's session secret
-ADMIN_EMAIL = "DEPLOYKIT_ADMIN_EMAIL"  # the admin deploykit creates and signs in as for its checks
-ADMIN_PASSWORD = "DEPLOYKIT_ADMIN_PASSWORD"
-STACK_ID = "DEPLOYKIT_STACK_ID"
-SECRET_KEYS = (INFERENCE_API_KEY, WEBUI_SECRET_KEY, ADMIN_EMAIL, ADMIN_PASSWORD, STACK_ID)
-# The secrets a running stack needs (the admin's are only for deploykit's own checks). Swarm mounts
-# them as files under /run/secrets, named in lower case; Kubernetes keeps them in one Secret.
-RUNTIME_SECRETS = (INFERENCE_API_KEY, WEBUI_SECRET_KEY)
 STAGING = ".deploykit-staging"  # complete new files, being moved into place
 STAGING_PARTIAL = ".deploykit-staging-"  # prefix of a staging folder still being written
 COMPOSE_HEADER = "# Rendered by deploykit"
@@ -55,19 +47,6 @@ FORCE_HINT = (
     "Put your changes in compose.override.yaml beside it (compose merges that file and deploykit never "
     "touches it), or render with --force to overwrite (the edited file is kept as compose.yaml.bak-TIME)."
 )
-
-
-def env_quote(value: object) -> str:
-    """A compose .env value: single-quoted, so compose takes it literally."""
-    text = str(value)
-    if "'" in text or "\n" in text or "\r" in text:
-        # Never the value itself in the message: it is a secret.
-        raise UsageError("a value for .env holds quotes or newlines, which .env cannot hold.")
-    return f"'{text}'"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _kind(path: Path) -> str | None:
@@ -127,7 +106,7 @@ def _describe_plan(raw: bytes) -> tuple[dict[str, Any] | None, str]:
 
 def read_plan(stack_dir: Path) -> dict[str, Any] | None:
     """The folder's plan.json as data, None when there is none; refuses one that is not a deploykit plan."""
-    path = stack_dir / "plan.json"
+    path = stack_dir / PLAN_FILE
     if not _regular(path, "Choose another --dir; deploykit only writes into folders it created."):
         return None
     data, what = _describe_plan(_read_bytes(path))
@@ -149,7 +128,7 @@ def _legacy_temp(name: str) -> bool:
 
 def _finish_staging(stack_dir: Path) -> None:
     staging = stack_dir / STAGING
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "plan.json"):  # plan.json last
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == PLAN_FILE):  # plan.json last
         path.replace(stack_dir / path.name)
     staging.rmdir()
     _fsync_dir(stack_dir)
@@ -159,7 +138,7 @@ def recover(stack_dir: Path) -> bool:
     """Finish or undo a write deploykit left interrupted; True when something was done."""
     if not stack_dir.is_dir():
         return False
-    current = stack_dir / "plan.json"
+    current = stack_dir / PLAN_FILE
     if _kind(current) not in (None, "file") or (
         _kind(current) == "file" and _describe_plan(_read_bytes(current))[0] is None
     ):
@@ -171,7 +150,7 @@ def recover(stack_dir: Path) -> bool:
                 shutil.rmtree(path)  # never completed: the old stack is intact
                 done = True
         if _kind(stack_dir / STAGING) == "a directory":
-            staged_plan = stack_dir / STAGING / "plan.json"
+            staged_plan = stack_dir / STAGING / PLAN_FILE
             if not (_kind(staged_plan) == "file" and _describe_plan(_read_bytes(staged_plan))[0]):
                 raise StackDirError(
                     f"{stack_dir / STAGING} holds no deploykit plan; deploykit did not leave it there.",

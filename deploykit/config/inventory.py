@@ -1,42 +1,25 @@
-"""A fleet of workstations: the inventory, host selection, per-host results and the parallel runner.
+"""A fleet's inventory: its workstations, their groups and the site's customisation per layer, validated.
 
-Each workstation keeps its own Docker Engine; deploykit reaches it through that engine (``ssh://``,
-``tcp://``, ``unix://`` or a docker context) and never runs a scheduler of its own. The model reaches a
-remote engine as a named volume filled through the engine API, because a remote engine resolves bind
-mounts on its own disk, not the controller's. One host's failure never stops the others.
-"""
+Each workstation keeps its own Docker Engine; deploykit reaches it through that engine (``ssh://``, ``tcp://``,
+``unix://`` or a docker context). A TOML or schema error names the line it is on."""
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import io
-import os
 import re
-import tarfile
-import threading
-import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from deploykit.engine import TLS_FILES, EngineAddress, EngineTLS
-from deploykit.settings import env_strings
-from deploykit.textfile import sha256_of
-from deploykit.values.errors import ConfigError, DeployKitError, EngineError, NotFoundError, UsageError
+from deploykit.config.settings import env_strings
+from deploykit.seams.engine import TLS_FILES, EngineAddress, EngineTLS
+from deploykit.values.errors import ConfigError, EngineError, NotFoundError, UsageError
 
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-# Failed and unreachable hosts are kept apart (as Ansible does): the fix differs.
-State = Literal[
-    "detected", "planned", "rendered", "healthy", "unhealthy", "down", "not deployed", "failed", "unreachable"
-]
-BAD_STATES = ("unhealthy", "not deployed", "failed", "unreachable")
 
 
 class SiteLayer(BaseModel):
@@ -89,7 +72,7 @@ class FleetHost(SiteLayer):
                 "which is not a file on this controller.",
                 "Fix the path; a relative one is read from the inventory's folder.",
             )
-        from deploykit.override import check_syntax
+        from deploykit.seams.override import check_syntax
 
         check_syntax(path)
         return path
@@ -326,145 +309,3 @@ def engine_address(host: FleetHost) -> EngineAddress:
 def address_of(host: FleetHost, docker_host: EngineAddress) -> str:
     """Where this controller reaches the host's published ports."""
     return host.address or docker_host.hostname or "127.0.0.1"
-
-
-# ---------------------------------------------------------------- results
-
-
-@dataclass
-class HostResult:
-    """One host's outcome, as Compose Farm's CommandResult: the table row and the JSON entry."""
-
-    host: str
-    state: State
-    profile: str | None = None
-    backend: str | None = None
-    url: str | None = None
-    error: str | None = None
-    hint: str | None = None
-    exit_code: int = 0
-    seconds: float = 0.0
-    engine: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    details: dict[str, object] = field(default_factory=dict)  # what --json shows of the host, by command
-
-    @property
-    def ok(self) -> bool:
-        return self.state not in BAD_STATES
-
-
-def run_parallel(
-    hosts: Sequence[FleetHost], work: Callable[[FleetHost], HostResult], parallel: int
-) -> list[HostResult]:
-    """``work`` on every host, at most ``parallel`` at a time; results in inventory order. A host that
-    raises becomes a failed (or, for an engine error, unreachable) row; the others carry on."""
-
-    def guarded(host: FleetHost) -> HostResult:
-        started = time.monotonic()
-        try:
-            result = work(host)
-        except EngineError as exc:
-            result = HostResult(host.name, "unreachable", error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
-        except DeployKitError as exc:
-            result = HostResult(host.name, "failed", error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
-        except Exception as exc:  # one host's surprise must not take the fleet down with it
-            result = HostResult(host.name, "failed", error=f"{type(exc).__name__}: {exc}", exit_code=1)
-        result.seconds = round(time.monotonic() - started, 1)
-        result.engine = result.engine or host.engine or f"context {host.context}"
-        result.labels = dict(host.labels)
-        return result
-
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="fleet") as pool:
-        return list(pool.map(guarded, hosts))
-
-
-def summary(results: Sequence[HostResult]) -> dict[str, object]:
-    failed = [r.host for r in results if not r.ok and r.state != "unreachable"]
-    unreachable = [r.host for r in results if r.state == "unreachable"]
-    return {
-        "ok": all(r.ok for r in results),
-        "failed": failed,
-        "unreachable": unreachable,
-        "hosts": [asdict(r) | {"ok": r.ok} for r in results],
-    }
-
-
-# ---------------------------------------------------------------- model delivery
-
-
-@dataclass(frozen=True)
-class ModelPayload:
-    """The weights as they travel: a manifest in sha256sum format and the digest that names the volume."""
-
-    path: Path
-    digest: str
-    sums: str
-
-    @property
-    def volume(self) -> str:
-        return f"deploykit-model-{self.digest[:16]}"
-
-    def check_command(self) -> list[str]:
-        """Run in the fill container: verify every file on the host's disk, then mark the volume done."""
-        return ["sh", "-c", f"cd /data && sha256sum -c --quiet SHA256SUMS && echo {self.digest} > .deploykit-verified"]
-
-    @staticmethod
-    def marker_command() -> list[str]:
-        return ["sh", "-c", "cat /data/.deploykit-verified 2>/dev/null || true"]
-
-
-def model_payload(path: Path) -> ModelPayload:
-    """A GGUF file is named by its own SHA-256; a model directory by that of its SHA256SUMS manifest."""
-    if path.is_file():
-        digest = sha256_of(path)
-        return ModelPayload(path, digest, f"{digest}  {path.name}\n")
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    sums = "".join(f"{sha256_of(p)}  {p.relative_to(path).as_posix()}\n" for p in files)
-    return ModelPayload(path, hashlib.sha256(sums.encode()).hexdigest(), sums)
-
-
-def archive_stream(payload: ModelPayload, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """A tar of the weights and SHA256SUMS, produced while it is sent (no copy on the controller's disk)."""
-    read_fd, write_fd = os.pipe()
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            with os.fdopen(write_fd, "wb") as out, tarfile.open(fileobj=out, mode="w|") as tar:
-                root = payload.path
-                members = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-                for member in members:
-                    name = member.name if root.is_file() else member.relative_to(root).as_posix()
-                    info = tar.gettarinfo(str(member), arcname=name)
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    with member.open("rb") as fh:
-                        tar.addfile(info, fh)
-                sums = payload.sums.encode()
-                info = tarfile.TarInfo("SHA256SUMS")
-                info.size, info.mode = len(sums), 0o644
-                tar.addfile(info, io.BytesIO(sums))
-        except BaseException as exc:  # reported by the reader below
-            errors.append(exc)
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    with os.fdopen(read_fd, "rb") as source:
-        yield from iter(lambda: source.read(chunk), b"")
-    writer.join()
-    if errors:
-        raise errors[0]
-
-
-class PayloadCache:
-    """Hashes each model path once per run, whichever thread asks first."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._done: dict[Path, ModelPayload] = {}
-
-    def get(self, path: Path) -> ModelPayload:
-        with self._lock:
-            if path not in self._done:
-                self._done[path] = model_payload(path)
-            return self._done[path]

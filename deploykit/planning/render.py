@@ -4,7 +4,7 @@ Three targets share one ``StackSpec``: Docker Compose (compose.yaml), Docker Swa
 variant of the same templates for ``docker stack deploy``) and Kubernetes (kubernetes.yaml).
 
 ``render_files`` is pure: the same ``StackSpec`` and secrets give byte-identical files.
-Writing them, all-or-nothing, is ``deploykit.stackdir``'s job.
+Writing them, all-or-nothing, is ``deploykit.seams.stackdir``'s job.
 Every value a user can influence reaches YAML through the ``q`` filter, which makes one
 double-quoted scalar of it, with ``$`` doubled so compose does not interpolate it.
 """
@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict
 from deploykit import __version__
 from deploykit.backends import Backend, named
 from deploykit.catalog import ModelSpec
-from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, env_quote, sha256
 from deploykit.values.errors import UsageError
 from deploykit.values.plan import DeploymentPlan, PlanInputs
 from deploykit.values.services import INFERENCE
+from deploykit.values.stackfiles import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, env_quote, sha256
 from deploykit.values.units import GiB
 
 Target = Literal["compose", "swarm", "kubernetes"]
@@ -119,7 +119,7 @@ def _templates_root() -> Any:
     packaged = resources.files("deploykit").joinpath("templates")
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "templates"
+    return Path(__file__).resolve().parents[2] / "templates"
 
 
 TEMPLATES_MANIFEST = "deploykit-templates.json"

@@ -1,7 +1,7 @@
 """A site's customisation of its stacks: its template folder, its override file, and what plan.json says of them.
 
 Three levels, from light to deep: ``[webui_env]`` settings (deploykit.values.webui_env), ``compose.override.yaml``
-beside compose.yaml (deploykit.override), and a ``templates_dir`` whose files shadow the built-in templates.
+beside compose.yaml (deploykit.seams.override), and a ``templates_dir`` whose files shadow the built-in templates.
 A shadowed built-in may change in a later deploykit; the hash of the built-in each copy was made from is kept
 (``deploykit-templates.json`` in the folder, else plan.json), so `render` can say when a copy has fallen behind.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from deploykit import __version__
-from deploykit.override import describe
-from deploykit.render import TEMPLATES_MANIFEST, builtin_templates, sha256_text, shadowed_templates
+from deploykit.planning.render import TEMPLATES_MANIFEST, builtin_templates, sha256_text, shadowed_templates
+from deploykit.seams.override import describe
 from deploykit.values.errors import NotFoundError, UsageError
 
 

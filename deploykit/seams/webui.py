@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from deploykit.health import NotReady, StageFailed
+from deploykit.seams.health import NotReady, StageFailed
 
 
 def admin_token(client: httpx.Client, email: str, password: str) -> tuple[str, bool]:

@@ -1,0 +1,274 @@
+"""The health stages from a started stack to one chat answered through Open WebUI, and the waits on them.
+
+Each stage is data (``Stage``): what it probes on which service, how long it may take, what to do if it does not
+pass. Every wait ends the same way when it fails: a ``HealthError`` with the hint and the service's log tail."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypedDict, cast
+
+import httpx
+
+from deploykit.seams import engine, health, webui
+from deploykit.values.errors import HealthError
+from deploykit.values.services import INFERENCE, WEBUI
+from deploykit.values.webui_env import stored_settings
+
+if TYPE_CHECKING:
+    pass
+from deploykit.running.stack import LoadedStack
+
+# Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
+WEBUI_START_SECONDS = 180
+
+
+WEBUI_START_HINT = "Open WebUI did not start; `deploykit logs open-webui` shows why."
+
+
+class StageRow(TypedDict):
+    """A ``health.StageResult`` as `up --json` prints it."""
+
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+    at: float | None
+
+
+class Reporter(Protocol):
+    def stage(self, name: str) -> None: ...
+    def tick(self, elapsed: float, detail: str) -> None: ...
+    def done(self, result: health.StageResult) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+@dataclass
+class UpReport:
+    stack_dir: str
+    url: str
+    healthy: bool
+    stages: list[StageRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    admin_created: bool = False
+    credentials: str = ""
+    # Every address Open WebUI answers on, and who can use it: {"url": …, "who": …}.
+    reachable: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One health stage as data: what it checks on which service, how long it may take, what to do if not."""
+
+    name: str
+    service: str  # whose container is watched while waiting, and whose log tail a failure shows
+    probe: Callable[[], str]  # returns a detail when the stage passes, raises NotReady while it does not
+    timeout: float
+    hint: str
+
+
+def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client, report: UpReport) -> list[Stage]:
+    """The stages from a started stack to one chat answered through Open WebUI, in order."""
+    plan = stack.spec.plan
+    key = stack.api_key
+    email, password = stack.admin
+
+    def admin() -> str:
+        token, created = webui.admin_token(ui, email, password)
+        ui.headers["Authorization"] = f"Bearer {token}"  # later stages act as the admin
+        report.admin_created = created
+        report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
+        # Settings Open WebUI keeps in its database: written on every up, or a changed value never lands.
+        report.notes += webui.apply_stored(ui, stored_settings(stack.spec.webui_env))
+        return "admin account created" if created else "signed in as admin"
+
+    return [
+        Stage(
+            "inference /health",
+            INFERENCE,
+            lambda: health.probe_inference_health(inference),
+            plan.startup_seconds + 60,
+            "The server did not become ready. If the log shows it still loading, give it longer with --timeout; "
+            "`deploykit logs inference` shows the rest.",
+        ),
+        Stage(
+            "inference /v1/models",
+            INFERENCE,
+            lambda: health.probe_served_model(inference, plan.model_id),
+            60,
+            "The server runs but does not serve the expected model id: check --alias/--served-model-name.",
+        ),
+        Stage(
+            "open-webui /health",
+            WEBUI,
+            lambda: health.probe_webui_health(ui),
+            WEBUI_START_SECONDS,
+            WEBUI_START_HINT,
+        ),
+        Stage(
+            "open-webui admin",
+            WEBUI,
+            admin,
+            60,
+            "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
+        ),
+        Stage(
+            "open-webui model",
+            WEBUI,
+            lambda: health.probe_webui_model(ui, plan.model_id),
+            90,
+            "Open WebUI cannot list the model: its connection to the inference server is wrong or unreachable "
+            "(see the drift notes; a trailing slash in OPENAI_API_BASE_URL also breaks the list).",
+        ),
+        Stage(
+            "chat via open-webui",
+            INFERENCE,
+            lambda: health.probe_chat(ui, "/api/chat/completions", plan.model_id),
+            180,
+            "The model did not answer through Open WebUI; `deploykit logs inference` shows the server side.",
+        ),
+    ]
+
+
+def _container_watch(
+    stack: LoadedStack, docker_host: engine.EngineAddress, service: str
+) -> Callable[[float, str], None]:
+    """An on_tick hook that stops waiting as soon as the service's container has died or restarts."""
+    es = stack.engine_stack(docker_host)
+    last_check = -10.0
+    # Restarts before this wait (a crash the engine already recovered from) are history, not a failure.
+    before = {c.name: c.restart_count for c in es.containers() if c.service == service}
+
+    def check(elapsed: float, detail: str) -> None:
+        nonlocal last_check
+        if elapsed - last_check < 3:
+            return
+        last_check = elapsed
+        for ctr in es.containers():
+            restarted = ctr.restart_count > before.get(ctr.name, 0)
+            if ctr.service == service and (ctr.state in ("exited", "dead") or restarted):
+                raise health.StageFailed(
+                    f"the {service} container {ctr.state} (exit code {ctr.exit_code}, restarted {ctr.restart_count}×)"
+                )
+
+    return check
+
+
+def run_stages(
+    stages: list[Stage],
+    budget: float,
+    reporter: Reporter,
+    *,
+    watch: Callable[[str], Callable[[float, str], None]] | None = None,
+    log_tail: Callable[[str], str] | None = None,
+    started: float | None = None,
+) -> list[health.StageResult]:
+    """Wait for each stage in turn within ``budget`` seconds. Raises HealthError on the first that fails.
+
+    ``watch(service)`` gives an on_tick hook that may stop a wait early (a dead container);
+    ``log_tail(service)`` the lines a failure shows; ``started`` (monotonic) is when `up` began, so each
+    result also says when, from the start, its stage passed.
+    """
+    origin = time.monotonic() if started is None else started
+    results = []
+    for stage in stages:
+        reporter.stage(stage.name)
+        watcher = watch(stage.service) if watch is not None else None
+
+        def tick(elapsed: float, detail: str, watcher: Callable[[float, str], None] | None = watcher) -> None:
+            reporter.tick(elapsed, detail)
+            if watcher is not None:
+                watcher(elapsed, detail)
+
+        begun = time.monotonic()
+        try:
+            ok, _, detail = health.wait_until(stage.probe, max(5.0, min(stage.timeout, budget)), on_tick=tick)
+        except health.StageFailed as exc:
+            ok, detail = False, str(exc)
+        now = time.monotonic()
+        seconds = now - begun
+        budget -= seconds
+        result = health.StageResult(stage.name, ok, round(seconds, 1), detail, at=round(now - origin, 1))
+        results.append(result)
+        reporter.done(result)
+        if not ok:
+            tail = log_tail(stage.service) if log_tail is not None else ""
+            raise HealthError(
+                f"stage '{stage.name}' failed after {seconds:.0f} s: {detail}. The stack is left running for "
+                "inspection.",
+                stage.hint,
+                log_tail=f"--- last lines of {stage.service} ---\n{tail}" if tail else "",
+            )
+    return results
+
+
+def check_stack(
+    stack: LoadedStack,
+    docker_host: engine.EngineAddress,
+    timeout: float,
+    reporter: Reporter,
+    started: float | None = None,
+) -> UpReport:
+    """The staged health check of a started stack, up to one chat answered through Open WebUI."""
+    report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{stack.spec.webui_port}", healthy=False)
+    key = stack.api_key
+    with health.http_client(stack.inference_url, key) as inference, health.http_client(stack.webui_url) as ui:
+        results = run_stages(
+            health_stages(stack, inference, ui, report),
+            timeout,
+            reporter,
+            watch=lambda service: _container_watch(stack, docker_host, service),
+            log_tail=lambda service: stack.engine_stack(docker_host).log_tail(service, 25),
+            started=started,
+        )
+    report.stages = [cast(StageRow, asdict(r)) for r in results]
+    report.healthy = True
+    report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
+    return report
+
+
+def wait_webui(stack: LoadedStack, docker_host: engine.EngineAddress, timeout: float = WEBUI_START_SECONDS) -> float:
+    """Wait for Open WebUI's /health; seconds waited, or HealthError with its log tail."""
+    with health.http_client(stack.webui_url) as ui:
+        ok, seconds, detail = health.wait_until(lambda: health.probe_webui_health(ui), timeout)
+    if not ok:
+        tail = stack.engine_stack(docker_host).log_tail(WEBUI, 25)
+        raise HealthError(
+            f"Open WebUI did not answer /health within {timeout:.0f} s: {detail}.",
+            WEBUI_START_HINT,
+            log_tail=f"--- last lines of open-webui ---\n{tail}" if tail else "",
+        )
+    return seconds
+
+
+def wait_inference_ready(stack: LoadedStack, docker_host: engine.EngineAddress, timeout: float | None = None) -> float:
+    """After (re)starting the inference service: wait until it is healthy and serves the model.
+
+    Returns the seconds it took; raises HealthError with the log tail when it died or timed out.
+    """
+    plan = stack.spec.plan
+    limit = timeout if timeout is not None else plan.startup_seconds + 60
+    key = stack.api_key
+    watch = _container_watch(stack, docker_host, INFERENCE)
+    started = time.monotonic()
+    with health.http_client(stack.inference_url, key) as client:
+
+        def ready() -> str:
+            health.probe_inference_health(client)
+            return health.probe_served_model(client, plan.model_id)
+
+        try:
+            ok, _, detail = health.wait_until(ready, limit, on_tick=watch)
+        except health.StageFailed as exc:
+            ok, detail = False, str(exc)
+    if not ok:
+        tail = stack.engine_stack(docker_host).log_tail(INFERENCE, 25)
+        raise HealthError(
+            f"the inference server did not become ready: {detail}.",
+            "`deploykit logs inference` shows why.",
+            log_tail=f"--- last lines of inference ---\n{tail}" if tail else "",
+        )
+    return time.monotonic() - started
