@@ -101,9 +101,10 @@ def smoke(stack: LoadedStack) -> SmokeReport:
 def doctor(settings: Settings, stack_dir: Path | None) -> list[Check]:
     """What the host offers stacks (and the stack in ``stack_dir``, if given), each with its fix."""
     from deploykit.running.doctor import run_checks
+    from deploykit.running.lifecycle import published_ports
 
     stack = load_stack(stack_dir) if stack_dir else None
-    ports = [(settings.webui_bind, settings.webui_port), ("127.0.0.1", settings.inference_port)]
+    ports = published_ports(settings)
     return run_checks(detect(settings), engine_for(settings), settings.model_cache, stack, ports)
 
 

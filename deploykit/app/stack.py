@@ -27,7 +27,9 @@ from deploykit.values.services import INFERENCE, WEBUI
 from deploykit.values.stackfiles import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
+    ENV_FILE,
     INFERENCE_API_KEY,
+    PLAN_FILE,
     STACK_ID,
     TARGET_FILES,
     WEBUI_SECRET_KEY,
@@ -223,9 +225,9 @@ def prepare_spec(
     stack_dir = existing.dir
     env_notes = webui_env.check(settings.webui_env)
     spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
-    customised, template_notes = customisation(settings.templates_dir, stack_dir)
+    customised, template_notes = customisation(settings.templates_dir, stack_dir, existing.plan)
     files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
-    files[".env"] = stackdir.merged_env(existing.env, stack_secrets, files[".env"])
+    files[ENV_FILE] = stackdir.merged_env(existing.env, stack_secrets, files[ENV_FILE])
     main = TARGET_FILES[spec.target]
     backup = main if stackdir.backup_needed(existing, main, files[main], force) else None
     all_notes = [*notes, *env_notes, *template_notes]
@@ -294,7 +296,7 @@ def up_stack(settings: Settings, request: StackRequest, timeout: float | None, r
     asked = any(x is not None for x in (r.profile, r.host_file, r.model_id, r.model_path, r.target))
     docker_host = engine_for(settings)
     runs_on = engine_host(docker_host)
-    if asked or r.image_overrides or not (stack_dir / "plan.json").is_file():
+    if asked or r.image_overrides or not (stack_dir / PLAN_FILE).is_file():
         prepared = r.prepare(settings, r.target or _rendered_target(stack_dir), runs_on)
     else:
         # Reuse the stack's plan, but with today's [webui_env] and templates: a changed setting takes effect.
@@ -409,8 +411,8 @@ def reference_stack(profile: str) -> dict[str, str]:
     files = render_files(spec, REFERENCE_SECRETS, inputs)
     return {
         "compose.yaml": files["compose.yaml"],
-        ".env.example": files[".env"],
-        "plan.json": files["plan.json"],
+        ".env.example": files[ENV_FILE],
+        PLAN_FILE: files[PLAN_FILE],
         **{
             TARGET_FILES[target]: render_files(spec.model_copy(update={"target": target}), REFERENCE_SECRETS, inputs)[
                 TARGET_FILES[target]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from deploykit import __version__
+from deploykit.values.defaults import DEFAULT_MAX_CONTEXT
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -151,6 +152,15 @@ def model_options(fn: F) -> F:
     return fn
 
 
+context_option = click.option(
+    "--context",
+    "max_context",
+    type=int,
+    metavar="TOKENS",
+    help=f"Context length cap [default: {DEFAULT_MAX_CONTEXT}].",
+)
+
+
 def plan_options(profile_default: str | None = "auto") -> Callable[[F], F]:
     """--profile, --host, --context, --backend and the model options, shared by plan, render and up."""
 
@@ -161,9 +171,7 @@ def plan_options(profile_default: str | None = "auto") -> Callable[[F], F]:
             type=BackendChoice(),
             help="Force a backend instead of letting the planner choose.",
         )(fn)
-        fn = click.option(
-            "--context", "max_context", type=int, metavar="TOKENS", help="Context length cap [default: 4096]."
-        )(fn)
+        fn = context_option(fn)
         fn = click.option(
             "--host",
             "host_file",

@@ -12,7 +12,16 @@ if TYPE_CHECKING:
 
     from deploykit.app.fleet import FleetRequest, HostResult
     from deploykit.config.settings import Settings
-from deploykit.cli.common import DeployKitGroup, F, image_option, model_options, path_or_none, print_json, settings_from
+from deploykit.cli.common import (
+    DeployKitGroup,
+    F,
+    context_option,
+    image_option,
+    model_options,
+    path_or_none,
+    print_json,
+    settings_from,
+)
 
 
 @click.group(cls=DeployKitGroup, short_help="Many workstations from one inventory file.")
@@ -57,7 +66,7 @@ def fleet_options(fn: F) -> F:
 def fleet_plan_options(fn: F) -> F:
     fn = image_option(fn)
     fn = model_options(fn)
-    fn = click.option("--context", "max_context", type=int, metavar="TOKENS", help="Context length cap.")(fn)
+    fn = context_option(fn)
     fn = click.option(
         "--profile", "-p", default="auto", show_default=True, help="Profile for hosts whose entry names none."
     )(fn)

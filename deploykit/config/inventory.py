@@ -10,14 +10,13 @@ import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from deploykit.config.settings import env_strings
 from deploykit.seams.engine import TLS_FILES, EngineAddress, EngineTLS
 from deploykit.values.errors import ConfigError, EngineError, NotFoundError, UsageError
+from deploykit.values.webui_env import WebuiEnv
 
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -29,18 +28,13 @@ class SiteLayer(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    webui_env: dict[str, str] = {}
+    webui_env: WebuiEnv = {}
     templates_dir: str | None = None
     override: str | None = Field(None, description="a compose.override.yaml copied into the host's stack folder")
     # A tcp:// engine's client TLS material, as DOCKER_CERT_PATH: a folder of ca.pem, cert.pem, key.pem.
     tls_dir: str | None = None
     # false: reach a tcp:// engine without TLS (an open engine port is root on that machine: opt in only).
     tls: bool | None = None
-
-    @field_validator("webui_env", mode="before")
-    @classmethod
-    def _env_strings(cls, value: Any) -> Any:
-        return env_strings(value)
 
 
 class FleetHost(SiteLayer):

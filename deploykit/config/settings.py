@@ -30,6 +30,7 @@ from deploykit.values.paths import model_cache
 from deploykit.values.plan import FINITE, WHOLE, PlanKnobs, PlanSettings
 from deploykit.values.services import SERVICES
 from deploykit.values.versions import pinned
+from deploykit.values.webui_env import WebuiEnv
 
 DEFAULT_MODEL = "deepseek-r1-distill-qwen-1.5b"
 STACK_SETTINGS_FILE = "deploykit.toml"
@@ -101,21 +102,6 @@ else:
     Images = create_model("Images", __base__=ImagesBase, __doc__=ImagesBase.__doc__, **_BACKEND_IMAGES)
 
 
-def env_strings(value: Any) -> Any:
-    """A ``[webui_env]`` table as environment strings (the inventory's tables use it too)."""
-    if not isinstance(value, dict):
-        return value
-
-    # TOML gives true/8/0.5 as typed values; Open WebUI parses strings ("true") like any environment.
-    # Names are matched upper-case: DEPLOYKIT_WEBUI_ENV__WEBUI_NAME arrives lower-cased.
-    def text(v: Any) -> Any:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return str(v) if isinstance(v, int | float) else v
-
-    return {str(k).upper(): text(v) for k, v in value.items()}
-
-
 class Settings(BaseSettings, PlanKnobs):
     model_config = SettingsConfigDict(
         env_prefix="DEPLOYKIT_",
@@ -136,14 +122,9 @@ class Settings(BaseSettings, PlanKnobs):
     images: Images = Images()
     # Open WebUI environment settings (``[webui_env]`` in the config file), checked against the pinned
     # version's names by deploykit.values.webui_env; values arrive as strings, as in any environment.
-    webui_env: dict[str, str] = Field(default_factory=dict)
+    webui_env: WebuiEnv = Field(default_factory=dict)
     # A site's own templates: files here shadow the built-in ones of the same relative name.
     templates_dir: Path | None = None
-
-    @field_validator("webui_env", mode="before")
-    @classmethod
-    def _env_strings(cls, value: Any) -> Any:
-        return env_strings(value)
 
     @field_validator("backend")
     @classmethod

@@ -29,7 +29,15 @@ from deploykit.catalog import ModelSpec
 from deploykit.values.errors import UsageError
 from deploykit.values.plan import DeploymentPlan, PlanInputs
 from deploykit.values.services import INFERENCE
-from deploykit.values.stackfiles import RUNTIME_SECRETS, SECRET_KEYS, TARGET_FILES, env_quote, sha256
+from deploykit.values.stackfiles import (
+    ENV_FILE,
+    PLAN_FILE,
+    RUNTIME_SECRETS,
+    SECRET_KEYS,
+    TARGET_FILES,
+    env_quote,
+    sha256,
+)
 from deploykit.values.units import GiB
 
 Target = Literal["compose", "swarm", "kubernetes"]
@@ -62,6 +70,11 @@ class StackSpec(BaseModel):
     def inference_container_port(self) -> int:
         """The port the server listens on inside its container: each server's own default."""
         return self.backend.container_port
+
+    @property
+    def inference_api(self) -> str:
+        """Where Open WebUI reaches the server inside the stack (no trailing slash: it appends paths)."""
+        return f"http://{INFERENCE}:{self.inference_container_port}/v1"
 
     @property
     def model_mount(self) -> tuple[str, str, str]:
@@ -233,7 +246,7 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
         "inference_port": spec.inference_port,
         "inference_container_port": spec.inference_container_port,
         "webui_container_port": WEBUI_CONTAINER_PORT,
-        "inference_url": f"http://inference:{spec.inference_container_port}/v1",
+        "inference_url": spec.inference_api,
         "model_host_dir": host_dir,
         "model_volume": spec.model_volume,
         "model_container_dir": container_dir,
@@ -291,4 +304,4 @@ def render_files(
         indent=2,
         ensure_ascii=False,
     )
-    return {TARGET_FILES[spec.target]: main, ".env": dotenv, "plan.json": plan_json + "\n"}
+    return {TARGET_FILES[spec.target]: main, ENV_FILE: dotenv, PLAN_FILE: plan_json + "\n"}

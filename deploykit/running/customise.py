@@ -9,6 +9,7 @@ A shadowed built-in may change in a later deploykit; the hash of the built-in ea
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,20 @@ def _manifest(templates_dir: Path) -> dict[str, str]:
         ) from None
 
 
-def _recorded(stack_dir: Path) -> dict[str, str]:
-    """The built-in hashes the stack's last render recorded for its shadowed templates."""
+def _recorded(plan: Mapping[str, Any] | None) -> dict[str, str]:
+    """The built-in hashes the stack's last render recorded (in its plan.json) for its shadowed templates."""
     try:
-        data = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
-        shadowed = data["customised"]["templates"]["shadowed"]
+        shadowed = (plan or {})["customised"]["templates"]["shadowed"]
         return {str(k): str(v["builtin_sha256"]) for k, v in shadowed.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return {}
 
 
-def customisation(templates_dir: Path | None, stack_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    """What plan.json records about the site's override and templates, and notes on copies fallen behind."""
+def customisation(
+    templates_dir: Path | None, stack_dir: Path, plan: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """What plan.json records about the site's override and templates, and notes on copies fallen behind;
+    ``plan`` is the stack's plan.json as its render read it (None for a new stack)."""
     customised: dict[str, Any] = {}
     notes: list[str] = []
     override = describe(stack_dir)
@@ -57,7 +60,7 @@ def customisation(templates_dir: Path | None, stack_dir: Path) -> tuple[dict[str
                 f"Create it with `deploykit templates export {templates_dir}`, or unset templates_dir.",
             )
         shadowed = shadowed_templates(templates_dir)
-        bases = _recorded(stack_dir) | _manifest(templates_dir)
+        bases = _recorded(plan) | _manifest(templates_dir)
         for name, hashes in shadowed.items():
             now = hashes["builtin_sha256"]
             base = bases.get(name, now)

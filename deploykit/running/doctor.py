@@ -126,7 +126,7 @@ def check_ports(i: Inputs) -> list[Check]:
     """The ports the stack publishes (or the settings' ports): free, or already this stack's."""
     ports, ours = i.ports, set[int]()
     if i.stack is not None:
-        ports = published_ports(i.stack)
+        ports = published_ports(i.stack.spec)
         if i.engine_up:
             ours = ports_held_by(i.stack, i.docker_host)
     checks = []
@@ -201,8 +201,8 @@ def run_checks(
     stack: LoadedStack | None,
     ports: list[tuple[str, int]] | None = None,
 ) -> list[Check]:
-    """``ports``: (bind address, port) to check when no stack is given — the settings' ports."""
-    inputs = Inputs(host, docker_host, model_cache, stack, ports or [("0.0.0.0", 7860), ("127.0.0.1", 7861)])
+    """``ports``: (bind address, port) to check when no stack is given — the settings' (``published_ports``)."""
+    inputs = Inputs(host, docker_host, model_cache, stack, ports or [])
     return [c for check in CHECKS for c in check(inputs)]
 
 

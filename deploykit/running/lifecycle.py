@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Required, TypedDict
+from typing import TYPE_CHECKING, Literal, Protocol, Required, TypedDict
 
 from deploykit.planning.render import StackIdentity
 from deploykit.seams import compose, engine, health, webui
 from deploykit.seams.override import OVERRIDE_FILE, describe, override_path
 from deploykit.values.errors import HealthError, PreflightError, UsageError
-from deploykit.values.services import SERVICES
+from deploykit.values.services import SERVICES, webui_url
 from deploykit.values.stackfiles import STACK_ID
 from deploykit.values.units import GiB, gib
 
@@ -80,9 +80,21 @@ def ports_held_by(stack: LoadedStack, docker_host: engine.EngineAddress) -> set[
     return held
 
 
-def published_ports(stack: LoadedStack) -> list[tuple[str, int]]:
-    """(bind address, port) of each port the stack publishes on its host: Open WebUI's and the server's."""
-    return [(stack.spec.webui_bind, stack.spec.webui_port), ("127.0.0.1", stack.spec.inference_port)]
+class PublishedPorts(Protocol):
+    """What says a stack's ports: a rendered stack's spec, or the settings a new one would get."""
+
+    @property
+    def webui_bind(self) -> str: ...
+    @property
+    def webui_port(self) -> int: ...
+    @property
+    def inference_port(self) -> int: ...
+
+
+def published_ports(ports: PublishedPorts) -> list[tuple[str, int]]:
+    """(bind address, port) of each port a stack publishes on its host: Open WebUI's, and the server's on
+    loopback only. Preflight asks it of the stack's spec, doctor of the settings when no stack is given."""
+    return [(ports.webui_bind, ports.webui_port), ("127.0.0.1", ports.inference_port)]
 
 
 def disk_free(folder: Path) -> tuple[Path, int]:
@@ -129,7 +141,7 @@ def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missi
         )
     if docker_host.local:
         ours = ports_held_by(stack, docker_host)
-        for bind, port in published_ports(stack):
+        for bind, port in published_ports(stack.spec):
             problem = None if port in ours else port_problem(bind, port)
             if problem:
                 setting = "webui_port" if port == stack.spec.webui_port else "inference_port"
@@ -235,21 +247,21 @@ def reachable_urls(
     if not docker_host.local:
         where = docker_host.hostname or docker_host.display
         who = "whoever can reach the engine's host" if bind in ("0.0.0.0", "::", "") else f"{bind} on the engine's host"
-        return [{"url": f"http://{where}:{port}", "who": who}]
+        return [{"url": webui_url(where, port), "who": who}]
     if bind.startswith("127.") or bind in ("::1", "localhost"):
-        return [{"url": f"http://localhost:{port}", "who": "this machine only"}]
+        return [{"url": webui_url("localhost", port), "who": "this machine only"}]
     if bind not in ("0.0.0.0", "::", ""):
-        return [{"url": f"http://{bind}:{port}", "who": f"anyone who can reach {bind}"}]
+        return [{"url": webui_url(bind, port), "who": f"anyone who can reach {bind}"}]
     if addresses is None:
         from deploykit.seams.detect import host_addresses
 
         addresses = host_addresses()
-    rows = [{"url": f"http://localhost:{port}", "who": "this machine"}]
+    rows = [{"url": webui_url("localhost", port), "who": "this machine"}]
     for address in addresses:
         # Docker's own bridges (one per compose network) only lead to containers on this host.
         bridge = address.interface == "docker0" or address.interface.startswith(("br-", "veth"))
         if not address.ip.startswith("127.") and not bridge:
-            rows.append({"url": f"http://{address.ip}:{port}", "who": f"anyone who can reach {address.interface}"})
+            rows.append({"url": webui_url(address.ip, port), "who": f"anyone who can reach {address.interface}"})
     return rows
 
 
@@ -292,7 +304,7 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
     services[0]["url"] = stack.inference_url + "/v1"
     services[0]["model"] = plan.model_id if model_ok else None
     services[0]["detail"] = served
-    services[1]["url"] = f"http://localhost:{stack.spec.webui_port}"
+    services[1]["url"] = webui_url("localhost", stack.spec.webui_port)
     with health.http_client(stack.webui_url, timeout=5) as client:
         try:
             health.probe_webui_health(client)

@@ -16,7 +16,8 @@ from deploykit.seams import compose, engine
 from deploykit.seams.stackdir import read_plan, read_secrets, recover
 from deploykit.values.errors import NotFoundError, StackDirError, UsageError
 from deploykit.values.plan import PlanInputs
-from deploykit.values.stackfiles import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, TARGET_FILES
+from deploykit.values.services import webui_url
+from deploykit.values.stackfiles import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, PLAN_FILE, TARGET_FILES
 
 if TYPE_CHECKING:
     pass
@@ -61,11 +62,11 @@ class LoadedStack:
 
     @property
     def webui_url(self) -> str:
-        return f"http://{self.address}:{self.spec.webui_port}"
+        return webui_url(self.address, self.spec.webui_port)
 
     @property
     def webui_internal_api(self) -> str:
-        return f"http://inference:{self.spec.inference_container_port}/v1"
+        return self.spec.inference_api
 
     def require_compose(self, refusal: str, hint: str) -> LoadedStack:
         """This stack, when it runs on Docker Compose; else a UsageError: ``refusal`` says what handles only those."""
@@ -85,7 +86,7 @@ class LoadedStack:
 
 
 def load_stack(stack_dir: Path) -> LoadedStack:
-    plan_path = stack_dir / "plan.json"
+    plan_path = stack_dir / PLAN_FILE
     recover(stack_dir)  # a write deploykit left interrupted is finished (or undone) first
     data = read_plan(stack_dir) if stack_dir.is_dir() else None
     if data is None:

@@ -14,12 +14,13 @@ import httpx
 
 from deploykit.seams import engine, health, webui
 from deploykit.values.errors import HealthError
-from deploykit.values.services import INFERENCE, WEBUI
+from deploykit.values.services import INFERENCE, WEBUI, webui_url
 from deploykit.values.webui_env import stored_settings
 
 if TYPE_CHECKING:
     pass
 from deploykit.running.stack import LoadedStack
+from deploykit.values.stackfiles import ADMIN_EMAIL, ADMIN_PASSWORD, ENV_FILE
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
@@ -183,26 +184,37 @@ def run_stages(
             if watcher is not None:
                 watcher(elapsed, detail)
 
-        begun = time.monotonic()
-        try:
-            ok, _, detail = health.wait_until(stage.probe, max(5.0, min(stage.timeout, budget)), on_tick=tick)
-        except health.StageFailed as exc:
-            ok, detail = False, str(exc)
-        now = time.monotonic()
-        seconds = now - begun
+        ok, seconds, detail = _wait(stage.probe, max(5.0, min(stage.timeout, budget)), tick)
         budget -= seconds
-        result = health.StageResult(stage.name, ok, round(seconds, 1), detail, at=round(now - origin, 1))
+        result = health.StageResult(stage.name, ok, round(seconds, 1), detail, at=round(time.monotonic() - origin, 1))
         results.append(result)
         reporter.done(result)
         if not ok:
-            tail = log_tail(stage.service) if log_tail is not None else ""
-            raise HealthError(
+            raise _failed(
                 f"stage '{stage.name}' failed after {seconds:.0f} s: {detail}. The stack is left running for "
                 "inspection.",
                 stage.hint,
-                log_tail=f"--- last lines of {stage.service} ---\n{tail}" if tail else "",
+                stage.service,
+                log_tail(stage.service) if log_tail is not None else "",
             )
     return results
+
+
+def _wait(
+    probe: Callable[[], str], timeout: float, on_tick: Callable[[float, str], None] | None = None
+) -> tuple[bool, float, str]:
+    """Wait until ``probe`` passes: (passed, seconds waited, detail); a StageFailed ends the wait at once."""
+    begun = time.monotonic()
+    try:
+        ok, _, detail = health.wait_until(probe, timeout, on_tick=on_tick)
+    except health.StageFailed as exc:
+        ok, detail = False, str(exc)
+    return ok, time.monotonic() - begun, detail
+
+
+def _failed(message: str, hint: str, service: str, tail: str) -> HealthError:
+    """How every wait ends when what it waits for does not come: the sentence, the hint, the service's last lines."""
+    return HealthError(message, hint, log_tail=f"--- last lines of {service} ---\n{tail}" if tail else "")
 
 
 def check_stack(
@@ -213,7 +225,7 @@ def check_stack(
     started: float | None = None,
 ) -> UpReport:
     """The staged health check of a started stack, up to one chat answered through Open WebUI."""
-    report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{stack.spec.webui_port}", healthy=False)
+    report = UpReport(stack_dir=str(stack.dir), url=webui_url("localhost", stack.spec.webui_port), healthy=False)
     key = stack.api_key
     with health.http_client(stack.inference_url, key) as inference, health.http_client(stack.webui_url) as ui:
         results = run_stages(
@@ -226,21 +238,17 @@ def check_stack(
         )
     report.stages = [cast(StageRow, asdict(r)) for r in results]
     report.healthy = True
-    report.credentials = f"{stack.dir / '.env'} (DEPLOYKIT_ADMIN_EMAIL, DEPLOYKIT_ADMIN_PASSWORD)"
+    report.credentials = f"{stack.dir / ENV_FILE} ({ADMIN_EMAIL}, {ADMIN_PASSWORD})"
     return report
 
 
 def wait_webui(stack: LoadedStack, docker_host: engine.EngineAddress, timeout: float = WEBUI_START_SECONDS) -> float:
     """Wait for Open WebUI's /health; seconds waited, or HealthError with its log tail."""
     with health.http_client(stack.webui_url) as ui:
-        ok, seconds, detail = health.wait_until(lambda: health.probe_webui_health(ui), timeout)
+        ok, seconds, detail = _wait(lambda: health.probe_webui_health(ui), timeout)
     if not ok:
-        tail = stack.engine_stack(docker_host).log_tail(WEBUI, 25)
-        raise HealthError(
-            f"Open WebUI did not answer /health within {timeout:.0f} s: {detail}.",
-            WEBUI_START_HINT,
-            log_tail=f"--- last lines of open-webui ---\n{tail}" if tail else "",
-        )
+        message = f"Open WebUI did not answer /health within {timeout:.0f} s: {detail}."
+        raise _failed(message, WEBUI_START_HINT, WEBUI, stack.engine_stack(docker_host).log_tail(WEBUI, 25))
     return seconds
 
 
@@ -253,22 +261,15 @@ def wait_inference_ready(stack: LoadedStack, docker_host: engine.EngineAddress, 
     limit = timeout if timeout is not None else plan.startup_seconds + 60
     key = stack.api_key
     watch = _container_watch(stack, docker_host, INFERENCE)
-    started = time.monotonic()
     with health.http_client(stack.inference_url, key) as client:
 
         def ready() -> str:
             health.probe_inference_health(client)
             return health.probe_served_model(client, plan.model_id)
 
-        try:
-            ok, _, detail = health.wait_until(ready, limit, on_tick=watch)
-        except health.StageFailed as exc:
-            ok, detail = False, str(exc)
+        ok, seconds, detail = _wait(ready, limit, watch)
     if not ok:
+        message = f"the inference server did not become ready: {detail}."
         tail = stack.engine_stack(docker_host).log_tail(INFERENCE, 25)
-        raise HealthError(
-            f"the inference server did not become ready: {detail}.",
-            "`deploykit logs inference` shows why.",
-            log_tail=f"--- last lines of inference ---\n{tail}" if tail else "",
-        )
-    return time.monotonic() - started
+        raise _failed(message, "`deploykit logs inference` shows why.", INFERENCE, tail)
+    return seconds

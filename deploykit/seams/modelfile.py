@@ -21,6 +21,9 @@ from deploykit.catalog import GgufSource, ModelSpec
 from deploykit.values.errors import UsageError
 from deploykit.values.plan import LocalWeights
 
+# A model whose file does not say how long a context it was trained for is taken at this length.
+UNSTATED_CONTEXT = 4096
+
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "model"
@@ -200,7 +203,7 @@ def _spec_from_gguf(header: GgufHeader, path: Path, model_id: str | None) -> tup
         kv_heads=kv_heads,
         head_dim=head_dim,
         vocab_size=vocab,
-        max_context=number(f"{arch}.context_length") or 4096,
+        max_context=number(f"{arch}.context_length") or UNSTATED_CONTEXT,
         reasoning="deepseek_r1" if "<think>" in template or "r1" in name.lower().split("-") else None,
         gguf=GgufSource(file=path.name, quant=quant, size_bytes=path.stat().st_size),
     )
@@ -237,7 +240,7 @@ def spec_from_hf_config(config: dict[str, Any], model_id: str, name: str, params
     kv_heads = _count(config, "num_key_value_heads", name, heads)
     head_dim = _count(config, "head_dim", name, max(1, hidden // heads))
     inter = _count(config, "intermediate_size", name, 0) or None
-    max_context = _count(config, "max_position_embeddings", name, 4096)
+    max_context = _count(config, "max_position_embeddings", name, UNSTATED_CONTEXT)
     if params is None:
         # Embedding (+ untied head) + per-layer attention and MLP: good to a few percent for dense models.
         attn = hidden * (heads * head_dim) * 2 + hidden * (kv_heads * head_dim) * 2

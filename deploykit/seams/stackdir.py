@@ -30,6 +30,7 @@ from typing import Any
 
 from deploykit.values.errors import StackDirError, UsageError
 from deploykit.values.stackfiles import (
+    ENV_FILE,
     PLAN_FILE,
     PRIVATE_FILES,
     SECRET_KEYS,
@@ -167,7 +168,7 @@ def recover(stack_dir: Path) -> bool:
 
 def _legacy_half_written(stack_dir: Path, entries: set[str]) -> bool:
     """compose.yaml and/or .env without plan.json, as an interrupted earlier version left them."""
-    ours = {"compose.yaml", ".env"}
+    ours = {"compose.yaml", ENV_FILE}
     if not entries & ours or any(e not in ours and not _legacy_temp(e) for e in entries):
         return False
     compose = stack_dir / "compose.yaml"
@@ -209,7 +210,7 @@ def read_env(stack_dir: Path) -> EnvFile:
     """Parse .env; every secret it names must be readable. Never puts a value in an error."""
     from dotenv.parser import parse_stream
 
-    path = stack_dir / ".env"
+    path = stack_dir / ENV_FILE
     if not _regular(
         path,
         "deploykit keeps secrets only in a regular file inside the stack folder (mode 0600): replace the link "
@@ -284,7 +285,7 @@ def open_for_render(stack_dir: Path) -> ExistingStack:
     if stack_dir.exists() and not stack_dir.is_dir():
         raise StackDirError(f"{stack_dir} exists and is not a folder.", "Choose another --dir.")
     if not stack_dir.is_dir():
-        return ExistingStack(stack_dir, None, EnvFile(stack_dir / ".env"))
+        return ExistingStack(stack_dir, None, EnvFile(stack_dir / ENV_FILE))
     recover(stack_dir)
     try:
         # A site may prepare its own files before the first render: deploykit writes neither of them.
@@ -361,7 +362,7 @@ def write_stack(stack_dir: Path, files: Mapping[str, str], backup: str | None = 
             f"cannot create the stack folder {stack_dir}: {exc.strerror}.", "Choose another --dir."
         ) from None
     changed = [n for n, b in data.items() if _kind(stack_dir / n) != "file" or _read_bytes(stack_dir / n) != b]
-    env = stack_dir / ".env"
+    env = stack_dir / ENV_FILE
     if not changed:
         if _kind(env) == "file":
             env.chmod(0o600)

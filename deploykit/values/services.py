@@ -3,3 +3,8 @@
 INFERENCE = "inference"
 WEBUI = "open-webui"
 SERVICES = (INFERENCE, WEBUI)
+
+
+def webui_url(host: str, port: int) -> str:
+    """Open WebUI's address on ``host``: the one way to write it (up's report, status, the fleet, reachable URLs)."""
+    return f"http://{host}:{port}"

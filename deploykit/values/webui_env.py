@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 from deploykit.values.errors import ConfigError
 
@@ -30,6 +33,26 @@ RESERVED = frozenset(
     }
 )
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def env_strings(value: Any) -> Any:
+    """A ``[webui_env]`` table as environment strings."""
+    if not isinstance(value, dict):
+        return value
+
+    # TOML gives true/8/0.5 as typed values; Open WebUI parses strings ("true") like any environment.
+    # Names are matched upper-case: DEPLOYKIT_WEBUI_ENV__WEBUI_NAME arrives lower-cased.
+    def text(v: Any) -> Any:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v) if isinstance(v, int | float) else v
+
+    return {str(k).upper(): text(v) for k, v in value.items()}
+
+
+# A [webui_env] table wherever one is written (the settings, the fleet inventory's layers): names upper-case,
+# values as environment strings.
+WebuiEnv = Annotated[dict[str, str], BeforeValidator(env_strings)]
 
 
 @dataclass(frozen=True)
