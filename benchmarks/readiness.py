@@ -35,7 +35,7 @@ import httpx
 import yaml
 
 from deploykit.running.stack import LoadedStack, load_stack
-from deploykit.running.stages import UpReport, health_stages, run_stages
+from deploykit.running.stages import StageResult, UpReport, health_stages, run_stages
 from deploykit.seams import health
 from deploykit.values.paths import model_cache
 
@@ -57,7 +57,7 @@ def run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> su
 class Quiet:
     def stage(self, name: str) -> None: ...
     def tick(self, elapsed: float, detail: str) -> None: ...
-    def done(self, result: health.StageResult) -> None: ...
+    def done(self, result: StageResult) -> None: ...
     def note(self, text: str) -> None: ...
 
 

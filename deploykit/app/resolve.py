@@ -44,7 +44,10 @@ def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
     if settings.profiles_file is not None and not path.is_file():
         raise ConfigError(f"profiles file {path} is not a regular file.", "Give the path of a TOML file.")
     if path.is_file():
-        user = load_profiles_file(path, backends.named)
+        from deploykit.seams.textfile import read_text
+
+        text = read_text(path, "profiles file", "Check the --profiles-file path; it is TOML in UTF-8.", ConfigError)
+        user = load_profiles_file(path, text, backends.named)
     names = {p.name for p in user}
     return (*user, *(p for p in builtin_profiles() if p.name not in names))
 

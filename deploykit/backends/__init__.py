@@ -18,6 +18,22 @@ BACKENDS: tuple[Backend, ...] = (VLLM, LLAMACPP)
 CPU_FALLBACK: Backend = LLAMACPP
 
 
+def on_gpu(wanted: str | None) -> tuple[Backend, ...]:
+    """The backends that try a host's GPU, in order of preference: every one, or the one asked for."""
+    return tuple(b for b in BACKENDS if wanted in (None, b.name))
+
+
+def on_cpu(wanted: str | None, has_gpu: bool) -> tuple[tuple[Backend, ...], Backend | None]:
+    """(the backends asked to try the CPU, the fallback that serves what is left, if it may).
+
+    A backend other than the fallback runs on the CPU only when asked for on a host without a GPU (the
+    cpu-vllm profile); a host with a GPU falls back to the CPU only when no other backend was asked for.
+    """
+    if has_gpu:
+        return (), CPU_FALLBACK if wanted in (None, CPU_FALLBACK.name) else None
+    return tuple(b for b in BACKENDS if b is not CPU_FALLBACK and b.name == wanted), CPU_FALLBACK
+
+
 def names() -> tuple[str, ...]:
     return tuple(b.name for b in BACKENDS)
 

@@ -100,10 +100,7 @@ def _profile_from(
     return profile
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    from deploykit.seams.textfile import read_text
-
-    text = read_text(path, "profiles file", "Check the --profiles-file path; it is TOML in UTF-8.", ConfigError)
+def _read_toml(path: Path, text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -135,10 +132,10 @@ def builtin_models() -> tuple[ModelSpec, ...]:
     return tuple(models)
 
 
-def load_profiles_file(path: Path, check_backend: Callable[[str], object]) -> tuple[HostProfile, ...]:
-    """User profiles: ``[profiles.NAME]`` tables, each shaped like a built-in profile file; ``check_backend``
-    refuses a backend name deploykit does not know (a ValueError)."""
-    data = _read_toml(path)
+def load_profiles_file(path: Path, text: str, check_backend: Callable[[str], object]) -> tuple[HostProfile, ...]:
+    """User profiles from ``text``, the file at ``path``: ``[profiles.NAME]`` tables, each shaped like a built-in
+    profile file; ``check_backend`` refuses a backend name deploykit does not know (a ValueError)."""
+    data = _read_toml(path, text)
     tables = data.get("profiles")
     shape_hint = "Write one table per profile, e.g. [profiles.office-pc] with [profiles.office-pc.cpu] …"
     if not isinstance(tables, Mapping) or not tables:

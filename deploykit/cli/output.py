@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from deploykit.catalog import ModelSpec
     from deploykit.running.doctor import Check
     from deploykit.running.lifecycle import StackStatus
-    from deploykit.running.stages import UpReport
-    from deploykit.seams.health import StageResult
+    from deploykit.running.stages import StageResult, UpReport
     from deploykit.values.host import HostProfile
     from deploykit.values.plan import DeploymentPlan
 

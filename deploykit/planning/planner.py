@@ -15,7 +15,7 @@ Each backend plans one model on the budget it is handed; the budget is worked ou
 
 from __future__ import annotations
 
-from deploykit.backends import BACKENDS, CPU_FALLBACK, names
+from deploykit import backends
 from deploykit.backends.base import ModelRequest, ThreadChoice
 from deploykit.backends.memory import gpu_budget, ram_budget
 from deploykit.catalog import ModelSpec
@@ -78,27 +78,24 @@ def plan_deployment(
     """
     request = ModelRequest(host, model, weights, settings, choose_threads(host, settings, runs_on))
     wanted = settings.backend or host.preferred_backend
-    if wanted is not None and wanted not in names():
+    if wanted is not None and wanted not in backends.names():
         raise NoFit(model.name, 0, 0, "vram" if host.gpus else "ram", f"no backend is named {wanted!r}")
     skipped: list[str] = []
-    # On a GPU every backend asked for (all, unless one is) tries its share of it; on a host without one,
-    # a backend other than the CPU fallback runs on the CPU only when asked for (the cpu-vllm profile).
-    budget = gpu_budget(host, settings) if host.gpus else ram_budget(host)
-    for backend in BACKENDS:
-        on_cpu_by_request = not host.gpus and backend is not CPU_FALLBACK and wanted == backend.name
-        if (host.gpus and wanted in (None, backend.name)) or on_cpu_by_request:
-            plan = backend.plan(request, budget)
-            if isinstance(plan, DeploymentPlan):
-                return _with_skipped(plan, skipped)
-            skipped.append(f"{backend.skipped_as}: {plan.detail}.")
-    if host.gpus and wanted not in (None, CPU_FALLBACK.name):
+    asked_on_cpu, fallback = backends.on_cpu(wanted, bool(host.gpus))
+    ways = [(b, gpu_budget(host, settings)) for b in backends.on_gpu(wanted)] if host.gpus else []
+    # On a GPU every backend asked for (all, unless one is) tries its share of it, in order of preference.
+    for backend, budget in [*ways, *((b, ram_budget(host)) for b in asked_on_cpu)]:
+        plan = backend.plan(request, budget)
+        if isinstance(plan, DeploymentPlan):
+            return _with_skipped(plan, skipped)
+        skipped.append(f"{backend.skipped_as}: {plan.detail}.")
+    if fallback is None:
         raise NoFit(model.name, 0, 0, "vram", " ".join(skipped))
-    if not host.gpus:
-        skipped.insert(0, NO_GPU)
-    fallback = CPU_FALLBACK.plan(request, ram_budget(host))
-    if isinstance(fallback, NoFit):
-        raise fallback
-    return _with_skipped(fallback, skipped)
+    last = fallback.plan(request, ram_budget(host))
+    if isinstance(last, NoFit):
+        raise last
+    # What serves what is left says why: no GPU here, and what it passed over.
+    return _with_skipped(last, [NO_GPU, *skipped] if not host.gpus else skipped)
 
 
 def suggest_alternative(

@@ -29,8 +29,17 @@ WEBUI_START_SECONDS = 180
 WEBUI_START_HINT = "Open WebUI did not start; `deploykit logs open-webui` shows why."
 
 
+@dataclass
+class StageResult:
+    name: str
+    ok: bool
+    seconds: float  # waited in this stage
+    detail: str
+    at: float | None = None  # when it ended, in seconds from the start of `up`
+
+
 class StageRow(TypedDict):
-    """A ``health.StageResult`` as `up --json` prints it."""
+    """A ``StageResult`` as `up --json` prints it."""
 
     name: str
     ok: bool
@@ -42,7 +51,7 @@ class StageRow(TypedDict):
 class Reporter(Protocol):
     def stage(self, name: str) -> None: ...
     def tick(self, elapsed: float, detail: str) -> None: ...
-    def done(self, result: health.StageResult) -> None: ...
+    def done(self, result: StageResult) -> None: ...
     def note(self, text: str) -> None: ...
 
 
@@ -166,7 +175,7 @@ def run_stages(
     watch: Callable[[str], Callable[[float, str], None]] | None = None,
     log_tail: Callable[[str], str] | None = None,
     started: float | None = None,
-) -> list[health.StageResult]:
+) -> list[StageResult]:
     """Wait for each stage in turn within ``budget`` seconds. Raises HealthError on the first that fails.
 
     ``watch(service)`` gives an on_tick hook that may stop a wait early (a dead container);
@@ -186,7 +195,7 @@ def run_stages(
 
         ok, seconds, detail = _wait(stage.probe, max(5.0, min(stage.timeout, budget)), tick)
         budget -= seconds
-        result = health.StageResult(stage.name, ok, round(seconds, 1), detail, at=round(time.monotonic() - origin, 1))
+        result = StageResult(stage.name, ok, round(seconds, 1), detail, at=round(time.monotonic() - origin, 1))
         results.append(result)
         reporter.done(result)
         if not ok:

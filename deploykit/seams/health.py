@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,15 +21,6 @@ class NotReady(Exception):
 
 class StageFailed(Exception):
     """The stage cannot pass (a container exited, a 401): stop waiting."""
-
-
-@dataclass
-class StageResult:
-    name: str
-    ok: bool
-    seconds: float  # waited in this stage
-    detail: str
-    at: float | None = None  # when it ended, in seconds from the start of `up`
 
 
 def http_client(base_url: str, token: str | None = None, timeout: float = 10.0) -> httpx.Client:

@@ -92,6 +92,50 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _STRING, _ARRAY = 8, 9
 
 
+class _Cursor:
+    """Reads a GGUF header front to back: scalars, strings, and arrays skipped by their length."""
+
+    def __init__(self, buf: mmap.mmap, order: str, offset: int) -> None:
+        self.buf, self.order, self.offset = buf, order, offset
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        values = struct.unpack_from(self.order + fmt, self.buf, self.offset)
+        self.offset += struct.calcsize(self.order + fmt)
+        return values
+
+    def string(self) -> str:
+        (length,) = self.unpack("Q")
+        if self.offset + length > len(self.buf):
+            raise ValueError("a string runs past the end of the file")
+        self.offset += length
+        return self.buf[self.offset - length : self.offset].decode("utf-8")
+
+    def skip(self, value_type: int, count: int) -> None:
+        if value_type in _SCALARS:
+            self.offset += count * struct.calcsize(_SCALARS[value_type])
+        elif value_type == _STRING:
+            for _ in range(count):
+                (length,) = self.unpack("Q")
+                self.offset += length
+        else:
+            raise ValueError(f"an array of type {value_type}")
+        if self.offset > len(self.buf):
+            raise ValueError("an array runs past the end of the file")
+
+    def field(self) -> tuple[str, object]:
+        key = self.string()
+        (value_type,) = self.unpack("I")
+        if value_type in _SCALARS:
+            return key, self.unpack(_SCALARS[value_type])[0]
+        if value_type == _STRING:
+            return key, self.string()
+        if value_type == _ARRAY:
+            item_type, count = self.unpack("IQ")
+            self.skip(item_type, count)
+            return key, GgufArray(count)
+        raise ValueError(f"metadata {key!r} has value type {value_type}")
+
+
 def read_gguf_header(path: Path) -> GgufHeader:
     """The header walked with struct: gguf's GGUFReader builds numpy views of every vocabulary entry
     (2.4 s for a 49k-token model on a 2-core machine, paid by each `render`/`up --model-file`); this reads
@@ -105,60 +149,19 @@ def read_gguf_header(path: Path) -> GgufHeader:
         version, n_tensors, n_fields = struct.unpack_from(order + "IQQ", buf, 4)
         if version not in (2, 3):
             raise ValueError(f"GGUF version {version}")
-        offset = 24
-
-        def unpack(fmt: str) -> tuple[Any, ...]:
-            nonlocal offset
-            values = struct.unpack_from(order + fmt, buf, offset)
-            offset += struct.calcsize(order + fmt)
-            return values
-
-        def string() -> str:
-            nonlocal offset
-            (length,) = unpack("Q")
-            if offset + length > len(buf):
-                raise ValueError("a string runs past the end of the file")
-            offset += length
-            return buf[offset - length : offset].decode("utf-8")
-
-        def skip(value_type: int, count: int) -> None:
-            nonlocal offset
-            if value_type in _SCALARS:
-                offset += count * struct.calcsize(_SCALARS[value_type])
-            elif value_type == _STRING:
-                for _ in range(count):
-                    (length,) = unpack("Q")
-                    offset += length
-            else:
-                raise ValueError(f"an array of type {value_type}")
-            if offset > len(buf):
-                raise ValueError("an array runs past the end of the file")
-
-        fields: dict[str, object] = {}
-        for _ in range(n_fields):
-            key = string()
-            (value_type,) = unpack("I")
-            if value_type in _SCALARS:
-                fields[key] = unpack(_SCALARS[value_type])[0]
-            elif value_type == _STRING:
-                fields[key] = string()
-            elif value_type == _ARRAY:
-                item_type, count = unpack("IQ")
-                skip(item_type, count)
-                fields[key] = GgufArray(count)
-            else:
-                raise ValueError(f"metadata {key!r} has value type {value_type}")
+        cursor = _Cursor(buf, order, 24)
+        fields = dict(cursor.field() for _ in range(n_fields))
         tensors = []
         data_end = 0
         for _ in range(n_tensors):
-            name = string()
-            (n_dims,) = unpack("I")
-            n_elements = math.prod(unpack(f"{n_dims}Q"))
-            ggml_type, data_offset = unpack("IQ")
+            name = cursor.string()
+            (n_dims,) = cursor.unpack("I")
+            n_elements = math.prod(cursor.unpack(f"{n_dims}Q"))
+            ggml_type, data_offset = cursor.unpack("IQ")
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
             tensors.append(GgufTensor(name, n_elements, n_elements * type_size // block))
             data_end = max(data_end, data_offset + tensors[-1].n_bytes)
-        alignment = fields.get("general.alignment", 32)
+        offset, alignment = cursor.offset, fields.get("general.alignment", 32)
         data_start = -(-offset // alignment) * alignment if isinstance(alignment, int) and alignment > 0 else offset
         if data_start + data_end > len(buf):  # a download cut short: the header is whole, the weights are not
             raise ValueError(f"the tensors need {data_start + data_end} bytes and the file has {len(buf)}")

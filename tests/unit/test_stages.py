@@ -15,9 +15,9 @@ from deploykit.planning.planner import plan_deployment
 from deploykit.planning.render import StackSpec
 from deploykit.running import lifecycle
 from deploykit.running.stack import LoadedStack
-from deploykit.running.stages import UpReport, health_stages, run_stages
+from deploykit.running.stages import StageResult, UpReport, health_stages, run_stages
 from deploykit.seams import engine
-from deploykit.seams.health import MAX_POLL_SECONDS, NotReady, StageFailed, StageResult, poll_intervals, wait_until
+from deploykit.seams.health import MAX_POLL_SECONDS, NotReady, StageFailed, poll_intervals, wait_until
 from deploykit.values.errors import EngineError, HealthError, PreflightError
 from deploykit.values.host import DockerEngine
 from deploykit.values.plan import PlanInputs, PlanSettings
