@@ -231,11 +231,10 @@ class LlamaCpp(Backend):
         kv = kv_bytes(model, ctx, slots, g.knobs.kv_type)
         overhead = g.overhead(model, ctx * slots)
         total = size + kv + overhead
-        gpu_name = budget.gpu.name if budget.gpu is not None else "GPU"
         reasons = [
-            f"GGUF {g.quant} ({gib(size)}) with all {model.layers} layers on the {gpu_name}: {gib(size)} weights "
-            f"+ {gib(kv)} KV cache for {ctx} tokens × {slots} slot(s) + {gib(overhead)} CUDA runtime and compute "
-            f"buffers = {gib(total)} of {gib(budget.bytes)}.",
+            f"GGUF {g.quant} ({gib(size)}) with all {model.layers} layers on the {budget.gpu_name}: {gib(size)} "
+            f"weights + {gib(kv)} KV cache for {ctx} tokens × {slots} slot(s) + {gib(overhead)} CUDA runtime and "
+            f"compute buffers = {gib(total)} of {gib(budget.bytes)}.",
             f"Context {ctx} tokens: " + context_why(ctx, cap, model, settings),
             _slots_why(slots, ctx, settings),
             *g.knobs.reasons,
@@ -270,10 +269,9 @@ class LlamaCpp(Backend):
                 model, budget, f"the {model.layers - layers_on_gpu} layers left on the CPU need {gib(cpu_side)} of RAM"
             )
         total = gpu_weights + gpu_kv + overhead
-        gpu_name = budget.gpu.name if budget.gpu is not None else "GPU"
         reasons = [
             f"Not all {model.layers} layers fit in {gib(budget.bytes)} of VRAM ({budget.share_why}): "
-            f"{layers_on_gpu} of {model.layers} layers go to the {gpu_name} "
+            f"{layers_on_gpu} of {model.layers} layers go to the {budget.gpu_name} "
             f"({gib(g.layer_bytes)} each + their KV cache), the rest run on the CPU.",
             f"GPU side: {gib(gpu_weights)} weights + {gib(gpu_kv)} KV cache + {gib(overhead)} CUDA buffers "
             f"= {gib(total)}; CPU side: {gib(cpu_side)} of RAM.",
@@ -346,19 +344,13 @@ class LlamaCpp(Backend):
             startup_seconds(size, STARTUP_BASE_SECONDS, STARTUP_SECONDS_PER_GIB),
             reasons,
             quantization=quant,
-            dtype=None,
             context_length=ctx,
             parallel=slots,
             gpu_layers=gpu_layers,
-            gpu_memory_utilization=None,
-            cpu_kv_cache_bytes=None,
             flash_attention=knobs.flash,
             batch_size=knobs.batch,
             ubatch_size=knobs.ubatch,
             kv_cache_type=knobs.kv_type,
-            max_num_seqs=None,
-            prefix_caching=None,
-            chunked_prefill=None,
         )
 
     def images(self, versions: Versions) -> dict[Device, ImageSetting]:

@@ -46,6 +46,11 @@ class Budget:
     def kind(self) -> Literal["vram", "ram"]:
         return "vram" if self.device == "cuda" else "ram"
 
+    @property
+    def gpu_name(self) -> str:
+        """The GPU the plan's reasons name ("the NVIDIA GeForce RTX 3060")."""
+        return self.gpu.name if self.gpu is not None else "CPU"
+
 
 def best_gpu(host: HostProfile) -> Gpu:
     return max(host.gpus, key=lambda g: g.memory_total_bytes)

@@ -149,17 +149,18 @@ class DeploymentPlan(BaseModel):
     backend: str  # the backend's name (deploykit.backends.named() finds it)
     device: Literal["cuda", "cpu"]
     quantization: str  # "fp16" | "bf16" | the GGUF type, e.g. "Q4_K_M"
-    dtype: str | None  # vLLM's --dtype ("bfloat16" | "float16"); None for llama.cpp
+    # Each backend's own flags, None where another backend's: a plan fills those of the backend it names.
+    dtype: str | None = None  # vLLM's --dtype ("bfloat16" | "float16")
     context_length: int
     parallel: int
-    gpu_layers: int | None  # llama.cpp -ngl; None for vLLM
+    gpu_layers: int | None = None  # llama.cpp -ngl
     total_layers: int
     threads: int
-    gpu_memory_utilization: float | None  # vLLM on CUDA
-    cpu_kv_cache_bytes: int | None  # vLLM on CPU: VLLM_CPU_KVCACHE_SPACE
-    flash_attention: bool | None  # llama.cpp: on / off; None leaves it to llama.cpp (auto)
+    gpu_memory_utilization: float | None = None  # vLLM on CUDA
+    cpu_kv_cache_bytes: int | None = None  # vLLM on CPU: VLLM_CPU_KVCACHE_SPACE
+    flash_attention: bool | None = None  # llama.cpp: on / off; None leaves it to llama.cpp (auto)
     reasoning_parser: str | None
-    # Serving flags; defaults keep plan.json files from before these fields readable.
+    # Serving flags; defaults also keep plan.json files from before these fields readable.
     batch_size: int | None = None  # llama.cpp -b; vLLM --max-num-batched-tokens
     ubatch_size: int | None = None  # llama.cpp -ub
     kv_cache_type: str | None = None  # llama.cpp -ctk/-ctv
