@@ -6,6 +6,8 @@ import contextlib
 import shutil
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # a dev dependency: never skipped
+from playwright.sync_api import sync_playwright
 
 from tests.e2e.conftest import ARTIFACTS, MODEL_ID, Stack, need, secrets
 
@@ -25,15 +27,10 @@ CHROMIUM_ARGS = [
 def test_browser_signs_in_and_sees_the_model(llama_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
     chromium = shutil.which("chromium")
     need(chromium is not None, "Debian's chromium is not installed (scripts/provision/browser.sh)")
-    playwright = (
-        pytest.importorskip("playwright.sync_api")
-        if chromium is None
-        else __import__("playwright.sync_api", fromlist=["sync_playwright"])
-    )
     creds = secrets(llama_stack)
     ARTIFACTS.mkdir(exist_ok=True)
     profile = tmp_path_factory.mktemp("chromium-profile")
-    with playwright.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             str(profile),
             executable_path=chromium,
@@ -50,7 +47,7 @@ def test_browser_signs_in_and_sees_the_model(llama_stack: Stack, tmp_path_factor
             page.wait_for_url("**/", timeout=60_000)
             # A fresh account is greeted with the release notes: close them as a person would.
             notes = page.get_by_text("Okay, Let's Go!")
-            with contextlib.suppress(playwright.TimeoutError):
+            with contextlib.suppress(PlaywrightTimeout):
                 notes.click(timeout=10_000)
             # The chat page's model selector names the served model (DEFAULT_MODELS in compose).
             selector = page.get_by_text(MODEL_ID).first

@@ -90,8 +90,52 @@ def test_the_fixture_tokenizer_loses_its_note_and_keeps_its_template(tmp_path: P
     assert tokenizer["model"]["type"] == "BPE" and "<|im_start|>" in config["chat_template"]
 
 
-def test_verify_script_parses_and_its_dry_run_needs_no_gpu() -> None:
-    script = ROOT / "scripts" / "device" / "verify_gpu.sh"
-    subprocess.run(["bash", "-n", str(script)], check=True)
-    text = script.read_text()
-    assert "set -euo pipefail" in text and "DRY_RUN" in text
+def test_the_verify_scripts_dry_run_renders_both_plans_and_says_what_it_would_run(tmp_path: Path) -> None:
+    """DRY_RUN=1, as on a machine without a GPU: the real renders from the recorded H200 and the real argument
+    extraction, with the two steps that need torch (the model, its GGUF) standing in for by the tiny GGUF."""
+    import os
+    import shutil
+    import tarfile
+
+    tree = tmp_path / "tree"  # the script finds its carry folder and the recorded host beside itself
+    shutil.copytree(ROOT / "scripts" / "device", tree / "scripts" / "device")
+    (tree / "tests" / "fixtures" / "gpu" / "h200").mkdir(parents=True)
+    shutil.copy(H200, tree / "tests" / "fixtures" / "gpu" / "h200" / "detect.json")
+    carry = tree / ".gpucheck"
+    (carry / "llama.cpp" / "gguf-py").mkdir(parents=True)
+    (carry / "MANIFEST.json").write_text('{"llama.cpp": "stand-in"}')
+    with tarfile.open(carry / "llama.cpp-src.tar.gz", "w:gz") as tar:
+        tar.add(carry / "llama.cpp", arcname="llama.cpp")
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/bash\n"
+        'case "$1" in\n'
+        '  */make_tiny_model.py) mkdir -p "$2"; echo \'{"layers": 4}\'; exit 0;;\n'
+        f'  */to_gguf.py) cp {GGUF} "$4"; exit 0;;\n'
+        "esac\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = os.environ | {
+        "OUT": str(out),
+        "DRY_RUN": "1",
+        "PYTHON": str(python),
+        "GPU_CHECK_WORK": str(work),
+        "PYTHONPATH": str(ROOT),
+    }
+    result = subprocess.run(
+        ["bash", str(tree / "scripts" / "device" / "verify_gpu.sh")], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["step"]: s["rc"] for s in summary["steps"]}
+    assert summary["dry_run"] is True
+    assert {steps[name] for name in ("unpack", "model", "gguf", "render-full", "partial-host", "render-partial")} == {0}
+    assert "configure" not in steps and "build" not in steps  # no CUDA build without a GPU
+    full = json.loads((work / "argv-full.json").read_text())
+    partial = json.loads((work / "estimate-partial.json").read_text())
+    assert full[full.index("--api-key") + 1] == "<INFERENCE_API_KEY>"  # the key is not written down
+    assert 0 < partial["gpu_layers"] < partial["total_layers"]
+    assert "dry run: full plan would run: llama-server -m" in result.stdout
+    assert not list((work / "logs").glob("stack-*/.env"))

@@ -137,8 +137,43 @@ def test_multi_gpu_uses_the_largest() -> None:
     assert plan.backend == "vllm" and plan.gpu_index == 1
 
 
-def test_plan_is_pure_and_repeatable() -> None:
-    assert plan_for("cpu") == plan_for("cpu")
+def test_plan_is_pure_and_repeatable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planning touches no file, process, socket or clock, and a host that only looks the same (built anew
+    from its JSON) gets the plan the reference stack records, byte for byte."""
+    import builtins
+    import io
+    import json
+    import os
+    import socket
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from tests.unit.conftest import ROOT
+
+    recorded = json.loads((ROOT / "compose" / "cpu" / "plan.json").read_text(encoding="utf-8"))["stack"]["plan"]
+    host = HostProfile.model_validate_json(find_profile("cpu", builtin_profiles()).model_dump_json())
+    model = find_model(R1_15B, builtin_models())
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the planner did I/O: {args[:1]}")
+
+    for owner, name in [
+        (builtins, "open"),
+        (io, "open"),
+        (os, "open"),
+        (Path, "open"),
+        (subprocess, "run"),
+        (subprocess, "Popen"),
+        (socket, "socket"),
+        (time, "time"),
+        (time, "monotonic"),
+    ]:
+        monkeypatch.setattr(owner, name, forbidden)
+    first = plan_deployment(host, model, PlanSettings())
+    again = plan_deployment(host.model_copy(deep=True), model.model_copy(deep=True), PlanSettings())
+    monkeypatch.undo()
+    assert first.model_dump(mode="json") == again.model_dump(mode="json") == recorded
 
 
 def test_h200_plan_from_its_real_detection() -> None:

@@ -13,8 +13,9 @@ import yaml
 from deploykit.app.stack import reference_stack
 from deploykit.catalog import builtin_profiles
 from deploykit.planning.render import env_quote, yaml_quote
+from deploykit.seams.stackdir import read_secrets
 from deploykit.values.errors import UsageError
-from deploykit.values.stackfiles import STACK_FILES
+from deploykit.values.stackfiles import ADMIN_EMAIL, SECRET_KEYS, STACK_FILES
 from tests.unit.conftest import ROOT, compose_config, render
 
 HOSTILE = [
@@ -77,9 +78,14 @@ def test_rerender_is_byte_identical_and_keeps_secrets(tmp_path: Path) -> None:
 
 
 def test_secrets_differ_between_stacks(tmp_path: Path) -> None:
-    a = (render(tmp_path, "a").stack_dir / ".env").read_text()
-    b = (render(tmp_path, "b").stack_dir / ".env").read_text()
-    assert a != b
+    """Every generated secret is the stack's own, not only its id; the admin's email is the setting's."""
+    a = read_secrets(render(tmp_path, "a").stack_dir)
+    b = read_secrets(render(tmp_path, "b").stack_dir)
+    assert set(a) == set(b) == set(SECRET_KEYS)
+    generated = [key for key in SECRET_KEYS if key != ADMIN_EMAIL]
+    assert [key for key in generated if a[key] == b[key]] == []
+    assert a[ADMIN_EMAIL] == b[ADMIN_EMAIL]
+    assert all(len(a[key]) >= 16 for key in generated)
 
 
 def test_refuses_a_directory_that_is_not_a_stack(tmp_path: Path) -> None:

@@ -211,3 +211,20 @@ def test_swarm_up_on_an_engine_that_is_no_manager_says_so_and_writes_nothing(
     assert result.exit_code == 7, result.output
     assert "not a swarm manager" in result.output and "docker swarm init" in result.output
     assert not target.exists()
+
+
+def test_tune_refuses_a_swarm_stack_in_one_sentence_and_changes_nothing(tmp_path: Path) -> None:
+    """`tune` restarts a Compose service: on a Swarm stack it says so (a UsageError with a hint), instead of
+    failing on a compose.yaml that is not there."""
+    from click.testing import CliRunner
+
+    from deploykit.cli import cli
+
+    stack_dir = render(tmp_path, "swarm").stack_dir
+    before = {p.name: p.read_bytes() for p in stack_dir.iterdir() if p.is_file()}
+    result = CliRunner().invoke(cli, ["tune", "--dir", str(stack_dir)])
+    assert result.exit_code == 2, result.output
+    assert "is a swarm stack; tune restarts a Compose stack's inference service" in result.output
+    assert "Hint: Tune a Compose stack of the same plan" in result.output
+    assert "Traceback" not in result.output and "compose.yaml" not in result.output.split("Hint:")[0]
+    assert {p.name: p.read_bytes() for p in stack_dir.iterdir() if p.is_file()} == before
