@@ -9,7 +9,7 @@ import click
 if TYPE_CHECKING:
 
     pass
-from deploykit.cli.common import image_option, path_or_none, print_json, settings_from, stack_dir_option, timeout_option
+from deploykit.cli.common import image_option, path_or_none, settings_from, show, stack_dir_option, timeout_option
 
 
 @click.command(short_help="Back up Open WebUI's accounts, chats and settings.")
@@ -32,15 +32,10 @@ def backup(ctx: click.Context, stack_dir: str, out_dir: str | None, as_json: boo
     from pathlib import Path
 
     from deploykit.app import data as api
+    from deploykit.cli import output
 
     report = api.backup_stack(settings_from(ctx), Path(stack_dir), path_or_none(out_dir))
-    if as_json:
-        print_json(asdict(report))
-        return
-    size = report.manifest.size_bytes / 1024**2
-    click.echo(f"Backed up {report.files} files of {report.manifest.volume} to {report.path} ({size:.1f} MiB).")
-    click.echo(f"  sha256 {report.manifest.sha256}; Open WebUI paused {report.paused_seconds:.1f} s.")
-    click.echo(f"  Restore with: deploykit restore --dir {stack_dir} {report.path}")
+    show(as_json, asdict(report), lambda r: output.show_backup(r, stack_dir), report)
 
 
 @click.command(short_help="Restore Open WebUI's data from a backup.")
@@ -60,16 +55,10 @@ def restore(ctx: click.Context, archive: str, stack_dir: str, force: bool, as_js
     from pathlib import Path
 
     from deploykit.app import data as api
+    from deploykit.cli import output
 
     report = api.restore_stack(settings_from(ctx), Path(stack_dir), Path(archive), force)
-    if as_json:
-        print_json(asdict(report))
-        return
-    click.echo(f"Restored {report.path} (taken {report.manifest.created} from {report.manifest.project}).")
-    if report.webui_restarted:
-        click.echo(f"  Open WebUI was down {report.downtime_seconds:.0f} s and answers again.")
-    else:
-        click.echo(f"  Open WebUI was not running; start the stack with: deploykit up --dir {stack_dir}")
+    show(as_json, asdict(report), lambda r: output.show_restore(r, stack_dir), report)
 
 
 @click.command(short_help="Move to new pinned images, backing up first.")
@@ -94,11 +83,4 @@ def upgrade(ctx: click.Context, images: tuple[str, ...], stack_dir: str, timeout
     overrides = parse_image_overrides(images)
     settings = settings_from(ctx)
     report = api.upgrade_stack(settings, Path(stack_dir), overrides, timeout, output.ConsoleReporter())
-    if as_json:
-        print_json(asdict(report))
-        return
-    for service, (old, new) in report.images.items():
-        click.echo(f"{service}: {old} → {new}" if old != new else f"{service}: {new} (unchanged)")
-    if report.backup:
-        click.echo(f"Backup kept: {report.backup}")
-    output.show_up(report.up)
+    show(as_json, asdict(report), output.show_upgrade, report)

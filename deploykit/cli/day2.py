@@ -12,7 +12,7 @@ from deploykit.values.services import SERVICES
 if TYPE_CHECKING:
 
     pass
-from deploykit.cli.common import loaded_stack, path_or_none, print_json, settings_from, show, stack_dir_option
+from deploykit.cli.common import loaded_stack, path_or_none, settings_from, show, stack_dir_option
 
 
 @click.command(short_help="Show each service's state, health and model.")
@@ -50,9 +50,10 @@ def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, 
 def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
     """Restart one service, or the whole stack."""
     from deploykit.app import day2 as api
+    from deploykit.cli import output
 
     api.restart_stack(settings_from(ctx), loaded_stack(stack_dir), service)
-    click.echo(f"Restarted {service or 'inference and open-webui'}.")
+    output.show_restarted(service)
 
 
 @click.command(short_help="Stop the stack (keeps chats unless --volumes).")
@@ -63,6 +64,7 @@ def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
 def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
     """Stop and remove the stack's containers. Chats, accounts and the model cache are kept."""
     from deploykit.app import day2 as api
+    from deploykit.cli import output
     from deploykit.values.errors import UsageError
 
     stack = loaded_stack(stack_dir)
@@ -74,8 +76,7 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
             )
         click.confirm(f"Delete all Open WebUI accounts and chats of {stack.spec.project}?", abort=True)
     api.stop_stack(settings_from(ctx), stack, volumes)
-    kept = "data deleted" if volumes else "chats, accounts and the model cache kept"
-    click.echo(f"Stopped {stack.spec.project} ({kept}).")
+    output.show_stopped(stack.spec.project, volumes)
 
 
 @click.command(short_help="Send one message and print the answer.")
@@ -90,12 +91,10 @@ def down(ctx: click.Context, stack_dir: str, volumes: bool, yes: bool) -> None:
 def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tokens: int, as_json: bool) -> None:
     """Send one message through Open WebUI (as the stack's admin) and print the answer."""
     from deploykit.app import day2 as api
+    from deploykit.cli import output
 
     answer = api.chat(loaded_stack(stack_dir), message, direct, max_tokens)
-    if as_json:
-        print_json(answer.response)
-        return
-    click.echo(answer.text())
+    show(as_json, answer.response, output.show_answer, answer)
 
 
 @click.command(short_help="Check JSON output, reasoning and tool wiring.")
@@ -105,13 +104,10 @@ def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tok
 def smoke(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
     """Check what matters for the served model: JSON-schema output, reasoning wiring, tool calling."""
     from deploykit.app import day2 as api
+    from deploykit.cli import output
 
     report = api.smoke(loaded_stack(stack_dir))
-    if as_json:
-        print_json({"ok": report.ok, "checks": report.checks})
-    else:
-        for c in report.checks:
-            click.echo(f"{c['status'].upper():5} {c['name']:32} {c['detail']}")
+    show(as_json, {"ok": report.ok, "checks": report.checks}, output.show_smoke, report)
     if not report.ok:
         sys.exit(1)
 
@@ -151,10 +147,9 @@ def templates_export(directory: str, force: bool) -> None:
     from pathlib import Path
 
     from deploykit.app import day2 as api
+    from deploykit.cli import output
 
-    names = api.export_templates(Path(directory), force)
-    click.echo(f"Wrote {len(names)} templates to {directory}: {', '.join(names)}.")
-    click.echo("Keep only the ones you change, and point templates_dir at the directory.")
+    output.show_exported(api.export_templates(Path(directory), force), directory)
 
 
 @templates.command("rebase", short_help="Record that DIR's copies match this deploykit's built-ins.")
@@ -167,6 +162,6 @@ def templates_rebase(directory: str) -> None:
     from pathlib import Path
 
     from deploykit.app import day2 as api
+    from deploykit.cli import output
 
-    names = api.rebase_templates(Path(directory))
-    click.echo(f"Recorded {', '.join(names) or 'no shadowed templates'} as current in {directory}.")
+    output.show_rebased(api.rebase_templates(Path(directory)), directory)

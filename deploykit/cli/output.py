@@ -6,19 +6,23 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.values.units import gib
+from deploykit.values.units import MiB, gib
 
 if TYPE_CHECKING:
     from rich.status import Status
 
+    from deploykit.app.data import UpgradeReport
+    from deploykit.app.day2 import ChatAnswer, SmokeReport
     from deploykit.app.fleet import HostResult
     from deploykit.app.measure import BenchReport, TuneReport
     from deploykit.app.stack import ProfileRow, RenderResult
     from deploykit.catalog import ModelSpec
+    from deploykit.running.backup import BackupReport, RestoreReport
     from deploykit.running.doctor import Check
     from deploykit.running.lifecycle import StackStatus
     from deploykit.running.stages import StageResult, UpReport
@@ -381,3 +385,57 @@ def show_tune(report: TuneReport) -> None:
         console.print(f"[yellow]Note:[/yellow] {note}")
     state = "[green]healthy[/green]" if report.healthy else "[red]not healthy[/red]"
     console.print(f"Stack {state}. Check: deploykit bench --dir {report.stack_dir} --concurrency {w['concurrency']}")
+
+
+# ---------------------------------------------------------------- one line or three: day 2 and data
+# Printed as they are (click.echo), not through rich: paths and secrets' hashes must not be wrapped or styled.
+
+
+def show_restarted(service: str | None) -> None:
+    click.echo(f"Restarted {service or 'inference and open-webui'}.")
+
+
+def show_stopped(project: str, volumes: bool) -> None:
+    kept = "data deleted" if volumes else "chats, accounts and the model cache kept"
+    click.echo(f"Stopped {project} ({kept}).")
+
+
+def show_answer(answer: ChatAnswer) -> None:
+    click.echo(answer.text())
+
+
+def show_smoke(report: SmokeReport) -> None:
+    for c in report.checks:
+        click.echo(f"{c['status'].upper():5} {c['name']:32} {c['detail']}")
+
+
+def show_exported(names: list[str], directory: str) -> None:
+    click.echo(f"Wrote {len(names)} templates to {directory}: {', '.join(names)}.")
+    click.echo("Keep only the ones you change, and point templates_dir at the directory.")
+
+
+def show_rebased(names: list[str], directory: str) -> None:
+    click.echo(f"Recorded {', '.join(names) or 'no shadowed templates'} as current in {directory}.")
+
+
+def show_backup(report: BackupReport, stack_dir: str) -> None:
+    size = report.manifest.size_bytes / MiB
+    click.echo(f"Backed up {report.files} files of {report.manifest.volume} to {report.path} ({size:.1f} MiB).")
+    click.echo(f"  sha256 {report.manifest.sha256}; Open WebUI paused {report.paused_seconds:.1f} s.")
+    click.echo(f"  Restore with: deploykit restore --dir {stack_dir} {report.path}")
+
+
+def show_restore(report: RestoreReport, stack_dir: str) -> None:
+    click.echo(f"Restored {report.path} (taken {report.manifest.created} from {report.manifest.project}).")
+    if report.webui_restarted:
+        click.echo(f"  Open WebUI was down {report.downtime_seconds:.0f} s and answers again.")
+    else:
+        click.echo(f"  Open WebUI was not running; start the stack with: deploykit up --dir {stack_dir}")
+
+
+def show_upgrade(report: UpgradeReport) -> None:
+    for service, (old, new) in report.images.items():
+        click.echo(f"{service}: {old} → {new}" if old != new else f"{service}: {new} (unchanged)")
+    if report.backup:
+        click.echo(f"Backup kept: {report.backup}")
+    show_up(report.up)
