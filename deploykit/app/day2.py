@@ -6,11 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deploykit.catalog import (
-    ModelSpec,
-    builtin_models,
-)
+from deploykit.catalog import builtin_models
 from deploykit.config.settings import Settings
+from deploykit.values.model import ModelSpec
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.

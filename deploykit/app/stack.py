@@ -11,12 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Required, TypedDict, cast
 
 from deploykit import backends
-from deploykit.catalog import (
-    builtin_models,
-    builtin_profiles,
-    find_model,
-    find_profile,
-)
+from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
 from deploykit.config.settings import Settings
 from deploykit.planning.render import StackSpec, Target, project_name, render_files
 from deploykit.seams import stackdir

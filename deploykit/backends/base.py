@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from deploykit.backends.memory import Budget, Device
-from deploykit.catalog import ModelSpec
 from deploykit.values.host import HostProfile
+from deploykit.values.model import ModelSpec
 from deploykit.values.plan import DeploymentPlan, LocalWeights, MemoryBreakdown, NoFit, PlanSettings
 from deploykit.values.versions import GpuImage, Versions, pinned
 

@@ -26,8 +26,8 @@ from deploykit.backends.memory import (
     skip,
     startup_seconds,
 )
-from deploykit.catalog import ModelSpec
 from deploykit.values.errors import NotFoundError
+from deploykit.values.model import ModelSpec
 from deploykit.values.plan import DeploymentPlan, LocalWeights, MemoryBreakdown, NoFit, PlanSettings
 from deploykit.values.units import MiB, gib
 from deploykit.values.versions import GpuImage, Versions

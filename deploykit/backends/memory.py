@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from deploykit.catalog import ModelSpec
 from deploykit.values.host import Gpu, HostProfile
+from deploykit.values.model import ModelSpec
 from deploykit.values.plan import MemoryBreakdown, NoFit, PlanSettings
 from deploykit.values.units import GiB, MiB, gib
 

@@ -23,8 +23,8 @@ from deploykit.backends.memory import (
     skip,
     startup_seconds,
 )
-from deploykit.catalog import ModelSpec
 from deploykit.values.errors import UsageError
+from deploykit.values.model import ModelSpec
 from deploykit.values.plan import DeploymentPlan, LocalWeights, MemoryBreakdown, NoFit, PlanSettings
 from deploykit.values.units import GiB, MiB, gib
 from deploykit.values.versions import GpuImage, Versions

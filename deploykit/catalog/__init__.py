@@ -1,9 +1,6 @@
 """Built-in hardware profiles and the model catalog, kept as TOML data files, and their loaders."""
 
 from deploykit.catalog.loader import (
-    MODEL_ID,
-    GgufSource,
-    ModelSpec,
     builtin_models,
     builtin_profiles,
     find_model,
@@ -11,13 +8,4 @@ from deploykit.catalog.loader import (
     load_profiles_file,
 )
 
-__all__ = [
-    "MODEL_ID",
-    "GgufSource",
-    "ModelSpec",
-    "builtin_models",
-    "builtin_profiles",
-    "find_model",
-    "find_profile",
-    "load_profiles_file",
-]
+__all__ = ["builtin_models", "builtin_profiles", "find_model", "find_profile", "load_profiles_file"]

@@ -21,12 +21,12 @@ if TYPE_CHECKING:
     from deploykit.app.fleet import HostResult
     from deploykit.app.measure import BenchReport, TuneReport
     from deploykit.app.stack import ProfileRow, RenderResult
-    from deploykit.catalog import ModelSpec
     from deploykit.running.backup import BackupReport, RestoreReport
     from deploykit.running.doctor import Check
     from deploykit.running.lifecycle import StackStatus
     from deploykit.running.stages import StageResult, UpReport
     from deploykit.values.host import HostProfile
+    from deploykit.values.model import ModelSpec
     from deploykit.values.plan import DeploymentPlan
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)

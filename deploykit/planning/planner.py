@@ -18,8 +18,8 @@ from __future__ import annotations
 from deploykit import backends
 from deploykit.backends.base import ModelRequest, ThreadChoice
 from deploykit.backends.memory import gpu_budget, ram_budget
-from deploykit.catalog import ModelSpec
 from deploykit.values.host import HostProfile
+from deploykit.values.model import ModelSpec
 from deploykit.values.plan import DeploymentPlan, LocalWeights, NoFit, PlanSettings, RunHost
 from deploykit.values.units import gib
 

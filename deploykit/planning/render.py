@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict
 
 from deploykit import __version__
 from deploykit.backends import Backend, named
-from deploykit.catalog import ModelSpec
 from deploykit.values.errors import UsageError
+from deploykit.values.model import ModelSpec
 from deploykit.values.plan import DeploymentPlan, PlanInputs
 from deploykit.values.services import INFERENCE
 from deploykit.values.stackfiles import (

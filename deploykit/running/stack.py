@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from deploykit import backends
-from deploykit.catalog import ModelSpec
 from deploykit.planning.render import StackIdentity, StackSpec
 from deploykit.seams import compose, engine
 from deploykit.seams.stackdir import read_plan, read_secrets, recover
 from deploykit.values.errors import NotFoundError, StackDirError, UsageError
+from deploykit.values.model import ModelSpec
 from deploykit.values.plan import PlanInputs
 from deploykit.values.services import webui_url
 from deploykit.values.stackfiles import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, PLAN_FILE, TARGET_FILES

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from deploykit.catalog import GgufSource, ModelSpec
 from deploykit.values.errors import UsageError
+from deploykit.values.model import GgufSource, ModelSpec
 from deploykit.values.plan import LocalWeights
 
 # A model whose file does not say how long a context it was trained for is taken at this length.

@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from deploykit.catalog import ModelSpec
 from deploykit.values.defaults import DEFAULT_MAX_CONTEXT
 from deploykit.values.host import HostProfile
+from deploykit.values.model import ModelSpec
 
 FlashAttn = Literal["on", "off", "auto"]
 KvCacheType = Literal["f16", "bf16", "q8_0", "q4_0"]

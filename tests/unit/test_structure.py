@@ -21,13 +21,14 @@ TEMPLATES = ROOT / "templates"
 # What each part may import besides itself; every import of deploykit points down these tiers.
 ALLOWED: dict[str, set[str]] = {
     "cli": {"app", "config", "running", "backends", "values"},  # commands, and the output of what app returns
-    "app": {"config", "running", "planning", "backends", "seams", "values"},
+    "app": {"config", "running", "planning", "backends", "seams", "catalog", "values"},
     "running": {"planning", "backends", "seams", "values"},
     "config": {"backends", "seams", "values"},
     "planning": {"backends", "values"},  # pure: no seam
     "backends": {"values"},  # pure
     "seams": {"values"},
-    "values": set(),  # values/ and catalog/: the data everything else shares
+    "catalog": {"values"},  # the built-in profiles and models, and their loaders
+    "values": set(),  # the plain data everything else shares
 }
 # The package's own two files: the version, and `python -m deploykit`.
 TOP = {"deploykit": set(), "deploykit.__main__": {"cli"}}
@@ -36,9 +37,8 @@ MAX_FUNCTION_LINES = 70
 
 
 def part_of(module: str) -> str:
-    """The part a module belongs to: its folder under deploykit/ (catalog/ is values, like values/)."""
-    folder = module.split(".")[1]
-    return "values" if folder == "catalog" else folder
+    """The part a module belongs to: its folder under deploykit/."""
+    return module.split(".")[1]
 
 
 def module_name(path: Path) -> str:
