@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deploykit.app.resolve import engine_for
+from deploykit.app.stack import choose_images, prepare_spec
 from deploykit.config.settings import Settings
 from deploykit.seams import stackdir
 
@@ -14,8 +16,6 @@ if TYPE_CHECKING:
     from deploykit.running.backup import BackupReport, RestoreReport
     from deploykit.running.stack import LoadedStack
     from deploykit.running.stages import Reporter, UpReport
-from deploykit.app.resolve import engine_for
-from deploykit.app.stack import choose_images, prepare_spec
 
 
 def _compose_stack(stack_dir: Path) -> LoadedStack:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deploykit.app.resolve import detect, engine_for
 from deploykit.catalog import builtin_models
 from deploykit.config.settings import Settings
 from deploykit.values.model import ModelSpec
@@ -15,7 +16,6 @@ if TYPE_CHECKING:
     from deploykit.running.doctor import Check
     from deploykit.running.lifecycle import SmokeCheck, StackStatus
     from deploykit.running.stack import LoadedStack
-from deploykit.app.resolve import detect, engine_for
 
 
 def load_stack(stack_dir: Path) -> LoadedStack:

@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Required, TypedDict, cast
 
 from deploykit import backends
+from deploykit.app.resolve import (
+    ResolvedModel,
+    all_profiles,
+    engine_for,
+    engine_host,
+    make_plan,
+    resolve_host,
+    resolve_model,
+)
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
 from deploykit.config.settings import Settings
 from deploykit.planning.render import StackSpec, Target, project_name, render_files
@@ -34,15 +43,6 @@ if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
     from deploykit.running.stack import LoadedStack
     from deploykit.running.stages import Reporter, UpReport
-from deploykit.app.resolve import (
-    ResolvedModel,
-    all_profiles,
-    engine_for,
-    engine_host,
-    make_plan,
-    resolve_host,
-    resolve_model,
-)
 
 
 def model_host_path(settings: Settings, plan: DeploymentPlan, model: ResolvedModel) -> Path:

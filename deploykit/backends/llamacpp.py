@@ -222,6 +222,7 @@ class LlamaCpp(Backend):
     def _plan_full_offload(self, request: ModelRequest, budget: Budget, g: _GgufOnGpu) -> DeploymentPlan | None:
         """Every layer and the output head on the GPU, or None when the shortest useful context does not fit."""
         model, settings, size, cap = request.model, request.settings, g.size, g.cap
+
         def fixed(tokens: int) -> int:
             return size + g.overhead(model, tokens)
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-
 class DeployKitGroup(click.Group):
     """Runs every command inside the one error handler: message, hint, exit code; traceback only with --debug."""
 
@@ -74,7 +73,6 @@ def _fail(message: str, hint: str | None, code: int, log_tail: str = "") -> None
     if hint:
         click.echo(click.style("Hint: ", fg="yellow") + hint, err=True)
     sys.exit(code)
-
 
 
 T = TypeVar("T")

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-
-    pass
 from deploykit.cli.common import image_option, path_or_none, settings_from, show, stack_dir_option, timeout_option
+
+if TYPE_CHECKING:
+    pass
 
 
 @click.command(short_help="Back up Open WebUI's accounts, chats and settings.")

@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from deploykit.cli.common import loaded_stack, path_or_none, settings_from, show, stack_dir_option
 from deploykit.values.services import SERVICES
 
 if TYPE_CHECKING:
-
     pass
-from deploykit.cli.common import loaded_stack, path_or_none, settings_from, show, stack_dir_option
 
 
 @click.command(short_help="Show each service's state, health and model.")

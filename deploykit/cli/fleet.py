@@ -8,10 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-if TYPE_CHECKING:
-
-    from deploykit.app.fleet import FleetRequest, HostResult
-    from deploykit.config.settings import Settings
 from deploykit.cli.common import (
     DeployKitGroup,
     F,
@@ -22,6 +18,10 @@ from deploykit.cli.common import (
     print_json,
     settings_from,
 )
+
+if TYPE_CHECKING:
+    from deploykit.app.fleet import FleetRequest, HostResult
+    from deploykit.config.settings import Settings
 
 
 @click.group(cls=DeployKitGroup, short_help="Many workstations from one inventory file.")

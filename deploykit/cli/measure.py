@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from deploykit.cli.common import int_list, path_or_none, print_json, progress_bar, settings_from, stack_dir_option
 from deploykit.values.services import INFERENCE, SERVICES
 
 if TYPE_CHECKING:
-
     pass
-from deploykit.cli.common import int_list, path_or_none, print_json, progress_bar, settings_from, stack_dir_option
 
 
 @click.command(short_help="Measure a running stack: TTFT, ITL, tokens/s.")

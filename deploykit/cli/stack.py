@@ -6,10 +6,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-
-    from deploykit.app.stack import StackRequest
-    from deploykit.config.settings import Settings
 from deploykit.cli.common import (
     force_option,
     image_option,
@@ -21,6 +17,10 @@ from deploykit.cli.common import (
     stack_dir_option,
     timeout_option,
 )
+
+if TYPE_CHECKING:
+    from deploykit.app.stack import StackRequest
+    from deploykit.config.settings import Settings
 
 
 @click.command(short_help="Detect GPUs, CPU, RAM, disk and Docker.")

@@ -34,7 +34,6 @@ _WORD_TEXT = (
 _WORDS = tuple(_WORD_TEXT.split())
 
 
-
 @dataclass(frozen=True)
 class Target:
     """Where the load goes: the inference server's OpenAI API, or Open WebUI's chat endpoint."""

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, Required, TypedDict
 
 from deploykit.planning.render import StackIdentity
+from deploykit.running.stack import LoadedStack, identity
+from deploykit.running.stages import WEBUI_START_SECONDS, Reporter, UpReport, check_stack
 from deploykit.seams import compose, engine, health, webui
 from deploykit.seams.override import OVERRIDE_FILE, describe, override_path
 from deploykit.values.errors import HealthError, PreflightError, UsageError
@@ -24,8 +26,6 @@ from deploykit.values.units import GiB, gib
 
 if TYPE_CHECKING:
     from deploykit.seams.detect import Address
-from deploykit.running.stack import LoadedStack, identity
-from deploykit.running.stages import WEBUI_START_SECONDS, Reporter, UpReport, check_stack
 
 
 class ServiceStatus(TypedDict, total=False):

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Protocol, TypedDict, cast
 
 import httpx
 
+from deploykit.running.stack import LoadedStack
 from deploykit.seams import engine, health, webui
 from deploykit.values.errors import HealthError
 from deploykit.values.services import INFERENCE, WEBUI, webui_url
+from deploykit.values.stackfiles import ADMIN_EMAIL, ADMIN_PASSWORD, ENV_FILE
 from deploykit.values.webui_env import stored_settings
 
 if TYPE_CHECKING:
     pass
-from deploykit.running.stack import LoadedStack
-from deploykit.values.stackfiles import ADMIN_EMAIL, ADMIN_PASSWORD, ENV_FILE
 
 # Open WebUI runs migrations on a fresh volume before /health answers; 15 s here, more on slow disks.
 WEBUI_START_SECONDS = 180
