@@ -170,6 +170,8 @@ def _env_values(environment: dict[str, str]) -> None:
 
 
 def check(entry: dict[str, Any]) -> dict[str, Any]:
+    # The service's environment over the image's, as the container would have it. (Defaults vLLM reads at
+    # import, e.g. VLLM_LOGGING_CONFIG_PATH, come from the image's; the stacks set none of those.)
     saved_env = dict(os.environ)
     os.environ.update(entry["environment"])
     with warnings.catch_warnings(record=True) as caught:

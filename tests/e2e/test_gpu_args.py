@@ -390,10 +390,13 @@ BROKEN = [
 ]  # fmt: skip
 
 
-def broken_base(checks: list[Check], backend: str) -> Check:
+BROKEN_BASE_FLAGS = {"vllm": ("--gpu-memory-utilization", "--reasoning-parser"), "llamacpp": ("-ngl", "-ctk")}
+
+
+def broken_base(checks: list[Check], backend: str) -> Check | None:
     """The check the broken ones start from: a real GPU command of that backend with every flag they change."""
-    needs = {"vllm": ("--gpu-memory-utilization", "--reasoning-parser"), "llamacpp": ("-ngl", "-ctk")}[backend]
-    return next(c for c in checks if c.backend == backend and all(flag in c.command for flag in needs))
+    needs = BROKEN_BASE_FLAGS[backend]
+    return next((c for c in checks if c.backend == backend and all(flag in c.command for flag in needs)), None)
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -440,7 +443,8 @@ def run_everything(folder: Path, built: Mapping[str, str]) -> GpuArgsRun:
     for c in checks:
         groups.setdefault(dedupe_key(c), []).append(c)
     representatives = {members[0].id: members for members in groups.values()}
-    broken = {f"broken{i}": (b, b.change(broken_base(checks, b.backend))) for i, b in enumerate(BROKEN)}
+    bases = {backend: broken_base(checks, backend) for backend in BROKEN_BASE_FLAGS}
+    broken = {f"broken{i}": (b, b.change(base)) for i, b in enumerate(BROKEN) if (base := bases[b.backend])}
     batches: dict[str, dict[str, Check]] = {"vllm": {}, "llamacpp": {}}
     for key, members in representatives.items():
         batches[members[0].backend][key] = members[0]
@@ -522,6 +526,11 @@ def test_the_parsers_are_the_pinned_releases(gpu_args: GpuArgsRun) -> None:
 
 
 def test_each_parser_refuses_a_deliberately_broken_command(gpu_args: GpuArgsRun) -> None:
+    ran = {(b.backend, b.what) for b, _, _ in gpu_args.broken.values()}
+    for backend, flags in BROKEN_BASE_FLAGS.items():
+        assert all((b.backend, b.what) in ran for b in BROKEN if b.backend == backend), (
+            f"no rendered {backend} command has {' and '.join(flags)}: the broken commands start from one"
+        )
     for b, c, verdict in gpu_args.broken.values():
         assert verdict.refused, f"{b.backend} accepted a {b.what}: {c.command} {c.environment}"
         assert b.named in verdict.refused, f"{b.backend}'s refusal of a {b.what} does not name {b.named}: {verdict}"
@@ -565,7 +574,7 @@ def test_every_inference_variable_is_one_the_image_reads(gpu_args: GpuArgsRun) -
 )
 def test_a_misspelt_variable_is_caught(gpu_args: GpuArgsRun, backend: str, variable: str, named: str) -> None:
     base = broken_base(gpu_args.checks, backend)
-    assert unknown_variables(base, gpu_args) == []
+    assert base is not None and unknown_variables(base, gpu_args) == []
     problems = unknown_variables(replace(base, environment={**base.environment, variable: "1"}), gpu_args)
     assert len(problems) == 1 and problems[0].startswith(f"{variable}: {named}"), problems
 
@@ -574,7 +583,7 @@ def test_correctly_spelt_variables_pass(gpu_args: GpuArgsRun) -> None:
     spelt = {"VLLM_CPU_KVCACHE_SPACE": "1", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
              "NVIDIA_REQUIRE_CUDA": "cuda>=13.0", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     base = broken_base(gpu_args.checks, "vllm")
-    assert unknown_variables(replace(base, environment=spelt), gpu_args) == []
+    assert base is not None and unknown_variables(replace(base, environment=spelt), gpu_args) == []
 
 
 def test_the_shapes_reach_every_gpu_branch(gpu_args: GpuArgsRun) -> None:
