@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from deploykit import app
-from deploykit.catalog.loader import builtin_models, builtin_profiles
+from deploykit.catalog import builtin_models, builtin_profiles
 from deploykit.detect import parse_nvidia_smi_xml
 from deploykit.errors import PlanError
 from deploykit.host import HostProfile
