@@ -78,6 +78,13 @@ def _vllm_knobs(settings: PlanSettings, device: Device) -> _VllmKnobs:
         if device == "cuda"
         else "a few users plus Open WebUI's title and tag requests; more would only share the same cores"
     )
+    # vLLM refuses --max-num-batched-tokens below --max-num-seqs (SchedulerConfig, 0.32.0): the value not
+    # set in settings gives way; when both are, the sequences (a step cannot advance more than it has tokens).
+    if batched < seqs:
+        if settings.batch_size is None:
+            batched = seqs
+        else:
+            seqs, seqs_why = batched, f"{seqs_why}, lowered to the batch: vLLM needs batched tokens ≥ sequences"
     reason = (
         f"--max-num-seqs {seqs} ({seqs_why}); prefix caching on (Open WebUI sends the whole conversation each "
         f"turn, so earlier turns are not computed again); chunked prefill in {batched}-token batches "

@@ -98,6 +98,23 @@ def test_vllm_flags() -> None:
     assert plan_for("rtx3060", R1_15B, max_num_seqs=32).max_num_seqs == 32
 
 
+@pytest.mark.parametrize(
+    ("knobs", "seqs", "batched"),
+    [
+        ({"batch_size": 128}, 128, 128),  # the default 256 sequences give way to the batch set
+        ({"max_num_seqs": 4096}, 4096, 4096),  # the default 2048-token batch gives way to the sequences set
+        ({"batch_size": 64, "max_num_seqs": 512}, 64, 64),  # both set: the sequences give way
+        ({"batch_size": 512, "max_num_seqs": 64}, 64, 512),  # no conflict: both kept
+    ],
+)
+def test_vllm_never_gets_fewer_batched_tokens_than_sequences(knobs: dict[str, int], seqs: int, batched: int) -> None:
+    # vLLM's SchedulerConfig refuses max_num_batched_tokens < max_num_seqs (tests/e2e/test_gpu_args.py).
+    plan = plan_for("rtx3060", R1_15B, **knobs)
+    assert (plan.backend, plan.max_num_seqs, plan.batch_size) == ("vllm", seqs, batched)
+    lowered = any("lowered to the batch" in r for r in plan.reasons)
+    assert lowered == (seqs < knobs.get("max_num_seqs", 256))
+
+
 def test_rendered_llama_server_flags() -> None:
     plan = plan_for("cpu", runs_on=RunHost(cores=2), kv_cache_type="q8_0")
     spec = StackSpec(
