@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from deploykit.plan import gib
+from deploykit.plan import DeploymentPlan, gib
 
 MemoryKind = Literal["vram", "ram"]
 Mode = Literal["together", "on_demand"]
@@ -73,8 +73,46 @@ class ModelDemand:
         return self.weights_bytes + self.kv_bytes(context, slots) + self.overhead_at(context, slots)
 
 
+def demand_from_plan(
+    plan: DeploymentPlan,
+    *,
+    on_demand: bool,
+    takes_share: bool,
+    min_context: int,
+    kv_bytes_per_token: int | None = None,
+    kv_granularity_bytes: int = 1,
+    **options: object,
+) -> ModelDemand:
+    """A model's demand from its single-model plan (the arithmetic stays the planner's, once).
+
+    The traits a backend knows about itself come from the caller (later: from the backend): whether a router
+    can swap it (``on_demand``), whether it takes a device fraction (``takes_share``), and for KV space
+    reserved in steps (vLLM's CPU build, whole GiB) the raw bytes per token and the step. ``options`` are
+    further ``ModelDemand`` fields (``keep_loaded``, ``min_slots``, ``alternatives``, ``model_id`` …).
+    """
+    memory = plan.memory
+    tokens = max(1, plan.context_length * plan.parallel)
+    fields: dict[str, object] = {
+        "model_id": plan.model_id,
+        "backend": plan.backend,
+        "weights_bytes": memory.weights_bytes,
+        "kv_bytes_per_token": kv_bytes_per_token if kv_bytes_per_token is not None else memory.kv_cache_bytes // tokens,
+        "overhead_bytes": memory.overhead_bytes,
+        "context": plan.context_length,
+        "slots": plan.parallel,
+        "min_context": min(min_context, plan.context_length),
+        "memory": memory.budget_kind,
+        "on_demand": on_demand,
+        "takes_share": takes_share,
+        "kv_granularity_bytes": kv_granularity_bytes,
+        "label": f"{plan.model_name} ({plan.backend} {plan.quantization})",
+        **options,
+    }
+    return ModelDemand(**fields)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class Budget:
+class MemoryPool:
     """Memory the stack's models may hold on one device."""
 
     name: str  # "GPU 0 (NVIDIA GeForce RTX 3060)", "RAM"
@@ -151,7 +189,7 @@ class _Size:
 
 @dataclass
 class _Room:
-    budget: Budget
+    budget: MemoryPool
     used: int = 0
     held: list[_Size] = field(default_factory=list)
 
@@ -172,7 +210,7 @@ class _Fit:
     models_max: int | None = None
 
 
-def _rooms(budgets: Sequence[Budget]) -> tuple[_Room, ...]:
+def _rooms(budgets: Sequence[MemoryPool]) -> tuple[_Room, ...]:
     return tuple(_Room(b) for b in budgets)
 
 
@@ -204,7 +242,7 @@ def _router_room(rooms: Sequence[_Room], demands: Sequence[ModelDemand], router_
 
 
 def _together(
-    demands: Sequence[ModelDemand], budgets: Sequence[Budget], sizes: dict[str, _Size], router_bytes: int
+    demands: Sequence[ModelDemand], budgets: Sequence[MemoryPool], sizes: dict[str, _Size], router_bytes: int
 ) -> _Fit | _Size:
     rooms = _rooms(budgets)
     _router_room(rooms, demands, router_bytes)
@@ -213,7 +251,7 @@ def _together(
 
 
 def _on_demand(
-    demands: Sequence[ModelDemand], budgets: Sequence[Budget], sizes: dict[str, _Size], router_bytes: int
+    demands: Sequence[ModelDemand], budgets: Sequence[MemoryPool], sizes: dict[str, _Size], router_bytes: int
 ) -> _Fit | None:
     """Always-loaded models first; the router's pool onto the budget they leave most room on."""
     pool = [d for d in demands if d.on_demand and not d.keep_loaded]
@@ -264,7 +302,7 @@ def _steps(demands: Sequence[ModelDemand], of: Literal["slots", "context"]) -> i
     return most
 
 
-def pack(demands: Sequence[ModelDemand], budgets: Sequence[Budget], *, router_overhead_bytes: int = 0) -> Packing:
+def pack(demands: Sequence[ModelDemand], budgets: Sequence[MemoryPool], *, router_overhead_bytes: int = 0) -> Packing:
     """Place every model on the budgets, together or on demand, or raise ``PackingRefused``.
 
     ``router_overhead_bytes`` is what the router's own process holds on the memory of the models it serves
@@ -294,7 +332,7 @@ def pack(demands: Sequence[ModelDemand], budgets: Sequence[Budget], *, router_ov
     raise _refusal(demands, budgets, first_failure, router_overhead_bytes)
 
 
-def _check(demands: Sequence[ModelDemand], budgets: Sequence[Budget]) -> None:
+def _check(demands: Sequence[ModelDemand], budgets: Sequence[MemoryPool]) -> None:
     if not demands:
         raise ValueError("pack() needs at least one model")
     ids = [d.model_id for d in demands]
@@ -315,7 +353,7 @@ def _check(demands: Sequence[ModelDemand], budgets: Sequence[Budget]) -> None:
 # The result: shares, start order and the sentences.
 
 
-def _share(size: _Size, budget: Budget, spare: int) -> tuple[int, float | None, str | None]:
+def _share(size: _Size, budget: MemoryPool, spare: int) -> tuple[int, float | None, str | None]:
     """(share, device fraction, its sentence) for a model sized by a fraction of the device."""
     total = size.total
     if not size.demand.takes_share or budget.memory != "vram" or budget.device_bytes <= 0:
@@ -399,7 +437,7 @@ def _start_why(demands: Sequence[ModelDemand], placements: Sequence[Placement], 
     ]
 
 
-def _placement_why(size: _Size, budget: Budget, on_demand: bool, at_start: bool) -> str:
+def _placement_why(size: _Size, budget: MemoryPool, on_demand: bool, at_start: bool) -> str:
     d = size.demand
     if on_demand:
         how = "loaded at start, unloaded when another needs the room" if at_start else "loaded on its first request"
@@ -412,11 +450,11 @@ def _placement_why(size: _Size, budget: Budget, on_demand: bool, at_start: bool)
     )
 
 
-def _sum_line(fit: _Fit, budgets: Sequence[Budget]) -> str:
+def _sum_line(fit: _Fit, budgets: Sequence[MemoryPool]) -> str:
     return "; ".join(f"{gib(r.used)} of {gib(r.budget.usable_bytes)} on {r.budget.name}" for r in fit.rooms if r.held)
 
 
-def _together_why(fit: _Fit, budgets: Sequence[Budget]) -> str:
+def _together_why(fit: _Fit, budgets: Sequence[MemoryPool]) -> str:
     if len(fit.sizes) == 1:
         return f"One model: {_sum_line(fit, budgets)}."
     parts = " + ".join(gib(s.total) for s in fit.sizes.values())
@@ -437,7 +475,7 @@ def _changes(asked: dict[str, _Size], fit: _Fit, what: Literal["slots", "context
     return ", ".join(out)
 
 
-def _fewer_slots_why(asked: dict[str, _Size], fit: _Fit, need: int, budgets: Sequence[Budget]) -> str:
+def _fewer_slots_why(asked: dict[str, _Size], fit: _Fit, need: int, budgets: Sequence[MemoryPool]) -> str:
     return (
         f"As asked the models need {gib(need)} together, more than the budget; with fewer slots "
         f"({_changes(asked, fit, 'slots')}) they need {_sum_line(fit, budgets)}: all stay loaded, so a side-by-side "
@@ -446,7 +484,7 @@ def _fewer_slots_why(asked: dict[str, _Size], fit: _Fit, need: int, budgets: Seq
     )
 
 
-def _shorter_context_why(asked: dict[str, _Size], fit: _Fit, need: int, budgets: Sequence[Budget]) -> str:
+def _shorter_context_why(asked: dict[str, _Size], fit: _Fit, need: int, budgets: Sequence[MemoryPool]) -> str:
     return (
         f"As asked the models need {gib(need)} together, and neither fewer slots nor serving on demand fits; with "
         f"a shorter context ({_changes(asked, fit, 'context')}) and the fewest slots they need "
@@ -455,7 +493,7 @@ def _shorter_context_why(asked: dict[str, _Size], fit: _Fit, need: int, budgets:
     )
 
 
-def _on_demand_why(fit: _Fit, need: int, budgets: Sequence[Budget]) -> str:
+def _on_demand_why(fit: _Fit, need: int, budgets: Sequence[MemoryPool]) -> str:
     pool = [fit.sizes[m] for m in fit.pool]
     largest = sorted((s.total for s in pool), reverse=True)[: fit.models_max or 0]
     kept = [s.demand.name for s in fit.sizes.values() if s.demand.model_id not in fit.pool]
@@ -474,7 +512,7 @@ def _on_demand_why(fit: _Fit, need: int, budgets: Sequence[Budget]) -> str:
 
 
 def _refusal(
-    demands: Sequence[ModelDemand], budgets: Sequence[Budget], failed: _Size, router_bytes: int
+    demands: Sequence[ModelDemand], budgets: Sequence[MemoryPool], failed: _Size, router_bytes: int
 ) -> PackingRefused:
     culprit = _culprit(demands, budgets, failed)
     smallest = culprit.bytes_at(min(culprit.min_context, culprit.context), min(culprit.min_slots, culprit.slots))
@@ -495,7 +533,7 @@ def _refusal(
     return PackingRefused(culprit.model_id, smallest, biggest, detail, alternative)
 
 
-def _culprit(demands: Sequence[ModelDemand], budgets: Sequence[Budget], failed: _Size) -> ModelDemand:
+def _culprit(demands: Sequence[ModelDemand], budgets: Sequence[MemoryPool], failed: _Size) -> ModelDemand:
     """A model that cannot fit even alone, else the last one (in the order given) that overflows the others."""
     for d in demands:
         floor = d.bytes_at(min(d.min_context, d.context), min(d.min_slots, d.slots))
@@ -511,7 +549,7 @@ def _culprit(demands: Sequence[ModelDemand], budgets: Sequence[Budget], failed: 
 
 
 def _alternative(
-    demands: Sequence[ModelDemand], budgets: Sequence[Budget], culprit: ModelDemand, router_bytes: int
+    demands: Sequence[ModelDemand], budgets: Sequence[MemoryPool], culprit: ModelDemand, router_bytes: int
 ) -> str | None:
     def fits(candidate: Sequence[ModelDemand]) -> Packing | None:
         try:

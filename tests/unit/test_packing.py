@@ -13,7 +13,7 @@ import pytest
 
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
 from deploykit.host import GiB
-from deploykit.packing import Budget, ModelDemand, PackingRefused, pack
+from deploykit.packing import MemoryPool, ModelDemand, PackingRefused, demand_from_plan, pack
 from deploykit.plan import MiB, PlanSettings, gib, plan_deployment
 
 R1_15B = "deepseek-r1-distill-qwen-1.5b"
@@ -29,35 +29,24 @@ def demand(profile: str, model: str, *, min_context: int = 2048, **options: obje
     """A model's demand as its backend would state it, from today's planner for ``profile``."""
     settings = {k: v for k, v in options.items() if k in PlanSettings.model_fields}
     extra = {k: v for k, v in options.items() if k not in settings}
-    plan = plan_deployment(
-        find_profile(profile, builtin_profiles()), find_model(model, builtin_models()), PlanSettings(**settings)
-    )  # type: ignore[arg-type]
-    memory = plan.memory
     spec = find_model(model, builtin_models())
+    plan = plan_deployment(find_profile(profile, builtin_profiles()), spec, PlanSettings(**settings))  # type: ignore[arg-type]
     cpu_vllm = plan.backend == "vllm" and plan.device == "cpu"
-    tokens = plan.context_length * plan.parallel
-    base = ModelDemand(
-        model_id=plan.model_id,
-        backend=plan.backend,
-        weights_bytes=memory.weights_bytes,
-        kv_bytes_per_token=spec.kv_bytes_per_token() if cpu_vllm else memory.kv_cache_bytes // tokens,
-        overhead_bytes=memory.overhead_bytes,
-        context=plan.context_length,
-        slots=plan.parallel,
-        min_context=min(min_context, plan.context_length),
-        memory=memory.budget_kind,
+    return demand_from_plan(
+        plan,
         on_demand=plan.backend == "llamacpp",
         takes_share=plan.backend == "vllm" and plan.device == "cuda",
+        min_context=min_context,
+        kv_bytes_per_token=spec.kv_bytes_per_token() if cpu_vllm else None,
         kv_granularity_bytes=GiB if cpu_vllm else 1,
-        label=f"{plan.model_name} ({plan.backend} {plan.quantization})",
+        **extra,
     )
-    return dataclasses.replace(base, **extra)  # type: ignore[arg-type]
 
 
-def gpu_budget(profile: str) -> Budget:
+def gpu_budget(profile: str) -> MemoryPool:
     host = find_profile(profile, builtin_profiles())
     gpu = host.gpus[0]
-    return Budget(f"GPU 0 ({gpu.name})", "vram", int(gpu.memory_total_bytes * 0.90), gpu.memory_total_bytes)
+    return MemoryPool(f"GPU 0 ({gpu.name})", "vram", int(gpu.memory_total_bytes * 0.90), gpu.memory_total_bytes)
 
 
 def test_demands_match_todays_planner() -> None:
@@ -223,7 +212,7 @@ def test_several_gpus_take_one_model_each_when_one_cannot_hold_both() -> None:
 def test_on_the_cpu_vllm_reserves_whole_gib_of_kv_and_takes_no_fraction() -> None:
     vllm = demand("cpu-vllm", SMOLLM, model_id="smollm2-fp16")
     llama = demand("cpu", SMOLLM, model_id="smollm2-q4")
-    ram = Budget("RAM", "ram", 14 * GiB, 16 * GiB)
+    ram = MemoryPool("RAM", "ram", 14 * GiB, 16 * GiB)
     packing = pack([vllm, llama], [ram], router_overhead_bytes=ROUTER_RAM)
     first, second = packing.placements
     assert first.kv_cache_bytes == GiB, "VLLM_CPU_KVCACHE_SPACE is whole GiB"
@@ -256,4 +245,4 @@ def test_bad_input_is_a_value_error_and_a_missing_memory_kind_a_refusal() -> Non
     with pytest.raises(ValueError, match="at least one"):
         pack([], [gpu_budget("rtx3060")])
     with pytest.raises(PackingRefused, match="needs GPU memory, and the host offers none"):
-        pack([r1], [Budget("RAM", "ram", 14 * GiB, 16 * GiB)])
+        pack([r1], [MemoryPool("RAM", "ram", 14 * GiB, 16 * GiB)])
