@@ -98,9 +98,10 @@ class Stack:
             env={**self.env, "MM_MODELS_MAX": str(models_max)})  # fmt: skip
 
     def client(self, port: int, token: str) -> httpx.Client:
+        # A connection per request: the router drops a kept-alive one after a proxied POST (docs/several-models.md).
         return httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=600,
-            trust_env=False,
+            trust_env=False, limits=httpx.Limits(max_keepalive_connections=0),
         )  # fmt: skip
 
     def router(self) -> httpx.Client:
