@@ -38,11 +38,12 @@ from pathlib import Path
 import httpx
 
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-from deploykit.host import GiB
-from deploykit.modelfile import read_model_path
-from deploykit.packing import MemoryPool, ModelDemand, Packing, demand_from_plan, pack
-from deploykit.paths import model_cache
-from deploykit.plan import MiB, PlanSettings, gib, plan_deployment
+from deploykit.planning.packing import MemoryPool, ModelDemand, Packing, demand_from_plan, pack
+from deploykit.planning.planner import plan_deployment
+from deploykit.seams.modelfile import read_model_path
+from deploykit.values.paths import model_cache
+from deploykit.values.plan import PlanSettings
+from deploykit.values.units import GiB, MiB, gib
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "multimodel"

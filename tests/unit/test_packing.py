@@ -12,9 +12,10 @@ import dataclasses
 import pytest
 
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
-from deploykit.host import GiB
-from deploykit.packing import MemoryPool, ModelDemand, PackingRefused, demand_from_plan, pack
-from deploykit.plan import MiB, PlanSettings, gib, plan_deployment
+from deploykit.planning.packing import MemoryPool, ModelDemand, PackingRefused, demand_from_plan, pack
+from deploykit.planning.planner import plan_deployment
+from deploykit.values.plan import PlanSettings
+from deploykit.values.units import GiB, MiB, gib
 
 R1_15B = "deepseek-r1-distill-qwen-1.5b"
 R1_7B = "deepseek-r1-distill-qwen-7b"

@@ -29,7 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from deploykit.plan import DeploymentPlan, gib
+from deploykit.values.plan import DeploymentPlan
+from deploykit.values.units import gib
 
 MemoryKind = Literal["vram", "ram"]
 Mode = Literal["together", "on_demand"]
