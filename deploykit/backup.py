@@ -221,7 +221,7 @@ def backup(
             raise diskspace.full_error(
                 folder,
                 "the backup was not written (nothing half-written was left) and the stack's data is unchanged.",
-                f"Free some space there (`df -h {folder}`), or back up to another disk with --out-dir.",
+                f"Free some space there (`df -h {folder}`), or back up to another disk with --output.",
             ) from None
         raise
     return BackupReport(str(final), str(sidecar), done, files, round(paused_for, 2))

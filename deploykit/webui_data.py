@@ -19,6 +19,7 @@ import shutil
 import sqlite3
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +128,13 @@ def _revisions_of(db: Path) -> tuple[str, ...] | None:
 
 
 def scan_archive(path: Path) -> ArchiveScan:
-    """Walk a backup once: the room its files need and its database's revision (read from a private copy)."""
+    """Walk a backup once: the room its files need and its database's revision (read from a private copy).
+
+    An archive that ends early or is not gzip is counted as far as it reads, with no revision: the unpack
+    then fails on it and says so, as before any of this was checked.
+    """
     disk = files = 0
+    complete = True
     with tempfile.TemporaryDirectory(prefix="deploykit-revision-") as scratch:
         copies = Path(scratch)
         try:
@@ -138,18 +144,23 @@ def scan_archive(path: Path) -> ArchiveScan:
                     disk += BLOCK + (-(-member.size // BLOCK) * BLOCK if member.isfile() else 0)
                     # The database and its write-ahead log: SQLite replays the log when the copy is opened.
                     if member.isfile() and member.name in (DB_MEMBER, f"{DB_MEMBER}-wal"):
-                        source = archive.extractfile(member)
-                        assert source is not None
-                        with (copies / Path(member.name).name).open("wb") as target:
-                            shutil.copyfileobj(source, target, 1 << 20)
-        except OSError as exc:
+                        _copy_member(archive, member, copies / Path(member.name).name)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             if diskspace.is_full(exc):
                 raise diskspace.full_error(
-                    Path(tempfile.gettempdir()), "the backup's database could not be read; nothing was changed."
+                    copies.parent, "the backup's database could not be read; nothing was changed."
                 ) from None
-            raise
-        revisions = _revisions_of(copies / "webui.db") if (copies / "webui.db").is_file() else None
+            complete = False
+        db = copies / "webui.db"
+        revisions = _revisions_of(db) if complete and db.is_file() else None
     return ArchiveScan(revisions, disk, files)
+
+
+def _copy_member(archive: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    source = archive.extractfile(member)
+    if source is not None:
+        with target.open("wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
 
 
 def newer_data_error(revisions: tuple[str, ...], image: str, what: str, hint: str) -> UsageError:

@@ -60,7 +60,14 @@ def test_readme_table_matches_versions_toml() -> None:
 
 def test_provisioning_scripts_read_versions_instead_of_naming_them() -> None:
     v = pinned()
-    named = {v.vllm_version, v.open_webui_version, v.torch_cpu, v.llamacpp_debian, str(v.llamacpp_build)}
+    named = {
+        v.vllm_version,
+        v.open_webui_version,
+        v.open_webui_upgrade_from,
+        v.torch_cpu,
+        v.llamacpp_debian,
+        str(v.llamacpp_build),
+    }
     for script in sorted((ROOT / "scripts" / "provision").glob("*.sh")):
         text = script.read_text(encoding="utf-8")
         assert not [n for n in named if n in text], script.name
