@@ -40,7 +40,12 @@ def free_bytes(path: Path) -> int | None:
 
 
 def mib(n: int | None) -> str:
-    return "an unknown amount" if n is None else f"{n / MiB:.1f} MiB" if n < 10 * MiB else f"{n // MiB} MiB"
+    """A size for a person: KiB below one MiB, one decimal below ten."""
+    if n is None:
+        return "an unknown amount"
+    if n < MiB:
+        return f"{n // 1024} KiB"
+    return f"{n / MiB:.1f} MiB" if n < 10 * MiB else f"{n // MiB} MiB"
 
 
 def full_error(path: Path, outcome: str, hint: str | None = None) -> DiskFullError:

@@ -167,8 +167,8 @@ def newer_data_error(revisions: tuple[str, ...], image: str, what: str, hint: st
     return UsageError(
         f"{what} is at Open WebUI database revision {', '.join(revisions)}, which {image} does not know: "
         "a newer Open WebUI wrote it, and Open WebUI's migrations only go forward (this image would stop at "
-        "start-up and restart for ever). Nothing was changed.",
-        hint,
+        "start-up and restart for ever).",
+        f"Nothing was changed. {hint}",
     )
 
 
@@ -213,9 +213,9 @@ def volume_full_error(
 ) -> DiskFullError:
     files = "" if found.free_files is None else f" and room for {found.free_files} files"
     return DiskFullError(
-        f"the disk holding the Open WebUI volume {volume} is full ({diskspace.mib(found.free_bytes)} free{files}; "
-        f"unpacking {archive.name} beside the live data needs {diskspace.mib(need)} for {scan.files} files); "
-        f"{outcome}",
+        f"the disk holding the Open WebUI volume {volume} is too full to restore {archive.name} "
+        f"({diskspace.mib(found.free_bytes)} free{files}; unpacking it beside the live data needs "
+        f"{diskspace.mib(need)} for {scan.files} files); {outcome}",
         "Free some space on the disk that holds the engine's volumes (`docker system df` shows what uses it), "
         "then restore again.",
     )

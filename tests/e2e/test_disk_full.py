@@ -132,9 +132,11 @@ def webui_state(stack: Stack) -> tuple[str, str, str]:
     return ident, started, status
 
 
-def assert_disk_full(result: Result, where: str) -> None:
+def assert_disk_full(result: Result, says: str) -> None:
+    """Exit 11, ``says`` (the disk named), a hint, no traceback."""
+    print(result.err)  # what the user sees, for docs/reliability.md
     assert result.code == 11, (result.code, result.err)
-    assert f"the disk holding {where} is full (" in result.err, result.err
+    assert says in result.err, result.err
     assert "Hint:" in result.err and "Traceback" not in result.err
 
 
@@ -171,7 +173,7 @@ def test_backup_onto_a_full_disk_says_so_and_leaves_nothing(full: dict[str, Any]
     before = webui_state(stack)
     filler = fill(disk, leave=64 << 10)
     result = deploykit("backup", "--dir", str(stack.dir), "--output", str(out), env=stack.env)
-    assert_disk_full(result, str(out))
+    assert_disk_full(result, f"the disk holding {out} is full (")
     assert "the backup was not written" in result.err and "--output" in result.err
     assert sorted(p.name for p in disk.iterdir()) == ["backups", "filler.bin"]
     assert list(out.iterdir()) == []  # no archive, no sidecar, no temporary file
@@ -195,8 +197,8 @@ def test_restore_into_a_full_volume_is_refused_before_anything_is_unpacked(full:
     before = webui_state(stack)
     result = deploykit("restore", "--dir", str(stack.dir), str(archive), env=stack.env)
     volume = f"{stack.project}_open-webui-data"
-    assert_disk_full(result, f"the Open WebUI volume {volume}")
-    assert f"unpacking {archive.name} beside the live data needs" in result.err
+    assert_disk_full(result, f"the disk holding the Open WebUI volume {volume} is too full to restore {archive.name} (")
+    assert "unpacking it beside the live data needs" in result.err
     assert "nothing was changed and Open WebUI was not stopped" in result.err
     assert webui_state(stack) == before
     assert chat_title(stack, later) == "made after the backup"
@@ -212,7 +214,7 @@ def test_restore_into_a_volume_without_free_inodes_is_refused(full: dict[str, An
     try:
         before = webui_state(stack)
         result = deploykit("restore", "--dir", str(stack.dir), str(full["archive"]), env=stack.env)
-        assert_disk_full(result, f"the Open WebUI volume {stack.project}_open-webui-data")
+        assert_disk_full(result, f"the disk holding the Open WebUI volume {stack.project}_open-webui-data is too full")
         assert "and room for 3 files" in result.err
         assert webui_state(stack) == before
         assert chat_title(stack, full["after_backup"]) == "made after the backup"
@@ -246,11 +248,11 @@ def test_render_and_up_onto_a_full_stack_disk_keep_the_old_files(full: dict[str,
     filler = fill(disk)
     try:
         rendered = deploykit("render", *UP_ARGS, *image_args, "--dir", str(stack.dir), env=changed)
-        assert_disk_full(rendered, str(stack.dir))
+        assert_disk_full(rendered, f"the disk holding {stack.dir} is full (0 KiB free)")
         assert "nothing was changed" in rendered.err
         assert snapshot(stack.dir) == files  # no staging folder, no half-written file, the old ones as they were
         up = deploykit("up", "--dir", str(stack.dir), env=changed)
-        assert_disk_full(up, str(stack.dir))
+        assert_disk_full(up, f"the disk holding {stack.dir} is full (0 KiB free)")
         assert snapshot(stack.dir) == files
         assert container_ids(stack) == ids  # nothing was started or recreated
     finally:

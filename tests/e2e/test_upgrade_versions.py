@@ -190,6 +190,7 @@ def test_upgrade_back_to_the_older_image_is_refused_naming_the_kept_backup(old_s
     plan = (stack.dir / "plan.json").read_bytes()
     before = backups(stack)
     result = upgrade(stack, old_stack["images"], old_stack["old"])
+    print(result.err)  # what the user sees, for docs/reliability.md
     assert result.code == 2, result.err
     assert f"which {old_stack['old']} does not know" in result.err
     assert "migrations only go forward" in result.err and "Nothing was changed" in result.err
@@ -232,6 +233,7 @@ def test_restore_of_the_newer_backup_onto_the_older_image_is_refused(old_stack: 
     ids = container_ids(stack)
     newer: Path = old_stack["newer_backup"]
     result = deploykit("restore", "--dir", str(stack.dir), str(newer), env=stack.env)
+    print(result.err)
     assert result.code == 2, result.err
     assert f"backup {newer.name} is at Open WebUI database revision" in result.err
     assert f"--image open-webui={old_stack['new']} --restore {newer}" in result.err

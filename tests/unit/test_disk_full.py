@@ -159,14 +159,17 @@ def test_a_restore_whose_unpack_runs_out_of_room_says_so_and_does_not_stop_open_
     with pytest.raises(DiskFullError) as caught:
         backup.restore(fake_stack(tmp_path, es), EngineAddress(), archive)
     message = caught.value.message
-    assert message.startswith("the disk holding the Open WebUI volume deploykit-demo_open-webui-data is full (50 MiB")
+    assert message.startswith(
+        f"the disk holding the Open WebUI volume deploykit-demo_open-webui-data is too full to restore {archive.name} "
+        "(50 MiB free and room for 1000 files;"
+    )
     assert "the partly unpacked copy was removed" in message and "Open WebUI was not stopped" in message
     assert scripts == [backup.STAGE_SCRIPT] and es.calls == []  # never swapped, never stopped
 
 
 @pytest.mark.parametrize(
     ("free_bytes", "free_files", "short"),
-    [(100 << 10, 1000, "(0.1 MiB free and room for 1000 files;"), (50 << 20, 1, "(50 MiB free and room for 1 files;")],
+    [(100 << 10, 1000, "(100 KiB free and room for 1000 files;"), (50 << 20, 1, "(50 MiB free and room for 1 files;")],
 )
 def test_a_restore_without_room_is_refused_before_anything_is_unpacked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_bytes: int, free_files: int, short: str
@@ -176,7 +179,7 @@ def test_a_restore_without_room_is_refused_before_anything_is_unpacked(
     room = webui_data.Probe(MANIFEST.image, frozenset(), None, free_bytes=free_bytes, free_files=free_files)
     monkeypatch.setattr(webui_data, "probe", lambda *a: room)
     monkeypatch.setattr(engine, "run_on_volume", no_space)  # must not be reached
-    with pytest.raises(DiskFullError, match=r"needs 1\.3 MiB for 4 files") as caught:
+    with pytest.raises(DiskFullError, match=r"unpacking it beside the live data needs 1\.3 MiB for 4 files") as caught:
         backup.restore(fake_stack(tmp_path, es), EngineAddress(), archive)
     assert "nothing was changed and Open WebUI was not stopped" in caught.value.message
     assert short in caught.value.message

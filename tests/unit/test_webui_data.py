@@ -132,7 +132,7 @@ def test_upgrade_to_an_image_older_than_the_data_names_the_backup_made_on_it(
     with pytest.raises(UsageError) as caught:
         webui_data.check_upgrade(EngineAddress(), tmp_path, "s", "open-webui:0.11.4", "s_open-webui-data", backups)
     assert "is at Open WebUI database revision c, which open-webui:0.11.4 does not know" in caught.value.message
-    assert "Nothing was changed" in caught.value.message
+    assert (caught.value.hint or "").startswith("Nothing was changed. To go back to open-webui:0.11.4")
     assert f"--image open-webui=open-webui:0.11.4 --restore {newest}`" in (caught.value.hint or "")
 
     monkeypatch.setattr(webui_data, "probe", lambda *a: webui_data.Probe("x", frozenset({"c"}), ("c",)))
