@@ -10,6 +10,7 @@ from deploykit.app.resolve import engine_for
 from deploykit.app.stack import choose_images, prepare_spec
 from deploykit.config.settings import Settings
 from deploykit.seams import stackdir
+from deploykit.values.services import WEBUI
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -54,6 +55,7 @@ class UpgradeReport:
     images: dict[str, tuple[str, str]]  # service -> (old, new)
     backup: str | None  # the archive taken first (None: the stack had no data yet)
     up: UpReport  # the restart with the new images
+    restored: str | None = None  # the backup whose data the new images start on (--restore)
 
 
 def upgrade_images(settings: Settings, stack_dir: Path, overrides: dict[str, str]) -> dict[str, tuple[str, str]]:
@@ -66,10 +68,19 @@ def upgrade_images(settings: Settings, stack_dir: Path, overrides: dict[str, str
 
 
 def upgrade_stack(
-    settings: Settings, stack_dir: Path, overrides: dict[str, str], timeout: float | None, reporter: Reporter
+    settings: Settings,
+    stack_dir: Path,
+    overrides: dict[str, str],
+    timeout: float | None,
+    reporter: Reporter,
+    restore_from: Path | None = None,
 ) -> UpgradeReport:
-    """Back up the data, re-render with the new pinned images (the plan is kept), and bring the stack up."""
-    from deploykit.running import backup, lifecycle
+    """Back up the data, re-render with the new pinned images (the plan is kept), and bring the stack up.
+
+    Open WebUI's migrations only go forward: an image older than the data is refused, unless ``restore_from``
+    gives data it can open (the backup taken before an upgrade), which is swapped in before it starts.
+    """
+    from deploykit.running import backup, lifecycle, webui_data
     from deploykit.seams import engine
 
     stack_dir = stack_dir.expanduser().absolute()
@@ -80,10 +91,17 @@ def upgrade_stack(
         if not engine.image_present(docker_host, new):
             reporter.note(f"Pulling {new} ({service}) …")
             engine.pull_image(docker_host, new)  # before anything changes: a failed pull leaves all as is
+    new_webui = changes[WEBUI][1]
+    volume = stack.engine_stack(docker_host).volume_name(backup.DATA_VOLUME)
+    if restore_from is not None:
+        restore_from = restore_from.expanduser().absolute()
+        backup.check_restore(stack, docker_host, restore_from, False, opened_by=new_webui)
+    elif volume is not None:
+        backups = backup.default_dir(stack_dir)
+        webui_data.check_upgrade(docker_host, stack_dir, stack.spec.project, new_webui, volume, backups)
     archive: str | None = None
-    if stack.engine_stack(docker_host).volume_name(backup.DATA_VOLUME) is not None:
-        taken = backup.backup(stack, docker_host)
-        archive = taken.path
+    if volume is not None:
+        archive = backup.backup(stack, docker_host).path
         reporter.note(f"Backed up Open WebUI's data to {archive} (kept).")
     else:
         reporter.note("No Open WebUI data yet: nothing to back up.")
@@ -92,5 +110,9 @@ def upgrade_stack(
     prepared = prepare_spec(settings, existing, spec, stack.secrets, stack.inputs, False, [])
     for note in prepared.notes:
         reporter.note(note)
+    if restore_from is not None:
+        # Left stopped after the swap: the old image must not start on (and migrate) the restored data.
+        backup.restore(stack, docker_host, restore_from, opened_by=new_webui, start_again=False)
+        reporter.note(f"Restored {restore_from} for {new_webui}.")
     report = lifecycle.up(prepared.loaded(), docker_host, timeout, reporter, prepared.files, write_files=prepared.write)
-    return UpgradeReport(changes, archive, report)
+    return UpgradeReport(changes, archive, report, str(restore_from) if restore_from else None)

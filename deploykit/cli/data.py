@@ -65,13 +65,30 @@ def restore(ctx: click.Context, archive: str, stack_dir: str, force: bool, as_js
 @image_option
 @stack_dir_option()
 @timeout_option
+@click.option(
+    "--restore",
+    "restore_from",
+    type=click.Path(dir_okay=False),
+    help="Start the new images on this backup's data (to go back: the backup taken before an upgrade).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def upgrade(ctx: click.Context, images: tuple[str, ...], stack_dir: str, timeout: float | None, as_json: bool) -> None:
+def upgrade(
+    ctx: click.Context,
+    images: tuple[str, ...],
+    stack_dir: str,
+    timeout: float | None,
+    restore_from: str | None,
+    as_json: bool,
+) -> None:
     """Re-render the stack with this deploykit's pinned images (or --image SERVICE=REF) and restart it.
 
     Open WebUI's data is backed up first and the backup is kept; the plan (model, context, memory) is
-    not changed. The health check runs as for `up`.
+    not changed. The health check runs as for `up`. Open WebUI's database migrations only go forward, so
+    an Open WebUI older than the data is refused; go back with the backup taken before the upgrade:
+
+    \b
+      deploykit upgrade --image open-webui=OLD --restore backups/NAME.tar.gz
     """
     from dataclasses import asdict
     from pathlib import Path
@@ -82,5 +99,6 @@ def upgrade(ctx: click.Context, images: tuple[str, ...], stack_dir: str, timeout
 
     overrides = parse_image_overrides(images)
     settings = settings_from(ctx)
-    report = api.upgrade_stack(settings, Path(stack_dir), overrides, timeout, output.ConsoleReporter())
+    restore = Path(restore_from) if restore_from else None
+    report = api.upgrade_stack(settings, Path(stack_dir), overrides, timeout, output.ConsoleReporter(), restore)
     show(as_json, asdict(report), output.show_upgrade, report)

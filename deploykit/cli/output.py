@@ -438,4 +438,6 @@ def show_upgrade(report: UpgradeReport) -> None:
         click.echo(f"{service}: {old} → {new}" if old != new else f"{service}: {new} (unchanged)")
     if report.backup:
         click.echo(f"Backup kept: {report.backup}")
+    if report.restored:
+        click.echo(f"Started on the data of {report.restored}")
     show_up(report.up)

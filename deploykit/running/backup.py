@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from deploykit import __version__
-from deploykit.seams import compose, engine
+from deploykit.running import webui_data
+from deploykit.seams import compose, diskspace, engine
 from deploykit.seams.textfile import sha256_of
 from deploykit.values.errors import EngineError, NotFoundError, UsageError
 from deploykit.values.services import WEBUI
@@ -211,13 +212,20 @@ def backup(
                 if paused_at is not None:
                     es.unpause(WEBUI)
                     paused_for = time.monotonic() - paused_at
+        done = Manifest(**(asdict(manifest) | {"sha256": writer.digest.hexdigest(), "size_bytes": writer.size}))
+        sidecar = final.with_name(final.name.removesuffix(".tar.gz") + ".json")
+        # The sidecar first: an archive without its sidecar would be restored without its sha256 checked.
+        _write_private(sidecar, json.dumps(asdict(done), indent=2) + "\n")
         tmp.replace(final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if diskspace.is_full(exc):
+            raise diskspace.full_error(
+                folder,
+                "the backup was not written (nothing half-written was left) and the stack's data is unchanged.",
+                f"Free some space there (`df -h {folder}`), or back up to another disk with --output.",
+            ) from None
         raise
-    done = Manifest(**(asdict(manifest) | {"sha256": writer.digest.hexdigest(), "size_bytes": writer.size}))
-    sidecar = final.with_name(final.name.removesuffix(".tar.gz") + ".json")
-    _write_private(sidecar, json.dumps(asdict(done), indent=2) + "\n")
     return BackupReport(str(final), str(sidecar), done, files, round(paused_for, 2))
 
 
@@ -268,15 +276,11 @@ def read_backup(path: Path) -> Manifest:
     return embedded
 
 
-def restore(
-    stack: LoadedStack,
-    docker_host: engine.EngineAddress,
-    archive: Path,
-    force: bool = False,
-    wait_healthy: Callable[[], object] | None = None,
-) -> RestoreReport:
-    """Replace the stack's Open WebUI data with a backup's; Open WebUI is stopped only for the swap."""
-    archive = archive.expanduser().absolute()
+def check_restore(
+    stack: LoadedStack, docker_host: engine.EngineAddress, archive: Path, force: bool, opened_by: str | None = None
+) -> tuple[Manifest, tuple[webui_data.ArchiveScan, webui_data.Probe]]:
+    """Everything a restore checks before it touches anything: the archive's sha256, whose data it is, whether
+    ``opened_by`` (default: the stack's Open WebUI) can open it, and whether the volume has room to unpack it."""
     manifest = read_backup(archive)
     ours = stack.secrets.get(STACK_ID, "")
     if manifest.stack_id != ours and not force:
@@ -286,6 +290,29 @@ def restore(
             "Add --force to restore it anyway: its accounts and admin password come with it, so sign in with "
             "that stack's credentials afterwards.",
         )
+    volume = stack.engine_stack(docker_host).volume_name(DATA_VOLUME)
+    image = opened_by or stack.spec.images[WEBUI]
+    found = webui_data.check_restore(docker_host, archive, manifest.image, image, volume, _labels(stack), stack.dir)
+    return manifest, found
+
+
+def restore(
+    stack: LoadedStack,
+    docker_host: engine.EngineAddress,
+    archive: Path,
+    force: bool = False,
+    wait_healthy: Callable[[], object] | None = None,
+    opened_by: str | None = None,
+    start_again: bool = True,
+) -> RestoreReport:
+    """Replace the stack's Open WebUI data with a backup's; Open WebUI is stopped only for the swap.
+
+    ``opened_by`` is the Open WebUI image that opens the data next (default: the stack's); ``start_again``
+    False leaves Open WebUI stopped after the swap, for `upgrade` to start the new image on the data first.
+    """
+    archive = archive.expanduser().absolute()
+    manifest, found = check_restore(stack, docker_host, archive, force, opened_by)
+    ours = stack.secrets.get(STACK_ID, "")
     es: compose.Stack = stack.engine_stack(docker_host)
     image = stack.spec.images[WEBUI]
     running = any(c.service == WEBUI and c.state in ("running", "restarting", "paused") for c in es.containers())
@@ -306,6 +333,16 @@ def restore(
             upload=("/tmp", engine.tar_of_file("backup.tar.gz", fh, size)),
         )
     if code != 0:
+        if diskspace.says_full(output):
+            scan, probe = found
+            raise webui_data.volume_full_error(
+                volume,
+                archive,
+                scan,
+                probe,
+                scan.disk_bytes,
+                "the partly unpacked copy was removed, the current data is unchanged and Open WebUI was not stopped.",
+            )
         raise EngineError(
             f"restore failed while unpacking {archive.name}: {output.strip()[-200:] or f'exit code {code}'}.",
             "The current data is unchanged and Open WebUI was not stopped.",
@@ -314,14 +351,14 @@ def restore(
     if running:
         es.stop(WEBUI)
     code, output = engine.run_on_volume(docker_host, volume, image, _labels(stack), SWAP_SCRIPT)
-    if running:
+    if running and (start_again or code != 0):
         es.start(WEBUI)
     if code != 0:
         raise EngineError(
             f"restore failed while swapping the data in: {output.strip()[-200:] or f'exit code {code}'}.",
             "The old data was put back" + (" and Open WebUI started again." if running else "."),
         )
-    if running and wait_healthy is not None:
+    if running and start_again and wait_healthy is not None:
         wait_healthy()
     downtime = time.monotonic() - stopped_at if running else 0.0
     return RestoreReport(str(archive), manifest, manifest.stack_id != ours, running, round(downtime, 1))

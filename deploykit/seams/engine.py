@@ -385,8 +385,15 @@ def export_volume(docker_host: EngineAddress, volume: str, image: str, labels: d
     helper = _helper(docker_host, image, volume, labels, read_only=True)
     try:
         chunks, _ = helper.get_archive(VOLUME_MOUNT)
+        refused: OSError | None = None
         for chunk in chunks:
-            sink(chunk)
+            if refused is None:
+                try:
+                    sink(chunk)
+                except OSError as exc:  # a full disk: read on, the engine holds the helper until the copy ends
+                    refused = exc
+        if refused is not None:
+            raise refused
     finally:
         helper.remove(force=True)
 

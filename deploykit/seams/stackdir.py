@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploykit.seams import diskspace
 from deploykit.values.errors import StackDirError, UsageError
 from deploykit.values.stackfiles import (
     ENV_FILE,
@@ -349,6 +350,9 @@ def _encode(files: Mapping[str, str]) -> dict[str, bytes]:
     return out
 
 
+_UNCHANGED = "nothing was changed: the stack's files are as they were and no half-written file was left."
+
+
 def write_stack(stack_dir: Path, files: Mapping[str, str], backup: str | None = None) -> list[str]:
     """Write ``files`` all-or-nothing; private files are 0600 from the start. Returns the names that changed.
 
@@ -358,6 +362,8 @@ def write_stack(stack_dir: Path, files: Mapping[str, str], backup: str | None = 
     try:
         stack_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if diskspace.is_full(exc):
+            raise diskspace.full_error(stack_dir, "the stack folder was not created.") from None
         raise StackDirError(
             f"cannot create the stack folder {stack_dir}: {exc.strerror}.", "Choose another --dir."
         ) from None
@@ -370,7 +376,10 @@ def write_stack(stack_dir: Path, files: Mapping[str, str], backup: str | None = 
     try:
         partial = Path(tempfile.mkdtemp(prefix=STAGING_PARTIAL, dir=stack_dir))
     except OSError as exc:
+        if diskspace.is_full(exc):
+            raise diskspace.full_error(stack_dir, _UNCHANGED) from None
         raise StackDirError(f"cannot write into {stack_dir}: {exc.strerror}.", "Choose another --dir.") from None
+    kept: Path | None = None
     try:
         for name in changed:
             private = name in PRIVATE_FILES
@@ -383,10 +392,15 @@ def write_stack(stack_dir: Path, files: Mapping[str, str], backup: str | None = 
                 (partial / name).chmod(0o644)  # whatever the umask
         _fsync_dir(partial)
         if backup is not None and _kind(stack_dir / backup) == "file":
-            shutil.copy2(stack_dir / backup, stack_dir / f"{backup}.bak-{time.strftime('%Y%m%dT%H%M%S')}")
+            kept = stack_dir / f"{backup}.bak-{time.strftime('%Y%m%dT%H%M%S')}"
+            shutil.copy2(stack_dir / backup, kept)
         partial.rename(stack_dir / STAGING)  # from here on the new stack is the one that counts
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if kept is not None:
+            kept.unlink(missing_ok=True)  # a copy cut short by a full disk is no copy
+        if diskspace.is_full(exc):
+            raise diskspace.full_error(stack_dir, _UNCHANGED) from None
         if isinstance(exc, OSError):
             raise StackDirError(
                 f"cannot write the stack into {stack_dir}: {exc.strerror}; nothing was changed.",

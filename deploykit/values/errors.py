@@ -78,6 +78,13 @@ class StackDirError(UsageError):
     exit_code = 10
 
 
+class DiskFullError(DeployKitError):
+    """A disk deploykit writes to (the stack folder, a backup folder, a data volume) has no room left;
+    what was being written was taken away again and the old files are as they were."""
+
+    exit_code = 11
+
+
 class InternalError(DeployKitError):
     """A bug: an exception nobody planned for. The traceback goes to a file, not the terminal."""
 
@@ -97,6 +104,7 @@ EXIT_CODES = {
     HealthError.exit_code: "a health stage failed",
     DownloadError.exit_code: "model download failed",
     StackDirError.exit_code: "stack folder refused: not a stack, edited by hand, unreadable secret",
+    DiskFullError.exit_code: "a disk is full; nothing was changed",
     InternalError.exit_code: "internal error (a bug); the traceback is written to a file",
     130: "interrupted (Ctrl-C)",
 }

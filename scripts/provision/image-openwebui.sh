@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # deploykit-local/open-webui:<version>: Open WebUI (the version pinned in
-# deploykit/catalog/versions.toml) pip-installed (with a CPU-only torch) into a venv
+# deploykit/catalog/versions.toml, or DEPLOYKIT_OPENWEBUI_VERSION) pip-installed (with a CPU-only torch) into a venv
 # at /app/venv of a Debian bookworm minbase tree, then imported into the engine (no registry to
 # pull the upstream image from). The build uses this machine's pip configuration (files, PIP_*
 # variables, and the local folders they name such as find-links) and DNS; none of it stays in the
-# image. Skips when the tag exists. Prints OPENWEBUI_IMAGE=<tag> on stdout.
+# image. Skips when the tag exists. Records the tag in build/images.env under OPENWEBUI_IMAGE (or
+# DEPLOYKIT_OPENWEBUI_IMAGE_KEY: image-openwebui-old.sh builds an older release beside the pinned one)
+# and prints KEY=<tag> on stdout.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -14,7 +16,9 @@ TORCH_SPEC="${DEPLOYKIT_TORCH_SPEC:-torch==$(pinned torch.cpu)}"
 WHEELS_DIR="${DEPLOYKIT_WHEELS_DIR:-/opt/wheels}"
 SUITE=bookworm
 PACKAGES=python3,python3-venv,ca-certificates,curl
-KEY=OPENWEBUI_IMAGE
+KEY="${DEPLOYKIT_OPENWEBUI_IMAGE_KEY:-OPENWEBUI_IMAGE}"
+# Each version keeps its own logs, so building one image does not overwrite the other's.
+LOG_NAME="openwebui-$OPENWEBUI_VERSION"
 TAG="${DEPLOYKIT_OPENWEBUI_REPO:-deploykit-local/open-webui}:$OPENWEBUI_VERSION"
 VENV=/app/venv
 DATA_DIR=/app/backend/data
@@ -38,8 +42,8 @@ fi
 require_root
 require_engine
 
-reuse_image "Open WebUI" "$KEY" "$TAG" && exit 0
-new_rootfs openwebui "$SUITE" "$PACKAGES"
+reuse_image "Open WebUI $OPENWEBUI_VERSION" "$KEY" "$TAG" && exit 0
+new_rootfs "$LOG_NAME" "$SUITE" "$PACKAGES"
 
 # --- bring this machine's pip configuration and DNS in (removed again below) -------------------
 # The NAME=VALUE pairs are what the inner step's sh script reads.
@@ -47,9 +51,9 @@ pip_build_prepare "$rootfs" "$tmp" "$WHEELS_DIR" \
     "VENV=$VENV" "TORCH_SPEC=$TORCH_SPEC" "OPENWEBUI_VERSION=$OPENWEBUI_VERSION"
 
 # --- pip install inside the tree ---------------------------------------------------------------
-log "pip install $TORCH_SPEC open-webui==$OPENWEBUI_VERSION into $VENV (log: $LOG_DIR/deploykit-openwebui-pip.log)"
+log "pip install $TORCH_SPEC open-webui==$OPENWEBUI_VERSION into $VENV (log: $LOG_DIR/deploykit-$LOG_NAME-pip.log)"
 t0=$SECONDS
-pip_build_run "${BASH_SOURCE[0]}" "$rootfs" "$tmp" "$LOG_DIR/deploykit-openwebui-pip.log" \
+pip_build_run "${BASH_SOURCE[0]}" "$rootfs" "$tmp" "$LOG_DIR/deploykit-$LOG_NAME-pip.log" \
     "pip install of open-webui==$OPENWEBUI_VERSION in the $SUITE tree failed (see the lines above)."
 log "pip install done in $((SECONDS - t0))s"
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Provision a fresh Debian 12 machine for deploykit's real end-to-end runs (CI and `make demo`).
-#   scripts/provision/provision.sh [TARGET...]     TARGET: engine | engine-second | images | model | model-second | browser | all
+#   scripts/provision/provision.sh [TARGET...]     TARGET: engine | engine-second | images | images-webui-old |
+#                                                  images-vllm | model | model-fp16 | model-second | browser | all
 # Every step is idempotent: a second run skips what is there and takes seconds.
 # Image steps merge their keys into build/images.env (LLAMACPP_IMAGE=..., OPENWEBUI_IMAGE=...).
 set -euo pipefail
@@ -14,12 +15,13 @@ declare -A TARGET_SCRIPTS=(
     [engine-second]="engine-second.sh"  # the fleet e2e's ssh:// workstation
     [images]="image-llamacpp.sh image-openwebui.sh"
     [images-vllm]="image-vllm.sh"
+    [images-webui-old]="image-openwebui-old.sh"  # the older release the cross-version upgrade e2e starts on
     [model]="model-smollm2.sh"
     [model-fp16]="model-smollm2-fp16.sh"
     [model-second]="model-smollm2-q8.sh"  # a second GGUF (Q8_0 of the first) for the several-models tests
     [browser]="browser.sh"
 )
-ALL_TARGETS=(engine engine-second images images-vllm model model-fp16 model-second browser)
+ALL_TARGETS=(engine engine-second images images-webui-old images-vllm model model-fp16 model-second browser)
 MIN_FREE_GB="${DEPLOYKIT_MIN_FREE_GB:-12}"
 
 usage() {

@@ -72,6 +72,7 @@ def test_provisioning_scripts_read_versions_instead_of_naming_them() -> None:
     named_here = {
         v.get("vllm", "version"),
         v.get("open_webui", "version"),
+        v.get("open_webui", "upgrade_from"),
         v.get("torch", "cpu"),
         v.get("llamacpp", "debian"),
         v.get("llamacpp", "build"),
