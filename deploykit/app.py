@@ -359,10 +359,12 @@ def prepare_for_host(
     force: bool = False,
     existing: stackdir.ExistingStack | None = None,
     runs_on: RunHost | None = None,
+    tls_names: tuple[str, ...] | None = None,
 ) -> PreparedStack:
     """Plan and render for a host already described; ``model_volume`` mounts the weights from that volume.
 
-    ``runs_on`` (given by `up`) fits the serving flags to the machine that runs the stack.
+    ``runs_on`` (given by `up`) fits the serving flags to the machine that runs the stack; ``tls_names``: what
+    its HTTPS certificate is for (None: this machine's names).
     """
     if existing is None:
         existing = stackdir.open_for_render(stack_dir)
@@ -388,7 +390,7 @@ def prepare_for_host(
         if existing.env.text is not None and key not in kept
     ]
     inputs = plan_inputs(settings, host, model, runs_on)
-    return _prepare(settings, existing, spec, stack_secrets, inputs, force, notes)
+    return _prepare(settings, existing, spec, stack_secrets, inputs, force, notes, tls_names)
 
 
 def _prepare(
@@ -399,16 +401,22 @@ def _prepare(
     inputs: PlanInputs,
     force: bool,
     notes: list[str],
+    tls_names: tuple[str, ...] | None = None,
 ) -> PreparedStack:
-    """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override."""
-    from deploykit import webui_env
+    """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override;
+    with HTTPS as the settings choose (``tls_names``: what the certificate is for; None: this machine)."""
+    from deploykit import tls, webui_env
     from deploykit.customise import customisation
 
     stack_dir = existing.dir
     env_notes = webui_env.check(settings.webui_env)
     spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
+    spec, certificate = tls.apply(spec, settings.tls, stack_dir, tls_names, settings.images.caddy)
     customised, template_notes = customisation(settings.templates_dir, stack_dir)
     files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
+    if certificate is not None:
+        files |= certificate.files
+        notes = [*notes, *certificate.notes]
     files[".env"] = stackdir.merged_env(existing.env, stack_secrets, files[".env"])
     main = TARGET_FILES[spec.target]
     backup = main if stackdir.backup_needed(existing, main, files[main], force) else None
@@ -781,8 +789,15 @@ def _fleet_stack(
             )
         payload = payloads.get(path)
     volume = payload.volume if payload else None
-    prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, volume, existing=existing)
-    return FleetStack(docker_host, address_of(host, docker_host), prepared, payload, override)
+    address = address_of(host, docker_host)
+    # HTTPS: the host's certificate (from the one site CA) is for the name this controller and the room use.
+    names = None if docker_host.local and host.address is None else (address,)
+    prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, volume, existing=existing, tls_names=names)
+    return FleetStack(docker_host, address, prepared, payload, override)
+
+
+def _webui_url(spec: StackSpec, address: str) -> str:
+    return f"{'https' if spec.tls else 'http'}://{address}:{spec.webui_port}"
 
 
 def _fleet_model(settings: Settings, req: FleetRequest) -> ResolvedModel:
@@ -832,7 +847,7 @@ def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> li
             "rendered" if write else "planned",
             profile=spec.plan.profile,
             backend=f"{spec.plan.backend} on {spec.plan.device}",
-            url=f"http://{fs.address}:{spec.webui_port}",
+            url=_webui_url(spec, fs.address),
             details=details,
         )
 
@@ -892,7 +907,7 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
             "failed",
             profile=spec.plan.profile,
             backend=f"{spec.plan.backend} on {spec.plan.device}",
-            url=f"http://{fs.address}:{spec.webui_port}",
+            url=_webui_url(spec, fs.address),
             details={
                 "delivery": delivery,
                 "dir": str(fs.prepared.stack_dir),
@@ -1034,7 +1049,7 @@ def replan_files(stack: LoadedStack, **knobs: int | None) -> tuple[DeploymentPla
 
 def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
     """Where `bench` sends its load: the inference server's API, or Open WebUI's as the stack's admin."""
-    from deploykit import health, webui
+    from deploykit import health, tls_proxy, webui
     from deploykit.bench import Target
 
     plan = stack.spec.plan
@@ -1042,7 +1057,7 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
     if via == INFERENCE:
         base, path, token = stack.inference_url, "/v1/chat/completions", key
     else:
-        with health.http_client(stack.webui_url) as anon:
+        with stack.webui_client() as anon:
             try:
                 token, _ = webui.admin_token(anon, *stack.admin)
             except (health.NotReady, health.StageFailed) as exc:
@@ -1052,7 +1067,8 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
                     f"cannot sign in to Open WebUI as the admin: {exc}.", "Check `deploykit status`."
                 ) from None
         base, path = stack.webui_url, "/api/chat/completions"
-    return Target(base, path, token, plan.model_id, via, plan.backend, stack.inference_url, key)
+    verify = tls_proxy.client_context(stack) if via != INFERENCE and stack.spec.tls else True
+    return Target(base, path, token, plan.model_id, via, plan.backend, stack.inference_url, key, verify)
 
 
 class BenchStack(StackIdentity):

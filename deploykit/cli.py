@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from deploykit import __version__
-from deploykit.services import INFERENCE, SERVICES
+from deploykit.services import INFERENCE, SERVICES, TLS_PROXY
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -196,7 +196,14 @@ image_option = click.option(
     "images",
     multiple=True,
     metavar="SERVICE=REF",
-    help="Use another image for a service (inference, open-webui); repeatable.",
+    help="Use another image for a service (inference, open-webui, tls-proxy); repeatable.",
+)
+
+tls_option = click.option(
+    "--tls",
+    metavar="internal|CERT,KEY|off",
+    help="HTTPS in front of Open WebUI: 'internal' (a certificate from the site CA deploykit keeps), "
+    "'CERT,KEY' (your PEM chain and key) or 'off' [default: as the stack was rendered; new stacks: off].",
 )
 
 
@@ -283,6 +290,7 @@ def plan(
 @plan_options()
 @stack_dir_option()
 @image_option
+@tls_option
 @click.option(
     "--target",
     type=click.Choice(["compose", "swarm", "kubernetes"]),
@@ -307,6 +315,7 @@ def render(
     target: str,
     force: bool,
     as_json: bool,
+    tls: str | None,
 ) -> None:
     """Write the stack: compose.yaml (or swarm.yaml, or kubernetes.yaml), .env (secrets, 0600) and plan.json."""
     from deploykit import app, output
@@ -339,7 +348,11 @@ def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
     # The stack's own deploykit.toml (written by `deploykit tune`) is one of the layers.
     stack_dir = Path(p["stack_dir"])
     settings = _settings(
-        ctx, stack_dir=stack_dir.expanduser().absolute(), max_context=p["max_context"], backend=p["backend"]
+        ctx,
+        stack_dir=stack_dir.expanduser().absolute(),
+        max_context=p["max_context"],
+        backend=p["backend"],
+        tls=p["tls"],
     )
     return settings, StackRequest(
         stack_dir=stack_dir,
@@ -364,6 +377,7 @@ def _stack(stack_dir: str) -> LoadedStack:
 @cli.command(short_help="Start the stack and check it up to a chat.")
 @plan_options(profile_default=None)
 @image_option
+@tls_option
 @stack_dir_option()
 @force_option
 @timeout_option
@@ -389,6 +403,7 @@ def up(
     timeout: float | None,
     target: str | None,
     as_json: bool,
+    tls: str | None,
 ) -> None:
     """Render (or reuse) the stack, start it, and check it stage by stage up to a chat through Open WebUI."""
     from dataclasses import asdict
@@ -415,7 +430,7 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 
 
 @cli.command(short_help="Show the stack's logs.")
-@click.argument("service", required=False, type=click.Choice(list(SERVICES)))
+@click.argument("service", required=False, type=click.Choice([*SERVICES, TLS_PROXY]))
 @stack_dir_option()
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
 @click.option("--tail", default=100, type=click.IntRange(min=0), show_default=True, help="Lines of history to show.")
@@ -428,7 +443,7 @@ def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, 
 
 
 @cli.command(short_help="Restart one service or both.")
-@click.argument("service", required=False, type=click.Choice(list(SERVICES)))
+@click.argument("service", required=False, type=click.Choice([*SERVICES, TLS_PROXY]))
 @stack_dir_option()
 @click.pass_context
 def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
@@ -436,7 +451,7 @@ def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
     from deploykit import app
 
     app.restart_stack(_settings(ctx), _stack(stack_dir), service)
-    click.echo(f"Restarted {service or 'inference and open-webui'}.")
+    click.echo(f"Restarted {service or 'the whole stack'}.")
 
 
 @cli.command(short_help="Stop the stack (keeps chats unless --volumes).")
@@ -689,6 +704,7 @@ def fleet_options(fn: F) -> F:
 
 
 def fleet_plan_options(fn: F) -> F:
+    fn = tls_option(fn)
     fn = image_option(fn)
     fn = model_options(fn)
     fn = click.option("--context", "max_context", type=int, metavar="TOKENS", help="Context length cap.")(fn)
@@ -705,7 +721,7 @@ def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings
     from deploykit.settings import parse_image_overrides
 
     overrides = parse_image_overrides(params.get("images", ()))
-    settings = _settings(ctx, max_context=params.get("max_context"))
+    settings = _settings(ctx, max_context=params.get("max_context"), tls=params.get("tls"))
     return settings, FleetRequest(
         inventory=Path(params["inventory"]),
         hosts=params.get("hosts"),

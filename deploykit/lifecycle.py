@@ -14,19 +14,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, Required, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, NotRequired, Protocol, Required, TypedDict, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from deploykit import engine, health, webui
+from deploykit import engine, health, tls_proxy, webui
 from deploykit.catalog import ModelSpec
 from deploykit.errors import HealthError, NotFoundError, PreflightError, StackDirError, UsageError
 from deploykit.host import GiB
 from deploykit.override import OVERRIDE_FILE, describe, override_path
 from deploykit.plan import PlanInputs, gib
 from deploykit.render import StackIdentity, StackSpec
-from deploykit.services import INFERENCE, SERVICES, WEBUI
+from deploykit.services import INFERENCE, SERVICES, TLS_PROXY, WEBUI
 from deploykit.stackdir import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -76,6 +76,7 @@ class StackStatus(StackIdentity):
     healthy: bool
     override: dict[str, str] | None  # the site's compose.override.yaml in effect, if any
     services: list[ServiceStatus]
+    tls: NotRequired[dict[str, object]]  # stacks with HTTPS: address, certificate, expiry, the CA to trust
 
 
 class SmokeCheck(TypedDict):
@@ -130,7 +131,14 @@ class LoadedStack:
 
     @property
     def webui_url(self) -> str:
-        return f"http://{self.address}:{self.spec.webui_port}"
+        """Where Open WebUI answers: through the HTTPS proxy when the stack has one."""
+        return f"{'https' if self.spec.tls else 'http'}://{self.address}:{self.spec.webui_port}"
+
+    def webui_client(self, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
+        """An HTTP client for Open WebUI that checks the proxy's certificate (deploykit.tls_proxy) when there is one."""
+        if self.spec.tls is None:
+            return health.http_client(self.webui_url, token, timeout)
+        return health.http_client(self.webui_url, token, timeout, verify=tls_proxy.client_context(self))
 
     @property
     def webui_internal_api(self) -> str:
@@ -350,6 +358,7 @@ class UpReport:
     credentials: str = ""
     # Every address Open WebUI answers on, and who can use it: {"url": …, "who": …}.
     reachable: list[dict[str, str]] = field(default_factory=list)
+    tls: dict[str, object] | None = None  # stacks with HTTPS: the certificate, and how to trust the site CA
 
 
 @dataclass(frozen=True)
@@ -375,7 +384,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
         report.admin_created = created
         report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
         # Settings Open WebUI keeps in its database: written on every up, or a changed value never lands.
-        report.notes += webui.apply_stored(ui, stored_settings(stack.spec.webui_env))
+        report.notes += webui.apply_stored(ui, stored_settings(stack.spec.webui_environment))
         return "admin account created" if created else "signed in as admin"
 
     return [
@@ -394,6 +403,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
             60,
             "The server runs but does not serve the expected model id: check --alias/--served-model-name.",
         ),
+        *_tls_stages(stack),
         Stage(
             "open-webui /health",
             WEBUI,
@@ -423,6 +433,21 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
             180,
             "The model did not answer through Open WebUI; `deploykit logs inference` shows the server side.",
         ),
+    ]
+
+
+def _tls_stages(stack: LoadedStack) -> list[Stage]:
+    """The HTTPS proxy's stage, before Open WebUI's (which is checked through it), in stacks that have one."""
+    if stack.spec.tls is None:
+        return []
+    return [
+        Stage(
+            "tls-proxy https",
+            TLS_PROXY,
+            tls_proxy.probe(stack),
+            60,
+            "The HTTPS proxy did not answer as it should; `deploykit logs tls-proxy` shows why.",
+        )
     ]
 
 
@@ -506,9 +531,9 @@ def check_stack(
     started: float | None = None,
 ) -> UpReport:
     """The staged health check of a started stack, up to one chat answered through Open WebUI."""
-    report = UpReport(stack_dir=str(stack.dir), url=f"http://localhost:{stack.spec.webui_port}", healthy=False)
+    report = UpReport(stack_dir=str(stack.dir), url=_local_url(stack), healthy=False)
     key = stack.api_key
-    with health.http_client(stack.inference_url, key) as inference, health.http_client(stack.webui_url) as ui:
+    with health.http_client(stack.inference_url, key) as inference, stack.webui_client() as ui:
         results = run_stages(
             health_stages(stack, inference, ui, report),
             timeout,
@@ -540,8 +565,12 @@ def up(
     engine_stack.check_override(dict(files))
     if override_path(stack.dir) is not None:
         reporter.note(f"Using {OVERRIDE_FILE} on top of compose.yaml.")
+    if stack.spec.tls is not None:
+        tls_proxy.validate(stack, docker_host, files)  # Caddy reads the files before they replace any
     write_files()
     ensure_model(stack, reporter)
+    if stack.spec.tls is not None:
+        tls_proxy.deliver(stack, docker_host, engine_stack, files)
     reporter.note(f"Starting project {stack.spec.project} …")
     # Both services at once: Open WebUI's own start (migrations, imports) overlaps the model load instead of
     # waiting for it; it asks the server for models only when asked, so it needs no ready server to start.
@@ -549,38 +578,49 @@ def up(
     budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
     report = check_stack(stack, docker_host, budget, reporter, started)
     report.notes = [*notes, *report.notes]
-    report.reachable = reachable_urls(stack.spec.webui_bind, stack.spec.webui_port, docker_host)
+    scheme = "https" if stack.spec.tls else "http"
+    report.reachable = reachable_urls(stack.spec.webui_bind, stack.spec.webui_port, docker_host, scheme=scheme)
+    if stack.spec.tls is not None:
+        report.tls = tls_proxy.describe(stack)
     return report
 
 
+def _local_url(stack: LoadedStack) -> str:
+    return f"{'https' if stack.spec.tls else 'http'}://localhost:{stack.spec.webui_port}"
+
+
 def reachable_urls(
-    bind: str, port: int, docker_host: engine.EngineAddress, addresses: tuple[Address, ...] | None = None
+    bind: str,
+    port: int,
+    docker_host: engine.EngineAddress,
+    addresses: tuple[Address, ...] | None = None,
+    scheme: str = "http",
 ) -> list[dict[str, str]]:
     """The URLs a port published on ``bind`` answers on, each with who can reach it."""
     if not docker_host.local:
         where = docker_host.hostname or docker_host.display
         who = "whoever can reach the engine's host" if bind in ("0.0.0.0", "::", "") else f"{bind} on the engine's host"
-        return [{"url": f"http://{where}:{port}", "who": who}]
+        return [{"url": f"{scheme}://{where}:{port}", "who": who}]
     if bind.startswith("127.") or bind in ("::1", "localhost"):
-        return [{"url": f"http://localhost:{port}", "who": "this machine only"}]
+        return [{"url": f"{scheme}://localhost:{port}", "who": "this machine only"}]
     if bind not in ("0.0.0.0", "::", ""):
-        return [{"url": f"http://{bind}:{port}", "who": f"anyone who can reach {bind}"}]
+        return [{"url": f"{scheme}://{bind}:{port}", "who": f"anyone who can reach {bind}"}]
     if addresses is None:
         from deploykit.detect import host_addresses
 
         addresses = host_addresses()
-    rows = [{"url": f"http://localhost:{port}", "who": "this machine"}]
+    rows = [{"url": f"{scheme}://localhost:{port}", "who": "this machine"}]
     for address in addresses:
         # Docker's own bridges (one per compose network) only lead to containers on this host.
         bridge = address.interface == "docker0" or address.interface.startswith(("br-", "veth"))
         if not address.ip.startswith("127.") and not bridge:
-            rows.append({"url": f"http://{address.ip}:{port}", "who": f"anyone who can reach {address.interface}"})
+            rows.append({"url": f"{scheme}://{address.ip}:{port}", "who": f"anyone who can reach {address.interface}"})
     return rows
 
 
 def wait_webui(stack: LoadedStack, docker_host: engine.EngineAddress, timeout: float = WEBUI_START_SECONDS) -> float:
     """Wait for Open WebUI's /health; seconds waited, or HealthError with its log tail."""
-    with health.http_client(stack.webui_url) as ui:
+    with stack.webui_client() as ui:
         ok, seconds, detail = health.wait_until(lambda: health.probe_webui_health(ui), timeout)
     if not ok:
         tail = stack.engine_stack(docker_host).log_tail(WEBUI, 25)
@@ -602,7 +642,7 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
     now = datetime.now(UTC)
     services: list[ServiceStatus] = []
     by_service = {c.service: c for c in containers}
-    for name in SERVICES:
+    for name in (*SERVICES, *([TLS_PROXY] if stack.spec.tls else [])):
         ctr = by_service.get(name)
         entry: ServiceStatus = {"service": name, "state": "missing", "health": None, "uptime_s": None}
         if ctr is not None:
@@ -634,8 +674,8 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
     services[0]["url"] = stack.inference_url + "/v1"
     services[0]["model"] = plan.model_id if model_ok else None
     services[0]["detail"] = served
-    services[1]["url"] = f"http://localhost:{stack.spec.webui_port}"
-    with health.http_client(stack.webui_url, timeout=5) as client:
+    services[1]["url"] = _local_url(stack)
+    with stack.webui_client(timeout=5) as client:
         try:
             health.probe_webui_health(client)
             webui_ok = True
@@ -649,7 +689,11 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
         and all(s["state"] == "running" and s["health"] in ("healthy", "starting", None) for s in services)
     )
     # The site's compose.override.yaml, when one is in effect.
-    return {**identity(stack), "healthy": healthy, "override": describe(stack.dir), "services": services}
+    # mypy asks for every NotRequired key in a ** construction; "tls" is set just below, when there is one.
+    state = StackStatus(**identity(stack), healthy=healthy, override=describe(stack.dir), services=services)  # type: ignore[typeddict-item]
+    if stack.spec.tls is not None:
+        state["tls"] = tls_proxy.describe(stack)
+    return state
 
 
 def identity(stack: LoadedStack) -> StackIdentity:
@@ -670,9 +714,9 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
         if direct:
             with health.http_client(stack.inference_url, stack.api_key) as client:
                 return health.chat_once(client, "/v1/chat/completions", plan.model_id, message, max_tokens)
-        with health.http_client(stack.webui_url) as anon:
+        with stack.webui_client() as anon:
             token, _ = webui.admin_token(anon, *stack.admin)
-        with health.http_client(stack.webui_url, token) as client:
+        with stack.webui_client(token) as client:
             # A model Open WebUI cannot list gets a bare "400 Model not found"; say what is wrong instead.
             health.probe_webui_model(client, plan.model_id)
             return health.chat_once(client, "/api/chat/completions", plan.model_id, message, max_tokens)
@@ -724,8 +768,9 @@ def down(stack: LoadedStack, docker_host: engine.EngineAddress, volumes: bool) -
 
 
 def restart(stack: LoadedStack, docker_host: engine.EngineAddress, service: str | None) -> None:
-    if service not in (None, *SERVICES):
-        raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
+    known = (*SERVICES, *([TLS_PROXY] if stack.spec.tls else []))
+    if service not in (None, *known):
+        raise UsageError(f"service '{service}' is not part of the stack.", f"Services are: {', '.join(known)}.")
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)
 

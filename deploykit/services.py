@@ -3,3 +3,5 @@
 INFERENCE = "inference"
 WEBUI = "open-webui"
 SERVICES = (INFERENCE, WEBUI)
+# The HTTPS proxy in front of Open WebUI, in stacks rendered with --tls only.
+TLS_PROXY = "tls-proxy"

@@ -118,6 +118,7 @@ class Images(BaseModel):
     vllm: str = pinned().vllm.image
     vllm_cpu: str = pinned().vllm_cpu
     open_webui: str = pinned().open_webui
+    caddy: str = pinned().caddy  # the HTTPS proxy of stacks rendered with --tls
 
     @field_validator("*")
     @classmethod
@@ -174,6 +175,18 @@ class Settings(BaseSettings):
     webui_env: dict[str, str] = Field(default_factory=dict)
     # A site's own templates: files here shadow the built-in ones of the same relative name.
     templates_dir: Path | None = None
+    # HTTPS in front of Open WebUI: "internal" (the site CA), "CERT,KEY" (PEM files) or "off"; unset, a stack
+    # keeps what it was rendered with (new stacks: off). Checked by deploykit.tls.
+    tls: str | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_choice(cls, value: str | None) -> str | None:
+        from deploykit.tls import parse_choice
+
+        if value is not None:
+            parse_choice(value)
+        return value
 
     @field_validator("webui_env", mode="before")
     @classmethod
@@ -352,7 +365,9 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
 
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     """``--image SERVICE=REF`` pairs, checked: a known service and a pinned reference."""
-    services = SERVICES
+    from deploykit.services import TLS_PROXY
+
+    services = (*SERVICES, TLS_PROXY)
     out: dict[str, str] = {}
     for pair in pairs:
         service, sep, ref = pair.partition("=")

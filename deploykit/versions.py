@@ -41,6 +41,8 @@ class Versions:
     vllm_cpu: str
     open_webui_version: str
     open_webui: str
+    caddy_version: str
+    caddy: str
     torch_cpu: str
 
     def gpu_image(self, backend: Backend) -> GpuImage:
@@ -54,7 +56,7 @@ def _cuda(text: str) -> tuple[int, int]:
 
 def parse(text: str) -> Versions:
     data = tomllib.loads(text)
-    llama, vllm, webui = data["llamacpp"], data["vllm"], data["open_webui"]
+    llama, vllm, webui, caddy = data["llamacpp"], data["vllm"], data["open_webui"], data["caddy"]
     fill_llama = {"version": llama["version"], "build": llama["build"]}
     fill_vllm = {"version": vllm["version"]}
     return Versions(
@@ -73,6 +75,8 @@ def parse(text: str) -> Versions:
         vllm_cpu=vllm["image_cpu"].format(**fill_vllm),
         open_webui_version=webui["version"],
         open_webui=webui["image"].format(version=webui["version"]),
+        caddy_version=caddy["version"],
+        caddy=caddy["image"].format(version=caddy["version"]),
         torch_cpu=data["torch"]["cpu"],
     )
 
