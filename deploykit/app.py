@@ -411,7 +411,9 @@ def _prepare(
     stack_dir = existing.dir
     env_notes = webui_env.check(settings.webui_env)
     spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
-    spec, certificate = tls.apply(spec, settings.tls, stack_dir, tls_names, settings.images.caddy)
+    spec, certificate = tls.apply(
+        spec, settings.tls, stack_dir, tls_names, settings.images.caddy, tls.recorded(existing.plan)
+    )
     customised, template_notes = customisation(settings.templates_dir, stack_dir)
     files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
     if certificate is not None:

@@ -60,8 +60,13 @@ class StackSpec(BaseModel):
 
     @property
     def webui_environment(self) -> dict[str, str]:
-        """Open WebUI's extra settings: HTTPS's (secure cookies, its URL), then [webui_env], which wins."""
-        return {**(self.tls.webui_env(self.webui_port) if self.tls else {}), **self.webui_env}
+        """Open WebUI's extra environment: HTTPS's (secure cookies), then [webui_env], which wins."""
+        return {**(self.tls.webui_env() if self.tls else {}), **self.webui_env}
+
+    @property
+    def webui_settings(self) -> dict[str, str]:
+        """What `up` writes through Open WebUI's admin API (its stored settings among these): HTTPS's URL too."""
+        return {**(self.tls.webui_stored(self.webui_port) if self.tls else {}), **self.webui_environment}
 
     @property
     def inference_container_port(self) -> int:

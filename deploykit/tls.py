@@ -23,7 +23,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,13 +103,14 @@ class TlsSpec(BaseModel):
         host = name or self.primary_name
         return f"https://{f'[{host}]' if ':' in host else host}:{port}"
 
-    def webui_env(self, port: int) -> dict[str, str]:
-        """Open WebUI's settings for being served over HTTPS: secure cookies, and its public URL."""
-        return {
-            "WEBUI_URL": self.url(port),
-            "WEBUI_SESSION_COOKIE_SECURE": "true",
-            "WEBUI_AUTH_COOKIE_SECURE": "true",
-        }
+    def webui_env(self) -> dict[str, str]:
+        """Open WebUI's environment behind HTTPS: its session and auth cookies go over HTTPS only."""
+        return {"WEBUI_SESSION_COOKIE_SECURE": "true", "WEBUI_AUTH_COOKIE_SECURE": "true"}
+
+    def webui_stored(self, port: int) -> dict[str, str]:
+        """Settings Open WebUI keeps in its database, written through its API on every `up` (not compose's
+        environment, so a new certificate's name does not restart Open WebUI): its public URL."""
+        return {"WEBUI_URL": self.url(port)}
 
 
 @dataclass(frozen=True)
@@ -564,17 +565,36 @@ def expiry(path: Path) -> datetime:
 # ---------------------------------------------------------------- a stack's HTTPS, as rendered
 
 
+def recorded(plan: Mapping[str, Any] | None) -> TlsSpec | None:
+    """The HTTPS a stack's plan.json records (None: none, or none this deploykit can read)."""
+    from pydantic import ValidationError
+
+    stack = plan.get("stack") if plan else None
+    data = stack.get("tls") if isinstance(stack, dict) else None
+    try:
+        return TlsSpec.model_validate(data) if data is not None else None
+    except ValidationError:
+        return None
+
+
 def apply(
-    spec: StackSpec, setting: str | None, stack_dir: Path, names: Iterable[str] | None, image: str
+    spec: StackSpec,
+    setting: str | None,
+    stack_dir: Path,
+    names: Iterable[str] | None,
+    image: str,
+    before: TlsSpec | None = None,
 ) -> tuple[StackSpec, Material | None]:
-    """``spec`` with HTTPS as ``setting`` chooses (None: as the stack was rendered), and its certificate.
+    """``spec`` with HTTPS as ``setting`` chooses, and its certificate. ``setting`` None keeps what the stack had
+    (``spec.tls``, else ``before``: what its plan.json records).
 
     ``names``: what the certificate is for (None: this machine's names for the stack's bind address);
     ``image``: the proxy's image unless ``spec.images`` names one (``--image tls-proxy=…``).
     """
     from deploykit.services import TLS_PROXY
 
-    choice = parse_choice(setting) if setting is not None else (spec.tls.choice() if spec.tls else None)
+    kept = spec.tls or before
+    choice = parse_choice(setting) if setting is not None else (kept.choice() if kept else None)
     images = {k: v for k, v in spec.images.items() if k != TLS_PROXY}
     if choice is None:
         return spec.model_copy(update={"tls": None, "images": images}), None

@@ -40,7 +40,7 @@ def archive(files: Mapping[str, str], prefix: str = "") -> bytes:
             folder.type, folder.mode, folder.uid, folder.gid = tarfile.DIRTYPE, 0o755, 0, 0
             tar.addfile(folder)
         for source, (name, mode) in SERVED.items():
-            data = files[source].encode("ascii")
+            data = files[source].encode("utf-8")
             info = tarfile.TarInfo(f"{prefix}/{name}" if prefix else name)
             info.size, info.mode, info.uid, info.gid = len(data), mode, PROXY_USER, PROXY_USER
             tar.addfile(info, io.BytesIO(data))

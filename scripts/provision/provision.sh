@@ -12,7 +12,7 @@ set -euo pipefail
 declare -A TARGET_SCRIPTS=(
     [engine]="engine.sh"
     [engine-second]="engine-second.sh"  # the fleet e2e's ssh:// workstation
-    [images]="image-llamacpp.sh image-openwebui.sh"
+    [images]="image-llamacpp.sh image-openwebui.sh image-caddy.sh"
     [images-vllm]="image-vllm.sh"
     [model]="model-smollm2.sh"
     [model-fp16]="model-smollm2-fp16.sh"
