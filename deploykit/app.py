@@ -43,7 +43,7 @@ from deploykit.plan import (
     suggest_alternative,
 )
 from deploykit.render import StackIdentity, StackSpec, Target, project_name, render_files
-from deploykit.services import INFERENCE, WEBUI
+from deploykit.services import INFERENCE, TLS_PROXY, WEBUI
 from deploykit.settings import Settings, config_dir
 from deploykit.stackdir import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, STACK_ID, TARGET_FILES, WEBUI_SECRET_KEY
 
@@ -921,6 +921,8 @@ def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str]
             reporter.note(f"images: open-webui {delivery['open-webui image']}; {spec.images['inference']} …")
             delivery["inference image"] = engine.copy_image(controller, docker_host, spec.images[INFERENCE])
             reporter.note(f"images: inference {delivery['inference image']}")
+            if TLS_PROXY in spec.images:  # HTTPS: the proxy's image too (its files travel at `up`, by volume)
+                delivery["tls-proxy image"] = engine.copy_image(controller, docker_host, spec.images[TLS_PROXY])
             if fs.payload is not None:
                 reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
                 delivery["model"] = deliver_model(docker_host, fs.payload, spec.images[INFERENCE])

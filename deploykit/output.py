@@ -185,8 +185,8 @@ def show_up(report: UpReport) -> None:
         )
 
 
-def show_tls(tls: Mapping[str, object]) -> None:
-    """The stack's certificate, and how to trust the site CA that issued it (internal certificates)."""
+def show_tls(tls: Mapping[str, object], how: bool = True) -> None:
+    """The stack's certificate, and (``how``) how to trust the site CA that issued it (internal certificates)."""
     names = tls.get("names")
     named = ", ".join(map(str, names)) if isinstance(names, list) else ""
     kind = "the site's own" if tls.get("mode") == "files" else "a site CA"
@@ -196,9 +196,11 @@ def show_tls(tls: Mapping[str, object]) -> None:
     )
     trust = tls.get("trust")
     if tls.get("ca_file") and isinstance(trust, dict):
-        console.print(f"  Trust the site CA once on each machine that opens it: {escape(str(tls['ca_file']))}")
-        for where, how in trust.items():
-            console.print(f"    {where + ':':26} {escape(how)}")
+        console.print(
+            f"  Trust the site CA once on each machine that opens it (copy it there): {escape(str(tls['ca_file']))}"
+        )
+        for where, command in trust.items() if how else ():
+            console.print(f"    {where + ':':26} {escape(command)}", soft_wrap=True)
 
 
 def show_status(state: StackStatus) -> None:
@@ -220,7 +222,7 @@ def show_status(state: StackStatus) -> None:
     if override := state.get("override"):
         console.print(f"  {override['file']} is in effect on top of compose.yaml.")
     if tls := state.get("tls"):
-        show_tls(tls)
+        show_tls(tls, how=False)
 
 
 def show_checks(checks: Iterable[Check]) -> None:

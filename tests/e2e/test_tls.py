@@ -288,3 +288,38 @@ def test_the_same_stack_on_a_pair_the_site_made(tls_stack: Stack, tmp_path: Path
     assert isinstance(block, dict) and block["mode"] == "files" and block["ca_file"] is None
     # The site's name for it reached Open WebUI's own settings, without restarting it.
     assert _stored_webui_url(tls_stack, site) == f"https://llm.lab.example.org:{UI}"
+
+
+def test_a_fleet_gets_one_site_ca_and_a_certificate_per_host(engine: dict[str, str], tmp_path: Path) -> None:
+    """`fleet render --tls internal` on two hosts of the local engine: each its own certificate, for the name the
+    inventory gives it (or this machine's names), both from the one site CA. No stack starts."""
+    inventory = tmp_path / "lab.toml"
+    inventory.write_text(
+        '[[hosts]]\nname = "e2e-tls-a"\nengine = "unix:///var/run/docker.sock"\nprofile = "cpu"\n'
+        "ui_port = 32880\ninference_port = 32881\n"
+        '[[hosts]]\nname = "e2e-tls-b"\nengine = "unix:///var/run/docker.sock"\nprofile = "cpu"\n'
+        'address = "lab-b.example.org"\nui_port = 32882\ninference_port = 32883\n',
+        encoding="utf-8",
+    )
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    r = deploykit(
+        "fleet", "render", "--inventory", str(inventory), "--dir", str(tmp_path / "fleet"), "--tls", "internal",
+        "--model", MODEL_ID, "--model-file", str(GGUF), "--json", env=env, timeout=300,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    hosts = {h["host"]: h for h in r.json["hosts"]}  # type: ignore[index]
+    assert hosts["e2e-tls-a"]["url"] == "https://127.0.0.1:32880"
+    assert hosts["e2e-tls-b"]["url"] == "https://lab-b.example.org:32882"
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate((tmp_path / "config" / "deploykit" / "tls" / "ca.pem").read_bytes())
+    names = {}
+    for host in ("e2e-tls-a", "e2e-tls-b"):
+        folder = tmp_path / "fleet" / host
+        assert (folder / "tls-ca.pem").read_bytes() == ca.public_bytes(Encoding.PEM)
+        cert = x509.load_pem_x509_certificate((folder / "tls-cert.pem").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names[host] = {*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))}
+    assert {"localhost", "127.0.0.1"} <= names["e2e-tls-a"]
+    assert names["e2e-tls-b"] == {"lab-b.example.org"}

@@ -21,6 +21,7 @@ def test_image_defaults_come_from_versions_toml() -> None:
     assert images.vllm == v.vllm.image == f"vllm/vllm-openai:v{v.vllm_version}"
     assert images.vllm_cpu == v.vllm_cpu and images.vllm_cpu.endswith(f":v{v.vllm_version}")
     assert images.open_webui == v.open_webui
+    assert images.caddy == v.caddy == f"caddy:{v.caddy_version}"
 
 
 def test_gpu_images_are_the_release_lines_the_cpu_path_tests() -> None:
@@ -52,6 +53,7 @@ def test_readme_table_matches_versions_toml() -> None:
         f"older drivers: `{v.vllm.fallback}` |",
         f"| vLLM, CPU | `{v.vllm_cpu}` | — |",
         f"| Open WebUI | `{v.open_webui}` | — |",
+        f"| Caddy (HTTPS, `--tls`) | `{v.caddy}` | — |",
     ]
     for row in rows:
         assert row in readme, row
@@ -60,7 +62,7 @@ def test_readme_table_matches_versions_toml() -> None:
 
 def test_provisioning_scripts_read_versions_instead_of_naming_them() -> None:
     v = pinned()
-    named = {v.vllm_version, v.open_webui_version, v.torch_cpu, v.llamacpp_debian, str(v.llamacpp_build)}
+    named = {v.vllm_version, v.open_webui_version, v.torch_cpu, v.llamacpp_debian, str(v.llamacpp_build), v.caddy}
     for script in sorted((ROOT / "scripts" / "provision").glob("*.sh")):
         text = script.read_text(encoding="utf-8")
         assert not [n for n in named if n in text], script.name
