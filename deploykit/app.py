@@ -828,8 +828,10 @@ def fleet_detect(settings: Settings, req: FleetRequest) -> list[HostResult]:
 
 def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> list[HostResult]:
     """Plan every host (``write``: and render its stack folder)."""
+    from deploykit import tls
     from deploykit.fleet import HostResult, PayloadCache, run_parallel
 
+    tls.precheck(settings.tls)
     model, payloads = _fleet_model(settings, req), PayloadCache()
 
     def one(host: FleetHost) -> HostResult:
@@ -886,10 +888,11 @@ def deliver_model(docker_host: EngineAddress, payload: ModelPayload, image: str)
 
 def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str], Reporter]) -> list[HostResult]:
     """Per host, at most ``parallel`` at once: images and model through its engine, render, start, check."""
-    from deploykit import engine, lifecycle
+    from deploykit import engine, lifecycle, tls
     from deploykit.errors import DeployKitError
     from deploykit.fleet import HostResult, PayloadCache, run_parallel
 
+    tls.precheck(settings.tls)
     model, payloads = _fleet_model(settings, req), PayloadCache()
     controller = _docker_host(settings)
 

@@ -675,6 +675,8 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
     services[0]["model"] = plan.model_id if model_ok else None
     services[0]["detail"] = served
     services[1]["url"] = _local_url(stack)
+    if stack.spec.tls is not None:
+        services[2]["url"] = _local_url(stack)  # the proxy answers there, for Open WebUI
     with stack.webui_client(timeout=5) as client:
         try:
             health.probe_webui_health(client)

@@ -557,6 +557,17 @@ def material(choice: TlsChoice, stack_dir: Path, names: Iterable[str]) -> Materi
     return check_pair(choice.cert, choice.key)
 
 
+def precheck(setting: str | None) -> None:
+    """What ``setting`` names, checked once before a fleet's hosts are rendered side by side: the site's pair
+    (so a bad file is one error, not one per host), or the site CA (made now, once)."""
+    choice = parse_choice(setting) if setting is not None else None
+    if choice is not None and choice.mode == "internal":
+        site_ca()
+    elif choice is not None:
+        assert choice.cert is not None and choice.key is not None
+        check_pair(choice.cert, choice.key)
+
+
 def expiry(path: Path) -> datetime:
     """When the first certificate in ``path`` (a stack's tls-cert.pem, a CA file) expires; UsageError if unreadable."""
     return _certs(read_pem(path, "certificate"), path)[0].not_valid_after_utc
@@ -601,7 +612,7 @@ def apply(
     if spec.target != "compose":
         raise UsageError(
             f"HTTPS (--tls) is made for Compose stacks; this one is rendered for {spec.target}.",
-            "Render it with --target compose, or put the orchestrator's own ingress in front of Open WebUI.",
+            "Render it with --target compose, or with --tls off and the orchestrator's own ingress in front.",
         )
     found = material(choice, stack_dir, names if names is not None else local_names(spec.webui_bind))
     images[TLS_PROXY] = spec.images.get(TLS_PROXY, image)

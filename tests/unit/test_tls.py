@@ -601,3 +601,19 @@ def test_every_tls_case_is_in_the_docs() -> None:
     for case_id, _, _, code, _ in BAD:
         assert case_id in rows, f"{case_id} is missing from docs/reliability.md"
         assert f"| {code} |" in rows[case_id], f"{case_id}: the doc gives another exit code"
+
+
+def test_a_fleet_with_a_bad_pair_is_refused_once_before_any_host(tmp_path: Path) -> None:
+    inventory = tmp_path / "lab.toml"
+    inventory.write_text('[[hosts]]\nname = "lab-01"\nengine = "unix:///nonexistent.sock"\n', encoding="utf-8")
+    pair = make_pair(tmp_path / "pki", days=(-400, -2))
+    for command in ("render", "up"):
+        result = CliRunner().invoke(
+            cli,
+            ["fleet", command, "--inventory", str(inventory), "--dir", str(tmp_path / "fleet"),
+             "--tls", f"{pair.cert},{pair.key}"],
+            env=ENV,
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "expired on" in result.output and result.output.count("Error: ") == 1
+        assert not (tmp_path / "fleet").exists()
