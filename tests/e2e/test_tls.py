@@ -16,6 +16,7 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -188,6 +189,32 @@ STORED_ANSWER = """async (id) => {
 }"""
 
 
+def _launch(playwright: Any, chromium: str, home: Path) -> Any:
+    """Chromium with ``home`` as HOME (its NSS database is the trust store), headless, a fresh profile."""
+    return playwright.chromium.launch_persistent_context(
+        str(home / "profile"), executable_path=chromium, args=CHROMIUM_ARGS, headless=True,
+        env={**os.environ, "HOME": str(home)}, viewport={"width": 1280, "height": 800},
+    )  # fmt: skip
+
+
+def _answer_shown(page: Any) -> str:
+    """The answer to the message just sent: stored by Open WebUI, complete, and on the page."""
+    page.wait_for_url("**/c/**", timeout=60_000)
+    chat_id = page.url.rsplit("/", 1)[-1]
+    for _ in range(180):  # the page's own session reads the chat back over HTTPS
+        stored = page.evaluate(STORED_ANSWER, chat_id)
+        if stored:
+            page.wait_for_function(
+                "t => [...document.querySelectorAll('#response-content-container')]"
+                ".some(e => e.innerText.trim().length >= Math.min(t, 2))",
+                arg=len(stored.strip()),
+                timeout=30_000,
+            )
+            return str(stored)
+        page.wait_for_timeout(1000)
+    raise AssertionError("no answer was stored in 180 s")
+
+
 def test_a_real_chromium_trusting_the_site_ca_signs_in_and_chats(tls_stack: Stack, tmp_path: Path) -> None:
     need(shutil.which("chromium") is not None, "Debian's chromium is not installed (scripts/provision/browser.sh)")
     need(shutil.which("certutil") is not None, "no certutil (libnss3-tools: scripts/provision/browser.sh)")
@@ -200,22 +227,14 @@ def test_a_real_chromium_trusting_the_site_ca_signs_in_and_chats(tls_stack: Stac
     # Chromium in a network namespace of its own: the shared engine's interface churn cannot abort its requests.
     with isolated_chromium(tmp_path / "netns", [UI]) as chromium, sync_playwright() as p:
         # Control: the same browser without the CA refuses the certificate.
-        bare = _nss_home(tmp_path / "bare", None)
-        untrusting = p.chromium.launch_persistent_context(
-            str(bare / "profile"), executable_path=chromium, args=CHROMIUM_ARGS, headless=True,
-            env={**os.environ, "HOME": str(bare)},
-        )  # fmt: skip
+        untrusting = _launch(p, chromium, _nss_home(tmp_path / "bare", None))
         try:
             with pytest.raises(PlaywrightError, match="ERR_CERT_AUTHORITY_INVALID"):
                 untrusting.new_page().goto(f"https://127.0.0.1:{UI}/auth")
         finally:
             untrusting.close()
 
-        home = _nss_home(tmp_path / "trusting", tls_stack.dir / "tls-ca.pem")
-        browser = p.chromium.launch_persistent_context(
-            str(home / "profile"), executable_path=chromium, args=CHROMIUM_ARGS, headless=True,
-            env={**os.environ, "HOME": str(home)}, viewport={"width": 1280, "height": 800},
-        )  # fmt: skip
+        browser = _launch(p, chromium, _nss_home(tmp_path / "trusting", tls_stack.dir / "tls-ca.pem"))
         page = browser.new_page()
         failed: list[str] = []  # requests that failed, for the message
         page.on("requestfailed", lambda r: failed.append(f"{r.failure} {r.url}"))
@@ -240,23 +259,7 @@ def test_a_real_chromium_trusting_the_site_ca_signs_in_and_chats(tls_stack: Stac
             page.click("#chat-input")
             page.keyboard.type("Say hello in five words.")
             page.keyboard.press("Enter")
-            page.wait_for_url("**/c/**", timeout=60_000)
-            chat_id = page.url.rsplit("/", 1)[-1]
-            # Answered: the page's own session reads the chat back over HTTPS, the answer stored and done.
-            for _ in range(180):
-                stored = page.evaluate(STORED_ANSWER, chat_id)
-                if stored:
-                    page.wait_for_function(
-                        "t => [...document.querySelectorAll('#response-content-container')]"
-                        ".some(e => e.innerText.trim().length >= Math.min(t, 2))",
-                        arg=len(stored.strip()),
-                        timeout=30_000,
-                    )
-                    break
-                page.wait_for_timeout(1000)
-            else:
-                raise AssertionError("no answer was stored in 180 s")
-
+            assert _answer_shown(page).strip()
             assert page.evaluate("window.isSecureContext") is True
             page.screenshot(path=str(ARTIFACTS / "open-webui-https-chat.png"))
         except Exception as exc:
