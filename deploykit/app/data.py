@@ -10,7 +10,7 @@ from deploykit.app.resolve import engine_for
 from deploykit.app.stack import choose_images, prepare_spec
 from deploykit.config.settings import Settings
 from deploykit.seams import stackdir
-from deploykit.values.services import WEBUI
+from deploykit.values.services import TLS_PROXY, WEBUI
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -64,6 +64,10 @@ def upgrade_images(settings: Settings, stack_dir: Path, overrides: dict[str, str
 
     stack = load_stack(stack_dir.expanduser().absolute())
     new = choose_images(settings, stack.spec.plan, overrides)
+    if stack.spec.tls is not None:  # the HTTPS proxy moves to today's pinned image too
+        new.setdefault(TLS_PROXY, settings.images.caddy)
+    else:
+        new.pop(TLS_PROXY, None)
     return {service: (stack.spec.images.get(service, ""), new[service]) for service in new}
 
 

@@ -24,7 +24,7 @@ from deploykit.config.settings import Settings
 from deploykit.seams import stackdir
 from deploykit.values.errors import DeployKitError, EngineError, NotFoundError, StackDirError
 from deploykit.values.host import HostProfile
-from deploykit.values.services import INFERENCE, WEBUI
+from deploykit.values.services import INFERENCE, TLS_PROXY, WEBUI
 from deploykit.values.stackfiles import PLAN_FILE
 
 if TYPE_CHECKING:
@@ -287,8 +287,11 @@ def _fleet_stack(
         payload = payloads.get(path)
     volume = payload.volume if payload else None
     overrides = req.image_overrides or {}
-    prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, volume, existing=existing)
-    return FleetStack(docker_host, address_of(host, docker_host), prepared, payload, override)
+    address = address_of(host, docker_host)
+    # HTTPS: the host's certificate (from the one site CA) is for the name this controller and the room use.
+    names = None if docker_host.local and host.address is None else (address,)
+    prepared = prepare_for_host(hs, profile, model, overrides, stack_dir, volume, existing=existing, tls_names=names)
+    return FleetStack(docker_host, address, prepared, payload, override)
 
 
 @contextmanager
@@ -385,6 +388,8 @@ def _up(
         reporter.note(f"images: open-webui {delivery['open-webui image']}; {images['inference']} …")
         delivery["inference image"] = engine.copy_image(controller, docker_host, images[INFERENCE])
         reporter.note(f"images: inference {delivery['inference image']}")
+        if TLS_PROXY in images:  # HTTPS: the proxy's image too (its files travel at `up`, by volume)
+            delivery["tls-proxy image"] = engine.copy_image(controller, docker_host, images[TLS_PROXY])
         if fs.payload is not None:
             reporter.note(f"model: {fs.payload.path.name} into volume {fs.payload.volume} …")
             delivery["model"] = deliver_model(docker_host, fs.payload, images[INFERENCE])
@@ -444,7 +449,9 @@ def fleet_detect(settings: Settings, req: FleetRequest) -> list[HostResult]:
 def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> list[HostResult]:
     """Plan every host (``write``: and render its stack folder)."""
     from deploykit.running.delivery import PayloadCache
+    from deploykit.seams import certificates
 
+    certificates.precheck(settings.tls)  # --tls once, before any host: one error, and one site CA
     model = resolve_model(settings, req.model_id, req.model_path)
     return _on_each_host(req, partial(_plan, settings, req, model, PayloadCache(), write))
 
@@ -452,7 +459,9 @@ def fleet_plan(settings: Settings, req: FleetRequest, write: bool = False) -> li
 def fleet_up(settings: Settings, req: FleetRequest, reporter_for: Callable[[str], Reporter]) -> list[HostResult]:
     """Per host, at most ``parallel`` at once: images and model through its engine, render, start, check."""
     from deploykit.running.delivery import PayloadCache
+    from deploykit.seams import certificates
 
+    certificates.precheck(settings.tls)  # --tls once, before any host: one error, and one site CA
     model = resolve_model(settings, req.model_id, req.model_path)
     return _on_each_host(req, partial(_up, settings, req, model, PayloadCache(), reporter_for))
 

@@ -60,14 +60,14 @@ def replan_files(stack: LoadedStack, **knobs: int | None) -> tuple[DeploymentPla
 def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
     """Where `bench` sends its load: the inference server's API, or Open WebUI's as the stack's admin."""
     from deploykit.running.bench import Target
-    from deploykit.seams import health, webui
+    from deploykit.seams import certificates, health, webui
 
     plan = stack.spec.plan
     key = stack.api_key
     if via == INFERENCE:
         base, path, token = stack.inference_url, "/v1/chat/completions", key
     else:
-        with health.http_client(stack.webui_url) as anon:
+        with stack.webui_client() as anon:
             try:
                 token, _ = webui.admin_token(anon, *stack.admin)
             except (health.NotReady, health.StageFailed) as exc:
@@ -77,7 +77,10 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
                     f"cannot sign in to Open WebUI as the admin: {exc}.", "Check `deploykit status`."
                 ) from None
         base, path = stack.webui_url, "/api/chat/completions"
-    return Target(base, path, token, plan.model_id, via, stack.spec.backend.metrics, stack.inference_url, key)
+    tls = stack.spec.tls if via != INFERENCE else None  # Open WebUI behind the proxy: its certificate's check
+    verify = certificates.client_context(tls, stack.dir) if tls is not None else True
+    metrics = stack.spec.backend.metrics
+    return Target(base, path, token, plan.model_id, via, metrics, stack.inference_url, key, verify)
 
 
 class BenchStack(StackIdentity):

@@ -14,12 +14,13 @@ from pydantic import ValidationError
 
 from deploykit import backends
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile, load_profiles_file
-from deploykit.config.settings import Settings, config_dir
+from deploykit.config.settings import Settings
 from deploykit.planning.planner import plan_deployment, suggest_alternative
 from deploykit.seams.modelfile import read_model_path
 from deploykit.values.errors import ConfigError, NotFoundError, PlanError, UsageError
 from deploykit.values.host import HostProfile
 from deploykit.values.model import MODEL_ID, ModelSpec
+from deploykit.values.paths import config_dir
 from deploykit.values.plan import DeploymentPlan, LocalWeights, NoFit, PlanSettings, RunHost
 from deploykit.values.units import gib
 

@@ -6,6 +6,7 @@ data for the CLI to print; they never print."""
 from __future__ import annotations
 
 import secrets as secrets_mod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Required, TypedDict, cast
@@ -27,7 +28,7 @@ from deploykit.seams import stackdir
 from deploykit.values.errors import PlanError, StackDirError, UsageError
 from deploykit.values.host import HostProfile
 from deploykit.values.plan import DeploymentPlan, PlanInputs, RunHost
-from deploykit.values.services import INFERENCE, WEBUI
+from deploykit.values.services import INFERENCE, TLS_PROXY, WEBUI
 from deploykit.values.stackfiles import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -38,6 +39,7 @@ from deploykit.values.stackfiles import (
     TARGET_FILES,
     WEBUI_SECRET_KEY,
 )
+from deploykit.values.tls import Material, TlsSpec, parse_choice, recorded
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -172,10 +174,12 @@ def prepare_for_host(
     force: bool = False,
     existing: stackdir.ExistingStack | None = None,
     runs_on: RunHost | None = None,
+    tls_names: tuple[str, ...] | None = None,
 ) -> PreparedStack:
     """Plan and render for a host already described; ``model_volume`` mounts the weights from that volume.
 
-    ``runs_on`` (given by `up`) fits the serving flags to the machine that runs the stack.
+    ``runs_on`` (given by `up`) fits the serving flags to the machine that runs the stack; ``tls_names``: what
+    its HTTPS certificate is for (None: this machine's names).
     """
     if existing is None:
         existing = stackdir.open_for_render(stack_dir)
@@ -201,7 +205,7 @@ def prepare_for_host(
         if existing.env.text is not None and key not in kept
     ]
     inputs = plan_inputs(settings, host, model, runs_on)
-    return prepare_spec(settings, existing, spec, stack_secrets, inputs, force, notes)
+    return prepare_spec(settings, existing, spec, stack_secrets, inputs, force, notes, tls_names)
 
 
 def prepare_spec(
@@ -212,21 +216,61 @@ def prepare_spec(
     inputs: PlanInputs,
     force: bool,
     notes: list[str],
+    tls_names: tuple[str, ...] | None = None,
 ) -> PreparedStack:
-    """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override."""
+    """Render a stack with the site's customisation: [webui_env], its templates, and a note of its override;
+    with HTTPS as the settings choose (``tls_names``: what the certificate is for; None: this machine)."""
     from deploykit.running.customise import customisation
     from deploykit.values import webui_env
 
     stack_dir = existing.dir
     env_notes = webui_env.check(settings.webui_env)
     spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
+    spec, certificate = with_tls(
+        spec, settings.tls, stack_dir, tls_names, settings.images.caddy, recorded(existing.plan)
+    )
     customised, template_notes = customisation(settings.templates_dir, stack_dir, existing.plan)
     files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
+    if certificate is not None:
+        files |= certificate.files
+        notes = [*notes, *certificate.notes]
     files[ENV_FILE] = stackdir.merged_env(existing.env, stack_secrets, files[ENV_FILE])
     main = TARGET_FILES[spec.target]
     backup = main if stackdir.backup_needed(existing, main, files[main], force) else None
     all_notes = [*notes, *env_notes, *template_notes]
     return PreparedStack(stack_dir, spec, files, stack_secrets, inputs, backup, all_notes)
+
+
+def with_tls(
+    spec: StackSpec,
+    setting: str | None,
+    stack_dir: Path,
+    names: Iterable[str] | None,
+    image: str,
+    before: TlsSpec | None = None,
+) -> tuple[StackSpec, Material | None]:
+    """``spec`` with HTTPS as ``setting`` chooses, and its certificate. ``setting`` None keeps what the stack had
+    (``spec.tls``, else ``before``: what its plan.json records).
+
+    ``names``: what the certificate is for (None: this machine's names for the stack's bind address);
+    ``image``: the proxy's image unless ``spec.images`` names one (``--image tls-proxy=…``).
+    """
+    from deploykit.seams import certificates
+
+    kept = spec.tls or before
+    choice = parse_choice(setting) if setting is not None else (kept.choice() if kept else None)
+    images = {k: v for k, v in spec.images.items() if k != TLS_PROXY}
+    if choice is None:
+        return spec.model_copy(update={"tls": None, "images": images}), None
+    if spec.target != "compose":
+        raise UsageError(
+            f"HTTPS (--tls) is made for Compose stacks; this one is rendered for {spec.target}.",
+            "Render it with --target compose, or with --tls off and the orchestrator's own ingress in front.",
+        )
+    wanted = names if names is not None else certificates.local_names(spec.webui_bind)
+    found = certificates.material(choice, stack_dir, wanted)
+    images[TLS_PROXY] = spec.images.get(TLS_PROXY, image)
+    return spec.model_copy(update={"tls": found.spec, "images": images}), found
 
 
 def reprepare_stack(settings: Settings, stack_dir: Path, force: bool = False) -> PreparedStack:

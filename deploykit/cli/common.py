@@ -221,7 +221,14 @@ image_option = click.option(
     "images",
     multiple=True,
     metavar="SERVICE=REF",
-    help="Use another image for a service (inference, open-webui); repeatable.",
+    help="Use another image for a service (inference, open-webui, tls-proxy); repeatable.",
+)
+
+tls_option = click.option(
+    "--tls",
+    metavar="internal|CERT,KEY|off",
+    help="HTTPS in front of Open WebUI: 'internal' (a certificate from the site CA deploykit keeps), "
+    "'CERT,KEY' (your PEM chain and key) or 'off' [default: as the stack was rendered; new stacks: off].",
 )
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from deploykit.cli.common import loaded_stack, path_or_none, settings_from, show, stack_dir_option
-from deploykit.values.services import SERVICES
+from deploykit.values.services import SERVICES, TLS_PROXY
 
 if TYPE_CHECKING:
     pass
@@ -30,7 +30,7 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 
 
 @click.command(short_help="Show the stack's logs.")
-@click.argument("service", required=False, type=click.Choice(list(SERVICES)))
+@click.argument("service", required=False, type=click.Choice([*SERVICES, TLS_PROXY]))
 @stack_dir_option()
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
 @click.option("--tail", default=100, type=click.IntRange(min=0), show_default=True, help="Lines of history to show.")
@@ -43,7 +43,7 @@ def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, 
 
 
 @click.command(short_help="Restart one service or both.")
-@click.argument("service", required=False, type=click.Choice(list(SERVICES)))
+@click.argument("service", required=False, type=click.Choice([*SERVICES, TLS_PROXY]))
 @stack_dir_option()
 @click.pass_context
 def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:

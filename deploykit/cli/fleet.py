@@ -17,6 +17,7 @@ from deploykit.cli.common import (
     path_or_none,
     print_json,
     settings_from,
+    tls_option,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def fleet_options(fn: F) -> F:
 
 
 def fleet_plan_options(fn: F) -> F:
+    fn = tls_option(fn)
     fn = image_option(fn)
     fn = model_options(fn)
     fn = context_option(fn)
@@ -80,7 +82,7 @@ def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings
     from deploykit.config.settings import parse_image_overrides
 
     overrides = parse_image_overrides(params.get("images", ()))
-    settings = settings_from(ctx, max_context=params.get("max_context"))
+    settings = settings_from(ctx, max_context=params.get("max_context"), tls=params.get("tls"))
     return settings, FleetRequest(
         inventory=Path(params["inventory"]),
         hosts=params.get("hosts"),

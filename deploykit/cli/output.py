@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import click
@@ -177,6 +177,8 @@ def show_up(report: UpReport) -> None:
         console.print("  Open WebUI answers on:")
         for row in report.reachable:
             console.print(f"    {row['url']:28} {row['who']}")
+    if report.tls:
+        show_tls(report.tls)
     if report.admin_created:
         console.print("  An admin account was created for you.")
     console.print(f"  Admin sign-in: {report.credentials}")
@@ -186,6 +188,24 @@ def show_up(report: UpReport) -> None:
             f"[yellow]Warning:[/yellow] {drift} (Open WebUI's saved settings override the stack's;"
             " fix it under Admin Panel → Settings → Connections)."
         )
+
+
+def show_tls(tls: Mapping[str, object], how: bool = True) -> None:
+    """The stack's certificate, and (``how``) how to trust the site CA that issued it (internal certificates)."""
+    names = tls.get("names")
+    named = ", ".join(map(str, names)) if isinstance(names, list) else ""
+    kind = "the site's own" if tls.get("mode") == "files" else "a site CA"
+    console.print(
+        f"  HTTPS: {kind} certificate for {escape(named) or 'no names'} (expires {str(tls['not_after'])[:10]}, "
+        f"in {tls['days_left']} days); plain HTTP is redirected to it."
+    )
+    trust = tls.get("trust")
+    if tls.get("ca_file") and isinstance(trust, dict):
+        console.print(
+            f"  Trust the site CA once on each machine that opens it (copy it there): {escape(str(tls['ca_file']))}"
+        )
+        for where, command in trust.items() if how else ():
+            console.print(f"    {where + ':':26} {escape(command)}", soft_wrap=True)
 
 
 def show_status(state: StackStatus) -> None:
@@ -206,6 +226,8 @@ def show_status(state: StackStatus) -> None:
     console.print(table)
     if override := state.get("override"):
         console.print(f"  {override['file']} is in effect on top of compose.yaml.")
+    if tls := state.get("tls"):
+        show_tls(tls, how=False)
 
 
 def show_checks(checks: Iterable[Check]) -> None:
@@ -392,7 +414,7 @@ def show_tune(report: TuneReport) -> None:
 
 
 def show_restarted(service: str | None) -> None:
-    click.echo(f"Restarted {service or 'inference and open-webui'}.")
+    click.echo(f"Restarted {service or 'the whole stack'}.")
 
 
 def show_stopped(project: str, volumes: bool) -> None:

@@ -16,6 +16,7 @@ from deploykit.cli.common import (
     show,
     stack_dir_option,
     timeout_option,
+    tls_option,
 )
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def plan(
 @plan_options()
 @stack_dir_option()
 @image_option
+@tls_option
 @click.option(
     "--target",
     type=click.Choice(["compose", "swarm", "kubernetes"]),
@@ -115,6 +117,7 @@ def render(
     target: str,
     force: bool,
     as_json: bool,
+    tls: str | None,
 ) -> None:
     """Write the stack: compose.yaml (or swarm.yaml, or kubernetes.yaml), .env (secrets, 0600) and plan.json."""
     from deploykit.app import stack as api
@@ -148,7 +151,11 @@ def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
     # The stack's own deploykit.toml (written by `deploykit tune`) is one of the layers.
     stack_dir = Path(p["stack_dir"])
     settings = settings_from(
-        ctx, stack_dir=stack_dir.expanduser().absolute(), max_context=p["max_context"], backend=p["backend"]
+        ctx,
+        stack_dir=stack_dir.expanduser().absolute(),
+        max_context=p["max_context"],
+        backend=p["backend"],
+        tls=p["tls"],
     )
     return settings, StackRequest(
         stack_dir=stack_dir,
@@ -165,6 +172,7 @@ def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
 @click.command(short_help="Start the stack and check it up to a chat.")
 @plan_options(profile_default=None)
 @image_option
+@tls_option
 @stack_dir_option()
 @force_option
 @timeout_option
@@ -190,6 +198,7 @@ def up(
     timeout: float | None,
     target: str | None,
     as_json: bool,
+    tls: str | None,
 ) -> None:
     """Render (or reuse) the stack, start it, and check it stage by stage up to a chat through Open WebUI."""
     from dataclasses import asdict

@@ -26,9 +26,10 @@ from pydantic_settings import (
 
 from deploykit.backends import BACKENDS, named
 from deploykit.values.errors import ConfigError, UsageError
-from deploykit.values.paths import model_cache
+from deploykit.values.paths import config_dir, model_cache
 from deploykit.values.plan import FINITE, WHOLE, PlanKnobs, PlanSettings
-from deploykit.values.services import SERVICES
+from deploykit.values.services import SERVICES, TLS_PROXY
+from deploykit.values.tls import parse_choice
 from deploykit.values.versions import pinned
 from deploykit.values.webui_env import WebuiEnv
 
@@ -38,10 +39,6 @@ STACK_SETTINGS_FILE = "deploykit.toml"
 # class, not the instance, for its sources.
 _stack_file: ContextVar[Path | None] = ContextVar("deploykit_stack_file", default=None)
 IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*$"
-
-
-def config_dir() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "deploykit"
 
 
 def config_file() -> Path:
@@ -80,6 +77,7 @@ class ImagesBase(BaseModel):
     # Defaults come from deploykit/catalog/versions.toml, the one place that names each version; every value
     # is checked by check_image_ref below: the same rule, and the same words, as --image.
     open_webui: str = pinned().open_webui
+    caddy: str = pinned().get("caddy", "image")  # the HTTPS proxy of stacks rendered with --tls
 
     @field_validator("*")
     @classmethod
@@ -125,6 +123,16 @@ class Settings(BaseSettings, PlanKnobs):
     webui_env: WebuiEnv = Field(default_factory=dict)
     # A site's own templates: files here shadow the built-in ones of the same relative name.
     templates_dir: Path | None = None
+    # HTTPS in front of Open WebUI: "internal" (the site CA), "CERT,KEY" (PEM files) or "off"; unset, a stack
+    # keeps what it was rendered with (new stacks: off). Its words checked here, its files at render.
+    tls: str | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_choice(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_choice(value)
+        return value
 
     @field_validator("backend")
     @classmethod
@@ -294,7 +302,7 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
 
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     """``--image SERVICE=REF`` pairs, checked: a known service and a pinned reference."""
-    services = SERVICES
+    services = (*SERVICES, TLS_PROXY)
     out: dict[str, str] = {}
     for pair in pairs:
         service, sep, ref = pair.partition("=")

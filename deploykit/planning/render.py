@@ -28,8 +28,9 @@ from deploykit.backends import Backend, named
 from deploykit.values.errors import UsageError
 from deploykit.values.model import ModelSpec
 from deploykit.values.plan import DeploymentPlan, PlanInputs
-from deploykit.values.services import INFERENCE
+from deploykit.values.services import INFERENCE, WEBUI
 from deploykit.values.stackfiles import (
+    CADDYFILE,
     ENV_FILE,
     PLAN_FILE,
     RUNTIME_SECRETS,
@@ -38,10 +39,13 @@ from deploykit.values.stackfiles import (
     env_quote,
     sha256,
 )
+from deploykit.values.tls import TlsSpec
 from deploykit.values.units import GiB
 
 Target = Literal["compose", "swarm", "kubernetes"]
 WEBUI_CONTAINER_PORT = 8080  # Open WebUI's own port inside its container
+TLS_CONTAINER_PORT = 8443  # Caddy's HTTPS port inside the tls-proxy container (not root: no port below 1024)
+TLS_DIR = "/etc/deploykit-tls"  # where the tls-proxy volume (Caddyfile, cert.pem, key.pem) is mounted
 
 
 class StackSpec(BaseModel):
@@ -61,6 +65,18 @@ class StackSpec(BaseModel):
     # A named volume holding the weights (fleet hosts: a remote engine cannot see the controller's disk);
     # None mounts model_host_path from the engine's own disk.
     model_volume: str | None = None
+    # HTTPS in front of Open WebUI (--tls; deploykit.values.tls); None: Open WebUI is published itself, over plain HTTP.
+    tls: TlsSpec | None = None
+
+    @property
+    def webui_environment(self) -> dict[str, str]:
+        """Open WebUI's extra environment: HTTPS's (secure cookies), then [webui_env], which wins."""
+        return {**(self.tls.webui_env() if self.tls else {}), **self.webui_env}
+
+    @property
+    def webui_settings(self) -> dict[str, str]:
+        """What `up` writes through Open WebUI's admin API (its stored settings among these): HTTPS's URL too."""
+        return {**(self.tls.webui_stored(self.webui_port) if self.tls else {}), **self.webui_environment}
 
     @property
     def backend(self) -> Backend:
@@ -189,7 +205,39 @@ def _environment(templates_dir: str | None = None) -> jinja2.Environment:
     env.filters["q"] = yaml_quote
     env.filters["kq"] = lambda value: yaml_quote(value, escape_dollar=False)
     env.filters["env_q"] = env_quote
+    env.filters["cq"] = caddy_quote
     return env
+
+
+def caddy_quote(value: object) -> str:
+    """One double-quoted Caddyfile token holding exactly ``value``.
+
+    Caddy's lexer escapes only quotes inside quotes, and replaces ``{$VAR}`` before it lexes: so a backslash,
+    a brace or a control character is refused rather than escaped.
+    """
+    text = str(value)
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or ch in "\\{}" for ch in text):
+        raise UsageError(f"{text[:60]!r} cannot be written into the Caddyfile (a brace, backslash or line break).")
+    return '"' + text.replace('"', '\\"') + '"'
+
+
+def _tls_values(spec: StackSpec) -> dict[str, Any]:
+    return {
+        "tls_dir": TLS_DIR,
+        "tls_container_port": TLS_CONTAINER_PORT,
+        "webui_upstream": f"{WEBUI}:{WEBUI_CONTAINER_PORT}",
+    }
+
+
+def render_caddyfile(spec: StackSpec, env: jinja2.Environment) -> str:
+    """The tls-proxy's Caddyfile (stacks with HTTPS only). Pure."""
+    return env.get_template("caddy/Caddyfile.j2").render(version=__version__, tls=spec.tls, **_tls_values(spec))
+
+
+def _tls_context(spec: StackSpec, env: jinja2.Environment) -> dict[str, Any]:
+    assert spec.tls is not None
+    served = sha256_text(render_caddyfile(spec, env) + spec.tls.cert_sha256)
+    return {**_tls_values(spec), "tls_config_sha256": f"sha256:{served}"}
 
 
 def _shm_bytes(spec: StackSpec) -> int:
@@ -253,9 +301,12 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
         "model_container_path": container_path,
         "shm_size": f"{_shm_bytes(spec) // GiB}gb",
         "shm_bytes": _shm_bytes(spec),
-        "webui_env": spec.webui_env,
+        "webui_env": spec.webui_environment,
+        "tls": spec.tls,
         **spec.backend.template_vars(plan),
     }
+    if spec.tls is not None:
+        context |= _tls_context(spec, env)
     if spec.target == "kubernetes":
         context |= _kubernetes_context(spec, inputs.model)
         context["secrets"] = {k: secrets[k] for k in RUNTIME_SECRETS}
@@ -292,10 +343,12 @@ def render_files(
             "Fix the template (`deploykit templates export DIR` writes the built-ins to compare with).",
         ) from None
     dotenv = env.get_template("env.j2").render(secrets={k: secrets[k] for k in SECRET_KEYS})
+    extra = {CADDYFILE: render_caddyfile(spec, env)} if spec.tls is not None else {}
     plan_json = json.dumps(
         {
             "deploykit_version": __version__,
-            "stack": spec.model_dump(mode="json"),
+            # A stack without HTTPS records no "tls" key: its plan.json reads as before.
+            "stack": spec.model_dump(mode="json", exclude={"tls"} if spec.tls is None else None),
             "inputs": inputs.recorded(),
             **({"customised": dict(customised)} if customised else {}),
             # What deploykit wrote, so a hand edit of the stack file is noticed before it is overwritten.
@@ -304,4 +357,4 @@ def render_files(
         indent=2,
         ensure_ascii=False,
     )
-    return {TARGET_FILES[spec.target]: main, ENV_FILE: dotenv, PLAN_FILE: plan_json + "\n"}
+    return {TARGET_FILES[spec.target]: main, ENV_FILE: dotenv, **extra, PLAN_FILE: plan_json + "\n"}

@@ -16,6 +16,7 @@ import itertools
 import json
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class Target:
     counters: ServerMetrics  # which counters the server's /metrics has (its backend names them)
     metrics_url: str  # the inference server, whichever way the load goes
     metrics_token: str
+    verify: ssl.SSLContext | bool = True  # Open WebUI behind a stack's HTTPS proxy: its certificate's check
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,7 @@ async def _stream_one(client: httpx.AsyncClient, target: Target, prompt: str, ma
 def _client(target: Target, connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=target.base_url,
+        verify=target.verify,
         headers={"Authorization": f"Bearer {target.token}"} if target.token else {},
         timeout=httpx.Timeout(600.0, connect=10.0),
         limits=httpx.Limits(max_connections=connections + 2, max_keepalive_connections=connections + 2),

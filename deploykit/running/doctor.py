@@ -181,6 +181,42 @@ def check_stack(i: Inputs) -> list[Check]:
     ]
 
 
+def check_tls(i: Inputs) -> list[Check]:
+    """A stack's HTTPS certificate (and the site CA that issued it): warn under 30 days, fail when expired."""
+    from datetime import UTC, datetime
+
+    from deploykit.seams import certificates
+    from deploykit.values.errors import UsageError
+    from deploykit.values.stackfiles import TLS_CA_FILE, TLS_CERT_FILE
+
+    spec = i.stack.spec.tls if i.stack is not None else None
+    if i.stack is None or spec is None:
+        return []
+    internal = spec.mode == "internal"
+    files = [("certificate", TLS_CERT_FILE), *([("site CA", TLS_CA_FILE)] if internal else [])]
+    renew = (
+        f"`deploykit up --dir {i.stack.dir}` issues a new certificate from the site CA."
+        if internal
+        else "Renew the site's certificate; `deploykit up` reads the files again."
+    )
+    checks = []
+    now = datetime.now(UTC)
+    for what, name in files:
+        try:
+            not_after = certificates.expiry(i.stack.dir / name)
+        except UsageError as exc:
+            checks.append(Check("tls", "fail", f"the stack's {what} cannot be read: {exc.message}", renew))
+            continue
+        days = (not_after - now).days
+        if not_after <= now:
+            checks.append(Check("tls", "fail", f"{what} {name} expired on {not_after:%Y-%m-%d}", renew))
+        elif days < certificates.RENEW_DAYS:
+            checks.append(Check("tls", "warn", f"{what} {name} expires {not_after:%Y-%m-%d}, in {days} days", renew))
+        else:
+            checks.append(Check("tls", "pass", f"{what} {name} expires {not_after:%Y-%m-%d} ({days} days left)"))
+    return checks
+
+
 # In the order they are printed.
 CHECKS: tuple[Callable[[Inputs], list[Check]], ...] = (
     check_engine,
@@ -191,6 +227,7 @@ CHECKS: tuple[Callable[[Inputs], list[Check]], ...] = (
     check_disk,
     check_memory,
     check_stack,
+    check_tls,
 )
 
 

@@ -12,15 +12,16 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, Required, TypedDict
+from typing import TYPE_CHECKING, Literal, NotRequired, Protocol, Required, TypedDict
 
 from deploykit.planning.render import StackIdentity
+from deploykit.running import tls_proxy
 from deploykit.running.stack import LoadedStack, identity
-from deploykit.running.stages import WEBUI_START_SECONDS, Reporter, UpReport, check_stack
+from deploykit.running.stages import WEBUI_START_SECONDS, Reporter, UpReport, check_stack, local_webui_url
 from deploykit.seams import compose, engine, health, webui
 from deploykit.seams.override import OVERRIDE_FILE, describe, override_path
 from deploykit.values.errors import HealthError, PreflightError, UsageError
-from deploykit.values.services import SERVICES, webui_url
+from deploykit.values.services import SERVICES, TLS_PROXY, webui_url
 from deploykit.values.stackfiles import STACK_ID
 from deploykit.values.units import GiB, gib
 
@@ -47,6 +48,7 @@ class StackStatus(StackIdentity):
     healthy: bool
     override: dict[str, str] | None  # the site's compose.override.yaml in effect, if any
     services: list[ServiceStatus]
+    tls: NotRequired[dict[str, object]]  # stacks with HTTPS: address, certificate, expiry, the CA to trust
 
 
 class SmokeCheck(TypedDict):
@@ -227,8 +229,12 @@ def up(
     engine_stack.check_override(dict(files))
     if override_path(stack.dir) is not None:
         reporter.note(f"Using {OVERRIDE_FILE} on top of compose.yaml.")
+    if stack.spec.tls is not None:
+        tls_proxy.validate(stack, docker_host, files)  # Caddy reads the files before they replace any
     write_files()
     ensure_model(stack, reporter)
+    if stack.spec.tls is not None:
+        tls_proxy.deliver(stack, docker_host, engine_stack, files)
     reporter.note(f"Starting project {stack.spec.project} …")
     # Both services at once: Open WebUI's own start (migrations, imports) overlaps the model load instead of
     # waiting for it; it asks the server for models only when asked, so it needs no ready server to start.
@@ -236,32 +242,41 @@ def up(
     budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
     report = check_stack(stack, docker_host, budget, reporter, started)
     report.notes = [*notes, *report.notes]
-    report.reachable = reachable_urls(stack.spec.webui_bind, stack.spec.webui_port, docker_host)
+    https = stack.spec.tls is not None
+    report.reachable = reachable_urls(stack.spec.webui_bind, stack.spec.webui_port, docker_host, https=https)
+    if stack.spec.tls is not None:
+        report.tls = tls_proxy.describe(stack)
     return report
 
 
 def reachable_urls(
-    bind: str, port: int, docker_host: engine.EngineAddress, addresses: tuple[Address, ...] | None = None
+    bind: str,
+    port: int,
+    docker_host: engine.EngineAddress,
+    addresses: tuple[Address, ...] | None = None,
+    https: bool = False,
 ) -> list[dict[str, str]]:
-    """The URLs a port published on ``bind`` answers on, each with who can reach it."""
+    """The URLs a port published on ``bind`` answers on, each with who can reach it (``https``: behind the
+    stack's HTTPS proxy)."""
     if not docker_host.local:
         where = docker_host.hostname or docker_host.display
         who = "whoever can reach the engine's host" if bind in ("0.0.0.0", "::", "") else f"{bind} on the engine's host"
-        return [{"url": webui_url(where, port), "who": who}]
+        return [{"url": webui_url(where, port, https), "who": who}]
     if bind.startswith("127.") or bind in ("::1", "localhost"):
-        return [{"url": webui_url("localhost", port), "who": "this machine only"}]
+        return [{"url": webui_url("localhost", port, https), "who": "this machine only"}]
     if bind not in ("0.0.0.0", "::", ""):
-        return [{"url": webui_url(bind, port), "who": f"anyone who can reach {bind}"}]
+        return [{"url": webui_url(bind, port, https), "who": f"anyone who can reach {bind}"}]
     if addresses is None:
         from deploykit.seams.detect import host_addresses
 
         addresses = host_addresses()
-    rows = [{"url": webui_url("localhost", port), "who": "this machine"}]
+    rows = [{"url": webui_url("localhost", port, https), "who": "this machine"}]
     for address in addresses:
         # Docker's own bridges (one per compose network) only lead to containers on this host.
         bridge = address.interface == "docker0" or address.interface.startswith(("br-", "veth"))
         if not address.ip.startswith("127.") and not bridge:
-            rows.append({"url": webui_url(address.ip, port), "who": f"anyone who can reach {address.interface}"})
+            url = webui_url(address.ip, port, https)
+            rows.append({"url": url, "who": f"anyone who can reach {address.interface}"})
     return rows
 
 
@@ -272,7 +287,7 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
     now = datetime.now(UTC)
     services: list[ServiceStatus] = []
     by_service = {c.service: c for c in containers}
-    for name in SERVICES:
+    for name in _services(stack):
         ctr = by_service.get(name)
         entry: ServiceStatus = {"service": name, "state": "missing", "health": None, "uptime_s": None}
         if ctr is not None:
@@ -304,8 +319,10 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
     services[0]["url"] = stack.inference_url + "/v1"
     services[0]["model"] = plan.model_id if model_ok else None
     services[0]["detail"] = served
-    services[1]["url"] = webui_url("localhost", stack.spec.webui_port)
-    with health.http_client(stack.webui_url, timeout=5) as client:
+    services[1]["url"] = local_webui_url(stack)
+    if stack.spec.tls is not None:
+        services[2]["url"] = local_webui_url(stack)  # the proxy answers there, for Open WebUI
+    with stack.webui_client(timeout=5) as client:
         try:
             health.probe_webui_health(client)
             webui_ok = True
@@ -318,8 +335,17 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
         and webui_ok
         and all(s["state"] == "running" and s["health"] in ("healthy", "starting", None) for s in services)
     )
-    # The site's compose.override.yaml, when one is in effect.
-    return {**identity(stack), "healthy": healthy, "override": describe(stack.dir), "services": services}
+    # The site's compose.override.yaml, when one is in effect. mypy asks for every NotRequired key in a **
+    # construction; "tls" is set just below, when there is one.
+    state = StackStatus(**identity(stack), healthy=healthy, override=describe(stack.dir), services=services)  # type: ignore[typeddict-item]
+    if stack.spec.tls is not None:
+        state["tls"] = tls_proxy.describe(stack)
+    return state
+
+
+def _services(stack: LoadedStack) -> tuple[str, ...]:
+    """The stack's services: the two, and the HTTPS proxy in stacks that have one."""
+    return (*SERVICES, *([TLS_PROXY] if stack.spec.tls is not None else []))
 
 
 def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dict[str, object]:
@@ -328,9 +354,9 @@ def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dic
         if direct:
             with health.http_client(stack.inference_url, stack.api_key) as client:
                 return health.chat_once(client, "/v1/chat/completions", plan.model_id, message, max_tokens)
-        with health.http_client(stack.webui_url) as anon:
+        with stack.webui_client() as anon:
             token, _ = webui.admin_token(anon, *stack.admin)
-        with health.http_client(stack.webui_url, token) as client:
+        with stack.webui_client(token) as client:
             # A model Open WebUI cannot list gets a bare "400 Model not found"; say what is wrong instead.
             health.probe_webui_model(client, plan.model_id)
             return health.chat_once(client, "/api/chat/completions", plan.model_id, message, max_tokens)
@@ -382,7 +408,8 @@ def down(stack: LoadedStack, docker_host: engine.EngineAddress, volumes: bool) -
 
 
 def restart(stack: LoadedStack, docker_host: engine.EngineAddress, service: str | None) -> None:
-    if service not in (None, *SERVICES):
-        raise UsageError(f"service '{service}' is not part of the stack.", "Services are: inference, open-webui.")
+    known = _services(stack)
+    if service not in (None, *known):
+        raise UsageError(f"service '{service}' is not part of the stack.", f"Services are: {', '.join(known)}.")
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)

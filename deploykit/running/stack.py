@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from deploykit import backends
 from deploykit.planning.render import StackIdentity, StackSpec
-from deploykit.seams import compose, engine
+from deploykit.seams import certificates, compose, engine
 from deploykit.seams.stackdir import read_plan, read_secrets, recover
 from deploykit.values.errors import NotFoundError, StackDirError, UsageError
 from deploykit.values.model import ModelSpec
@@ -20,7 +20,7 @@ from deploykit.values.services import webui_url
 from deploykit.values.stackfiles import ADMIN_EMAIL, ADMIN_PASSWORD, INFERENCE_API_KEY, PLAN_FILE, TARGET_FILES
 
 if TYPE_CHECKING:
-    pass
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,17 @@ class LoadedStack:
 
     @property
     def webui_url(self) -> str:
-        return webui_url(self.address, self.spec.webui_port)
+        """Where Open WebUI answers: through the HTTPS proxy when the stack has one."""
+        return webui_url(self.address, self.spec.webui_port, https=self.spec.tls is not None)
+
+    def webui_client(self, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
+        """An HTTP client for Open WebUI that checks the HTTPS proxy's certificate when the stack has one."""
+        from deploykit.seams import health  # httpx: only where a stack is talked to
+
+        if self.spec.tls is None:
+            return health.http_client(self.webui_url, token, timeout)
+        verify = certificates.client_context(self.spec.tls, self.dir)
+        return health.http_client(self.webui_url, token, timeout, verify=verify)
 
     @property
     def webui_internal_api(self) -> str:

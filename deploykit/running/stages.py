@@ -15,7 +15,7 @@ import httpx
 from deploykit.running.stack import LoadedStack
 from deploykit.seams import engine, health, webui
 from deploykit.values.errors import HealthError
-from deploykit.values.services import INFERENCE, WEBUI, webui_url
+from deploykit.values.services import INFERENCE, TLS_PROXY, WEBUI, webui_url
 from deploykit.values.stackfiles import ADMIN_EMAIL, ADMIN_PASSWORD, ENV_FILE
 from deploykit.values.webui_env import stored_settings
 
@@ -67,6 +67,7 @@ class UpReport:
     credentials: str = ""
     # Every address Open WebUI answers on, and who can use it: {"url": …, "who": …}.
     reachable: list[dict[str, str]] = field(default_factory=list)
+    tls: dict[str, object] | None = None  # stacks with HTTPS: the certificate, and how to trust the site CA
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
         report.admin_created = created
         report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
         # Settings Open WebUI keeps in its database: written on every up, or a changed value never lands.
-        report.notes += webui.apply_stored(ui, stored_settings(stack.spec.webui_env))
+        report.notes += webui.apply_stored(ui, stored_settings(stack.spec.webui_settings))
         return "admin account created" if created else "signed in as admin"
 
     return [
@@ -111,6 +112,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
             60,
             "The server runs but does not serve the expected model id: check --alias/--served-model-name.",
         ),
+        *_tls_stages(stack),
         Stage(
             "open-webui /health",
             WEBUI,
@@ -140,6 +142,23 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
             180,
             "The model did not answer through Open WebUI; `deploykit logs inference` shows the server side.",
         ),
+    ]
+
+
+def _tls_stages(stack: LoadedStack) -> list[Stage]:
+    """The HTTPS proxy's stage, before Open WebUI's (which is checked through it), in stacks that have one."""
+    from deploykit.running import tls_proxy
+
+    if stack.spec.tls is None:
+        return []
+    return [
+        Stage(
+            "tls-proxy https",
+            TLS_PROXY,
+            tls_proxy.probe(stack),
+            60,
+            "The HTTPS proxy did not answer as it should; `deploykit logs tls-proxy` shows why.",
+        )
     ]
 
 
@@ -234,9 +253,9 @@ def check_stack(
     started: float | None = None,
 ) -> UpReport:
     """The staged health check of a started stack, up to one chat answered through Open WebUI."""
-    report = UpReport(stack_dir=str(stack.dir), url=webui_url("localhost", stack.spec.webui_port), healthy=False)
+    report = UpReport(stack_dir=str(stack.dir), url=local_webui_url(stack), healthy=False)
     key = stack.api_key
-    with health.http_client(stack.inference_url, key) as inference, health.http_client(stack.webui_url) as ui:
+    with health.http_client(stack.inference_url, key) as inference, stack.webui_client() as ui:
         results = run_stages(
             health_stages(stack, inference, ui, report),
             timeout,
@@ -251,9 +270,14 @@ def check_stack(
     return report
 
 
+def local_webui_url(stack: LoadedStack) -> str:
+    """Open WebUI's address on the engine's own machine (up's report, status): https:// behind the proxy."""
+    return webui_url("localhost", stack.spec.webui_port, https=stack.spec.tls is not None)
+
+
 def wait_webui(stack: LoadedStack, docker_host: engine.EngineAddress, timeout: float = WEBUI_START_SECONDS) -> float:
     """Wait for Open WebUI's /health; seconds waited, or HealthError with its log tail."""
-    with health.http_client(stack.webui_url) as ui:
+    with stack.webui_client() as ui:
         ok, seconds, detail = _wait(lambda: health.probe_webui_health(ui), timeout)
     if not ok:
         message = f"Open WebUI did not answer /health within {timeout:.0f} s: {detail}."

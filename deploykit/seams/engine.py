@@ -8,6 +8,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -451,3 +452,65 @@ def pull_image(docker_host: EngineAddress, ref: str) -> None:
             f"image {ref} is not on this engine and could not be pulled: {str(exc).splitlines()[0][:200]}.",
             "Nothing was changed. Load the image (`docker load`) or use --image SERVICE=REF with a local one.",
         ) from None
+
+
+# ---------------------------------------------------------------- files for a service (the HTTPS proxy)
+
+
+@contextmanager
+def _helper_errors(docker_host: EngineAddress, what: str) -> Iterator[None]:
+    """The engine refusing a helper container (no such image, no space …) is said in one sentence."""
+    import docker.errors
+
+    try:
+        yield
+    except docker.errors.DockerException as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise EngineError(f"the engine at {docker_host.display} refused {what}: {redact(detail)}.") from None
+
+
+def run_with_files(
+    docker_host: EngineAddress,
+    image: str,
+    command: list[str],
+    archive: bytes,
+    *,
+    user: str,
+    env: dict[str, str],
+    labels: dict[str, str],
+    timeout: float = 60,
+) -> tuple[int, str]:
+    """A short-lived container of ``image`` (no network) with ``archive`` (a tar) unpacked at / before ``command``
+    runs as ``user``: its exit code and output. Always removed."""
+    c = client(docker_host, timeout=int(timeout) + 30)
+    with _helper_errors(docker_host, f"a check in {image}"):
+        ctr = c.containers.create(
+            image, entrypoint=command[:1], command=command[1:], network_mode="none", user=user, environment=env,
+            labels=labels | {"org.deploykit.helper": "check-files"},
+        )  # fmt: skip
+        try:
+            if not ctr.put_archive("/", archive):
+                raise EngineError(f"the engine at {docker_host.display} refused the files for {image}.")
+            ctr.start()
+            code = int(ctr.wait(timeout=timeout).get("StatusCode", 1))
+            return code, ctr.logs().decode("utf-8", "replace")
+        finally:
+            ctr.remove(force=True)
+
+
+def put_files_in_volume(
+    docker_host: EngineAddress, volume: str, image: str, mount: str, archive: bytes, labels: dict[str, str]
+) -> None:
+    """Unpack ``archive`` (a tar, with owners and modes) into ``volume`` through a container of ``image`` that
+    mounts it at ``mount`` and is created, never started: the engine writes the files on its own disk."""
+    c = client(docker_host, timeout=60)
+    with _helper_errors(docker_host, f"the files for volume {volume}"):
+        ctr = c.containers.create(
+            image, entrypoint=["true"], network_mode="none", volumes={volume: {"bind": mount, "mode": "rw"}},
+            labels=labels | {"org.deploykit.helper": "volume-files"},
+        )  # fmt: skip
+        try:
+            if not ctr.put_archive(mount, archive):
+                raise EngineError(f"the engine at {docker_host.display} refused the files for volume {volume}.")
+        finally:
+            ctr.remove(force=True)

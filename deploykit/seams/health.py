@@ -8,6 +8,7 @@ All HTTP goes through ``http_client``: the one seam for fakes.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,9 +24,12 @@ class StageFailed(Exception):
     """The stage cannot pass (a container exited, a 401): stop waiting."""
 
 
-def http_client(base_url: str, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
+def http_client(
+    base_url: str, token: str | None = None, timeout: float = 10.0, verify: ssl.SSLContext | bool = True
+) -> httpx.Client:
+    """``verify``: how an https:// server's certificate is checked (a stack's HTTPS proxy: its own context)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout, verify=verify)
 
 
 # Readiness polls: fast at first (a server that is up is seen within a few tens of milliseconds), then

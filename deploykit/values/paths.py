@@ -14,6 +14,11 @@ import sys
 from pathlib import Path
 
 
+def config_dir() -> Path:
+    """deploykit's config folder (config.toml, profiles.toml, the site CA): under $XDG_CONFIG_HOME, else ~/.config."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "deploykit"
+
+
 def cache_dir() -> Path:
     """deploykit's cache folder: under $XDG_CACHE_HOME, else ~/.cache."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deploykit"

@@ -14,8 +14,14 @@ ENV_FILE = ".env"  # the secrets
 STACK_FILES = ("compose.yaml", ENV_FILE, PLAN_FILE)
 # The file each target renders: compose.yaml (Docker Compose), swarm.yaml (`docker stack deploy`), kubernetes.yaml.
 TARGET_FILES: dict[str, str] = {"compose": "compose.yaml", "swarm": "swarm.yaml", "kubernetes": "kubernetes.yaml"}
+# HTTPS (--tls): the proxy's configuration, the certificate it serves (chain, leaf first), its key,
+# and the site CA's certificate for people to trust (internal certificates only).
+CADDYFILE = "Caddyfile"
+TLS_CERT_FILE = "tls-cert.pem"
+TLS_KEY_FILE = "tls-key.pem"
+TLS_CA_FILE = "tls-ca.pem"
 # Files that hold secret values in clear: written 0600 from the start.
-PRIVATE_FILES = (".env", "kubernetes.yaml")
+PRIVATE_FILES = (".env", "kubernetes.yaml", TLS_KEY_FILE)
 SITE_FILES = ("compose.override.yaml", "deploykit.toml")  # the site's own; never written by render
 # DEPLOYKIT_STACK_ID is no secret, but it lives here: it tells this stack's containers and volume from
 # another stack's that happens to share the project name.

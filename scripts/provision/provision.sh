@@ -13,7 +13,7 @@ set -euo pipefail
 declare -A TARGET_SCRIPTS=(
     [engine]="engine.sh"
     [engine-second]="engine-second.sh"  # the fleet e2e's ssh:// workstation
-    [images]="image-llamacpp.sh image-openwebui.sh"
+    [images]="image-llamacpp.sh image-openwebui.sh image-caddy.sh"
     [images-vllm]="image-vllm.sh"
     [images-webui-old]="image-openwebui-old.sh"  # the older release the cross-version upgrade e2e starts on
     [model]="model-smollm2.sh"

@@ -28,6 +28,7 @@ def test_image_defaults_come_from_versions_toml() -> None:
     for backend in (LLAMA, VLLM):
         for device, image in backend.images(v).items():
             assert images.ref(backend.image_key(device)) == image.default
+    assert images.caddy == v.get("caddy", "image") == f"caddy:{v.get('caddy', 'version')}"
 
 
 def test_gpu_images_are_the_release_lines_the_cpu_path_tests() -> None:
@@ -60,6 +61,7 @@ def test_readme_table_matches_versions_toml() -> None:
         f"older drivers: `{vllm_cuda.fallback}` |",
         f"| vLLM, CPU | `{v.get('vllm', 'image_cpu')}` | — |",
         f"| Open WebUI | `{v.open_webui}` | — |",
+        f"| Caddy (HTTPS, `--tls`) | `{v.get('caddy', 'image')}` | — |",
     ]
     for row in rows:
         assert row in readme, row
@@ -76,6 +78,7 @@ def test_provisioning_scripts_read_versions_instead_of_naming_them() -> None:
         v.get("torch", "cpu"),
         v.get("llamacpp", "debian"),
         v.get("llamacpp", "build"),
+        v.get("caddy", "image"),
     }
     for script in sorted((ROOT / "scripts" / "provision").glob("*.sh")):
         text = script.read_text(encoding="utf-8")
