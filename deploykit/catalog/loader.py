@@ -89,13 +89,11 @@ def _profile_from(data: Mapping[str, Any], origin: str, source: Literal["builtin
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    from deploykit.textfile import read_text
+    from deploykit.textfile import load_toml, read_text
 
-    text = read_text(path, "profiles file", "Check the --profiles-file path; it is TOML in UTF-8.", ConfigError)
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}.", "Fix the syntax and try again.") from None
+    hint = "Check the --profiles-file path; it is TOML in UTF-8."
+    text = read_text(path, "profiles file", hint, ConfigError)
+    return load_toml(text, path, "profiles file", "Fix the syntax and try again.", ConfigError)
 
 
 def _data_files(folder: str) -> list[tuple[str, str]]:
