@@ -57,12 +57,19 @@ FORCE_HINT = (
 )
 
 
+def control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (NUL, ESC, DEL, C1 …) other than a tab."""
+    return any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) <= 0x9F for c in text)
+
+
 def env_quote(value: object) -> str:
     """A compose .env value: single-quoted, so compose takes it literally."""
     text = str(value)
     if "'" in text or "\n" in text or "\r" in text:
         # Never the value itself in the message: it is a secret.
         raise UsageError("a value for .env holds quotes or newlines, which .env cannot hold.")
+    if control_characters(text):
+        raise UsageError("a value for .env holds a control character (NUL, escape …), which .env cannot hold.")
     return f"'{text}'"
 
 
@@ -118,6 +125,8 @@ def _describe_plan(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         return None, "not UTF-8 text"
     except json.JSONDecodeError:
         return None, "not JSON"
+    except RecursionError:
+        return None, "JSON nested too deeply"
     if is_deploykit_plan(data):
         return data, ""
     if isinstance(data, dict):
@@ -136,7 +145,29 @@ def read_plan(stack_dir: Path) -> dict[str, Any] | None:
             f"{path} is not a deploykit plan ({what}), so {stack_dir} is not a deploykit stack.",
             "Choose another --dir; deploykit does not overwrite files it did not write.",
         )
+    _refuse_newer(path, data["deploykit_version"])
     return data
+
+
+def _version_key(version: str) -> tuple[int, ...] | None:
+    """The release numbers of a version ("0.10.2rc1" -> (0, 10, 2)); None when it does not start with one."""
+    import re
+
+    head = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(part) for part in head.group(0).split(".")) if head else None
+
+
+def _refuse_newer(path: Path, written_by: str) -> None:
+    """A plan written by a newer deploykit may hold what this one would drop or misread when it rewrites it."""
+    from deploykit import __version__
+
+    theirs, ours = _version_key(written_by), _version_key(__version__)
+    if theirs is not None and ours is not None and theirs > ours:
+        raise StackDirError(
+            f"{path} was written by deploykit {written_by[:40]}, newer than this deploykit {__version__}; "
+            "it would misread or rewrite that stack.",
+            f"Use deploykit {written_by[:40]} or newer for this stack (`deploykit --version` says which runs).",
+        )
 
 
 # ---------------------------------------------------------------- recovery
@@ -257,6 +288,8 @@ def read_env(stack_dir: Path) -> EnvFile:
             raise _env_problem(path, line, f"{key} has no value", key)
         if any(c in value for c in "'\n\r") or (value != value.strip()):
             raise _env_problem(path, line, f"the value of {key} holds quotes, newlines or edge spaces", key)
+        if control_characters(value):
+            raise _env_problem(path, line, f"the value of {key} holds a control character (NUL, escape …)", key)
         if "$" in value and not raw_value.startswith("'"):
             raise _env_problem(path, line, f"compose would expand the $ in {key}'s value", key)
         if key in values and values[key] != value:
@@ -279,6 +312,30 @@ def merged_env(existing: EnvFile, secrets: Mapping[str, str], fresh_text: str) -
         return existing.text
     text = existing.text if not existing.text or existing.text.endswith("\n") else existing.text + "\n"
     return text + "".join(f"{k}={env_quote(secrets[k])}\n" for k in missing)
+
+
+def env_with(text: str, values: Mapping[str, str]) -> str:
+    """The .env ``text`` with each of ``values`` set: a line holding another value is replaced where it is, a
+    missing key appended; every other line kept as it was (the same values give the same text)."""
+    from dotenv.parser import parse_stream
+
+    if not values:
+        return text
+    out, seen = [], set()
+    for binding in parse_stream(io.StringIO(text)):
+        original = binding.original.string
+        key = binding.key
+        if key is not None and key in values and not binding.error:
+            seen.add(key)
+            if binding.value != values[key]:
+                lead = original[: len(original) - len(original.lstrip())]
+                original = f"{lead}{key}={env_quote(values[key])}" + ("\n" if original.endswith("\n") else "")
+        out.append(original)
+    text = "".join(out)
+    missing = [k for k in values if k not in seen]
+    if missing and text and not text.endswith("\n"):
+        text += "\n"
+    return text + "".join(f"{k}={env_quote(values[k])}\n" for k in missing)
 
 
 # ---------------------------------------------------------------- render-time checks
@@ -367,6 +424,9 @@ def _encode(files: Mapping[str, str]) -> dict[str, bytes]:
                 "Rename the model file or folder to plain UTF-8 and try again.",
             ) from None
     return out
+
+
+encode_files = _encode  # for render's check of what it made, before anything may be written
 
 
 def write_stack(stack_dir: Path, files: Mapping[str, str], backup: str | None = None) -> list[str]:
