@@ -7,7 +7,6 @@ return plain data for the CLI to print; they never print.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import secrets as secrets_mod
 import time
@@ -90,16 +89,12 @@ def detect(settings: Settings) -> HostProfile:
 
 
 def load_host_file(path: Path) -> HostProfile:
-    from deploykit.textfile import read_text
+    from deploykit.textfile import load_json, read_text
 
     text = read_text(path, "host file", "Check the --host path; save one with `deploykit detect --json`.")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{path} is not JSON ({exc.msg} at line {exc.lineno}).",
-            "Save one with `deploykit detect --json > host.json` on the target machine.",
-        ) from None
+    data = load_json(
+        text, path, "host file", "Save one with `deploykit detect --json > host.json` on the target machine."
+    )
     try:
         host = HostProfile.model_validate(data)
     except ValidationError as exc:
@@ -406,10 +401,13 @@ def _prepare(
 
     stack_dir = existing.dir
     env_notes = webui_env.check(settings.webui_env)
-    spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
+    # Settings whose names say they are secrets go into .env; compose.yaml and plan.json name them only.
+    plain, hidden = webui_env.split_secrets(settings.webui_env)
+    spec = spec.model_copy(update={"webui_env": dict(sorted(plain.items())), "webui_secrets": tuple(sorted(hidden))})
+    stack_secrets = {**stack_secrets, **hidden}
     customised, template_notes = customisation(settings.templates_dir, stack_dir)
     files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
-    files[".env"] = stackdir.merged_env(existing.env, stack_secrets, files[".env"])
+    files[".env"] = stackdir.env_with(stackdir.merged_env(existing.env, stack_secrets, files[".env"]), hidden)
     main = TARGET_FILES[spec.target]
     backup = main if stackdir.backup_needed(existing, main, files[main], force) else None
     all_notes = [*notes, *env_notes, *template_notes]
@@ -663,12 +661,14 @@ def place_override(host: FleetHost, stack_dir: Path, write: bool) -> dict[str, s
     import hashlib
 
     from deploykit.override import OVERRIDE_FILE, describe
+    from deploykit.textfile import check_writable, read_bytes
 
     source = host.site_override()
     if source is None:
         return describe(stack_dir)
-    data = source.read_bytes()
+    data = read_bytes(source, "override", "Fix the path the inventory gives.", ConfigError)
     target = stack_dir / OVERRIDE_FILE
+    check_writable(target, "override", "Move it away; deploykit copies the inventory's override there.", StackDirError)
     if write and (not target.is_file() or target.read_bytes() != data):
         try:
             stack_dir.mkdir(parents=True, exist_ok=True)
@@ -1100,6 +1100,7 @@ def bench_stack(
     from deploykit.lifecycle import identity, load_stack
 
     stack = load_stack(stack_dir.expanduser().absolute())
+    check_request_fits(stack, prompt_tokens, max_tokens)
     target = bench_target(stack, via)
     try:
         words = calibrate_words(target, prompt_tokens)
@@ -1120,6 +1121,17 @@ def bench_stack(
         "url": target.base_url + target.path,
         "levels": results,
     }
+
+
+def check_request_fits(stack: LoadedStack, prompt_tokens: int, max_tokens: int) -> None:
+    """Refuse a load whose every request the server would refuse: prompt and answer beyond the context."""
+    context = stack.spec.plan.context_length
+    if prompt_tokens + max_tokens > context:
+        raise UsageError(
+            f"--prompt-tokens {prompt_tokens} + --max-tokens {max_tokens} is more than the {context} tokens of "
+            f"context {stack.spec.project} serves per request.",
+            f"Keep their sum within {context}, or render the stack with a longer --context.",
+        )
 
 
 def default_requests(concurrency: int) -> int:
@@ -1168,6 +1180,7 @@ def tune_stack(
 
     docker_host = _docker_host(settings)
     stack = lifecycle.load_stack(stack_dir.expanduser().absolute())
+    check_request_fits(stack, prompt_tokens, max_tokens)
     plan = stack.spec.plan
     original = {name: (stack.dir / name).read_text(encoding="utf-8") for name in ("compose.yaml", "plan.json")}
     current = tune.Candidate(plan.threads, plan.parallel)

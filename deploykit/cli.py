@@ -72,12 +72,21 @@ def _internal_error(exc: Exception) -> None:
     )
 
 
+def _shown(text: str) -> str:
+    """A message as the terminal gets it: no URL password, no control character (an escape sequence in a
+    name from a file could rewrite the screen), no raw byte (a non-UTF-8 name arrives as a surrogate)."""
+    from deploykit.engine import redact
+
+    text = redact(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c in "\n\t" or not (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) else ascii(c)[1:-1] for c in text)
+
+
 def _fail(message: str, hint: str | None, code: int, log_tail: str = "") -> None:
     if log_tail:
         click.echo(log_tail.rstrip(), err=True)
-    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+    click.echo(click.style("Error: ", fg="red", bold=True) + _shown(message), err=True)
     if hint:
-        click.echo(click.style("Hint: ", fg="yellow") + hint, err=True)
+        click.echo(click.style("Hint: ", fg="yellow") + _shown(hint), err=True)
     sys.exit(code)
 
 
@@ -86,6 +95,21 @@ def _not_nan(param: click.Parameter, value: float | None) -> float | None:
     if value is not None and value != value:
         raise click.BadParameter("nan is not a number of seconds.", param=param)
     return value
+
+
+def _text_argument(value: str, name: str) -> None:
+    """An argument that is sent on as text: not empty, and UTF-8 (a raw byte arrives as a lone surrogate)."""
+    from deploykit.errors import UsageError
+
+    if not value.strip():
+        raise UsageError(f"{name} is empty.", f"Give the {name.lower()} to send, in quotes.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{name} holds bytes that are not UTF-8 text (at character {exc.start + 1}).",
+            "Check the terminal's or script's encoding (UTF-8).",
+        ) from None
 
 
 def _print_json(data: Any) -> None:
@@ -475,6 +499,7 @@ def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tok
     """Send one message through Open WebUI (as the stack's admin) and print the answer."""
     from deploykit import app
 
+    _text_argument(message, "MESSAGE")
     answer = app.chat(_stack(stack_dir), message, direct, max_tokens)
     if as_json:
         _print_json(answer.response)
@@ -783,7 +808,13 @@ def fleet_render(ctx: click.Context, /, **params: Any) -> None:
     "up",
     "Deliver, start and check every host, in parallel.",
     fleet_plan_options,
-    click.option("--timeout", type=float, metavar="SECONDS", help="Per host: give up waiting after this long."),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=1, max=7 * 86400),
+        callback=lambda ctx, param, value: _not_nan(param, value),
+        metavar="SECONDS",
+        help="Per host: give up waiting after this long.",
+    ),
 )
 def fleet_up(ctx: click.Context, /, **params: Any) -> None:
     """Per host: load the images it lacks from this controller's engine, send the model into a volume
@@ -810,15 +841,37 @@ def fleet_down(ctx: click.Context, /, **params: Any) -> None:
     _fleet_run(ctx, params, "Fleet: down", app.fleet_down)
 
 
-def _int_list(value: str, option: str) -> list[int]:
+# Bounds on what bench and tune send, so a typo cannot open a million connections or build a prompt of a
+# billion words: far beyond any context or machine deploykit plans for.
+MAX_TOKENS = 1_048_576
+MAX_CONCURRENCY = 1024
+MAX_THREADS = 4096
+MAX_PROMPT_WORDS = 50_000_000  # the prompts of one level are built before it starts: about 300 MiB of text
+TOKENS = click.IntRange(1, MAX_TOKENS)
+REQUESTS = click.IntRange(1, 100_000)
+
+
+def _check_load(levels: list[int], requests: int | None, prompt_tokens: int, default: Callable[[int], int]) -> None:
     from deploykit.errors import UsageError
 
-    try:
-        numbers = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        numbers = []
-    if not numbers or any(n < 1 for n in numbers):
-        raise UsageError(f"{option} '{value}' is not a list of positive whole numbers.", f"e.g. {option} 1,4,8")
+    most = max((requests or default(c)) * prompt_tokens for c in levels)
+    if most > MAX_PROMPT_WORDS:
+        raise UsageError(
+            f"{most:,} prompt tokens in one level (--requests × --prompt-tokens) is more than the "
+            f"{MAX_PROMPT_WORDS:,} deploykit builds at once.",
+            "Use fewer --requests or shorter --prompt-tokens.",
+        )
+
+
+def _int_list(value: str, option: str, most: int) -> list[int]:
+    from deploykit.errors import UsageError
+
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    numbers = [int(v) for v in parts if v.isascii() and v.isdigit() and len(v) <= 9]
+    if not numbers or len(numbers) != len(parts) or any(not 1 <= n <= most for n in numbers):
+        raise UsageError(
+            f"{option} {value[:80]!r} is not a list of whole numbers from 1 to {most}.", f"e.g. {option} 1,4,8"
+        )
     return numbers
 
 
@@ -837,9 +890,13 @@ def _progress(total: int, description: str) -> Any:
 @cli.command(short_help="Measure a running stack: TTFT, ITL, tokens/s.")
 @stack_dir_option()
 @click.option("--concurrency", default="1,4", show_default=True, metavar="N[,N…]", help="Concurrency levels.")
-@click.option("--requests", type=int, metavar="N", help="Requests per level [default: max(8, 2 × concurrency)].")
-@click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length of each request, in tokens.")
-@click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates (EOS ignored).")
+@click.option("--requests", type=REQUESTS, metavar="N", help="Requests per level [default: max(8, 2 × concurrency)].")
+@click.option(
+    "--prompt-tokens", default=128, type=TOKENS, show_default=True, help="Prompt length of each request, in tokens."
+)
+@click.option(
+    "--max-tokens", default=128, type=TOKENS, show_default=True, help="Tokens each request generates (EOS ignored)."
+)
 @click.option(
     "--via",
     type=click.Choice(list(SERVICES)),
@@ -872,12 +929,13 @@ def bench(
     from pathlib import Path
 
     from deploykit import app, output
+    from deploykit.errors import UsageError
+    from deploykit.textfile import check_writable
 
-    levels = _int_list(concurrency, "--concurrency")
-    if requests is not None and requests < 1:
-        from deploykit.errors import UsageError
-
-        raise UsageError("--requests must be at least 1.", "e.g. --requests 16")
+    levels = _int_list(concurrency, "--concurrency", MAX_CONCURRENCY)
+    _check_load(levels, requests, prompt_tokens, app.default_requests)
+    if chart:  # before the load runs: a named pipe there would block the write at the end
+        check_writable(Path(chart), "--chart file", "Give the path of a new or regular .html file.", UsageError)
     dirs = [Path(stack_dir)] + ([Path(compare_dir)] if compare_dir else [])
     total = sum(requests or app.default_requests(c) for c in levels) * len(dirs)
     stacks = []
@@ -910,15 +968,26 @@ def bench(
     type=click.Choice(["chat", "throughput"]),
     help="What to optimise: one chat at a time (chat), or 4 at once (throughput) [default: chat].",
 )
-@click.option("--concurrency", type=int, metavar="N", help="Optimise for N chats at once instead of a named workload.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    metavar="N",
+    help="Optimise for N chats at once instead of a named workload.",
+)
 @click.option("--threads", "threads_list", metavar="N[,N…]", help="Thread counts to try [default: from the CPUs].")
 @click.option("--parallel", "parallel_list", metavar="N[,N…]", help="Slot counts to try [default: from the workload].")
-@click.option("--requests", type=int, metavar="N", help="Requests per candidate [default: max(4, 2 × concurrency)].")
-@click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length of each request, in tokens.")
-@click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates.")
+@click.option(
+    "--requests", type=REQUESTS, metavar="N", help="Requests per candidate [default: max(4, 2 × concurrency)]."
+)
+@click.option(
+    "--prompt-tokens", default=128, type=TOKENS, show_default=True, help="Prompt length of each request, in tokens."
+)
+@click.option("--max-tokens", default=128, type=TOKENS, show_default=True, help="Tokens each request generates.")
 @click.option(
     "--time-limit",
     default=90.0,
+    type=click.FloatRange(min=1, max=86400),
+    callback=lambda ctx, param, value: _not_nan(param, value),
     show_default=True,
     metavar="SECONDS",
     help="Cut a candidate's measurement after this long (it scores 0: too slow).",
@@ -953,10 +1022,9 @@ def tune(
 
     if workload and concurrency:
         raise UsageError("--workload and --concurrency both say what to optimise.", "Give one of them.")
-    if concurrency is not None and concurrency < 1:
-        raise UsageError("--concurrency must be at least 1.", "e.g. --concurrency 4")
     name = workload or (None if concurrency else "chat")
     level = concurrency or WORKLOAD_CONCURRENCY[name or "chat"]
+    _check_load([level], requests, prompt_tokens, default_requests)
     err = output.err_console
     err.print(f"Optimising for {name or f'concurrency {level}'}: {level} chat(s) at once.")
     progress = _progress(1, "tune")
@@ -974,8 +1042,8 @@ def tune(
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             requests=requests,
-            threads=_int_list(threads_list, "--threads") if threads_list else None,
-            parallel=_int_list(parallel_list, "--parallel") if parallel_list else None,
+            threads=_int_list(threads_list, "--threads", MAX_THREADS) if threads_list else None,
+            parallel=_int_list(parallel_list, "--parallel", MAX_CONCURRENCY) if parallel_list else None,
             time_limit=time_limit,
             on_candidate=on_candidate,
             on_result=lambda _r: progress.advance(task),

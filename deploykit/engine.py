@@ -6,6 +6,7 @@ local socket), so the same code drives a workstation over ``ssh://``, ``tcp://``
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -21,9 +22,10 @@ from deploykit.errors import EngineError
 from deploykit.host import DockerEngine
 from deploykit.proc import Completed, Runner, run_cmd
 from deploykit.services import SERVICES
-from deploykit.stackdir import RUNTIME_SECRETS, STACK_ID
+from deploykit.stackdir import RUNTIME_SECRETS, SECRET_KEYS, STACK_ID
 
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:[^/@\s]*@")
+# user:password up to the last @ of the URL: a password may hold @ or / itself.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:\S*@")
 
 
 def redact(text: str) -> str:
@@ -126,10 +128,22 @@ class EngineAddress:
 
 def compose_version(runner: Runner = run_cmd) -> str | None:
     """compose v2's version ("2.26.1"), or None when only v1 or nothing is installed."""
+    if runner is run_cmd:
+        # This machine's compose CLI, asked once per PATH: a fleet probes thousands of engines with the same one.
+        return _local_compose_version(os.environ.get("PATH", ""))
+    return _ask_compose_version(runner)
+
+
+def _ask_compose_version(runner: Runner) -> str | None:
     result = runner(["docker", "compose", "version", "--short"])
     if not result.ok:
         return None
     return result.stdout.strip().lstrip("v") or None
+
+
+@functools.lru_cache(maxsize=4)
+def _local_compose_version(path: str) -> str | None:
+    return _ask_compose_version(run_cmd)
 
 
 def probe_engine(docker_host: EngineAddress, runner: Runner = run_cmd) -> DockerEngine:
@@ -428,6 +442,8 @@ class SwarmStack(Stack):
             env = self.env() | {
                 "DEPLOYKIT_SECRETS_DIR": str(secrets_dir),
                 STACK_ID: self.secrets.get(STACK_ID, ""),
+                # [webui_env] secrets the stack file refers to (`docker stack deploy` reads no .env).
+                **{k: v for k, v in self.secrets.items() if k not in SECRET_KEYS},
             }
             stack_file = str(self.stack_dir / "swarm.yaml")
             result = self._docker("stack", "deploy", "--prune", "-c", stack_file, self.project, env=env)
