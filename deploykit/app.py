@@ -67,7 +67,7 @@ def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
         raise NotFoundError(f"profiles file {path} does not exist.", "Check the --profiles-file path.")
     if settings.profiles_file is not None and not path.is_file():
         raise ConfigError(f"profiles file {path} is not a regular file.", "Give the path of a TOML file.")
-    if path.is_file():
+    if path.exists():  # a pipe or device there is named by the reader, never read
         user = load_profiles_file(path)
     names = {p.name for p in user}
     return (*user, *(p for p in builtin_profiles() if p.name not in names))

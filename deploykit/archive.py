@@ -116,6 +116,10 @@ def vet(path: Path) -> Vetted:
                 "Restore from a backup deploykit made.",
             )
         problem = _refusal(member)
+        if problem is not None and member.size > MAX_FILE_BYTES:
+            # Its data would have to be read through to reach the next member: refuse it now.
+            found.refused.append(f"{member.name[:120]!r} ({problem})")
+            break
         name = member.name.rstrip("/")
         if problem is None and name in seen:
             problem = "a second member of the same name"

@@ -94,8 +94,16 @@ def _kind(path: Path) -> str | None:
     return "a special file (device, pipe or socket)"
 
 
+MAX_STACK_FILE = 64 * 1024 * 1024  # compose.yaml, plan.json and .env are kilobytes; more is not deploykit's
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
+        if path.stat().st_size > MAX_STACK_FILE:
+            raise StackDirError(
+                f"{path} is larger than {MAX_STACK_FILE // 1024**2} MiB, so deploykit did not write it.",
+                "Move it away; deploykit writes its stack files itself.",
+            )
         return path.read_bytes()
     except OSError as exc:
         raise StackDirError(f"cannot read {path}: {exc.strerror}.", "Check the file's owner and permissions.") from None
