@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 import jinja2
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from deploykit import __version__, templating
 from deploykit.catalog import ModelSpec
@@ -51,7 +51,7 @@ class StackSpec(BaseModel):
     target: Target = "compose"
     webui_env: dict[str, str] = {}  # the [webui_env] table: extra Open WebUI environment settings
     # [webui_env] names that say they are secrets: their values live in .env, compose.yaml refers to them.
-    webui_secrets: tuple[str, ...] = ()
+    webui_secrets: tuple[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")], ...] = ()
     # A named volume holding the weights (fleet hosts: a remote engine cannot see the controller's disk);
     # None mounts model_host_path from the engine's own disk.
     model_volume: str | None = None
@@ -281,6 +281,9 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
     return templating.render(env, "compose.yaml.j2", context)
 
 
+_TOO_LARGE = "Check the [webui_env] values and paths given: one of them is megabytes long."
+
+
 def render_files(
     spec: StackSpec,
     secrets: Mapping[str, str],
@@ -301,6 +304,8 @@ def render_files(
         dotenv = templating.render(env, "env.j2", {"secrets": {k: secrets[k] for k in SECRET_KEYS}})
     except (jinja2.TemplateError, RecursionError) as exc:
         if templates_dir is None:
+            if isinstance(exc, jinja2.exceptions.SecurityError):  # a value given so long the file outgrew the bound
+                raise UsageError(f"the stack file would be too large to write: {exc}.", _TOO_LARGE) from None
             raise
         where = str(templates_dir)
         if isinstance(exc, jinja2.TemplateSyntaxError):

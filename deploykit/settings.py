@@ -361,8 +361,12 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
             # A top-level key must come before the first [table], or TOML would put it inside that table.
             doc.body.insert(first_table, (tomlkit.key(key), tomlkit.item(value)))
             first_table += 1
+    text = tomlkit.dumps(doc)
+    import tomllib
+
+    tomllib.loads(text)  # what replaces the file is read back as TOML first, as render checks its own files
     tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
-    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
 
