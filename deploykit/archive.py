@@ -90,10 +90,30 @@ def _padded(size: int) -> int:
     return -(-size // _BLOCK) * _BLOCK
 
 
+MAX_HEADER_BYTES = 1024 * 1024  # a pax or GNU long-name header: names and a few attributes
+
+
+class _BoundedHeaders(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header whole into memory: a gzip bomb there would be gigabytes."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                    tarfile.GNUTYPE_LONGLINK)  # fmt: skip
+        if self.type in extended and self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(f"an extended header of {self.size:,} bytes")
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
+
+
+def open_stream(path: Path) -> tarfile.TarFile:
+    """The gzipped archive as a forward-only stream, its extended headers bounded."""
+    return tarfile.open(path, mode="r|gz", tarinfo=_BoundedHeaders)
+
+
 def _members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
     """The archive's members after the manifest, streamed; a damaged archive is a UsageError."""
     try:
-        with tarfile.open(path, mode="r|gz") as archive:
+        with open_stream(path) as archive:
             for member in archive:
                 if member.name != MANIFEST_MEMBER:
                     yield archive, member

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from deploykit import __version__, engine
-from deploykit.archive import MANIFEST_MEMBER, MAX_MANIFEST_BYTES, clean_tar, nested_tar, vet
+from deploykit.archive import MANIFEST_MEMBER, MAX_MANIFEST_BYTES, clean_tar, nested_tar, open_stream, vet
 from deploykit.errors import EngineError, NotFoundError, UsageError
 from deploykit.services import WEBUI
 from deploykit.stackdir import STACK_ID
@@ -313,7 +313,7 @@ def read_backup(path: Path) -> Manifest:
     expected = _sidecar(path, _regular_archive(path))
     hint = "Nothing was changed. Restore from another backup."
     try:
-        with tarfile.open(path, mode="r|gz") as tar:
+        with open_stream(path) as tar:
             first = tar.next()
             if first is None or first.name != MANIFEST_MEMBER or not first.isfile():
                 raise UsageError(f"{path} is not a deploykit backup (no {MANIFEST_MEMBER}).", hint)

@@ -200,7 +200,7 @@ def _archive(
 
 def _block(info: Any, data: bytes, claims: int | None = None) -> bytes:
     """One tar member as tarfile writes it, its header optionally claiming ``claims`` bytes instead."""
-    if info.type == tarfile.REGTYPE:
+    if info.type in (tarfile.REGTYPE, tarfile.XHDTYPE):
         info.size = len(data) if claims is None else claims
     return info.tobuf(format=tarfile.PAX_FORMAT) + data + b"\0" * (-len(data) % 512)
 
@@ -439,6 +439,9 @@ def lan_cases(case: Any) -> list[Any]:
         C("A15", "archive", "a backup of a newer format", _archive([DATA, DB], manifest={"format": 2}),
           2, r"is a backup of format 2"),
         C("A16", "archive", "a backup holding no data/ folder", _archive([]), 2, r"holds no data/ folder"),
+        C("A17", "archive member", "an extended (pax) header claiming 1 GiB, read before any name is known",
+          _archive([DATA, _member("././@PaxHeader", tarfile.XHDTYPE, data=b"")], claims=1 << 30),
+          2, r"an extended header of 1,073,741,824 bytes"),
         # ---- 7. site templates with the controller's power
         C("X01", "sandbox", "a site template reaching for Python's internals",
           _site({"compose.yaml.j2": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}),

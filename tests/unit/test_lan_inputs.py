@@ -304,6 +304,26 @@ def test_vetting_and_sending_stream_the_archive_in_bounded_memory(
     assert peak < most * 1024 * 1024, f"peak {peak / 1024**2:.0f} MiB for a {mib} MiB member"
 
 
+def test_a_gzip_bomb_in_an_extended_header_is_refused_by_its_size_unread(tmp_path: Path) -> None:
+    import gzip
+    import tracemalloc
+
+    header = _info("././@PaxHeader", tarfile.XHDTYPE, size=96 * 1024 * 1024)
+    path = tmp_path / "b.tar.gz"  # the manifest, then a pax header whose 96 MiB of zeros are really there
+    manifest = _info(archive.MANIFEST_MEMBER, size=2)
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(manifest.tobuf(format=tarfile.PAX_FORMAT) + b"{}".ljust(512, b"\0"))
+        fh.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(96):
+            fh.write(bytes(1024 * 1024))
+    tracemalloc.start()
+    with pytest.raises(UsageError, match="an extended header of 100,663,296 bytes"):
+        archive.vet(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024
+
+
 def test_the_total_bound_stops_a_gzip_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(archive, "MAX_TOTAL_BYTES", 1024 * 1024)
     members = [(_info("data", tarfile.DIRTYPE, 0o755), b"")]
