@@ -1182,7 +1182,7 @@ def tune_stack(
     stack = lifecycle.load_stack(stack_dir.expanduser().absolute())
     check_request_fits(stack, prompt_tokens, max_tokens)
     plan = stack.spec.plan
-    original = {name: (stack.dir / name).read_text(encoding="utf-8") for name in ("compose.yaml", "plan.json")}
+    original = {name: stackdir.read_stack_file(stack.dir, name) for name in ("compose.yaml", "plan.json")}
     current = tune.Candidate(plan.threads, plan.parallel)
     cpus = engine.engine_cpus(docker_host)
     grid = tune.candidates(current, cpus, concurrency, threads, parallel)
@@ -1359,7 +1359,7 @@ def smoke(stack: LoadedStack) -> SmokeReport:
     """Structured output, reasoning wiring and tool calling, for the served model."""
     from deploykit import lifecycle
 
-    return SmokeReport(lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8")))
+    return SmokeReport(lifecycle.smoke(stack, stackdir.read_stack_file(stack.dir, stack.stack_file.name)))
 
 
 def doctor(settings: Settings, stack_dir: Path | None) -> list[Check]:

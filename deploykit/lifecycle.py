@@ -33,6 +33,7 @@ from deploykit.stackdir import (
     INFERENCE_API_KEY,
     STACK_ID,
     TARGET_FILES,
+    check_stack_file,
     read_plan,
     read_secrets,
     recover,
@@ -158,6 +159,7 @@ def load_stack(stack_dir: Path) -> LoadedStack:
         )
     spec = _plan_block(StackSpec, data, "stack", plan_path)
     inputs = _plan_block(PlanInputs, data, "inputs", plan_path)
+    check_stack_file(stack_dir / TARGET_FILES[spec.target])  # every compose command reads it
     return LoadedStack(stack_dir, spec, read_secrets(stack_dir), inputs)
 
 

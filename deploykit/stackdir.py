@@ -109,6 +109,25 @@ def _read_bytes(path: Path) -> bytes:
         raise StackDirError(f"cannot read {path}: {exc.strerror}.", "Check the file's owner and permissions.") from None
 
 
+def check_stack_file(path: Path) -> None:
+    """The stack file compose (or `docker stack deploy`) will read: a regular file or absent, never a pipe
+    (compose would block reading it) or a link out of the folder."""
+    _regular(path, f"Move it away and render the stack again; deploykit writes {path.name} as a regular file.")
+
+
+def read_stack_file(stack_dir: Path, name: str) -> str:
+    """A file deploykit wrote into the stack folder, as text: a regular file (a pipe there would block), bounded."""
+    path = stack_dir / name
+    if not _regular(path, f"Render the stack again; deploykit writes {name} as a regular file."):
+        raise StackDirError(f"{path} is missing.", "Render the stack again with `deploykit render` (secrets are kept).")
+    raw = _read_bytes(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise StackDirError(f"{path} is not UTF-8 text (line {line}).", "Render the stack again.") from None
+
+
 def _regular(path: Path, why: str) -> bool:
     """True when ``path`` is a regular file, False when absent; refuses anything else."""
     kind = _kind(path)

@@ -291,6 +291,18 @@ def lan_cases(case: Any) -> list[Any]:
         C("I27", "special file", "the config folder's profiles.toml is a named pipe",
           lambda t: _fifo(_config_file().with_name("profiles.toml")) and ["profiles"],
           4, r"profiles file .*profiles\.toml is a named pipe"),
+        C("I28", "special file", "`smoke` of a stack whose compose.yaml is a named pipe",
+          lambda t: _fifo(t / "s" / "compose.yaml") and ["smoke", "--dir", str(t / "s")],
+          10, r"compose\.yaml is a special file"),
+        C("I29", "special file", "`tune` of a stack whose compose.yaml is a named pipe",
+          lambda t: _fifo(t / "s" / "compose.yaml") and [*NO_ENGINE, "tune", "--dir", str(t / "s")],
+          10, r"compose\.yaml is a special file"),
+        C("I31", "special file", "`down` of a stack whose compose.yaml is a named pipe (compose would block on it)",
+          lambda t: _fifo(t / "s" / "compose.yaml") and [*NO_ENGINE, "down", "--dir", str(t / "s")],
+          10, r"compose\.yaml is a special file"),
+        C("I30", "encoding", "`smoke` of a stack whose compose.yaml is not UTF-8",
+          lambda t: _write(t / "s" / "compose.yaml", b"services: \xff\n") and ["smoke", "--dir", str(t / "s")],
+          10, r"compose\.yaml is not UTF-8 text \(line 1\)"),
         # ---- 2. secrets where they do not belong
         C("P01", "credentials in URL", "`fleet detect --json` with an engine URL holding a password",
           _inventory('[[hosts]]\nname = "lab-01"\nengine = "tcp://admin:hunter2@127.0.0.1:9"\ntls = false\n',
@@ -369,6 +381,9 @@ def lan_cases(case: Any) -> list[Any]:
           _plan_version("99.0.0", _render), 10, r"was written by deploykit 99\.0\.0, newer than this deploykit"),
         C("R27", "plan.json version", "status of a plan.json written by a newer deploykit",
           _plan_version("0.2.0", _status), 10, r"Hint: Use deploykit 0\.2\.0 or newer"),
+        C("R28", "plan.json version", "`upgrade` of a stack written by a newer deploykit",
+          _plan_version("1.0", lambda t: [*NO_ENGINE, "upgrade", "--dir", str(t / "s")]),
+          10, r"written by deploykit 1\.0, newer"),
         # ---- 4. output nobody checked
         C("O01", "rendered file", "a site template that renders something that is not YAML",
           _site({"compose.yaml.j2": "services: [unclosed\n"}), 2, r"render a compose\.yaml that deploykit will not "
