@@ -24,8 +24,11 @@ class StageFailed(Exception):
 
 
 def http_client(base_url: str, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
+    """A client for the stack's own servers. ``trust_env=False``: they are reached directly, never through
+    HTTP_PROXY/HTTPS_PROXY/ALL_PROXY from the environment (a company proxy would get the API key, and could
+    not reach this machine's loopback anyway), and no .netrc adds credentials."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout, trust_env=False)
 
 
 # Readiness polls: fast at first (a server that is up is seen within a few tens of milliseconds), then
