@@ -48,6 +48,7 @@ def warm_up(stack_dir: Path, plan: dict[str, Any]) -> None:
             json={"model": plan["stack"]["plan"]["model_id"],
                   "messages": [{"role": "user", "content": f"{slot}: {filler}"}], "max_tokens": 16},
             timeout=600,
+            trust_env=False,  # the stack's own loopback server: never through a proxy from the environment
         )
 
     # One such prompt per slot at once: the plan counts every slot's KV cache, and llama-server's pages

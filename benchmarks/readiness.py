@@ -127,7 +127,7 @@ def time_webui_alone(imgs: dict[str, str]) -> float:
     run("docker", "run", "-d", "--name", name, "--label", label, "-p", f"127.0.0.1:{ALONE_PORT}:8080",
         "-v", f"{name}:/app/backend/data", "-e", "WEBUI_SECRET_KEY=bench", "-e", "ENABLE_OLLAMA_API=false",
         "-e", "OPENAI_API_BASE_URL=http://127.0.0.1:9/v1", imgs["OPENWEBUI_IMAGE"])  # fmt: skip
-    with httpx.Client(base_url=f"http://127.0.0.1:{ALONE_PORT}", timeout=5) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{ALONE_PORT}", timeout=5, trust_env=False) as client:
         ok, _, detail = health.wait_until(lambda: health.probe_webui_health(client), 600)
     seconds = time.monotonic() - started
     run("docker", "rm", "-f", name, check=False)

@@ -92,8 +92,9 @@ class SmokeReport:
 def smoke(stack: LoadedStack) -> SmokeReport:
     """Structured output, reasoning wiring and tool calling, for the served model."""
     from deploykit.running import lifecycle
+    from deploykit.seams.stackdir import read_stack_file
 
-    return SmokeReport(lifecycle.smoke(stack, stack.stack_file.read_text(encoding="utf-8")))
+    return SmokeReport(lifecycle.smoke(stack, read_stack_file(stack.dir, stack.stack_file.name)))
 
 
 def doctor(settings: Settings, stack_dir: Path | None) -> list[Check]:

@@ -22,8 +22,9 @@ from deploykit.app.resolve import ResolvedModel, apply_profile, engine_for, make
 from deploykit.app.stack import PreparedStack, model_host_path, prepare_for_host
 from deploykit.config.settings import Settings
 from deploykit.seams import stackdir
-from deploykit.values.errors import DeployKitError, EngineError, NotFoundError, StackDirError
+from deploykit.values.errors import ConfigError, DeployKitError, EngineError, NotFoundError, StackDirError
 from deploykit.values.host import HostProfile
+from deploykit.values.redact import redact
 from deploykit.values.services import INFERENCE, TLS_PROXY, WEBUI
 from deploykit.values.stackfiles import PLAN_FILE
 
@@ -114,7 +115,10 @@ def run_parallel(
         except Exception as exc:  # one host's surprise must not take the fleet down with it
             result = HostResult(host.name, "failed", error=f"{type(exc).__name__}: {exc}", exit_code=1)
         result.seconds = round(time.monotonic() - started, 1)
-        result.engine = result.engine or host.engine or f"context {host.context}"
+        # The row is printed (the table, --json): an engine URL's password never is.
+        result.engine = redact(result.engine or host.engine or f"context {host.context}")
+        result.error = redact(result.error) if result.error else result.error
+        result.hint = redact(result.hint) if result.hint else result.hint
         result.labels = dict(host.labels)
         return result
 
@@ -167,12 +171,14 @@ def place_override(host: FleetHost, stack_dir: Path, write: bool) -> dict[str, s
     import hashlib
 
     from deploykit.seams.override import OVERRIDE_FILE, describe
+    from deploykit.seams.textfile import check_writable, read_bytes
 
     source = host.site_override()
     if source is None:
         return describe(stack_dir)
-    data = source.read_bytes()
+    data = read_bytes(source, "override", "Fix the path the inventory gives.", ConfigError)
     target = stack_dir / OVERRIDE_FILE
+    check_writable(target, "override", "Move it away; deploykit copies the inventory's override there.", StackDirError)
     if write and (not target.is_file() or target.read_bytes() != data):
         try:
             stack_dir.mkdir(parents=True, exist_ok=True)

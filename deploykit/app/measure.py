@@ -128,6 +128,7 @@ def bench_stack(
     from deploykit.values.errors import HealthError
 
     stack = load_stack(stack_dir.expanduser().absolute())
+    check_request_fits(stack, prompt_tokens, max_tokens)
     target = bench_target(stack, via)
     try:
         words = calibrate_words(target, prompt_tokens)
@@ -149,6 +150,24 @@ def bench_stack(
         "url": target.base_url + target.path,
         "levels": results,
     }
+
+
+def check_chart(path: Path) -> None:
+    """Refuse a --chart path the report could not be written to, before any load runs."""
+    from deploykit.seams.textfile import check_writable
+
+    check_writable(path, "--chart file", "Give the path of a new or regular .html file.", UsageError)
+
+
+def check_request_fits(stack: LoadedStack, prompt_tokens: int, max_tokens: int) -> None:
+    """Refuse a load whose every request the server would refuse: prompt and answer beyond the context."""
+    context = stack.spec.plan.context_length
+    if prompt_tokens + max_tokens > context:
+        raise UsageError(
+            f"--prompt-tokens {prompt_tokens} + --max-tokens {max_tokens} is more than the {context} tokens of "
+            f"context {stack.spec.project} serves per request.",
+            f"Keep their sum within {context}, or render the stack with a longer --context.",
+        )
 
 
 def bench_report(
@@ -400,7 +419,7 @@ class _Sweep:
     def run(self, grid: list[Candidate], on_candidate: Callable[[str], None]) -> list[TuneRow]:
         """Every candidate, and again those close to the best; interrupted or broken, the stack goes back to
         what it ran before, and the error the user sees is the one that stopped the sweep."""
-        original = {name: (self.stack.dir / name).read_text(encoding="utf-8") for name in self.files}
+        original = {name: stackdir.read_stack_file(self.stack.dir, name) for name in self.files}
         rows: list[TuneRow] = []
         try:
             for candidate in grid:
@@ -451,6 +470,7 @@ def tune_stack(
         "Tune a Compose stack of the same plan (`deploykit up --target compose --dir OTHER`), then copy the "
         "winner from its deploykit.toml into this stack's and render it again.",
     )
+    check_request_fits(stack, request.prompt_tokens, request.max_tokens)
     docker_host = engine_for(settings)
     plan = stack.spec.plan
     current = Candidate(plan.threads, plan.parallel)

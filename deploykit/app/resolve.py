@@ -3,7 +3,6 @@ the engine, and the plan for them."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ def all_profiles(settings: Settings) -> tuple[HostProfile, ...]:
         raise NotFoundError(f"profiles file {path} does not exist.", "Check the --profiles-file path.")
     if settings.profiles_file is not None and not path.is_file():
         raise ConfigError(f"profiles file {path} is not a regular file.", "Give the path of a TOML file.")
-    if path.is_file():
+    if path.exists():  # a pipe or device there is named by the reader, never read
         from deploykit.seams.textfile import read_text
 
         text = read_text(path, "profiles file", "Check the --profiles-file path; it is TOML in UTF-8.", ConfigError)
@@ -63,16 +62,11 @@ def detect(settings: Settings) -> HostProfile:
 
 def load_host_file(path: Path) -> HostProfile:
     from deploykit.seams.textfile import read_text
+    from deploykit.values.documents import load_json
 
     text = read_text(path, "host file", "Check the --host path; save one with `deploykit detect --json`.")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{path} is not JSON ({exc.msg} at line {exc.lineno}).",
-            "Save one with `deploykit detect --json > host.json` on the target machine.",
-        ) from None
     hint = "Save one with `deploykit detect --json > host.json` on the target machine."
+    data = load_json(text, path, "host file", hint)
     try:
         host = HostProfile.model_validate(data)
         if host.preferred_backend is not None:

@@ -225,16 +225,19 @@ def prepare_spec(
 
     stack_dir = existing.dir
     env_notes = webui_env.check(settings.webui_env)
-    spec = spec.model_copy(update={"webui_env": dict(sorted(settings.webui_env.items()))})
+    # Settings whose names say they are secrets go into .env; compose.yaml and plan.json name them only.
+    plain, hidden = webui_env.split_secrets(settings.webui_env)
+    spec = spec.model_copy(update={"webui_env": dict(sorted(plain.items())), "webui_secrets": tuple(sorted(hidden))})
     spec, certificate = with_tls(
         spec, settings.tls, stack_dir, tls_names, settings.images.caddy, recorded(existing.plan)
     )
+    stack_secrets = {**stack_secrets, **hidden}
     customised, template_notes = customisation(settings.templates_dir, stack_dir, existing.plan)
     files = render_files(spec, stack_secrets, inputs, settings.templates_dir, customised)
     if certificate is not None:
         files |= certificate.files
         notes = [*notes, *certificate.notes]
-    files[ENV_FILE] = stackdir.merged_env(existing.env, stack_secrets, files[ENV_FILE])
+    files[ENV_FILE] = stackdir.env_with(stackdir.merged_env(existing.env, stack_secrets, files[ENV_FILE]), hidden)
     main = TARGET_FILES[spec.target]
     backup = main if stackdir.backup_needed(existing, main, files[main], force) else None
     all_notes = [*notes, *env_notes, *template_notes]

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from deploykit.values.documents import load_toml
 from deploykit.values.errors import ConfigError, NotFoundError
 from deploykit.values.host import HostProfile
 from deploykit.values.model import ModelSpec
@@ -63,10 +64,7 @@ def _profile_from(
 
 
 def _read_toml(path: Path, text: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}.", "Fix the syntax and try again.") from None
+    return load_toml(text, path, "profiles file", "Fix the syntax and try again.", ConfigError)
 
 
 def _data_files(folder: str) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ import click
 
 from deploykit import __version__
 from deploykit.values.defaults import DEFAULT_MAX_CONTEXT
+from deploykit.values.redact import for_terminal
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,16 +70,16 @@ def _internal_error(exc: Exception) -> None:
 def _fail(message: str, hint: str | None, code: int, log_tail: str = "") -> None:
     if log_tail:
         click.echo(log_tail.rstrip(), err=True)
-    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+    click.echo(click.style("Error: ", fg="red", bold=True) + for_terminal(message), err=True)
     if hint:
-        click.echo(click.style("Hint: ", fg="yellow") + hint, err=True)
+        click.echo(click.style("Hint: ", fg="yellow") + for_terminal(hint), err=True)
     sys.exit(code)
 
 
 T = TypeVar("T")
 
 
-def _not_nan(param: click.Parameter, value: float | None) -> float | None:
+def not_nan(param: click.Parameter, value: float | None) -> float | None:
     # FloatRange lets nan through: every comparison with nan is false.
     if value is not None and value != value:
         raise click.BadParameter("nan is not a number of seconds.", param=param)
@@ -210,7 +211,7 @@ force_option = click.option(
 timeout_option = click.option(
     "--timeout",
     type=click.FloatRange(min=1, max=7 * 86400),
-    callback=lambda ctx, param, value: _not_nan(param, value),
+    callback=lambda ctx, param, value: not_nan(param, value),
     metavar="SECONDS",
     help="Give up waiting after this long [default: from the plan].",
 )
@@ -232,16 +233,53 @@ tls_option = click.option(
 )
 
 
-def int_list(value: str, option: str) -> list[int]:
+# Bounds on what bench and tune send, so a typo cannot open a million connections or build a prompt of a
+# billion words: far beyond any context or machine deploykit plans for.
+MAX_TOKENS = 1_048_576
+MAX_CONCURRENCY = 1024
+MAX_THREADS = 4096
+MAX_PROMPT_WORDS = 50_000_000  # the prompts of one level are built before it starts: about 300 MiB of text
+TOKENS = click.IntRange(1, MAX_TOKENS)
+REQUESTS = click.IntRange(1, 100_000)
+
+
+def check_load(levels: list[int], requests: int | None, prompt_tokens: int, default: Callable[[int], int]) -> None:
     from deploykit.values.errors import UsageError
 
-    try:
-        numbers = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        numbers = []
-    if not numbers or any(n < 1 for n in numbers):
-        raise UsageError(f"{option} '{value}' is not a list of positive whole numbers.", f"e.g. {option} 1,4,8")
+    most = max((requests or default(c)) * prompt_tokens for c in levels)
+    if most > MAX_PROMPT_WORDS:
+        raise UsageError(
+            f"{most:,} prompt tokens in one level (--requests × --prompt-tokens) is more than the "
+            f"{MAX_PROMPT_WORDS:,} deploykit builds at once.",
+            "Use fewer --requests or shorter --prompt-tokens.",
+        )
+
+
+def int_list(value: str, option: str, most: int) -> list[int]:
+    from deploykit.values.errors import UsageError
+
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    numbers = [int(v) for v in parts if v.isascii() and v.isdigit() and len(v) <= 9]
+    if not numbers or len(numbers) != len(parts) or any(not 1 <= n <= most for n in numbers):
+        raise UsageError(
+            f"{option} {value[:80]!r} is not a list of whole numbers from 1 to {most}.", f"e.g. {option} 1,4,8"
+        )
     return numbers
+
+
+def text_argument(value: str, name: str) -> None:
+    """An argument that is sent on as text: not empty, and UTF-8 (a raw byte arrives as a lone surrogate)."""
+    from deploykit.values.errors import UsageError
+
+    if not value.strip():
+        raise UsageError(f"{name} is empty.", f"Give the {name.lower()} to send, in quotes.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{name} holds bytes that are not UTF-8 text (at character {exc.start + 1}).",
+            "Check the terminal's or script's encoding (UTF-8).",
+        ) from None
 
 
 def progress_bar(total: int, description: str) -> Any:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from deploykit.cli.common import loaded_stack, path_or_none, settings_from, show, stack_dir_option
+from deploykit.cli.common import loaded_stack, path_or_none, settings_from, show, stack_dir_option, text_argument
 from deploykit.values.services import SERVICES, TLS_PROXY
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ def chat(ctx: click.Context, message: str, stack_dir: str, direct: bool, max_tok
     from deploykit.app import day2 as api
     from deploykit.cli import output
 
+    text_argument(message, "MESSAGE")
     answer = api.chat(loaded_stack(stack_dir), message, direct, max_tokens)
     show(as_json, answer.response, output.show_answer, answer)
 

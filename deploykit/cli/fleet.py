@@ -14,6 +14,7 @@ from deploykit.cli.common import (
     context_option,
     image_option,
     model_options,
+    not_nan,
     path_or_none,
     print_json,
     settings_from,
@@ -160,7 +161,13 @@ def fleet_render(ctx: click.Context, /, **params: Any) -> None:
     "up",
     "Deliver, start and check every host, in parallel.",
     fleet_plan_options,
-    click.option("--timeout", type=float, metavar="SECONDS", help="Per host: give up waiting after this long."),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=1, max=7 * 86400),
+        callback=lambda ctx, param, value: not_nan(param, value),
+        metavar="SECONDS",
+        help="Per host: give up waiting after this long.",
+    ),
 )
 def fleet_up(ctx: click.Context, /, **params: Any) -> None:
     """Per host: load the images it lacks from this controller's engine, send the model into a volume

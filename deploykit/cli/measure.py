@@ -7,7 +7,20 @@ from typing import TYPE_CHECKING
 
 import click
 
-from deploykit.cli.common import int_list, path_or_none, print_json, progress_bar, settings_from, stack_dir_option
+from deploykit.cli.common import (
+    MAX_CONCURRENCY,
+    MAX_THREADS,
+    REQUESTS,
+    TOKENS,
+    check_load,
+    int_list,
+    not_nan,
+    path_or_none,
+    print_json,
+    progress_bar,
+    settings_from,
+    stack_dir_option,
+)
 from deploykit.values.services import INFERENCE, SERVICES
 
 if TYPE_CHECKING:
@@ -17,9 +30,13 @@ if TYPE_CHECKING:
 @click.command(short_help="Measure a running stack: TTFT, ITL, tokens/s.")
 @stack_dir_option()
 @click.option("--concurrency", default="1,4", show_default=True, metavar="N[,N…]", help="Concurrency levels.")
-@click.option("--requests", type=int, metavar="N", help="Requests per level [default: max(8, 2 × concurrency)].")
-@click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length of each request, in tokens.")
-@click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates (EOS ignored).")
+@click.option("--requests", type=REQUESTS, metavar="N", help="Requests per level [default: max(8, 2 × concurrency)].")
+@click.option(
+    "--prompt-tokens", default=128, type=TOKENS, show_default=True, help="Prompt length of each request, in tokens."
+)
+@click.option(
+    "--max-tokens", default=128, type=TOKENS, show_default=True, help="Tokens each request generates (EOS ignored)."
+)
 @click.option(
     "--via",
     type=click.Choice(list(SERVICES)),
@@ -53,12 +70,10 @@ def bench(
 
     from deploykit.app import measure as api
     from deploykit.cli import output
-
-    levels = int_list(concurrency, "--concurrency")
-    if requests is not None and requests < 1:
-        from deploykit.values.errors import UsageError
-
-        raise UsageError("--requests must be at least 1.", "e.g. --requests 16")
+    levels = int_list(concurrency, "--concurrency", MAX_CONCURRENCY)
+    check_load(levels, requests, prompt_tokens, lambda c: api.requests_for(c, api.BENCH_MIN_REQUESTS))
+    if chart:  # before the load runs: a named pipe there would block the write at the end
+        api.check_chart(Path(chart))
     dirs = [Path(stack_dir)] + ([Path(compare_dir)] if compare_dir else [])
     total = sum(requests or api.requests_for(c, api.BENCH_MIN_REQUESTS) for c in levels) * len(dirs)
     stacks = []
@@ -91,15 +106,26 @@ def bench(
     type=click.Choice(["chat", "throughput"]),
     help="What to optimise: one chat at a time (chat), or 4 at once (throughput) [default: chat].",
 )
-@click.option("--concurrency", type=int, metavar="N", help="Optimise for N chats at once instead of a named workload.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    metavar="N",
+    help="Optimise for N chats at once instead of a named workload.",
+)
 @click.option("--threads", "threads_list", metavar="N[,N…]", help="Thread counts to try [default: from the CPUs].")
 @click.option("--parallel", "parallel_list", metavar="N[,N…]", help="Slot counts to try [default: from the workload].")
-@click.option("--requests", type=int, metavar="N", help="Requests per candidate [default: max(4, 2 × concurrency)].")
-@click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length of each request, in tokens.")
-@click.option("--max-tokens", default=128, show_default=True, help="Tokens each request generates.")
+@click.option(
+    "--requests", type=REQUESTS, metavar="N", help="Requests per candidate [default: max(4, 2 × concurrency)]."
+)
+@click.option(
+    "--prompt-tokens", default=128, type=TOKENS, show_default=True, help="Prompt length of each request, in tokens."
+)
+@click.option("--max-tokens", default=128, type=TOKENS, show_default=True, help="Tokens each request generates.")
 @click.option(
     "--time-limit",
     default=90.0,
+    type=click.FloatRange(min=1, max=86400),
+    callback=lambda ctx, param, value: not_nan(param, value),
     show_default=True,
     metavar="SECONDS",
     help="Cut a candidate's measurement after this long (it scores 0: too slow).",
@@ -132,6 +158,7 @@ def tune(
     from deploykit.cli import output
 
     name, level = api.tune_goal(workload, concurrency)
+    check_load([level], requests, prompt_tokens, lambda c: api.requests_for(c, api.TUNE_MIN_REQUESTS))
     request = api.TuneRequest(
         Path(stack_dir),
         concurrency=level,
@@ -139,8 +166,8 @@ def tune(
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
         requests=requests,
-        threads=int_list(threads_list, "--threads") if threads_list else None,
-        parallel=int_list(parallel_list, "--parallel") if parallel_list else None,
+        threads=int_list(threads_list, "--threads", MAX_THREADS) if threads_list else None,
+        parallel=int_list(parallel_list, "--parallel", MAX_CONCURRENCY) if parallel_list else None,
         time_limit=time_limit,
     )
     output.show_tune_goal(name, level)

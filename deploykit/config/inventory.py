@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from deploykit.seams.engine import TLS_FILES, EngineAddress, EngineTLS
 from deploykit.values.errors import ConfigError, EngineError, NotFoundError, UsageError
+from deploykit.values.redact import redact
 from deploykit.values.webui_env import WebuiEnv
 
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -78,7 +78,7 @@ class FleetHost(SiteLayer):
         if self.engine is not None:
             scheme = urlparse(self.engine).scheme
             if scheme not in ("ssh", "tcp", "unix"):
-                raise ValueError(f"engine '{self.engine}' is not ssh://, tcp:// or unix://")
+                raise ValueError(f"engine '{redact(self.engine)}' is not ssh://, tcp:// or unix://")
         if self.ui_port == self.inference_port:
             raise ValueError("ui_port and inference_port must differ")
         return self
@@ -102,26 +102,25 @@ class Inventory(SiteLayer):
 
 def load_inventory(path: Path) -> Inventory:
     """The inventory file, checked: a TOML or schema error names the line it is on."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise NotFoundError(f"cannot read inventory {path}: {exc.strerror}.", "Check the --inventory path.") from None
+    from deploykit.seams.textfile import read_text
+    from deploykit.values.documents import load_toml
+
+    hint = "Check the --inventory path; it is a TOML file in UTF-8."
+    text = read_text(path, "inventory", hint, UsageError, missing=NotFoundError)
     hint = (
         "Each [[hosts]] table takes name, engine or context, profile, labels, ui_port, inference_port, address, "
         "group, webui_env, templates_dir, override, tls_dir, tls; the top level and [groups.NAME] take the last five."
     )
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}.", hint) from None
+    data = load_toml(text, path, "inventory", hint, UsageError)
+    lines = TomlLines(text)
     try:
         inventory = Inventory.model_validate(data)
     except ValidationError as exc:
-        problems = [_located(text, err["loc"], err["msg"]) for err in exc.errors()]
+        problems = [_located(lines, err["loc"], err["msg"]) for err in exc.errors()]
         raise ConfigError(f"{path}: " + "; ".join(problems) + ".", hint) from None
-    _check_layers(inventory, path, text)
+    _check_layers(inventory, path, lines)
     base = path.expanduser().absolute().parent
-    hosts = [_effective(inventory, i, base, path, text) for i in range(len(inventory.hosts))]
+    hosts = [_effective(inventory, i, base, path, lines) for i in range(len(inventory.hosts))]
     return inventory.model_copy(update={"hosts": hosts})
 
 
@@ -135,7 +134,7 @@ def _layers(inventory: Inventory, index: int) -> list[tuple[tuple[str | int, ...
     return layers
 
 
-def _check_layers(inventory: Inventory, path: Path, text: str) -> None:
+def _check_layers(inventory: Inventory, path: Path, lines: TomlLines) -> None:
     """Every host's group exists and every [webui_env] name is one Open WebUI can take."""
     from deploykit.values import webui_env
 
@@ -143,7 +142,7 @@ def _check_layers(inventory: Inventory, path: Path, text: str) -> None:
         if host.group is not None and host.group not in inventory.groups:
             known = ", ".join(sorted(inventory.groups)) or "none"
             raise ConfigError(
-                f"{path}: {_located(text, ('hosts', i, 'group'), f'no [groups.{host.group}] table')}.",
+                f"{path}: {_located(lines, ('hosts', i, 'group'), f'no [groups.{host.group}] table')}.",
                 f"Groups defined: {known}.",
             )
     tables: list[tuple[tuple[str | int, ...], SiteLayer]] = [((), inventory)]
@@ -153,10 +152,10 @@ def _check_layers(inventory: Inventory, path: Path, text: str) -> None:
         try:
             webui_env.check(layer.webui_env)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {_located(text, (*loc, 'webui_env'), exc.message)}", exc.hint) from None
+            raise ConfigError(f"{path}: {_located(lines, (*loc, 'webui_env'), exc.message)}", exc.hint) from None
 
 
-def _effective(inventory: Inventory, index: int, base: Path, path: Path, text: str) -> FleetHost:
+def _effective(inventory: Inventory, index: int, base: Path, path: Path, lines: TomlLines) -> FleetHost:
     """The host with its layers folded in: [webui_env] merged, the nearest templates_dir and override, as
     absolute paths; the override remembers the line that named it."""
     env: dict[str, str] = {}
@@ -166,7 +165,7 @@ def _effective(inventory: Inventory, index: int, base: Path, path: Path, text: s
         env |= layer.webui_env
         if layer.tls_dir is not None:
             tls_dir = str(base / Path(layer.tls_dir).expanduser())
-            line = _line_of(text, (*loc, "tls_dir"))
+            line = _line_of(lines, (*loc, "tls_dir"))
             tls_from = f"{path} line {line}" if line else str(path)
         if layer.tls is not None:
             tls = layer.tls
@@ -174,7 +173,7 @@ def _effective(inventory: Inventory, index: int, base: Path, path: Path, text: s
             templates_dir = str(base / Path(layer.templates_dir).expanduser())
         if layer.override is not None:
             override = str(base / Path(layer.override).expanduser())
-            line = _line_of(text, (*loc, "override"))
+            line = _line_of(lines, (*loc, "override"))
             override_from = f"{path} line {line}" if line else str(path)
     host = inventory.hosts[index].model_copy(
         update={"webui_env": env, "templates_dir": templates_dir, "override": override, "tls_dir": tls_dir, "tls": tls}
@@ -184,42 +183,65 @@ def _effective(inventory: Inventory, index: int, base: Path, path: Path, text: s
     return host
 
 
-def _located(text: str, loc: Sequence[str | int], msg: str) -> str:
+def _located(lines: TomlLines, loc: Sequence[str | int], msg: str) -> str:
     """'line N: hosts[1].key: message' — the line of the key in the index-th [[hosts]] table, when found."""
     where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
-    line = _line_of(text, loc)
+    line = _line_of(lines, loc)
     return f"line {line}: {where}: {msg}" if line else f"{where}: {msg}"
 
 
-def _line_of(text: str, loc: Sequence[str | int]) -> int | None:
+_HEADER = re.compile(r"\s*\[")
+_HOSTS_HEADER = re.compile(r"\s*\[\[\s*hosts\s*\]\]")
+_GROUP_HEADER = re.compile(r'\s*\[\s*groups\s*\.\s*(?:([A-Za-z0-9_-]+)|"([^"\\]*)")\s*\]')
+_TABLE_HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_-]+)\s*\]")
+_KEY = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=")
+
+
+class TomlLines:
+    """Where the inventory's table headers and keys are, indexed in one pass over the text: a fleet of
+    thousands of hosts asks for a line per host, and rescanning the file for each made loading quadratic."""
+
+    def __init__(self, text: str) -> None:
+        self.hosts: list[int] = []  # the 0-based line of each [[hosts]] header, in order
+        self.groups: dict[str, int] = {}  # [groups.NAME] -> its first header line
+        self.tables: dict[str, int] = {}  # a top-level [NAME] -> its first header line
+        self.keys: dict[int, dict[str, int]] = {}  # a table's header line (-1: the top level) -> key -> first line
+        table = -1
+        for i, line in enumerate(text.splitlines()):
+            if not _HEADER.match(line):
+                if key := _KEY.match(line):
+                    self.keys.setdefault(table, {}).setdefault(key.group(1), i)
+                continue
+            table = i
+            if _HOSTS_HEADER.match(line):
+                self.hosts.append(i)
+            elif group := _GROUP_HEADER.match(line):
+                self.groups.setdefault(group.group(1) or group.group(2), i)
+            elif top := _TABLE_HEADER.match(line):
+                self.tables.setdefault(top.group(1), i)
+
+
+def _line_of(lines: TomlLines, loc: Sequence[str | int]) -> int | None:
     """The 1-based line of ``loc``'s key: top level, in the index-th [[hosts]] or in [groups.NAME]."""
-    lines = text.splitlines()
     if len(loc) >= 2 and loc[0] == "hosts" and isinstance(loc[1], int):
-        headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*hosts\s*\]\]", line)]
-        if loc[1] >= len(headers):
+        if loc[1] >= len(lines.hosts):
             return None
-        return _key_line(lines, headers[loc[1]], loc[2] if len(loc) > 2 else None)
+        return _key_line(lines, lines.hosts[loc[1]], loc[2] if len(loc) > 2 else None)
     if len(loc) >= 2 and loc[0] == "groups":
-        name = re.escape(str(loc[1]))
-        header = rf"\s*\[\s*groups\s*\.\s*(?:{name}|\"{name}\")\s*\]"
-        starts = [i for i, line in enumerate(lines) if re.match(header, line)]
-        return _key_line(lines, starts[0], loc[2] if len(loc) > 2 else None) if starts else None
+        start = lines.groups.get(str(loc[1]))
+        return _key_line(lines, start, loc[2] if len(loc) > 2 else None) if start is not None else None
     if loc and isinstance(loc[0], str):
         # A top-level key, or a top-level table such as [webui_env].
-        table = [i for i, line in enumerate(lines) if re.match(rf"\s*\[\s*{re.escape(loc[0])}\s*\]", line)]
-        return table[0] + 1 if table else _key_line(lines, -1, loc[0])
+        table = lines.tables.get(loc[0])
+        return table + 1 if table is not None else _key_line(lines, -1, loc[0])
     return None
 
 
-def _key_line(lines: list[str], start: int, key: str | int | None) -> int | None:
+def _key_line(lines: TomlLines, start: int, key: str | int | None) -> int | None:
     """The line of ``key =`` in the table whose header is line ``start`` (-1: the top level before any table);
     the header's own line when the key is not written there."""
-    if isinstance(key, str):
-        for i in range(start + 1, len(lines)):
-            if re.match(r"\s*\[", lines[i]):
-                break
-            if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
-                return i + 1
+    if isinstance(key, str) and (found := lines.keys.get(start, {}).get(key)) is not None:
+        return found + 1
     return start + 1 if start >= 0 else None
 
 
@@ -245,23 +267,24 @@ def check_tls(host: FleetHost) -> None:
     if host.tls_dir is None:
         said = "says tls = true but names no tls_dir" if host.tls else "is tcp:// without TLS"
         raise ConfigError(
-            f"host {host.name}: engine {host.engine} {said}, and an engine port without TLS "
+            f"host {host.name}: engine {redact(host.engine)} {said}, and an engine port without TLS "
             "gives root on that machine to anyone who reaches it.",
             "Give tls_dir (a folder with ca.pem, cert.pem, key.pem, as DOCKER_CERT_PATH) for the host or "
             "fleet-wide, or set tls = false for it to accept an unauthenticated engine.",
         )
+    from deploykit.seams.textfile import read_bytes
+
+    where = f" (tls_dir from {host._tls_from})" if host._tls_from else ""
+    hint = (
+        "tls_dir must hold ca.pem, cert.pem and key.pem (Docker's DOCKER_CERT_PATH layout); "
+        "a relative one is read from the inventory's folder."
+    )
     for name in TLS_FILES:
-        file = Path(host.tls_dir) / name
+        # Read here, as regular files of PEM size: the SDK would block on a named pipe in their place.
         try:
-            with file.open("rb"):
-                pass
-        except OSError as exc:
-            where = f" (tls_dir from {host._tls_from})" if host._tls_from else ""
-            raise ConfigError(
-                f"host {host.name}: cannot read TLS file {file}{where}: {exc.strerror}.",
-                "tls_dir must hold ca.pem, cert.pem and key.pem (Docker's DOCKER_CERT_PATH layout); "
-                "a relative one is read from the inventory's folder.",
-            ) from None
+            read_bytes(Path(host.tls_dir) / name, "TLS file", hint, ConfigError, limit=1024 * 1024)
+        except ConfigError as exc:
+            raise ConfigError(f"host {host.name}: {exc.message.removesuffix('.')}{where}.", hint) from None
 
 
 def _context_tls(name: str) -> Path | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -115,8 +114,12 @@ class Settings(BaseSettings, PlanKnobs):
     webui_port: WholeNumber = Field(7860, ge=1, le=65535)
     webui_bind: str = "0.0.0.0"
     inference_port: WholeNumber = Field(7861, ge=1, le=65535)
-    admin_email: str = Field("admin@deploykit.local", pattern=r"^[^@\s'$\\\"]+@[^@\s'$\\\"]+\.[^@\s'$\\\"]+$")
-    docker_host: str | None = Field(None, pattern=r"^(unix|tcp|ssh|npipe|http|https)://[^\s]+$")
+    # No quotes, spaces, $ or control characters: the e-mail is written into .env and sent to Open WebUI.
+    admin_email: str = Field(
+        "admin@deploykit.local",
+        pattern=r"^[^@\s'$\\\"\x00-\x1f\x7f]+@[^@\s'$\\\"\x00-\x1f\x7f]+\.[^@\s'$\\\"\x00-\x1f\x7f]+$",
+    )
+    docker_host: str | None = Field(None, pattern=r"^(unix|tcp|ssh|npipe|http|https)://[^\s\x00-\x1f\x7f]+$")
     images: Images = Images()
     # Open WebUI environment settings (``[webui_env]`` in the config file), checked against the pinned
     # version's names by deploykit.values.webui_env; values arrive as strings, as in any environment.
@@ -156,6 +159,12 @@ class Settings(BaseSettings, PlanKnobs):
         value = value.expanduser()
         if not value.is_absolute():
             raise ValueError("must be an absolute path (compose would resolve it against the stack folder)")
+        try:
+            not_a_folder = value.exists() and not value.is_dir()
+        except OSError:
+            not_a_folder = False  # unreadable: the download or preflight says why, with the path
+        if not_a_folder:
+            raise ValueError(f"{value} is a file, not a folder (the model cache holds the downloaded models)")
         return value
 
     @model_validator(mode="after")
@@ -265,12 +274,19 @@ def _is_file(path: Path) -> bool:
 
 
 def _check_toml(path: Path) -> None:
-    if not _is_file(path):
-        return
+    """A settings file that pydantic-settings may read: a regular file of UTF-8 TOML, else a ConfigError."""
+    from deploykit.seams.textfile import read_text
+    from deploykit.values.documents import load_toml
+
     try:
-        tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}.", "Fix or remove the file.") from None
+        present = path.exists()
+    except OSError:
+        return  # a --dir the file system cannot hold: the stack folder's own check names it
+    if not present:
+        return
+    what = "stack settings" if path.name == STACK_SETTINGS_FILE else "config file"
+    hint = "Fix or remove the file."
+    load_toml(read_text(path, what, hint, ConfigError), path, what, hint, ConfigError)
 
 
 def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
@@ -278,8 +294,10 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
     import tomlkit
     from tomlkit.items import Table
 
+    from deploykit.seams.textfile import read_text
+
     path = stack_dir / STACK_SETTINGS_FILE
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    text = read_text(path, "stack settings", "Fix or remove the file.", ConfigError) if path.exists() else ""
     doc = tomlkit.parse(text)
     if not text:
         doc.add(tomlkit.comment("Settings for this stack only; they win over config.toml (written by deploykit tune)."))
@@ -294,8 +312,12 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
             # A top-level key must come before the first [table], or TOML would put it inside that table.
             doc.body.insert(first_table, (tomlkit.key(key), tomlkit.item(value)))
             first_table += 1
+    text = tomlkit.dumps(doc)
+    import tomllib
+
+    tomllib.loads(text)  # what replaces the file is read back as TOML first, as render checks its own files
     tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
-    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
 

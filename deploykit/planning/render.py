@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 import jinja2
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from deploykit import __version__
 from deploykit.backends import Backend, named
+from deploykit.planning import templating
 from deploykit.values.errors import UsageError
 from deploykit.values.model import ModelSpec
 from deploykit.values.plan import DeploymentPlan, PlanInputs
-from deploykit.values.services import INFERENCE, WEBUI
+from deploykit.values.services import INFERENCE, SERVICES, TLS_PROXY, WEBUI
 from deploykit.values.stackfiles import (
     CADDYFILE,
     ENV_FILE,
@@ -36,6 +38,7 @@ from deploykit.values.stackfiles import (
     RUNTIME_SECRETS,
     SECRET_KEYS,
     TARGET_FILES,
+    encode_files,
     env_quote,
     sha256,
 )
@@ -62,6 +65,8 @@ class StackSpec(BaseModel):
     inference_port: int
     target: Target = "compose"
     webui_env: dict[str, str] = {}  # the [webui_env] table: extra Open WebUI environment settings
+    # [webui_env] names that say they are secrets: their values live in .env, compose.yaml refers to them.
+    webui_secrets: tuple[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")], ...] = ()
     # A named volume holding the weights (fleet hosts: a remote engine cannot see the controller's disk);
     # None mounts model_host_path from the engine's own disk.
     model_volume: str | None = None
@@ -143,6 +148,13 @@ def yaml_quote(value: object, escape_dollar: bool = True) -> str:
     return "".join(out)
 
 
+def env_reference(name: str) -> str:
+    """A compose value taken from .env: ``"${NAME:?…}"`` (compose refuses to start without it)."""
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+        raise ValueError(f"{name!r} is not an environment variable name")
+    return f'"${{{name}:?{name} is kept in .env; run deploykit render}}"'
+
+
 def _templates_root() -> Any:
     # In a wheel the templates ship as deploykit/templates; in a checkout they are top-level.
     packaged = resources.files("deploykit").joinpath("templates")
@@ -180,21 +192,28 @@ def shadowed_templates(templates_dir: Path | None) -> dict[str, dict[str, str]]:
     """
     if templates_dir is None:
         return {}
+    from deploykit.planning.templating import SiteLoader
+
+    loader = SiteLoader(str(templates_dir))  # the same checks as rendering: inside the folder, regular, UTF-8
     return {
-        name: {"builtin_sha256": sha256_text(text), "site_sha256": sha256_text(site.read_text(encoding="utf-8"))}
+        name: {"builtin_sha256": sha256_text(text), "site_sha256": sha256_text(loader.get_source(_PLAIN, name)[0])}
         for name, text in builtin_templates().items()
-        if (site := templates_dir / name).is_file()
+        if os.path.lexists(templates_dir / name)
     }
+
+
+_PLAIN = jinja2.Environment()  # only passed to get_source, which does not use it
 
 
 @cache
 def _environment(templates_dir: str | None = None) -> jinja2.Environment:
+    from deploykit.planning.templating import Sandbox, SiteLoader
+
     builtin = jinja2.FileSystemLoader(str(_templates_root()))
     # A site's folder first: its files shadow the built-ins one by one; the rest still come from deploykit.
-    loader: jinja2.BaseLoader = (
-        jinja2.ChoiceLoader([jinja2.FileSystemLoader(templates_dir), builtin]) if templates_dir else builtin
-    )
-    env = jinja2.Environment(
+    loader: jinja2.BaseLoader = jinja2.ChoiceLoader([SiteLoader(templates_dir), builtin]) if templates_dir else builtin
+    # Sandboxed for the built-ins too: one environment, so what renders here renders the same for a site.
+    env = Sandbox(
         loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -206,6 +225,7 @@ def _environment(templates_dir: str | None = None) -> jinja2.Environment:
     env.filters["kq"] = lambda value: yaml_quote(value, escape_dollar=False)
     env.filters["env_q"] = env_quote
     env.filters["cq"] = caddy_quote
+    env.filters["env_ref"] = env_reference
     return env
 
 
@@ -231,7 +251,8 @@ def _tls_values(spec: StackSpec) -> dict[str, Any]:
 
 def render_caddyfile(spec: StackSpec, env: jinja2.Environment) -> str:
     """The tls-proxy's Caddyfile (stacks with HTTPS only). Pure."""
-    return env.get_template("caddy/Caddyfile.j2").render(version=__version__, tls=spec.tls, **_tls_values(spec))
+    context = {"version": __version__, "tls": spec.tls, **_tls_values(spec)}
+    return templating.render(env, "caddy/Caddyfile.j2", context)
 
 
 def _tls_context(spec: StackSpec, env: jinja2.Environment) -> dict[str, Any]:
@@ -304,6 +325,7 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
         "webui_env": spec.webui_environment,
         "tls": spec.tls,
         **spec.backend.template_vars(plan),
+        "webui_secrets": spec.webui_secrets,
     }
     if spec.tls is not None:
         context |= _tls_context(spec, env)
@@ -311,8 +333,11 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
         context |= _kubernetes_context(spec, inputs.model)
         context["secrets"] = {k: secrets[k] for k in RUNTIME_SECRETS}
         context["inference_url"] = f"http://{context['names']['inference']}:{spec.inference_container_port}/v1"
-        return env.get_template("kubernetes/stack.yaml.j2").render(context)
-    return env.get_template("compose.yaml.j2").render(context)
+        return templating.render(env, "kubernetes/stack.yaml.j2", context)
+    return templating.render(env, "compose.yaml.j2", context)
+
+
+_TOO_LARGE = "Check the [webui_env] values and paths given: one of them is megabytes long."
 
 
 def render_files(
@@ -332,23 +357,30 @@ def render_files(
     env = _environment(str(templates_dir) if templates_dir else None)
     try:
         main = render_target(spec, inputs, secrets, env)
-    except jinja2.TemplateError as exc:
+        dotenv = templating.render(env, "env.j2", {"secrets": {k: secrets[k] for k in SECRET_KEYS}})
+        extra = {CADDYFILE: render_caddyfile(spec, env)} if spec.tls is not None else {}
+    except (jinja2.TemplateError, RecursionError) as exc:
         if templates_dir is None:
+            if isinstance(exc, jinja2.exceptions.SecurityError):  # a value given so long the file outgrew the bound
+                raise UsageError(f"the stack file would be too large to write: {exc}.", _TOO_LARGE) from None
             raise
         where = str(templates_dir)
         if isinstance(exc, jinja2.TemplateSyntaxError):
             where = f"{exc.filename or templates_dir} line {exc.lineno}"
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else exc.message or exc
         raise UsageError(
-            f"the site templates in {where} do not render: {exc.message or exc}.",
+            f"the site templates in {where} do not render: {detail}.",
             "Fix the template (`deploykit templates export DIR` writes the built-ins to compare with).",
         ) from None
-    dotenv = env.get_template("env.j2").render(secrets={k: secrets[k] for k in SECRET_KEYS})
-    extra = {CADDYFILE: render_caddyfile(spec, env)} if spec.tls is not None else {}
+    stack = spec.model_dump(mode="json")
+    if not stack["webui_secrets"]:
+        del stack["webui_secrets"]  # plan.json as before for stacks without secret settings
+    if stack["tls"] is None:
+        del stack["tls"]  # and for stacks without HTTPS
     plan_json = json.dumps(
         {
             "deploykit_version": __version__,
-            # A stack without HTTPS records no "tls" key: its plan.json reads as before.
-            "stack": spec.model_dump(mode="json", exclude={"tls"} if spec.tls is None else None),
+            "stack": stack,
             "inputs": inputs.recorded(),
             **({"customised": dict(customised)} if customised else {}),
             # What deploykit wrote, so a hand edit of the stack file is noticed before it is overwritten.
@@ -357,4 +389,14 @@ def render_files(
         indent=2,
         ensure_ascii=False,
     )
-    return {TARGET_FILES[spec.target]: main, ENV_FILE: dotenv, **extra, PLAN_FILE: plan_json + "\n"}
+    files = {TARGET_FILES[spec.target]: main, ENV_FILE: dotenv, **extra, PLAN_FILE: plan_json + "\n"}
+    encode_files(files)  # a name with raw bytes (a surrogate) says so before the YAML check trips on it
+    services = (*SERVICES, TLS_PROXY) if spec.tls is not None else SERVICES
+    try:  # parsed before anything may be written: a broken file never replaces a working one
+        templating.check_files(files, TARGET_FILES[spec.target], services)
+    except templating.RenderedFileError as exc:
+        refused = templating.as_user_error(exc, templates_dir, {*spec.webui_env, *spec.webui_secrets})
+        if refused is None:
+            raise
+        raise refused from None
+    return files

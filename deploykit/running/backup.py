@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 from deploykit import __version__
 from deploykit.running import webui_data
 from deploykit.seams import compose, diskspace, engine
+from deploykit.seams.archive import MANIFEST_MEMBER, MAX_MANIFEST_BYTES, Vetted, clean_tar, nested_tar, open_stream, vet
 from deploykit.seams.textfile import sha256_of
 from deploykit.values.errors import EngineError, NotFoundError, UsageError
 from deploykit.values.services import WEBUI
@@ -41,16 +42,16 @@ if TYPE_CHECKING:
     from deploykit.running.stack import LoadedStack
 
 DATA_VOLUME = "open-webui-data"  # the compose volume key in compose.yaml.j2
-MANIFEST_MEMBER = "deploykit-backup.json"
 FORMAT = 1
 _STAGING = ".deploykit-restore"
 _OLD = ".deploykit-old"
 
-# Unpack into the staging directory; on any failure remove it and leave the live data alone.
+# Unpack into the staging directory; on any failure remove it and leave the live data alone. The tar is
+# the clean one deploykit re-packed from the vetted archive (deploykit.archive), not the archive itself.
 STAGE_SCRIPT = f"""set -u
 cd /data || exit 2
 rm -rf {_STAGING} && mkdir {_STAGING} || exit 2
-if tar -xzpf /tmp/backup.tar.gz -C {_STAGING} && [ -d {_STAGING}/data ]; then exit 0; fi
+if tar -xpf /tmp/backup.tar -C {_STAGING} && [ -d {_STAGING}/data ]; then exit 0; fi
 rm -rf {_STAGING}
 echo "the archive could not be unpacked" >&2
 exit 3
@@ -87,8 +88,22 @@ class Manifest:
     size_bytes: int = 0
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+    def from_json(cls, data: object) -> Manifest:
+        """The manifest in ``data``; ValueError naming the first field that is missing or of the wrong type."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        known: dict[str, Any] = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if name not in data or data[name] is None:
+                if spec.default is MISSING:
+                    raise ValueError(f"{name} is missing")
+                continue
+            value, kind = data[name], int if spec.type in ("int", int) else str
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(
+                    f"{name} is a JSON {type(value).__name__}, not a {'number' if kind is int else 'string'}"
+                )
+            known[name] = value
         return cls(**known)
 
 
@@ -108,6 +123,9 @@ class RestoreReport:
     forced: bool
     webui_restarted: bool
     downtime_seconds: float  # Open WebUI stopped → answering /health again (0 when it was not running)
+    files: int = 0  # regular files restored
+    folders: int = 0
+    modes_masked: int = 0  # members whose setuid/setgid/sticky/world-writable bits were dropped
 
 
 def _labels(stack: LoadedStack) -> dict[str, str]:
@@ -241,36 +259,86 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
-def read_backup(path: Path) -> Manifest:
-    """The manifest of a backup archive, after checking the archive against its sidecar's sha256."""
-    if not path.is_file():
-        raise NotFoundError(f"backup {path} does not exist.", "`ls backups/` in the stack directory lists them.")
-    sidecar = path.with_name(path.name.removesuffix(".tar.gz") + ".json")
-    expected: Manifest | None = None
-    if sidecar.is_file():
-        try:
-            expected = Manifest.from_json(json.loads(sidecar.read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"{sidecar} is not a backup manifest ({exc}).", "Restore from another backup.") from None
-        actual = sha256_of(path)
-        if actual != expected.sha256:
-            raise UsageError(
-                f"backup {path} is damaged: its sha256 is {actual[:16]}…, the manifest recorded "
-                f"{expected.sha256[:16]}….",
-                "Nothing was changed. Restore from another backup.",
-            )
+def _regular_archive(path: Path) -> int:
+    """The archive's size; it must be a regular file (hashing a named pipe would never end)."""
+    import stat
+
     try:
-        with tarfile.open(path, mode="r:gz") as archive:
-            first = archive.next()
-            if first is None or first.name != MANIFEST_MEMBER:
-                raise UsageError(f"{path} is not a deploykit backup (no {MANIFEST_MEMBER}).")
-            handle = archive.extractfile(first)
-            assert handle is not None
-            embedded = Manifest.from_json(json.loads(handle.read()))
-    except (tarfile.TarError, OSError, EOFError, ValueError, TypeError) as exc:
-        raise UsageError(
-            f"{path} cannot be read as a deploykit backup ({exc}).", "Nothing was changed. Restore from another backup."
+        st = path.stat()
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"backup {path} does not exist.", "`ls backups/` in the stack directory lists them."
         ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read backup {path}: {exc.strerror}.", "Check the path and its permissions.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"backup {path} is not a regular file.", "Give the .tar.gz file `deploykit backup` wrote.")
+    return st.st_size
+
+
+def _manifest(data: object, where: Path) -> Manifest:
+    try:
+        manifest = Manifest.from_json(data)
+    except ValueError as exc:
+        raise UsageError(
+            f"{where} is not a backup manifest ({exc}).", "Nothing was changed. Restore from another backup."
+        ) from None
+    if manifest.format > FORMAT:
+        raise UsageError(
+            f"{where} is a backup of format {manifest.format}, made by deploykit {manifest.deploykit_version[:40]}; "
+            f"this deploykit {__version__} reads format {FORMAT}.",
+            f"Restore it with deploykit {manifest.deploykit_version[:40]} or newer.",
+        )
+    return manifest
+
+
+def _sidecar(path: Path, size: int) -> Manifest | None:
+    """The manifest beside the archive, checked against the archive's size and sha256; None when absent."""
+    from deploykit.seams.textfile import read_text
+    from deploykit.values.documents import load_json
+
+    sidecar = path.with_name(path.name.removesuffix(".tar.gz") + ".json")
+    if not os.path.lexists(sidecar):
+        return None
+    hint = "Nothing was changed. Restore from another backup."
+    text = read_text(sidecar, "backup manifest", hint, limit=MAX_MANIFEST_BYTES)
+    expected = _manifest(load_json(text, sidecar, "backup manifest", hint), sidecar)
+    if expected.size_bytes and expected.size_bytes != size:
+        raise UsageError(
+            f"backup {path} is damaged: it is {size:,} bytes, the manifest recorded {expected.size_bytes:,}.", hint
+        )
+    actual = sha256_of(path)
+    if actual != expected.sha256:
+        raise UsageError(
+            f"backup {path} is damaged: its sha256 is {actual[:16]}…, the manifest recorded {expected.sha256[:16]}….",
+            hint,
+        )
+    return expected
+
+
+def read_backup(path: Path) -> Manifest:
+    """The manifest of a backup archive, after checking the archive against its sidecar's size and sha256."""
+    from deploykit.seams.textfile import decode
+    from deploykit.values.documents import load_json
+
+    expected = _sidecar(path, _regular_archive(path))
+    hint = "Nothing was changed. Restore from another backup."
+    try:
+        with open_stream(path) as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST_MEMBER or not first.isfile():
+                raise UsageError(f"{path} is not a deploykit backup (no {MANIFEST_MEMBER}).", hint)
+            if first.size > MAX_MANIFEST_BYTES:
+                raise UsageError(
+                    f"{path}: its {MANIFEST_MEMBER} claims {first.size:,} bytes; a manifest is a few hundred.", hint
+                )
+            handle = tar.extractfile(first)
+            assert handle is not None
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        raise UsageError(f"{path} cannot be read as a deploykit backup ({exc}).", hint) from None
+    where = Path(f"{path}:{MANIFEST_MEMBER}")
+    embedded = _manifest(load_json(decode(raw, where, "backup manifest", hint), where, "backup manifest", hint), where)
     if expected is not None:
         return Manifest(**(asdict(embedded) | {"sha256": expected.sha256, "size_bytes": expected.size_bytes}))
     return embedded
@@ -278,10 +346,12 @@ def read_backup(path: Path) -> Manifest:
 
 def check_restore(
     stack: LoadedStack, docker_host: engine.EngineAddress, archive: Path, force: bool, opened_by: str | None = None
-) -> tuple[Manifest, tuple[webui_data.ArchiveScan, webui_data.Probe]]:
-    """Everything a restore checks before it touches anything: the archive's sha256, whose data it is, whether
-    ``opened_by`` (default: the stack's Open WebUI) can open it, and whether the volume has room to unpack it."""
+) -> tuple[Manifest, tuple[webui_data.ArchiveScan, webui_data.Probe], Vetted]:
+    """Everything a restore checks before it touches anything: the archive's sha256, every member (vetted before
+    the engine is asked for anything), whose data it is, whether ``opened_by`` (default: the stack's Open WebUI)
+    can open it, and whether the volume has room to unpack it."""
     manifest = read_backup(archive)
+    vetted = vet(archive)
     ours = stack.secrets.get(STACK_ID, "")
     if manifest.stack_id != ours and not force:
         raise UsageError(
@@ -293,7 +363,7 @@ def check_restore(
     volume = stack.engine_stack(docker_host).volume_name(DATA_VOLUME)
     image = opened_by or stack.spec.images[WEBUI]
     found = webui_data.check_restore(docker_host, archive, manifest.image, image, volume, _labels(stack), stack.dir)
-    return manifest, found
+    return manifest, found, vetted
 
 
 def restore(
@@ -311,7 +381,7 @@ def restore(
     False leaves Open WebUI stopped after the swap, for `upgrade` to start the new image on the data first.
     """
     archive = archive.expanduser().absolute()
-    manifest, found = check_restore(stack, docker_host, archive, force, opened_by)
+    manifest, found, vetted = check_restore(stack, docker_host, archive, force, opened_by)
     ours = stack.secrets.get(STACK_ID, "")
     es: compose.Stack = stack.engine_stack(docker_host)
     image = stack.spec.images[WEBUI]
@@ -322,16 +392,11 @@ def restore(
         volume = es.volume_name(DATA_VOLUME)
         if volume is None:
             raise EngineError(f"compose did not create the volume {DATA_VOLUME} of {stack.spec.project}.")
-    size = archive.stat().st_size
-    with archive.open("rb") as fh:
-        code, output = engine.run_on_volume(
-            docker_host,
-            volume,
-            image,
-            _labels(stack),
-            STAGE_SCRIPT,
-            upload=("/tmp", engine.tar_of_file("backup.tar.gz", fh, size)),
-        )
+    # What reaches the helper (and the volume) is the vetted members re-packed, not the archive's own bytes.
+    clean = nested_tar("backup.tar", clean_tar(archive, vetted), vetted.tar_bytes)
+    code, output = engine.run_on_volume(
+        docker_host, volume, image, _labels(stack), STAGE_SCRIPT, upload=("/tmp", clean)
+    )
     if code != 0:
         if diskspace.says_full(output):
             scan, probe = found
@@ -361,4 +426,13 @@ def restore(
     if running and start_again and wait_healthy is not None:
         wait_healthy()
     downtime = time.monotonic() - stopped_at if running else 0.0
-    return RestoreReport(str(archive), manifest, manifest.stack_id != ours, running, round(downtime, 1))
+    return RestoreReport(
+        str(archive),
+        manifest,
+        manifest.stack_id != ours,
+        running,
+        round(downtime, 1),
+        vetted.files,
+        vetted.folders,
+        vetted.masked,
+    )

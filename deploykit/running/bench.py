@@ -280,6 +280,7 @@ def _client(target: Target, connections: int) -> httpx.AsyncClient:
         headers={"Authorization": f"Bearer {target.token}"} if target.token else {},
         timeout=httpx.Timeout(600.0, connect=10.0),
         limits=httpx.Limits(max_connections=connections + 2, max_keepalive_connections=connections + 2),
+        trust_env=False,  # the stack's own servers: never through a proxy from the environment
     )
 
 
@@ -316,7 +317,7 @@ def server_counters(target: Target) -> dict[str, float]:
     """The inference server's Prometheus counters; empty when /metrics is off or unreachable."""
     headers = {"Authorization": f"Bearer {target.metrics_token}"} if target.metrics_token else {}
     try:
-        r = httpx.get(target.metrics_url + "/metrics", headers=headers, timeout=10)
+        r = httpx.get(target.metrics_url + "/metrics", headers=headers, timeout=10, trust_env=False)
     except httpx.HTTPError:
         return {}
     return parse_prometheus(r.text) if r.status_code == 200 else {}

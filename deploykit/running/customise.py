@@ -9,6 +9,7 @@ A shadowed built-in may change in a later deploykit; the hash of the built-in ea
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,18 @@ from deploykit.values.errors import NotFoundError, UsageError
 
 def _manifest(templates_dir: Path) -> dict[str, str]:
     """The folder's record of which built-in each copy was made from: template name -> built-in sha256."""
+    from deploykit.seams.textfile import read_text
+    from deploykit.values.documents import load_json
+
     path = templates_dir / TEMPLATES_MANIFEST
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
+    hint = f"Write it again with `deploykit templates rebase {templates_dir}`."
+    data = load_json(read_text(path, "templates record", hint, limit=1024 * 1024), path, "templates record", hint)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         return {str(k): str(v["builtin_sha256"]) for k, v in data["templates"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise UsageError(
-            f"{path} is not a templates record deploykit can read.",
-            f"Write it again with `deploykit templates rebase {templates_dir}`.",
-        ) from None
+        raise UsageError(f"{path} is not a templates record deploykit can read.", hint) from None
 
 
 def _recorded(plan: Mapping[str, Any] | None) -> dict[str, str]:
@@ -83,20 +85,43 @@ def _write_manifest(templates_dir: Path, entries: dict[str, str]) -> None:
         "deploykit_version": __version__,
         "templates": {name: {"builtin_sha256": digest} for name, digest in sorted(entries.items())},
     }
-    (templates_dir / TEMPLATES_MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    path = templates_dir / TEMPLATES_MANIFEST
+    tmp = path.with_name(f".{TEMPLATES_MANIFEST}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)  # a link or pipe in its place is replaced, never written through
+
+
+def _not_a_stack(folder: Path, command: str) -> None:
+    """A templates folder is not a stack folder: writing templates there would mix them with its files."""
+    from deploykit.values.stackfiles import STACK_FILES, TARGET_FILES
+
+    found = sorted({*STACK_FILES, *TARGET_FILES.values()} & {p.name for p in folder.iterdir()})
+    if found:
+        raise UsageError(
+            f"{folder} is a stack folder ({', '.join(found)}), not a templates folder; `templates {command}` "
+            "does not write into it.",
+            "Give the folder that templates_dir names (`deploykit templates export NEW-DIR` starts one).",
+        )
 
 
 def export_templates(target: Path, force: bool) -> list[str]:
     """Write the built-in templates into ``target`` to start a site's own; returns the names written."""
+    from deploykit.seams.textfile import check_writable
+
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target} exists and is not a directory.", "Choose another directory.")
+    if target.is_dir():
+        _not_a_stack(target, "export")
     builtins = builtin_templates()
-    existing = [name for name in builtins if (target / name).exists()]
+    existing = [name for name in builtins if os.path.lexists(target / name)]
     if existing and not force:
         raise UsageError(
             f"{target} already holds {', '.join(existing)}; deploykit does not overwrite a site's templates.",
             "Export into a new directory and compare, or add --force to overwrite them.",
         )
+    hint = "Move it away, or export into a new directory."
+    for name in existing:  # even with --force: a pipe, a device or a link is never written through
+        check_writable(target / name, "template", hint, follow=False)
     for name, text in builtins.items():
         path = target / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +134,13 @@ def rebase_templates(templates_dir: Path) -> list[str]:
     """Record that the site's copies are current with this deploykit's built-ins; returns the names recorded."""
     if not templates_dir.is_dir():
         raise NotFoundError(f"{templates_dir} is not a directory.", "Give the site's templates_dir.")
+    _not_a_stack(templates_dir, "rebase")
     shadowed = shadowed_templates(templates_dir)
+    if not shadowed and not os.path.lexists(templates_dir / TEMPLATES_MANIFEST):
+        raise UsageError(
+            f"{templates_dir} is not a templates folder: it holds none of the built-in templates' names and no "
+            f"{TEMPLATES_MANIFEST}.",
+            "Give the folder that templates_dir names (`deploykit templates export DIR` starts one).",
+        )
     _write_manifest(templates_dir, {name: h["builtin_sha256"] for name, h in shadowed.items()})
     return list(shadowed)

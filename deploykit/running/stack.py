@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from deploykit import backends
 from deploykit.planning.render import StackIdentity, StackSpec
 from deploykit.seams import certificates, compose, engine
-from deploykit.seams.stackdir import read_plan, read_secrets, recover
+from deploykit.seams.stackdir import check_stack_file, read_plan, read_secrets, recover
 from deploykit.values.errors import NotFoundError, StackDirError, UsageError
 from deploykit.values.model import ModelSpec
 from deploykit.values.plan import PlanInputs
@@ -114,6 +114,7 @@ def load_stack(stack_dir: Path) -> LoadedStack:
     for (key, field_name), name in named_backends.items():
         if name is not None and name not in backends.names():
             raise _unreadable(plan_path, key, field_name)
+    check_stack_file(stack_dir / TARGET_FILES[spec.target])  # every compose command reads it
     return LoadedStack(stack_dir, spec, read_secrets(stack_dir), inputs)
 
 

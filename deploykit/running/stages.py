@@ -93,7 +93,8 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
         report.admin_created = created
         report.drift = webui.connection_drift(ui, stack.webui_internal_api, key)
         # Settings Open WebUI keeps in its database: written on every up, or a changed value never lands.
-        report.notes += webui.apply_stored(ui, stored_settings(stack.spec.webui_settings))
+        secret = {name: stack.secrets[name] for name in stack.spec.webui_secrets if name in stack.secrets}
+        report.notes += webui.apply_stored(ui, stored_settings({**stack.spec.webui_settings, **secret}))
         return "admin account created" if created else "signed in as admin"
 
     return [

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.seams import diskspace, engine
+from deploykit.seams.archive import open_stream
 from deploykit.values.errors import DiskFullError, UsageError
 from deploykit.values.units import MiB
 
@@ -139,7 +140,7 @@ def scan_archive(path: Path) -> ArchiveScan:
     with tempfile.TemporaryDirectory(prefix="deploykit-revision-") as scratch:
         copies = Path(scratch)
         try:
-            with tarfile.open(path, mode="r|gz") as archive:
+            with open_stream(path) as archive:
                 for member in archive:
                     files += 1
                     disk += BLOCK + (-(-member.size // BLOCK) * BLOCK if member.isfile() else 0)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploykit.seams.engine import EngineAddress, client, redact
+from deploykit.seams.engine import EngineAddress, client
 from deploykit.seams.proc import Completed, Runner, run_cmd
 from deploykit.values.errors import EngineError
+from deploykit.values.redact import redact
 from deploykit.values.services import SERVICES
-from deploykit.values.stackfiles import RUNTIME_SECRETS, STACK_ID
+from deploykit.values.stackfiles import RUNTIME_SECRETS, SECRET_KEYS, STACK_ID
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,8 @@ class SwarmStack(Stack):
             env = self.env() | {
                 "DEPLOYKIT_SECRETS_DIR": str(secrets_dir),
                 STACK_ID: self.secrets.get(STACK_ID, ""),
+                # [webui_env] secrets the stack file refers to (`docker stack deploy` reads no .env).
+                **{k: v for k, v in self.secrets.items() if k not in SECRET_KEYS},
             }
             stack_file = str(self.stack_dir / "swarm.yaml")
             result = self._docker("stack", "deploy", "--prune", "-c", stack_file, self.project, env=env)

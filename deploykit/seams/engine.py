@@ -3,8 +3,8 @@ the short-lived helper containers; one stack's compose and swarm commands are ``
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -16,14 +16,7 @@ from typing import IO, Any
 from deploykit.seams.proc import Runner, run_cmd
 from deploykit.values.errors import EngineError
 from deploykit.values.host import DockerEngine
-
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """``text`` with any password inside a URL (scheme://user:password@host) replaced by ***."""
-    return _URL_CREDENTIALS.sub(r"\1***@", text)
-
+from deploykit.values.redact import redact
 
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
 
@@ -120,10 +113,22 @@ class EngineAddress:
 
 def compose_version(runner: Runner = run_cmd) -> str | None:
     """compose v2's version ("2.26.1"), or None when only v1 or nothing is installed."""
+    if runner is run_cmd:
+        # This machine's compose CLI, asked once per PATH: a fleet probes thousands of engines with the same one.
+        return _local_compose_version(os.environ.get("PATH", ""))
+    return _ask_compose_version(runner)
+
+
+def _ask_compose_version(runner: Runner) -> str | None:
     result = runner(["docker", "compose", "version", "--short"])
     if not result.ok:
         return None
     return result.stdout.strip().lstrip("v") or None
+
+
+@functools.lru_cache(maxsize=4)
+def _local_compose_version(path: str) -> str | None:
+    return _ask_compose_version(run_cmd)
 
 
 def probe_engine(docker_host: EngineAddress, runner: Runner = run_cmd) -> DockerEngine:

@@ -27,9 +27,12 @@ class StageFailed(Exception):
 def http_client(
     base_url: str, token: str | None = None, timeout: float = 10.0, verify: ssl.SSLContext | bool = True
 ) -> httpx.Client:
-    """``verify``: how an https:// server's certificate is checked (a stack's HTTPS proxy: its own context)."""
+    """A client for the stack's own servers. ``trust_env=False``: they are reached directly, never through
+    HTTP_PROXY/HTTPS_PROXY/ALL_PROXY from the environment (a company proxy would get the API key, and could
+    not reach this machine's loopback anyway), and no .netrc adds credentials. ``verify``: how an https://
+    server's certificate is checked (a stack's HTTPS proxy: its own context)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout, verify=verify)
+    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout, verify=verify, trust_env=False)
 
 
 # Readiness polls: fast at first (a server that is up is seen within a few tens of milliseconds), then

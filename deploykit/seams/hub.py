@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,12 @@ def fetch_config(repo: str) -> tuple[dict[str, Any], int | None]:
             f"cannot fetch config.json of '{repo}': {exc}.",
             "Check the network, or plan from a local directory with --model-file.",
         ) from None
-    config = json.loads(Path(path).read_text(encoding="utf-8"))
+    from deploykit.seams.textfile import read_text
+    from deploykit.values.documents import load_json
+
+    hint = f"The config.json of '{repo}' cannot be planned with; plan from a local directory with --model-file."
+    what = "downloaded model config"
+    config = load_json(read_text(Path(path), what, hint), Path(path), what, hint)
     params: int | None = None
     try:
         info = HfApi().model_info(repo)

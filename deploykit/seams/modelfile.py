@@ -6,7 +6,6 @@ than from the catalog.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import re
@@ -278,17 +277,13 @@ def spec_from_hf_config(config: dict[str, Any], model_id: str, name: str, params
 def read_hf_dir(path: Path, model_id: str | None = None) -> tuple[ModelSpec, LocalWeights]:
     """A local Hugging Face model directory (config.json + safetensors), as vLLM loads it."""
     config_path = path / "config.json"
-    if not config_path.is_file():
+    if not config_path.exists():  # a pipe or folder in its place is named by read_text below
         raise UsageError(f"{path} has no config.json.", "Give a .gguf file or a Hugging Face model directory.")
     from deploykit.seams.textfile import read_text
+    from deploykit.values.documents import load_json
 
-    text = read_text(config_path, "model config", "Use the model's original config.json.")
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{config_path} is not JSON ({exc.msg} at line {exc.lineno}).", "Use the model's original config.json."
-        ) from None
+    hint = "Use the model's original config.json."
+    config = load_json(read_text(config_path, "model config", hint), config_path, "model config", hint)
     weights = sorted(path.glob("*.safetensors"))
     size = sum(w.stat().st_size for w in weights)
     spec = spec_from_hf_config(config, model_id or slug(path.name), path.name)

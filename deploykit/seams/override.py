@@ -27,7 +27,10 @@ def describe(stack_dir: Path) -> dict[str, str] | None:
     path = override_path(stack_dir)
     if path is None:
         return None
-    return {"file": OVERRIDE_FILE, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    from deploykit.seams.textfile import read_bytes
+
+    data = read_bytes(path, "override", "Fix or remove the file; `deploykit render` never touches it.", ConfigError)
+    return {"file": OVERRIDE_FILE, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _node_line(root: Any, path: list[str]) -> int | None:
@@ -51,9 +54,15 @@ def check_syntax(path: Path) -> Any:
     """The override's YAML node tree; a ConfigError naming the line when it is not a YAML mapping."""
     import yaml
 
-    text = path.read_text(encoding="utf-8")
+    from deploykit.seams.textfile import read_text
+    from deploykit.values.documents import too_deep
+
+    hint = "Fix the file; `deploykit render` never touches it."
+    text = read_text(path, "override", hint, ConfigError)
     try:
         root = yaml.compose(text)
+    except RecursionError:
+        raise too_deep(path, "override", hint, ConfigError) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

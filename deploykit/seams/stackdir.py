@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.seams import diskspace
-from deploykit.values.errors import StackDirError, UsageError
+from deploykit.values.errors import StackDirError
 from deploykit.values.stackfiles import (
     ENV_FILE,
     PLAN_FILE,
@@ -38,6 +38,8 @@ from deploykit.values.stackfiles import (
     SITE_FILES,
     STACK_FILES,
     TARGET_FILES,
+    control_characters,
+    encode_files,
     env_quote,
     sha256,
 )
@@ -68,11 +70,38 @@ def _kind(path: Path) -> str | None:
     return "a special file (device, pipe or socket)"
 
 
+MAX_STACK_FILE = 64 * 1024 * 1024  # compose.yaml, plan.json and .env are kilobytes; more is not deploykit's
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
+        if path.stat().st_size > MAX_STACK_FILE:
+            raise StackDirError(
+                f"{path} is larger than {MAX_STACK_FILE // 1024**2} MiB, so deploykit did not write it.",
+                "Move it away; deploykit writes its stack files itself.",
+            )
         return path.read_bytes()
     except OSError as exc:
         raise StackDirError(f"cannot read {path}: {exc.strerror}.", "Check the file's owner and permissions.") from None
+
+
+def check_stack_file(path: Path) -> None:
+    """The stack file compose (or `docker stack deploy`) will read: a regular file or absent, never a pipe
+    (compose would block reading it) or a link out of the folder."""
+    _regular(path, f"Move it away and render the stack again; deploykit writes {path.name} as a regular file.")
+
+
+def read_stack_file(stack_dir: Path, name: str) -> str:
+    """A file deploykit wrote into the stack folder, as text: a regular file (a pipe there would block), bounded."""
+    path = stack_dir / name
+    if not _regular(path, f"Render the stack again; deploykit writes {name} as a regular file."):
+        raise StackDirError(f"{path} is missing.", "Render the stack again with `deploykit render` (secrets are kept).")
+    raw = _read_bytes(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise StackDirError(f"{path} is not UTF-8 text (line {line}).", "Render the stack again.") from None
 
 
 def _regular(path: Path, why: str) -> bool:
@@ -99,6 +128,8 @@ def _describe_plan(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         return None, "not UTF-8 text"
     except json.JSONDecodeError:
         return None, "not JSON"
+    except RecursionError:
+        return None, "JSON nested too deeply"
     if is_deploykit_plan(data):
         return data, ""
     if isinstance(data, dict):
@@ -117,7 +148,29 @@ def read_plan(stack_dir: Path) -> dict[str, Any] | None:
             f"{path} is not a deploykit plan ({what}), so {stack_dir} is not a deploykit stack.",
             "Choose another --dir; deploykit does not overwrite files it did not write.",
         )
+    _refuse_newer(path, data["deploykit_version"])
     return data
+
+
+def _version_key(version: str) -> tuple[int, ...] | None:
+    """The release numbers of a version ("0.10.2rc1" -> (0, 10, 2)); None when it does not start with one."""
+    import re
+
+    head = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(part) for part in head.group(0).split(".")) if head else None
+
+
+def _refuse_newer(path: Path, written_by: str) -> None:
+    """A plan written by a newer deploykit may hold what this one would drop or misread when it rewrites it."""
+    from deploykit import __version__
+
+    theirs, ours = _version_key(written_by), _version_key(__version__)
+    if theirs is not None and ours is not None and theirs > ours:
+        raise StackDirError(
+            f"{path} was written by deploykit {written_by[:40]}, newer than this deploykit {__version__}; "
+            "it would misread or rewrite that stack.",
+            f"Use deploykit {written_by[:40]} or newer for this stack (`deploykit --version` says which runs).",
+        )
 
 
 # ---------------------------------------------------------------- recovery
@@ -238,6 +291,8 @@ def read_env(stack_dir: Path) -> EnvFile:
             raise _env_problem(path, line, f"{key} has no value", key)
         if any(c in value for c in "'\n\r") or (value != value.strip()):
             raise _env_problem(path, line, f"the value of {key} holds quotes, newlines or edge spaces", key)
+        if control_characters(value):
+            raise _env_problem(path, line, f"the value of {key} holds a control character (NUL, escape …)", key)
         if "$" in value and not raw_value.startswith("'"):
             raise _env_problem(path, line, f"compose would expand the $ in {key}'s value", key)
         if key in values and values[key] != value:
@@ -260,6 +315,30 @@ def merged_env(existing: EnvFile, secrets: Mapping[str, str], fresh_text: str) -
         return existing.text
     text = existing.text if not existing.text or existing.text.endswith("\n") else existing.text + "\n"
     return text + "".join(f"{k}={env_quote(secrets[k])}\n" for k in missing)
+
+
+def env_with(text: str, values: Mapping[str, str]) -> str:
+    """The .env ``text`` with each of ``values`` set: a line holding another value is replaced where it is, a
+    missing key appended; every other line kept as it was (the same values give the same text)."""
+    from dotenv.parser import parse_stream
+
+    if not values:
+        return text
+    out, seen = [], set()
+    for binding in parse_stream(io.StringIO(text)):
+        original = binding.original.string
+        key = binding.key
+        if key is not None and key in values and not binding.error:
+            seen.add(key)
+            if binding.value != values[key]:
+                lead = original[: len(original) - len(original.lstrip())]
+                original = f"{lead}{key}={env_quote(values[key])}" + ("\n" if original.endswith("\n") else "")
+        out.append(original)
+    text = "".join(out)
+    missing = [k for k in values if k not in seen]
+    if missing and text and not text.endswith("\n"):
+        text += "\n"
+    return text + "".join(f"{k}={env_quote(values[k])}\n" for k in missing)
 
 
 # ---------------------------------------------------------------- render-time checks
@@ -337,19 +416,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _encode(files: Mapping[str, str]) -> dict[str, bytes]:
-    out = {}
-    for name, text in files.items():
-        try:
-            out[name] = text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError(
-                f"{name} would hold a name or path that is not UTF-8 text (a file name with raw bytes?).",
-                "Rename the model file or folder to plain UTF-8 and try again.",
-            ) from None
-    return out
-
-
 _UNCHANGED = "nothing was changed: the stack's files are as they were and no half-written file was left."
 
 
@@ -358,7 +424,7 @@ def write_stack(stack_dir: Path, files: Mapping[str, str], backup: str | None = 
 
     ``backup`` names a file edited by hand (overwritten under --force) to keep as NAME.bak-TIME first.
     """
-    data = _encode(files)  # before anything is written: a file that cannot be encoded stops here
+    data = encode_files(files)  # before anything is written: a file that cannot be encoded stops here
     try:
         stack_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -6,6 +6,7 @@ Values only: ``deploykit.seams.stackdir`` reads and writes the folder; the rende
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 from deploykit.values.errors import UsageError
 
@@ -36,14 +37,34 @@ SECRET_KEYS = (INFERENCE_API_KEY, WEBUI_SECRET_KEY, ADMIN_EMAIL, ADMIN_PASSWORD,
 RUNTIME_SECRETS = (INFERENCE_API_KEY, WEBUI_SECRET_KEY)
 
 
+def control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (NUL, ESC, DEL, C1 …) other than a tab."""
+    return any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) <= 0x9F for c in text)
+
+
 def env_quote(value: object) -> str:
     """A compose .env value: single-quoted, so compose takes it literally."""
     text = str(value)
     if "'" in text or "\n" in text or "\r" in text:
         # Never the value itself in the message: it is a secret.
         raise UsageError("a value for .env holds quotes or newlines, which .env cannot hold.")
+    if control_characters(text):
+        raise UsageError("a value for .env holds a control character (NUL, escape …), which .env cannot hold.")
     return f"'{text}'"
 
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def encode_files(files: Mapping[str, str]) -> dict[str, bytes]:
+    out = {}
+    for name, text in files.items():
+        try:
+            out[name] = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{name} would hold a name or path that is not UTF-8 text (a file name with raw bytes?).",
+                "Rename the model file or folder to plain UTF-8 and try again.",
+            ) from None
+    return out

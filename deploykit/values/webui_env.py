@@ -20,7 +20,9 @@ from pydantic import BeforeValidator
 
 from deploykit.values.errors import ConfigError
 
-# Set by the stack itself: the connection to the inference server, its key and the session secret.
+# Set by the stack itself: the connection to the inference server, its key, the session secret and the
+# default model. A unit test keeps this in step with what templates/compose.yaml.j2 sets; a site template
+# that sets more is caught when the rendered file is checked (a key written twice).
 RESERVED = frozenset(
     {
         "OPENAI_API_BASE_URL",
@@ -30,9 +32,35 @@ RESERVED = frozenset(
         "ENABLE_OPENAI_API",
         "ENABLE_OLLAMA_API",
         "WEBUI_SECRET_KEY",
+        "DEFAULT_MODELS",
     }
 )
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # used with fullmatch: "$" would let a trailing newline through
+# Names that say their value is a secret: it goes into the 0600 .env, and compose.yaml only refers to it.
+SECRET_NAME = re.compile(r"(?!ENABLE_)[A-Z0-9_]*(PASSWORD|SECRET|KEY|KEYS|TOKEN)")
+
+
+def is_secret(name: str) -> bool:
+    return SECRET_NAME.fullmatch(name) is not None
+
+
+def split_secrets(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(settings written into compose.yaml, secrets kept in .env) of a checked [webui_env] table."""
+    plain = {k: v for k, v in env.items() if not is_secret(k)}
+    return plain, {k: v for k, v in env.items() if is_secret(k)}
+
+
+def _value_problem(name: str, value: str) -> str | None:
+    """What makes the value unusable, in words that never repeat it (it may be a secret)."""
+    # Tabs and (outside .env) newlines are text; NUL, escape sequences and other control characters are not.
+    if any((ord(c) < 0x20 and c not in "\t\n") or 0x7F <= ord(c) <= 0x9F for c in value):
+        return "holds a control character (NUL, escape …)"
+    if is_secret(name):
+        if not value:
+            return "is empty (a secret needs a value; remove the name to leave Open WebUI's default)"
+        if any(c in value for c in "'\n\r"):
+            return "holds a quote or a newline, which .env (where secrets are kept) cannot hold"
+    return None
 
 
 def env_strings(value: Any) -> Any:
@@ -72,17 +100,21 @@ def check(env: Mapping[str, str]) -> list[str]:
     """Warnings for names the pinned Open WebUI does not read; raises on names it cannot take."""
     known = catalog()
     warnings = []
-    for name in env:
-        if not ENV_NAME.match(name):
+    for name, value in env.items():
+        if not ENV_NAME.fullmatch(name):
             raise ConfigError(
-                f"[webui_env] name '{name}' is not an environment variable name.",
+                f"[webui_env] name {name[:80]!r} is not an environment variable name.",
                 "Use upper-case letters, digits and '_', as Open WebUI's documentation spells them.",
             )
         if name in RESERVED:
             raise ConfigError(
-                f"[webui_env] sets {name}, which deploykit sets itself (the inference connection and secrets).",
+                f"[webui_env] sets {name}, which deploykit sets itself (the inference connection, its secrets "
+                "and the default model).",
                 "Remove it; to change that wiring for one stack, use compose.override.yaml in the stack directory.",
             )
+        problem = _value_problem(name, value)
+        if problem is not None:
+            raise ConfigError(f"[webui_env] the value of {name} {problem}.", "Fix the value where it is set.")
         if name not in known.names:
             import difflib
 

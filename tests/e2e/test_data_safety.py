@@ -448,14 +448,17 @@ def test_restore_on_a_running_stack_and_a_failed_restore_leaves_the_old_data(
     result = deploykit("restore", "--dir", str(stack.dir), str(damaged), env=stack.env)
     assert result.code == 2 and "is damaged" in result.err, result.err
 
-    # damaged before its manifest was written (the digest matches): fails while unpacking, old data stays
+    # damaged before its manifest was written (the digest matches): every member is vetted before the engine is
+    # asked for anything, so the cut is found there; old data stays
     manifest = json.loads((tmp_path / sidecar_name).read_text())
     manifest["sha256"] = subprocess.run(["sha256sum", str(damaged)], capture_output=True, text=True).stdout.split()[0]
+    manifest["size_bytes"] = damaged.stat().st_size
     (tmp_path / sidecar_name).write_text(json.dumps(manifest))
     ids = container_ids(stack)
     result = deploykit("restore", "--dir", str(stack.dir), str(damaged), env=stack.env)
-    assert result.code == 6, result.err
-    assert "current data is unchanged" in result.err and "Traceback" not in result.err
+    assert result.code == 2, result.err
+    assert "cannot be read to the end" in result.err and "nothing was changed" in result.err
+    assert "Traceback" not in result.err
     assert container_ids(stack) == ids  # Open WebUI was not even stopped
     assert chat_titles(stack, [later]) == {later: "made after the second backup"}
     leftovers = docker("ps", "-a", "--filter", "label=org.deploykit.helper", "--filter",

@@ -112,7 +112,7 @@ def test_restore_refuses_another_stacks_backup_without_force(tmp_path: Path) -> 
 
 def test_scripts_stage_first_and_roll_back(tmp_path: Path) -> None:
     # The swap only runs on a complete staging copy, and puts the old files back when a move fails.
-    assert "tar -xzpf" in backup.STAGE_SCRIPT and "rm -rf .deploykit-restore" in backup.STAGE_SCRIPT
+    assert "tar -xpf /tmp/backup.tar" in backup.STAGE_SCRIPT and "rm -rf .deploykit-restore" in backup.STAGE_SCRIPT
     assert "move_all .deploykit-old ." in backup.SWAP_SCRIPT
 
 

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from deploykit.cli import cli
 from deploykit.seams import stackdir
 from deploykit.seams.stackdir import STAGING, STAGING_PARTIAL
+from deploykit.values.errors import UsageError
 from deploykit.values.stackfiles import SECRET_KEYS, sha256
 
 
@@ -155,6 +156,6 @@ def test_an_unexpected_exception_is_an_internal_error_with_a_file(
 
 def test_write_stack_is_all_or_nothing_when_a_file_cannot_be_encoded(tmp_path: Path) -> None:
     stack = tmp_path / "s"
-    with pytest.raises(stackdir.UsageError):
+    with pytest.raises(UsageError):
         stackdir.write_stack(stack, {"compose.yaml": "ok", "plan.json": "bad \udcff"})
     assert not stack.exists()

@@ -1,0 +1,20 @@
+"""What deploykit prints of text from elsewhere: no password inside a URL, no control character."""
+
+from __future__ import annotations
+
+import re
+
+# user:password up to the last @ of the URL: a password may hold @ or / itself.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*:\S*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with any password inside a URL (scheme://user:password@host) replaced by ***."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+def for_terminal(text: str) -> str:
+    """A message as the terminal gets it: no URL password, no control character (an escape sequence in a
+    name from a file could rewrite the screen), no raw byte (a non-UTF-8 name arrives as a surrogate)."""
+    text = redact(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c in "\n\t" or not (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) else ascii(c)[1:-1] for c in text)
