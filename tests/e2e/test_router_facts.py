@@ -92,7 +92,7 @@ def router(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     remove_by_label(LABEL)
     run_router(engine["LLAMACPP_IMAGE"], presets, "deploykit-e2e-mm-router", "--models-max", "1", "--api-key", key)
     # A fresh connection per request: after a proxied POST the router drops the kept-alive connection, so a later
-    # POST on that connection fails ("Server disconnected"); test_kept_alive_connections_drop_proxied_posts pins it.
+    # POST on that connection may fail ("Server disconnected"); see the fresh-connection test below.
     client = httpx.Client(
         base_url=f"http://127.0.0.1:{PORT}", headers={"Authorization": f"Bearer {key}"}, timeout=300,
         trust_env=False, limits=httpx.Limits(max_keepalive_connections=0),
@@ -153,22 +153,15 @@ def test_reloading_the_preset_adds_and_drops_models_and_leaves_the_others_runnin
     assert router.states() == {"smollm2-q4": "loaded", "smollm2-q8": "unloaded"}, "the loaded model kept running"
 
 
-def test_kept_alive_connections_drop_proxied_posts(router: Router) -> None:
-    """Why every HTTP client of a router opens a fresh connection per request (Open WebUI's aiohttp does).
+def test_a_fresh_connection_per_request_answers_every_proxied_post(router: Router) -> None:
+    """The rule every HTTP client of a router follows (Open WebUI's aiohttp does already).
 
-    When this fails, the router keeps connections alive at last: the fresh-connection rule can go."""
+    After a proxied POST the router drops a kept-alive connection at times (six POSTs on one connection failed
+    in some runs, never in others), so a pinned "it drops" fact was flaky; what the kit relies on is this side."""
     router.chat("smollm2-q4")  # loaded, so no request below waits for a swap
     body = {"model": "smollm2-q4", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    outcomes = []
-    with httpx.Client(base_url=str(router.client.base_url), headers=router.client.headers, trust_env=False,
-                      timeout=300) as kept:  # fmt: skip
-        for _ in range(6):
-            try:
-                kept.post("/v1/chat/completions", json=body).raise_for_status()
-                outcomes.append("ok")
-            except httpx.RemoteProtocolError:
-                outcomes.append("dropped")
-    assert "dropped" in outcomes and outcomes[0] == "ok", outcomes
+    statuses = [router.client.post("/v1/chat/completions", json=body).status_code for _ in range(6)]
+    assert statuses == [200] * 6, statuses
 
 
 def test_more_load_on_startup_models_than_models_max_is_refused(engine: dict[str, str], tmp_path: Path) -> None:
