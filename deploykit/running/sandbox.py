@@ -10,13 +10,33 @@ a time, and reports one JSON line per check.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING
+
+from deploykit.seams import sandbox
+from deploykit.values.services import WEBUI
 
 if TYPE_CHECKING:
     from deploykit.running.stack import LoadedStack
     from deploykit.seams.engine import EngineAddress
+
+
+PYTHON = "python3"  # on the image's PATH (Open WebUI's own interpreter)
+# Each check is one argument of the runner's command line: Linux takes 128 KiB per argument, 2 MiB in all.
+MAX_PROGRAM_BYTES = 96 << 10
+MAX_BATCH_BYTES = 1 << 20
+MAX_BATCH_CHECKS = 50
+MAX_PARALLEL = 4  # containers at once, each checking its batch one program at a time
+# What each check's process may use (its own rlimits, set by the runner)...
+CHECK_LIMITS = {"output_kib": 64, "memory_mb": 512, "fsize_kib": 1024, "nproc": 32}
+# ... and each container, whatever runs in it (cgroup limits); its wall-clock bound is the sum of its checks'.
+CONTAINER_LIMITS = sandbox.SandboxLimits(memory_mb=1024, pids=128, cpus=1.0, tmpfs_mb=64)
+STARTUP_S = 30  # the container's start and the runner's own per-check work, on top of the checks' timeouts
 
 
 @dataclass(frozen=True)
@@ -40,7 +60,7 @@ class CheckOutcome:
 
 def sandbox_image(stack: LoadedStack) -> str:
     """The image checks run in: the stack's own Open WebUI image (python3, already on its engine)."""
-    raise NotImplementedError
+    return stack.spec.images[WEBUI]
 
 
 def check_programs(
@@ -58,4 +78,77 @@ def check_programs(
     an engine that cannot be reached, or that lacks ``image``, raises EngineError before anything runs.
     Every container is removed, whatever happens.
     """
-    raise NotImplementedError
+    from deploykit.seams.engine import engine_cpus
+
+    outcomes: dict[str, CheckOutcome] = {}
+    runnable = []
+    for check in checks:
+        size = len(check.program.encode("utf-8"))
+        if size > MAX_PROGRAM_BYTES:
+            refused = f"sandbox refused: the program is {size >> 10} KiB, over {MAX_PROGRAM_BYTES >> 10} KiB"
+            outcomes[check.key] = CheckOutcome(check.key, False, refused)
+        else:
+            runnable.append(check)
+    batches = list(_batches(runnable))
+    labels = {"org.deploykit.managed": "true", "org.deploykit.stack": project}
+    runner = resources.files("deploykit.running").joinpath("sandbox_runner.py").read_text(encoding="utf-8")
+    done = len(outcomes)
+    if progress is not None and checks:
+        progress(done, len(checks))
+    workers = max(1, min(MAX_PARALLEL, len(batches), engine_cpus(docker_host) - 1)) if batches else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch_outcomes in pool.map(lambda b: _check_batch(docker_host, image, runner, b, labels), batches):
+            for outcome in batch_outcomes:
+                outcomes[outcome.key] = outcome
+            done += len(batch_outcomes)
+            if progress is not None:
+                progress(done, len(checks))
+    return [outcomes[check.key] for check in checks]
+
+
+def _batches(checks: Sequence[CodeCheck]) -> Iterator[list[CodeCheck]]:
+    batch: list[CodeCheck] = []
+    size = 0
+    for check in checks:
+        check_size = len(_argument(check).encode("utf-8"))
+        if batch and (len(batch) >= MAX_BATCH_CHECKS or size + check_size > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(check)
+        size += check_size
+    if batch:
+        yield batch
+
+
+def _argument(check: CodeCheck) -> str:
+    return json.dumps({"key": check.key, "program": check.program, "timeout_s": check.timeout_s})
+
+
+def _check_batch(
+    docker_host: EngineAddress, image: str, runner: str, batch: list[CodeCheck], labels: dict[str, str]
+) -> list[CheckOutcome]:
+    wall_s = STARTUP_S + sum(math.ceil(c.timeout_s) + 1 for c in batch)
+    limits = sandbox.SandboxLimits(**{**CONTAINER_LIMITS.__dict__, "wall_s": wall_s})
+    command = [PYTHON, "-I", "-c", runner, json.dumps(CHECK_LIMITS), *(_argument(c) for c in batch)]
+    run = sandbox.run_sandboxed(docker_host, image, command, labels=labels, limits=limits)
+    return outcomes_of(run, batch, wall_s)
+
+
+def outcomes_of(run: sandbox.SandboxRun, batch: Sequence[CodeCheck], wall_s: float) -> list[CheckOutcome]:
+    """The runner's report read back: one outcome per check of ``batch``, in its order. A check the runner did
+    not report (the container killed at its bound, or the runner unable to start) failed, and says why."""
+    reported: dict[str, CheckOutcome] = {}
+    wanted = {c.key for c in batch}
+    for line in run.output.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("key") in wanted and isinstance(row.get("passed"), bool):
+            reported.setdefault(row["key"], CheckOutcome(row["key"], row["passed"], str(row.get("reason", ""))))
+    if run.exit_code is None:
+        missing = f"timed out: the sandbox's bound of {wall_s:g} s for its batch was reached first"
+    else:
+        last = (run.errors.strip().splitlines() or ["no output"])[-1][:200]
+        missing = f"sandbox refused: its runner stopped (exit code {run.exit_code}) before this check: {last}"
+    return [reported.get(c.key) or CheckOutcome(c.key, False, missing) for c in batch]

@@ -3,11 +3,22 @@ image and returns its output. Only ``deploykit.running.sandbox`` calls it."""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from deploykit.seams.engine import client
+from deploykit.values.errors import EngineError
+from deploykit.values.redact import redact
+
 if TYPE_CHECKING:
     from deploykit.seams.engine import EngineAddress
+
+# A user no account on the engine host has: RLIMIT_NPROC counts a user's processes host-wide, so a check's
+# process limit is not spent by anything else, and nothing of the host belongs to it.
+USER_IDS = range(200_000, 265_000)
 
 
 @dataclass(frozen=True)
@@ -24,7 +35,22 @@ class SandboxLimits:
 @dataclass(frozen=True)
 class SandboxRun:
     exit_code: int | None  # None: killed at the wall-clock bound
-    output: str  # stdout only, as the command wrote it
+    output: str  # stdout, as the command wrote it
+    errors: str  # the end of its stderr (a runner that could not start says why there)
+
+
+@contextmanager
+def _refusals(docker_host: EngineAddress, image: str) -> Iterator[None]:
+    """The engine refusing the container (a limit it cannot apply, no space …), in one sentence."""
+    import docker.errors
+
+    try:
+        yield
+    except docker.errors.DockerException as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise EngineError(
+            f"the engine at {docker_host.display} refused a sandbox container of {image}: {redact(detail)}."
+        ) from None
 
 
 def run_sandboxed(
@@ -32,4 +58,52 @@ def run_sandboxed(
 ) -> SandboxRun:
     """Run ``command`` in a new container of ``image`` (never pulled): no network, read-only root, a random
     non-root user, every capability dropped, no new privileges, ``limits`` applied. Always removed."""
-    raise NotImplementedError
+    import docker.errors
+
+    c = client(docker_host, timeout=int(limits.wall_s) + 60)
+    try:
+        c.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise EngineError(
+            f"image {image} is not on the engine at {docker_host.display}; code is checked in it and nothing is "
+            "pulled.",
+            "It is the stack's Open WebUI image: run `deploykit up` for this stack first.",
+        ) from None
+    user = 200_000 + secrets.randbelow(len(USER_IDS))
+    with _refusals(docker_host, image):
+        ctr = c.containers.create(
+            image,
+            entrypoint=command[:1],
+            command=command[1:],
+            name=f"{labels.get('org.deploykit.stack', 'deploykit')}-sandbox-{secrets.token_hex(3)}",
+            labels=labels | {"org.deploykit.helper": "code-sandbox"},
+            user=f"{user}:{user}",
+            environment={"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
+            working_dir="/tmp",
+            network_mode="none",
+            ipc_mode="none",  # no /dev/shm
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={limits.tmpfs_mb}m,mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            mem_limit=f"{limits.memory_mb}m",
+            memswap_limit=f"{limits.memory_mb}m",
+            pids_limit=limits.pids,
+            nano_cpus=int(limits.cpus * 1e9),
+            init=False,  # the runner must be PID 1 (see running/sandbox_runner.py)
+            stdin_open=False,
+            tty=False,
+        )
+        try:
+            ctr.start()
+            try:
+                exit_code: int | None = int(ctr.wait(timeout=limits.wall_s).get("StatusCode", 1))
+            except Exception:  # the wall-clock bound: the wait's read timed out
+                exit_code = None
+                with suppress(Exception):  # it may have ended meanwhile; remove() below kills it anyway
+                    ctr.kill()
+            output = ctr.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            errors = ctr.logs(stdout=False, stderr=True, tail=20).decode("utf-8", "replace")
+            return SandboxRun(exit_code=exit_code, output=output, errors=errors[-2000:])
+        finally:
+            ctr.remove(force=True)
