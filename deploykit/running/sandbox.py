@@ -85,7 +85,7 @@ def check_programs(
     for check in checks:
         size = len(check.program.encode("utf-8"))
         if size > MAX_PROGRAM_BYTES:
-            refused = f"sandbox refused: the program is {size >> 10} KiB, over {MAX_PROGRAM_BYTES >> 10} KiB"
+            refused = f"sandbox refused: the program is {size:,} bytes; a check may be {MAX_PROGRAM_BYTES >> 10} KiB"
             outcomes[check.key] = CheckOutcome(check.key, False, refused)
         else:
             runnable.append(check)

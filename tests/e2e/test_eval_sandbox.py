@@ -15,6 +15,7 @@ from deploykit.quality.humaneval import CodeProblem, check_program, humaneval_pr
 from deploykit.running.sandbox import CheckOutcome, CodeCheck, check_programs, sandbox_image
 from deploykit.running.stack import load_stack
 from deploykit.seams.engine import EngineAddress
+from deploykit.values.errors import EngineError
 from tests.e2e.conftest import GGUF, MODEL_CACHE, MODEL_ID, deploykit, docker, remove_by_label
 
 pytestmark = pytest.mark.e2e
@@ -109,9 +110,7 @@ def test_a_completion_cannot_read_the_stacks_secrets_or_write_on_the_host(stack_
     hunt = f"NEEDLES = {secrets!r}\nPATHS = {[str(env_file), '/proc/1/environ']!r}\n" + SECRET_HUNT
     # The same hunt, given a copy of the secret inside its own folder, finds it: the reason is the channel
     # the test reads, so an empty "found" means the secret was out of reach, not that the hunt is blind.
-    control = f"open('copy.env', 'w').write({secrets[0]!r})\n" + hunt.replace(
-        "PATHS = [", "PATHS = ['copy.env', "
-    )
+    control = f"open('copy.env', 'w').write({secrets[0]!r})\n" + hunt.replace("PATHS = [", "PATHS = ['copy.env', ")
     writes = "\n".join(
         f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError as exc:\n    print(exc)" for t in host_targets
     )
@@ -186,15 +185,18 @@ def test_the_sandbox_is_what_it_says(stack_dir: Path) -> None:
     probe = """
 import json, os
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-def cgroup(name):
-    try:
-        return open("/sys/fs/cgroup/" + name).read().strip()
-    except OSError as exc:
-        return type(exc).__name__
+def cgroup(*names):  # cgroup v2's file, else v1's
+    for name in names:
+        try:
+            return open("/sys/fs/cgroup/" + name).read().strip()
+        except OSError:
+            pass
+    return "unreadable"
 facts = {
     "uid": os.getuid(), "cap": status["CapEff"].strip(), "nnp": status["NoNewPrivs"].strip(),
     "ro": os.statvfs("/").f_flag & 1, "net": sorted(os.listdir("/sys/class/net")),
-    "mem": cgroup("memory.max"), "pids": cgroup("pids.max"),
+    "mem": cgroup("memory.max", "memory/memory.limit_in_bytes"),
+    "pids": cgroup("pids.max", "pids/pids.max"),
 }
 raise SystemExit(json.dumps(facts, separators=(",", ":")))
 """
@@ -205,3 +207,11 @@ raise SystemExit(json.dumps(facts, separators=(",", ":")))
     assert facts["cap"] == "0000000000000000" and facts["nnp"] == "1" and facts["ro"] == 1
     assert facts["net"] == ["lo"]
     assert facts["mem"] == str(1024 << 20) and facts["pids"] == "128"
+
+
+def test_an_image_the_engine_lacks_is_refused_not_pulled(stack_dir: Path) -> None:
+    missing = "deploykit-local/no-such-sandbox:0"
+    with pytest.raises(EngineError, match="is not on the engine") as refused:
+        check_programs(EngineAddress(), missing, [CodeCheck("a", "pass")], project=PROJECT)
+    assert "run `deploykit up`" in (refused.value.hint or "")
+    assert docker("images", "-q", missing).strip() == ""
