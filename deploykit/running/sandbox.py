@@ -10,6 +10,7 @@ a time, and reports one JSON line per check.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -128,7 +129,7 @@ def _check_batch(
     docker_host: EngineAddress, image: str, runner: str, batch: list[CodeCheck], labels: dict[str, str]
 ) -> list[CheckOutcome]:
     wall_s = STARTUP_S + sum(math.ceil(c.timeout_s) + 1 for c in batch)
-    limits = sandbox.SandboxLimits(**{**CONTAINER_LIMITS.__dict__, "wall_s": wall_s})
+    limits = dataclasses.replace(CONTAINER_LIMITS, wall_s=wall_s)
     command = [PYTHON, "-I", "-c", runner, json.dumps(CHECK_LIMITS), *(_argument(c) for c in batch)]
     run = sandbox.run_sandboxed(docker_host, image, command, labels=labels, limits=limits)
     return outcomes_of(run, batch, wall_s)
