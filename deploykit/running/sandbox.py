@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,9 +72,12 @@ def check_programs(
     *,
     project: str,
     progress: Callable[[int, int], None] | None = None,
+    on_outcome: Callable[[CheckOutcome], None] | None = None,
 ) -> list[CheckOutcome]:
     """One outcome per check, in the order given. ``project`` labels the containers
-    (``org.deploykit.stack``) as the stack's own. ``progress(done, total)`` is called as checks finish.
+    (``org.deploykit.stack``) as the stack's own. As each check finishes (in the order the containers finish
+    them, possibly from several threads, one call at a time) ``on_outcome(outcome)`` is called, so a caller
+    can keep it at once, then ``progress(done, total)``.
 
     A timeout, a crash or the sandbox refusing a program is that check's failed outcome, never an exception;
     an engine that cannot be reached, or that lacks ``image``, raises EngineError before anything runs.
@@ -90,21 +94,45 @@ def check_programs(
             outcomes[check.key] = CheckOutcome(check.key, False, refused)
         else:
             runnable.append(check)
+    tally = _Tally(len(checks), progress, on_outcome)
+    for outcome in outcomes.values():
+        tally.add(outcome)
     batches = list(_batches(runnable))
     labels = {"org.deploykit.managed": "true", "org.deploykit.stack": project}
     runner = resources.files("deploykit.running").joinpath("sandbox_runner.py").read_text(encoding="utf-8")
-    done = len(outcomes)
-    if progress is not None and checks:
-        progress(done, len(checks))
     workers = max(1, min(MAX_PARALLEL, len(batches), engine_cpus(docker_host) - 1)) if batches else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for batch_outcomes in pool.map(lambda b: _check_batch(docker_host, image, runner, b, labels), batches):
+        for batch_outcomes in pool.map(lambda b: _check_batch(docker_host, image, runner, b, labels, tally), batches):
             for outcome in batch_outcomes:
                 outcomes[outcome.key] = outcome
-            done += len(batch_outcomes)
-            if progress is not None:
-                progress(done, len(checks))
+                tally.add(outcome)  # those the runner did not report as it went
     return [outcomes[check.key] for check in checks]
+
+
+class _Tally:
+    """Outcomes as they arrive from every batch's container: each counted once, in progress and on_outcome."""
+
+    def __init__(
+        self,
+        total: int,
+        progress: Callable[[int, int], None] | None,
+        on_outcome: Callable[[CheckOutcome], None] | None,
+    ) -> None:
+        self.total = total
+        self.progress = progress
+        self.on_outcome = on_outcome
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    def add(self, outcome: CheckOutcome) -> None:
+        with self.lock:
+            if outcome.key in self.seen:
+                return
+            self.seen.add(outcome.key)
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
+            if self.progress is not None:
+                self.progress(len(self.seen), self.total)
 
 
 def _batches(checks: Sequence[CodeCheck]) -> Iterator[list[CodeCheck]]:
@@ -126,27 +154,42 @@ def _argument(check: CodeCheck) -> str:
 
 
 def _check_batch(
-    docker_host: EngineAddress, image: str, runner: str, batch: list[CodeCheck], labels: dict[str, str]
+    docker_host: EngineAddress, image: str, runner: str, batch: list[CodeCheck], labels: dict[str, str], tally: _Tally
 ) -> list[CheckOutcome]:
     wall_s = STARTUP_S + sum(math.ceil(c.timeout_s) + 1 for c in batch)
     limits = dataclasses.replace(CONTAINER_LIMITS, wall_s=wall_s)
     command = [PYTHON, "-I", "-c", runner, json.dumps(CHECK_LIMITS), *(_argument(c) for c in batch)]
-    run = sandbox.run_sandboxed(docker_host, image, command, labels=labels, limits=limits)
+    keys = {c.key for c in batch}
+
+    def reported(line: str) -> None:
+        outcome = _reported(line, keys)
+        if outcome is not None:
+            tally.add(outcome)
+
+    run = sandbox.run_sandboxed(docker_host, image, command, labels=labels, limits=limits, on_line=reported)
     return outcomes_of(run, batch, wall_s)
+
+
+def _reported(line: str, keys: set[str]) -> CheckOutcome | None:
+    """One line of the runner's report, if it is one about a check of this batch."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(row, dict) and row.get("key") in keys and isinstance(row.get("passed"), bool):
+        return CheckOutcome(row["key"], row["passed"], str(row.get("reason", "")))
+    return None
 
 
 def outcomes_of(run: sandbox.SandboxRun, batch: Sequence[CodeCheck], wall_s: float) -> list[CheckOutcome]:
     """The runner's report read back: one outcome per check of ``batch``, in its order. A check the runner did
     not report (the container killed at its bound, or the runner unable to start) failed, and says why."""
     reported: dict[str, CheckOutcome] = {}
-    wanted = {c.key for c in batch}
+    keys = {c.key for c in batch}
     for line in run.output.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get("key") in wanted and isinstance(row.get("passed"), bool):
-            reported.setdefault(row["key"], CheckOutcome(row["key"], row["passed"], str(row.get("reason", ""))))
+        outcome = _reported(line, keys)
+        if outcome is not None:
+            reported.setdefault(outcome.key, outcome)
     if run.exit_code is None:
         missing = f"timed out: the sandbox's bound of {wall_s:g} s for its batch was reached first"
     else:

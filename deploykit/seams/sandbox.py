@@ -4,7 +4,8 @@ image and returns its output. Only ``deploykit.running.sandbox`` calls it."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 # A user no account on the engine host has: RLIMIT_NPROC counts a user's processes host-wide, so a check's
 # process limit is not spent by anything else, and nothing of the host belongs to it.
 USER_IDS = range(200_000, 265_000)
+MAX_OUTPUT = 8 << 20  # of the command's stdout kept (the runner writes a short line per check)
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,17 @@ def _refusals(docker_host: EngineAddress, image: str) -> Iterator[None]:
 
 
 def run_sandboxed(
-    docker_host: EngineAddress, image: str, command: list[str], *, labels: dict[str, str], limits: SandboxLimits
+    docker_host: EngineAddress,
+    image: str,
+    command: list[str],
+    *,
+    labels: dict[str, str],
+    limits: SandboxLimits,
+    on_line: Callable[[str], None] | None = None,
 ) -> SandboxRun:
     """Run ``command`` in a new container of ``image`` (never pulled): no network, read-only root, a random
-    non-root user, every capability dropped, no new privileges, ``limits`` applied. Always removed."""
+    non-root user, every capability dropped, no new privileges, ``limits`` applied. ``on_line`` is given each
+    line of its stdout as it is written. Killed at ``limits.wall_s``; always removed."""
     import docker.errors
 
     c = client(docker_host, timeout=int(limits.wall_s) + 60)
@@ -94,16 +103,34 @@ def run_sandboxed(
             stdin_open=False,
             tty=False,
         )
+        bound = threading.Event()
+
+        def kill_at_bound() -> None:
+            bound.set()
+            with suppress(Exception):  # it may have ended meanwhile; remove() below kills it anyway
+                ctr.kill()
+
+        timer = threading.Timer(limits.wall_s, kill_at_bound)
         try:
             ctr.start()
-            try:
-                exit_code: int | None = int(ctr.wait(timeout=limits.wall_s).get("StatusCode", 1))
-            except Exception:  # the wall-clock bound: the wait's read timed out
-                exit_code = None
-                with suppress(Exception):  # it may have ended meanwhile; remove() below kills it anyway
-                    ctr.kill()
-            output = ctr.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            timer.start()
+            output = _follow(ctr.logs(stream=True, follow=True, stdout=True, stderr=False), on_line)
+            code = int(ctr.wait(timeout=60).get("StatusCode", 1))
             errors = ctr.logs(stdout=False, stderr=True, tail=20).decode("utf-8", "replace")
-            return SandboxRun(exit_code=exit_code, output=output, errors=errors[-2000:])
+            return SandboxRun(exit_code=None if bound.is_set() else code, output=output, errors=errors[-2000:])
         finally:
+            timer.cancel()
             ctr.remove(force=True)
+
+
+def _follow(chunks: Iterable[bytes], on_line: Callable[[str], None] | None) -> str:
+    """The stream read whole (up to MAX_OUTPUT), each complete line handed on as it arrives."""
+    seen = bytearray()
+    handed = 0
+    for chunk in chunks:
+        if len(seen) < MAX_OUTPUT:
+            seen += chunk[: MAX_OUTPUT - len(seen)]
+        while on_line is not None and (end := seen.find(b"\n", handed)) >= 0:
+            on_line(seen[handed:end].decode("utf-8", "replace"))
+            handed = end + 1
+    return seen.decode("utf-8", "replace")

@@ -15,6 +15,7 @@ from deploykit.quality.humaneval import CodeProblem, check_program, humaneval_pr
 from deploykit.running.sandbox import CheckOutcome, CodeCheck, check_programs, sandbox_image
 from deploykit.running.stack import load_stack
 from deploykit.seams.engine import EngineAddress
+from deploykit.seams.sandbox import SandboxLimits, run_sandboxed
 from deploykit.values.errors import EngineError
 from tests.e2e.conftest import GGUF, MODEL_CACHE, MODEL_ID, deploykit, docker, remove_by_label
 
@@ -63,16 +64,20 @@ def test_the_canonical_solutions_pass_and_empty_bodies_fail(stack_dir: Path) -> 
     right = [CodeCheck(p.task_id, check_program(p, p.canonical_solution)) for p in problems]
     wrong = [CodeCheck(f"{p.task_id} none", check_program(p, "    return None\n")) for p in problems]
     seen: list[tuple[int, int]] = []
+    kept: list[CheckOutcome] = []
     stack = load_stack(stack_dir)
     outcomes = check_programs(
-        EngineAddress(), sandbox_image(stack), right + wrong, project=PROJECT, progress=lambda d, t: seen.append((d, t))
-    )
+        EngineAddress(), sandbox_image(stack), right + wrong, project=PROJECT,
+        progress=lambda d, t: seen.append((d, t)), on_outcome=kept.append,
+    )  # fmt: skip
     assert [o.key for o in outcomes] == [c.key for c in right + wrong]
     failed_right = [o for o in outcomes[:164] if not (o.passed and o.reason == "passed")]
     assert failed_right == []
     passed_wrong = [o for o in outcomes[164:] if o.passed or not o.reason.startswith("failed: ")]
     assert passed_wrong == []
-    assert seen[-1] == (328, 328) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # Each outcome handed over once, as it came, and counted.
+    assert sorted(kept, key=lambda o: o.key) == sorted(outcomes, key=lambda o: o.key)
+    assert seen == [(done, 328) for done in range(1, 329)]
 
 
 SECRET_HUNT = """
@@ -215,3 +220,13 @@ def test_an_image_the_engine_lacks_is_refused_not_pulled(stack_dir: Path) -> Non
         check_programs(EngineAddress(), missing, [CodeCheck("a", "pass")], project=PROJECT)
     assert "run `deploykit up`" in (refused.value.hint or "")
     assert docker("images", "-q", missing).strip() == ""
+
+
+def test_a_container_is_killed_at_its_wall_clock_bound_and_removed(engine: dict[str, str]) -> None:
+    lines: list[str] = []
+    program = "import time\nprint('started', flush=True)\ntime.sleep(600)"
+    run = run_sandboxed(
+        EngineAddress(), engine["OPENWEBUI_IMAGE"], ["python3", "-c", program], labels={"org.deploykit.stack": PROJECT},
+        limits=SandboxLimits(wall_s=3), on_line=lines.append,
+    )  # fmt: skip
+    assert run.exit_code is None and run.output == "started\n" and lines == ["started"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from deploykit.running import sandbox
 from deploykit.running.sandbox import CheckOutcome, CodeCheck, check_programs, outcomes_of
 from deploykit.seams.engine import EngineAddress
-from deploykit.seams.sandbox import SandboxRun
+from deploykit.seams.sandbox import SandboxRun, _follow
 
 RUNNER = Path(sandbox.__file__).with_name("sandbox_runner.py")
 
@@ -116,3 +116,10 @@ def test_a_program_too_long_for_a_command_line_is_refused_without_an_engine() ->
     unreachable = EngineAddress("tcp://127.0.0.1:9")  # never asked: nothing is left to run
     [outcome] = check_programs(unreachable, "any:image", [too_long], project="deploykit-unit")
     assert outcome == CheckOutcome("long", False, "sandbox refused: the program is 98,305 bytes; a check may be 96 KiB")
+
+
+def test_the_containers_lines_are_handed_on_whole_as_they_arrive() -> None:
+    lines: list[str] = []
+    output = _follow([b'{"a":', b' 1}\n{"b"', b": 2}\n", b"partial"], lines.append)
+    assert lines == ['{"a": 1}', '{"b": 2}']
+    assert output == '{"a": 1}\n{"b": 2}\npartial'
