@@ -35,7 +35,7 @@ MAX_BATCH_BYTES = 1 << 20
 MAX_BATCH_CHECKS = 50
 MAX_PARALLEL = 4  # containers at once, each checking its batch one program at a time
 # What each check's process may use (its own rlimits, set by the runner)...
-CHECK_LIMITS = {"output_kib": 64, "memory_mb": 512, "fsize_kib": 1024, "nproc": 32}
+CHECK_LIMITS: dict[str, int] = {"output_kib": 64, "memory_mb": 512, "fsize_kib": 1024, "nproc": 32}
 # ... and each container, whatever runs in it (cgroup limits); its wall-clock bound is the sum of its checks'.
 CONTAINER_LIMITS = sandbox.SandboxLimits(memory_mb=1024, pids=128, cpus=1.0, tmpfs_mb=64)
 STARTUP_S = 30  # the container's start and the runner's own per-check work, on top of the checks' timeouts
@@ -158,7 +158,8 @@ def _check_batch(
 ) -> list[CheckOutcome]:
     wall_s = STARTUP_S + sum(math.ceil(c.timeout_s) + 1 for c in batch)
     limits = dataclasses.replace(CONTAINER_LIMITS, wall_s=wall_s)
-    command = [PYTHON, "-I", "-c", runner, json.dumps(CHECK_LIMITS), *(_argument(c) for c in batch)]
+    config = json.dumps(CHECK_LIMITS | {"sandboxed": True})
+    command = [PYTHON, "-I", "-c", runner, config, *(_argument(c) for c in batch)]
     keys = {c.key for c in batch}
 
     def reported(line: str) -> None:

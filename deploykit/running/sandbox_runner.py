@@ -1,10 +1,10 @@
 """The program that runs INSIDE a sandbox container (``python3 -I -c <this file> CONFIG CHECK...``): it checks
 each program in its own process, one at a time, and prints one JSON line per check on stdout.
 
-It imports nothing of deploykit (it runs in another image's Python, 3.8 or later) and is never run on this
-machine with a completion. Its arguments: CONFIG is ``{"output_kib", "memory_mb", "fsize_kib", "nproc"}``, each
-CHECK ``{"key", "program", "timeout_s"}``. It prints ``{"key", "passed", "reason"}`` per check, then
-``{"done": N}``.
+It imports nothing of deploykit, only the standard library (it runs in the image's own python3), and is never
+run on this machine with a completion. Its arguments: CONFIG is ``{"output_kib", "memory_mb", "fsize_kib",
+"nproc", "sandboxed"}``, each CHECK ``{"key", "program", "timeout_s"}``. It prints ``{"key", "passed",
+"reason"}`` per check, then ``{"done": N}``.
 
 Why one at a time, and why it must be PID 1: a check runs as the same user as the runner, so only the runner
 being the namespace's init (which ignores every signal it has no handler for, SIGKILL too, when sent from
@@ -207,9 +207,16 @@ def main(argv: list[str]) -> int:
     if contained:
         _not_dumpable()
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # an init ignores what it has no handler for
+    # Told it is in the sandbox, it checks nothing unless it is that container's unprivileged init: anything
+    # else (an engine that added its own init, a user override to root) would weaken what keeps checks apart.
+    unsafe = bool(config.get("sandboxed")) and (not contained or os.getuid() == 0)
     for raw in argv[1:]:
         check = json.loads(raw)
-        print(json.dumps(run_check(config, check, contained)), flush=True)
+        if unsafe:
+            why = "sandbox refused: the runner is not the container's non-root PID 1"
+            print(json.dumps({"key": check["key"], "passed": False, "reason": why}), flush=True)
+        else:
+            print(json.dumps(run_check(config, check, contained)), flush=True)
     print(json.dumps({"done": len(argv) - 1}), flush=True)
     return 0
 

@@ -18,7 +18,7 @@ RUNNER = Path(sandbox.__file__).with_name("sandbox_runner.py")
 
 
 def run_runner(checks: list[CodeCheck], tmp_path: Path, **limits: int) -> list[dict[str, object]]:
-    config = sandbox.CHECK_LIMITS | limits
+    config: dict[str, object] = {**sandbox.CHECK_LIMITS, **limits}
     args = [json.dumps(config), *(sandbox._argument(c) for c in checks)]
     done = subprocess.run(
         [sys.executable, "-I", "-c", RUNNER.read_text(), *args],
@@ -123,3 +123,12 @@ def test_the_containers_lines_are_handed_on_whole_as_they_arrive() -> None:
     output = _follow([b'{"a":', b' 1}\n{"b"', b": 2}\n", b"partial"], lines.append)
     assert lines == ['{"a": 1}', '{"b": 2}']
     assert output == '{"a": 1}\n{"b": 2}\npartial'
+
+
+def test_told_it_is_sandboxed_the_runner_checks_nothing_outside_its_container(tmp_path: Path) -> None:
+    # Here it is not PID 1 of a container: the checks that a sandbox container would run are refused, unrun.
+    marker = tmp_path / "ran"
+    rows = run_runner([CodeCheck("a", f"open({str(marker)!r}, 'w')")], tmp_path, sandboxed=True)
+    assert rows[:-1] == [{"key": "a", "passed": False, "reason": "sandbox refused: the runner is not the "
+                          "container's non-root PID 1"}]  # fmt: skip
+    assert not marker.exists()
