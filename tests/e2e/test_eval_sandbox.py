@@ -122,8 +122,8 @@ def test_a_completion_cannot_read_the_stacks_secrets_or_write_on_the_host(stack_
     outcomes = check(
         stack_dir,
         [
-            CodeCheck("hunt", hunt),
-            CodeCheck("control", control),
+            CodeCheck("hunt", hunt, timeout_s=60),  # it walks the image's folders: time for a busy machine
+            CodeCheck("control", control, timeout_s=60),
             CodeCheck("write-host", writes + "\nimport os\nassert not any(os.path.exists(p) for p in "
                       f"{[str(t) for t in host_targets]!r})\nopen('/etc/deploykit-pwned', 'w')"),
         ],
