@@ -21,13 +21,14 @@ TEMPLATES = ROOT / "templates"
 # What each part may import besides itself; every import of deploykit points down these tiers.
 ALLOWED: dict[str, set[str]] = {
     "cli": {"app", "config", "running", "backends", "values"},  # commands, and the output of what app returns
-    "app": {"config", "running", "planning", "backends", "seams", "catalog", "values"},
-    "running": {"planning", "backends", "seams", "values"},
+    "app": {"config", "running", "planning", "backends", "seams", "catalog", "quality", "values"},
+    "running": {"planning", "backends", "seams", "quality", "values"},
     "config": {"backends", "seams", "values"},
     "planning": {"backends", "values"},  # pure: no seam
     "backends": {"values"},  # pure
     "seams": {"values"},
     "catalog": {"values"},  # the built-in profiles and models, and their loaders
+    "quality": {"values"},  # pure: data sets, check programs, scores
     "values": set(),  # the plain data everything else shares
 }
 # Imports across the tiers that stay, each with its reason (one line per pair, nothing broader).
