@@ -120,7 +120,7 @@ def test_the_rendered_several_model_stack_passes_docker_compose_config(tmp_path:
 
 @pytest.mark.parametrize("value", ["a\nb", "[x]", "a#b", "a;b", " lead"])
 def test_ini_values_llama_cpp_would_misread_are_refused(value: str) -> None:
-    with pytest.raises(UsageError, match="cannot be written into the router's models.ini"):
+    with pytest.raises(UsageError, match=r"cannot be written into the router's models\.ini"):
         ini_value(value)
 
 
