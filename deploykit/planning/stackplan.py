@@ -38,9 +38,12 @@ from deploykit.values.stackplan import (
     StackPlan,
     inference_service,
 )
-from deploykit.values.units import gib
+from deploykit.values.units import MiB, gib
 
 RAM_POOL = "RAM"
+# What a model re-planned into its placement may have beyond the packer's figure: the per-token KV the packer
+# works with is rounded down, so exactly its total could fall a few bytes short of the backend's own sum.
+REPLAN_SLACK_BYTES = 8 * MiB
 
 
 @dataclass  # not frozen: raising assigns __traceback__
@@ -317,10 +320,11 @@ def _placed_budget(
     if placement.device_fraction is not None:
         why = f"this model's share of the {gpu.name} beside the stack's other models (the packing below)"
         return Budget("cuda", placement.share_bytes, ram, gpu, placement.device_fraction, why)
+    # Its own total and no more (a little for rounding): more VRAM would put more of a split model's layers on the
+    # GPU than the packing counted.
     share = gpu_budget(host, settings)
-    return Budget(
-        "cuda", placement.total_bytes + spare, ram, gpu, share.share, "its share beside the stack's other models"
-    )
+    room = placement.total_bytes + min(spare, REPLAN_SLACK_BYTES)
+    return Budget("cuda", room, ram, gpu, share.share, "its share beside the stack's other models")
 
 
 def _stack(
