@@ -181,3 +181,16 @@ def test_every_model_planned_into_its_place_holds_no_more_than_the_packing_gave_
         used = {b.name: b for b in stack.packing.budgets}
         assert all(b.planned_bytes <= b.usable_bytes for b in used.values())
     assert planned, f"no pair of catalog models plans on {profile}"
+
+
+def test_the_same_model_in_another_quantisation_is_served_under_its_own_id() -> None:
+    stack = plan_stack(
+        host("rtx3060"), [entry(R1_15B), entry(R1_15B, quantization="Q4_K_M")], PlanSettings(), inference_port=1
+    )
+    assert [(m.model_id, m.plan.quantization) for m in stack.models] == [
+        (R1_15B, "bf16"),
+        (f"{R1_15B}-q4_k_m", "Q4_K_M"),
+    ]
+    with pytest.raises(StackRefused) as twice:
+        plan_stack(host("rtx3060"), [entry(R1_15B), entry(R1_15B)], PlanSettings(), inference_port=1)
+    assert twice.value.alternative is not None and "its own quantization or backend" in twice.value.alternative
