@@ -20,7 +20,8 @@ from deploykit.values.errors import ConfigError, NotFoundError, PlanError, Usage
 from deploykit.values.host import HostProfile
 from deploykit.values.model import MODEL_ID, ModelSpec
 from deploykit.values.paths import config_dir
-from deploykit.values.plan import DeploymentPlan, LocalWeights, NoFit, PlanSettings, RunHost
+from deploykit.values.plan import DeploymentPlan, LocalWeights, ModelInput, NoFit, PlanSettings, RunHost
+from deploykit.values.stackplan import ModelChoice, StackPlan
 from deploykit.values.units import gib
 
 if TYPE_CHECKING:
@@ -114,6 +115,9 @@ class ResolvedModel:
 
 
 def resolve_model(settings: Settings, model_id: str | None, model_path: Path | None) -> ResolvedModel:
+    if model_id is None and model_path is None and len(settings.models) == 1:
+        choice = settings.models[0]  # one [[models]] entry is the stack's one model
+        model_id, model_path = choice.id, Path(choice.file) if choice.file else None
     catalog = builtin_models()
     if model_path is not None and model_id is not None and not re.fullmatch(MODEL_ID, model_id):
         raise UsageError(
@@ -164,7 +168,22 @@ def _spec_from_hub(repo: str) -> ModelSpec:
 def make_plan(
     host: HostProfile, model: ResolvedModel, settings: Settings, runs_on: RunHost | None = None
 ) -> DeploymentPlan:
+    if len(settings.models) == 1 and _narrowed(settings.models[0]):
+        # One [[models]] entry that asks for a backend, quantisation or context: planned as a stack of one.
+        choice = settings.models[0]
+        entry = ModelInput(
+            model=model.spec,
+            weights=model.weights,
+            backend=choice.backend,
+            quantization=choice.quantization,
+            context=choice.context,
+        )
+        return plan_several(host, (entry,), settings, runs_on).plan
     return plan_with(host, model, settings.plan_settings(), runs_on)
+
+
+def _narrowed(choice: ModelChoice) -> bool:
+    return bool(choice.backend or choice.quantization or choice.context)
 
 
 def plan_with(
@@ -184,10 +203,10 @@ def plan_with(
             )
         else:
             message = f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}"
-        raise PlanError(
-            message,
-            alternative[0].upper() + alternative[1:] if alternative else "Use a smaller model or a bigger machine.",
-        ) from None
+        hint = alternative[0].upper() + alternative[1:] if alternative else "Use a smaller model or a bigger machine."
+        if plan_settings.backend and not nofit.need_bytes:
+            hint = "Leave --backend (backend = …) out to let the planner choose a backend that serves it."
+        raise PlanError(message, hint) from None
 
 
 def engine_host(docker_host: EngineAddress) -> RunHost | None:
@@ -201,3 +220,51 @@ def engine_host(docker_host: EngineAddress) -> RunHost | None:
 
     cpus = probe_engine(docker_host).cpus
     return RunHost(cores=cpus, where=f"the engine at {docker_host.display}") if cpus else None
+
+
+def several_models(settings: Settings) -> bool:
+    """Whether the settings ask for a stack of several models (one keeps today's single-model path)."""
+    return len(settings.models) > 1
+
+
+def resolve_models(settings: Settings) -> tuple[ResolvedModel, tuple[ModelInput, ...]]:
+    """Every model of a stack of several, looked up (catalog id, file, or Hugging Face repo): the default's
+    ``ResolvedModel`` (what plan.json's ``inputs`` name first) and every one as the planner takes it."""
+    inputs = []
+    for choice in settings.models:
+        model = resolve_model(settings, choice.id, Path(choice.file) if choice.file else None)
+        inputs.append(
+            ModelInput(
+                model=model.spec,
+                weights=model.weights,
+                backend=choice.backend,
+                quantization=choice.quantization,
+                context=choice.context,
+                keep_loaded=choice.keep_loaded,
+            )
+        )
+    first = inputs[0]
+    return ResolvedModel(first.model, first.weights), tuple(inputs)
+
+
+def plan_several(
+    host: HostProfile, models: tuple[ModelInput, ...], settings: Settings, runs_on: RunHost | None = None
+) -> StackPlan:
+    """The stack's models planned together, or a PlanError naming the model and the nearest alternative."""
+    from deploykit.planning.stackplan import StackRefused, plan_stack
+
+    try:
+        return plan_stack(
+            host, models, settings.plan_settings(), inference_port=settings.inference_port, runs_on=runs_on
+        )
+    except StackRefused as refused:
+        hint = refused.alternative or 'Serve fewer models, or a smaller quantisation (quantization = "Q4_K_M").'
+        raise PlanError(
+            f"model {refused.model_id} cannot be served in this stack on profile {host.name}: {refused.detail}",
+            hint[0].upper() + hint[1:],
+        ) from None
+    except NoFit as nofit:
+        raise PlanError(
+            f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}",
+            "Give it another backend or quantisation in its [[models]] entry, or leave it out of the stack.",
+        ) from None

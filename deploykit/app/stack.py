@@ -18,9 +18,12 @@ from deploykit.app.resolve import (
     engine_for,
     engine_host,
     make_plan,
+    plan_several,
     resolve_host,
     resolve_model,
+    resolve_models,
 )
+from deploykit.app.resolve import several_models as several_models  # the CLI asks before it plans
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
 from deploykit.config.settings import Settings
 from deploykit.planning.render import StackSpec, Target, project_name, render_files
@@ -39,6 +42,7 @@ from deploykit.values.stackfiles import (
     TARGET_FILES,
     WEBUI_SECRET_KEY,
 )
+from deploykit.values.stackplan import StackPlan
 from deploykit.values.tls import Material, TlsSpec, parse_choice, recorded
 
 if TYPE_CHECKING:
@@ -81,6 +85,61 @@ def stack_spec(
         target=target,
         model_volume=model_volume,
     )
+
+
+def several_spec(
+    settings: Settings,
+    host: HostProfile,
+    project: str,
+    image_overrides: dict[str, str],
+    target: Target,
+    model_volume: str | None,
+    runs_on: RunHost | None,
+) -> tuple[StackSpec, PlanInputs]:
+    """A stack of several models: planned together, each model's weights and its server's image."""
+    if model_volume is not None:
+        raise UsageError(
+            "a fleet host cannot serve several models yet: its weights go into one volume.",
+            "Give the fleet one --model (or one [[models]] entry per host's stack).",
+        )
+    if INFERENCE in image_overrides:
+        raise UsageError(
+            "--image inference names one server, and a stack of several models has one per backend.",
+            "Set each backend's image in [images] (or DEPLOYKIT_IMAGES__<KEY>, e.g. DEPLOYKIT_IMAGES__VLLM_CPU).",
+        )
+    default, models = resolve_models(settings)
+    stack = plan_several(host, models, settings, runs_on)
+    clash = sorted({m.published_port for m in stack.models} & {settings.webui_port})
+    if clash:
+        raise UsageError(
+            f"the stack's servers are published on ports {stack.models[0].published_port}-"
+            f"{max(m.published_port for m in stack.models)}, which holds webui_port {clash[0]}.",
+            "Choose an inference_port whose next ports are free: one port per server of the stack.",
+        )
+    paths: dict[str, str] = {}
+    images = {WEBUI: settings.images.open_webui}
+    for entry, served in zip(models, stack.models, strict=True):
+        backend = backends.named(served.plan.backend)
+        weights = Path(entry.weights.path) if entry.weights else backend.cache_path(entry.model, settings.model_cache)
+        paths[served.model_id] = str(weights)
+        images[served.service] = settings.images.ref(backend.image_key(served.plan.device))
+    spec = StackSpec(
+        project=project,
+        plan=stack.plan,
+        model_host_path=paths[stack.default_model],
+        images=images | image_overrides,
+        webui_port=settings.webui_port,
+        webui_bind=settings.webui_bind,
+        inference_port=settings.inference_port,
+        target=target,
+        models=stack.models,
+        packing=stack.packing,
+        model_paths=paths,
+    )
+    inputs = PlanInputs(
+        host=host, model=default.spec, settings=settings.plan_settings(), weights=default.weights, models=models
+    )
+    return spec, (inputs if runs_on is None else inputs.model_copy(update={"runs_on": runs_on}))
 
 
 def plan_inputs(
@@ -183,8 +242,14 @@ def prepare_for_host(
     """
     if existing is None:
         existing = stackdir.open_for_render(stack_dir)
-    plan = make_plan(host, model, settings, runs_on)
-    spec = stack_spec(settings, project_name(stack_dir), plan, model, image_overrides, target, model_volume)
+    if several_models(settings):
+        spec, inputs = several_spec(
+            settings, host, project_name(stack_dir), image_overrides, target, model_volume, runs_on
+        )
+    else:
+        plan = make_plan(host, model, settings, runs_on)
+        spec = stack_spec(settings, project_name(stack_dir), plan, model, image_overrides, target, model_volume)
+        inputs = plan_inputs(settings, host, model, runs_on)
     kept = existing.env.values
     if existing.plan is not None and existing.env.text is None and not force:
         raise StackDirError(
@@ -204,7 +269,6 @@ def prepare_for_host(
         for key in fresh
         if existing.env.text is not None and key not in kept
     ]
-    inputs = plan_inputs(settings, host, model, runs_on)
     return prepare_spec(settings, existing, spec, stack_secrets, inputs, force, notes, tls_names)
 
 
@@ -301,6 +365,7 @@ class StackRequest:
     image_overrides: dict[str, str] = field(default_factory=dict)
     target: Target | None = None
     force: bool = False
+    models_asked: bool = False  # --model given more than once (the models themselves are in the settings)
 
     def prepare(self, settings: Settings, target: Target, runs_on: RunHost | None = None) -> PreparedStack:
         return prepare_stack(
@@ -335,7 +400,7 @@ def up_stack(settings: Settings, request: StackRequest, timeout: float | None, r
         )
     r = request
     stack_dir = r.stack_dir.expanduser().absolute()
-    asked = any(x is not None for x in (r.profile, r.host_file, r.model_id, r.model_path, r.target))
+    asked = r.models_asked or any(x is not None for x in (r.profile, r.host_file, r.model_id, r.model_path, r.target))
     docker_host = engine_for(settings)
     runs_on = engine_host(docker_host)
     if asked or r.image_overrides or not (stack_dir / PLAN_FILE).is_file():
@@ -360,6 +425,23 @@ def _rendered_target(stack_dir: Path) -> Target:
     stack = data.get("stack") if data else None
     target = stack.get("target") if isinstance(stack, dict) else None
     return cast("Target", target) if target in TARGET_FILES else "compose"
+
+
+def plan_stack_only(settings: Settings, *, profile: str, host_file: Path | None) -> StackPlan:
+    """A stack of several models planned for a profile (`deploykit plan --model A --model B`)."""
+    host = resolve_host(settings, profile, host_file)
+    _, models = resolve_models(settings)
+    return plan_several(host, models, settings)
+
+
+def stack_plan_record(stack: StackPlan) -> dict[str, object]:
+    """What `plan --json` prints for several models, in plan.json's shape: "plan" (the default's), "models",
+    "packing"."""
+    return {
+        "plan": stack.plan.model_dump(mode="json"),
+        "models": [m.model_dump(mode="json") for m in stack.models],
+        "packing": stack.packing_record(),
+    }
 
 
 def plan_only(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from deploykit.values.host import HostProfile
     from deploykit.values.model import ModelSpec
     from deploykit.values.plan import DeploymentPlan
+    from deploykit.values.stackplan import StackPlan
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
@@ -121,11 +122,56 @@ def show_plan(plan: DeploymentPlan) -> None:
         console.print(f"    - {escape(reason)}")
 
 
+def show_stack_plan(stack: StackPlan) -> None:
+    """Several models: one row each (where, how loaded, its memory), the total per budget, and every reason."""
+    packing = stack.packing
+    first = stack.plan
+    mode = "together" if packing.mode == "together" else f"on demand (--models-max {packing.models_max})"
+    console.print(f"[bold]{len(stack.models)} models[/bold] on [bold]{escape(first.profile)}[/bold]: {mode}")
+    table = Table(box=None, pad_edge=False)
+    for col in ("model", "service", "backend", "device", "quant", "context", "slots", "loaded", "memory", "GPU util"):
+        table.add_column(col)
+    for m in stack.models:
+        place = packing.placement(m.model_id)
+        util = f"{place.device_fraction:.3f}" if place.device_fraction is not None else "—"
+        loaded = "on demand" if m.loaded == "on_demand" else ("kept" if m.keep_loaded else "at start")
+        default = " (default)" if m.model_id == stack.default_model else ""
+        table.add_row(
+            escape(m.model_id + default),
+            m.service,
+            m.plan.backend,
+            m.plan.device,
+            m.plan.quantization,
+            str(place.context),
+            str(place.slots),
+            loaded,
+            gib(place.total_bytes),
+            util,
+        )
+    console.print(table)
+    for budget in packing.budgets:
+        if budget.planned_bytes:
+            used = f"{gib(budget.planned_bytes)} of {gib(budget.usable_bytes)}"
+            console.print(f"  Total       {used} on {escape(budget.name)}")
+    console.print("  Why:")
+    for reason in (*stack.reasons, *packing.reasons):
+        console.print(f"    - {escape(reason)}")
+
+
 def show_rendered(result: RenderResult) -> None:
     plan = result.spec.plan
     changed = ", ".join(result.changed) if result.changed else "nothing changed"
     console.print(f"Stack written to [bold]{escape(str(result.stack_dir))}[/bold] ({changed}).")
-    console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context")
+    for m in result.spec.models:  # several models: one line each (`deploykit plan` says why)
+        p = m.plan
+        how = "on demand" if m.loaded == "on_demand" else "loaded at start"
+        console.print(
+            f"  {escape(m.model_id)}: {p.backend} on {p.device}, {p.quantization}, {p.context_length} tokens "
+            f"× {p.parallel}, service {m.service}, {how}"
+        )
+    if not result.spec.models:
+        context = f"{plan.context_length} tokens of context"
+        console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {context}")
     if result.spec.target == "kubernetes":
         console.print("  Secrets are in .env and in kubernetes.yaml's Secret (both mode 0600).")
         console.print(f"  Next: kubectl apply -n NAMESPACE -f {result.stack_dir / 'kubernetes.yaml'}")
