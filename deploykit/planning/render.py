@@ -42,7 +42,16 @@ from deploykit.values.stackfiles import (
     env_quote,
     sha256,
 )
-from deploykit.values.stackplan import MODELS_PRESET, PRESETS_DIR, ROUTER, Packing, StackModel, StackPlan
+from deploykit.values.stackplan import (
+    MODELS_PRESET,
+    PRESET_PATH,
+    PRESETS_DIR,
+    PRESETS_FOLDER,
+    ROUTER,
+    Packing,
+    StackModel,
+    StackPlan,
+)
 from deploykit.values.tls import TlsSpec
 from deploykit.values.units import GiB
 
@@ -424,6 +433,7 @@ def _several_context(spec: StackSpec, base: Mapping[str, Any], env: jinja2.Envir
                 ],
                 "models_max": stack.packing.models_max or len(served),
                 "presets_dir": PRESETS_DIR,
+                "presets_folder": PRESETS_FOLDER,
                 "preset_file": MODELS_PRESET,
                 "plan": first.plan.model_copy(update={"startup_seconds": max(m.plan.startup_seconds for m in served)}),
             }
@@ -514,7 +524,7 @@ def render_files(
         dotenv = templating.render(env, "env.j2", {"secrets": {k: secrets[k] for k in SECRET_KEYS}})
         extra = {CADDYFILE: render_caddyfile(spec, env)} if spec.tls is not None else {}
         if spec.stack_plan is not None and spec.stack_plan.routed:
-            extra[MODELS_PRESET] = render_preset(spec, env)
+            extra[PRESET_PATH] = render_preset(spec, env)
     except (jinja2.TemplateError, RecursionError) as exc:
         if templates_dir is None:
             if isinstance(exc, jinja2.exceptions.SecurityError):  # a value given so long the file outgrew the bound

@@ -21,7 +21,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from deploykit.values.errors import ConfigError, UsageError
-from deploykit.values.stackplan import MODELS_PRESET
+from deploykit.values.stackplan import MODELS_PRESET, PRESET_PATH
 
 MAX_TEMPLATE_BYTES = 1024 * 1024  # one template file
 MAX_OUTPUT_CHARS = 16 * 1024 * 1024  # one rendered file: a stack file is a few KiB
@@ -172,8 +172,8 @@ def check_files(files: Mapping[str, str], main: str, services: tuple[str, ...]) 
     for binding in parse_stream(io.StringIO(files[".env"])):
         if binding.error:
             raise RenderedFileError(".env", f"line {binding.original.line} is not KEY=VALUE")
-    if MODELS_PRESET in files:
-        check_preset(files[MODELS_PRESET])
+    if PRESET_PATH in files:
+        check_preset(files[PRESET_PATH])
 
 
 def check_preset(text: str) -> None:

@@ -184,7 +184,13 @@ def _legacy_temp(name: str) -> bool:
 def _finish_staging(stack_dir: Path) -> None:
     staging = stack_dir / STAGING
     for path in sorted(staging.iterdir(), key=lambda p: p.name == PLAN_FILE):  # plan.json last
-        path.replace(stack_dir / path.name)
+        if path.is_dir() and not path.is_symlink():  # a folder of rendered files (the router's presets)
+            (stack_dir / path.name).mkdir(exist_ok=True)
+            for inner in path.iterdir():
+                inner.replace(stack_dir / path.name / inner.name)
+            path.rmdir()
+        else:
+            path.replace(stack_dir / path.name)
     staging.rmdir()
     _fsync_dir(stack_dir)
 
@@ -449,6 +455,7 @@ def write_stack(stack_dir: Path, files: Mapping[str, str], backup: str | None = 
     try:
         for name in changed:
             private = name in PRIVATE_FILES
+            (partial / name).parent.mkdir(exist_ok=True)  # one level: "presets/models.ini"
             fd = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data[name])

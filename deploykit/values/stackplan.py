@@ -27,8 +27,12 @@ Loaded = Literal["always", "on_demand"]
 
 ROUTER = "router"  # the llama.cpp router's service, serving every model behind it
 INFERENCE_PREFIX = "inference-"  # a model served by a server of its own, in a stack of several
-MODELS_PRESET = "models.ini"  # the router's presets, rendered beside the stack file
-PRESETS_DIR = "/presets"  # where the router sees the stack folder's presets (the folder: renames stay visible)
+MODELS_PRESET = "models.ini"  # the router's presets
+# Their own folder in the stack folder, mounted whole (a preset replaced by rename stays visible) -- not the
+# stack folder itself, which holds .env and the TLS key the router has no business reading.
+PRESETS_FOLDER = "presets"
+PRESET_PATH = f"{PRESETS_FOLDER}/{MODELS_PRESET}"  # as the stack folder's files name it
+PRESETS_DIR = "/presets"  # where the router sees that folder
 MAX_MODELS = 8  # a stack's models; more is a fleet, not one stack
 
 

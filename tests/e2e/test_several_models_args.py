@@ -2,7 +2,7 @@
 
 For each shape the stack is rendered with deploykit's library, `docker compose config` (with the stack's .env)
 gives the router's command, and the provisioned llama-server image (build 11669, the release the CUDA image
-pins) runs it with the stack folder as /presets and no weights: the router must read the rendered models.ini,
+pins) runs it with the stack folder's presets/ as /presets and no weights: the router must read the rendered models.ini,
 list every routed model, and start a child llama-server for each model loaded at start with exactly that
 model's section as flags; the child must get past argument parsing and stop at the missing model file. A
 preset key llama-server does not know, or a value it cannot use, fails here (shown on a broken preset first).
@@ -64,8 +64,8 @@ def render(folder: Path, profile: str, *models: str) -> tuple[Path, list[str]]:
 def run_router(image: str, stack_dir: Path, command: list[str], names: list[str]) -> str:
     """The router with the rendered command and presets, until each named child has exited (no weights)."""
     started = subprocess.run(
-        ["docker", "run", "-d", "--label", LABEL, "--network", "none", "-v", f"{stack_dir}:/presets:ro", image,
-         *command],
+        ["docker", "run", "-d", "--label", LABEL, "--network", "none", "-v", f"{stack_dir / 'presets'}:/presets:ro",
+         image, *command],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     container = started.stdout.strip()
@@ -114,7 +114,7 @@ def test_the_router_reads_the_rendered_presets_and_starts_each_model_with_its_fl
     image: str, tmp_path: Path, profile: str, models: tuple[str, ...], at_start: tuple[str, ...]
 ) -> None:
     stack_dir, command = render(tmp_path, profile, *models)
-    preset = (stack_dir / "models.ini").read_text(encoding="utf-8")
+    preset = (stack_dir / "presets" / "models.ini").read_text(encoding="utf-8")
     logs = run_router(image, stack_dir, command, list(at_start))
     assert not REFUSED.search(logs), logs[-4000:]
     routed = [m for m in models if f"[{m}]" in preset]
@@ -138,7 +138,7 @@ def test_the_router_reads_the_rendered_presets_and_starts_each_model_with_its_fl
 def test_a_preset_key_llama_server_does_not_know_is_refused(image: str, tmp_path: Path) -> None:
     # The check above can fail: a misspelt key in the rendered preset stops the router or its child.
     stack_dir, command = render(tmp_path, "cpu", SMOLLM, QWEN_15B)
-    preset = stack_dir / "models.ini"
+    preset = stack_dir / "presets" / "models.ini"
     preset.write_text(preset.read_text(encoding="utf-8").replace("ubatch-size", "ubatch-sise"), encoding="utf-8")
     logs = run_router(image, stack_dir, command, [SMOLLM, QWEN_15B])
     refused = REFUSED.search(logs)

@@ -227,4 +227,4 @@ def test_fleet_render_gives_a_host_its_own_models(tmp_path: Path, monkeypatch: p
     assert result["ok"], result
     services = yaml.safe_load((tmp_path / "fleet" / "lab-01" / "compose.yaml").read_text())["services"]
     assert set(services) == {"router", "open-webui"}
-    assert (tmp_path / "fleet" / "lab-01" / "models.ini").is_file()
+    assert (tmp_path / "fleet" / "lab-01" / "presets" / "models.ini").is_file()

@@ -49,10 +49,12 @@ def test_two_gguf_models_on_the_cpu_share_one_router_with_its_presets(tmp_path: 
     assert command[command.index("--port") + 1] == "8080", "always pass --port (the build's default is 9931)"
     volumes = router["volumes"]
     assert isinstance(volumes, list)
-    assert {"type": "bind", "source": ".", "target": "/presets", "read_only": True} in volumes, "the folder"
+    assert {"type": "bind", "source": "./presets", "target": "/presets", "read_only": True} in volumes, (
+        "the presets folder, not the stack folder (.env, the TLS key)"
+    )
     assert [v["target"] for v in volumes[:2]] == [f"/models/{SMOLLM}.gguf", f"/models/{QWEN_15B}.gguf"]
 
-    preset = (stack_dir / "models.ini").read_text(encoding="utf-8")
+    preset = (stack_dir / "presets" / "models.ini").read_text(encoding="utf-8")
     templating.check_preset(preset)
     assert f"[{SMOLLM}]\nmodel = /models/{SMOLLM}.gguf\nctx-size = 16384\nparallel = 4\n" in preset
     assert preset.count("load-on-startup = true") == 2, "together: both loaded at start"
@@ -89,7 +91,7 @@ def test_rtx3060_vllm_and_llamacpp_each_their_service_started_in_order(tmp_path:
     )
     assert env["OPENAI_API_KEYS"] == f"{KEY};{KEY}"
     assert json.loads(env["OPENAI_API_CONFIGS"]) == {}, "no router: no llama.cpp provider"
-    assert not (stack_dir / "models.ini").exists()
+    assert not (stack_dir / "presets" / "models.ini").exists()
 
 
 def test_on_demand_points_open_webuis_tasks_at_the_model_that_stays_loaded_and_starts_the_router_last(
@@ -101,7 +103,7 @@ def test_on_demand_points_open_webuis_tasks_at_the_model_that_stays_loaded_and_s
     assert found[ROUTER]["depends_on"] == {inference_service(SMOLLM): {"condition": "service_healthy"}}
     command = found[ROUTER]["command"]
     assert isinstance(command, list) and command[command.index("--models-max") + 1] == "1"
-    preset = (stack_dir / "models.ini").read_text(encoding="utf-8")
+    preset = (stack_dir / "presets" / "models.ini").read_text(encoding="utf-8")
     assert preset.count("load-on-startup = true") == 1, "the default model only"
     env = found["open-webui"]["environment"]
     assert isinstance(env, dict)
@@ -124,9 +126,7 @@ def test_ini_values_llama_cpp_would_misread_are_refused(value: str) -> None:
         ini_value(value)
 
 
-@pytest.mark.parametrize(
-    "text", ["[m]\nmodel = /a#b\n", "[m]\nnot a key line\n", "version = 1\n[*]\njinja = true\n"]
-)
+@pytest.mark.parametrize("text", ["[m]\nmodel = /a#b\n", "[m]\nnot a key line\n", "version = 1\n[*]\njinja = true\n"])
 def test_a_preset_llama_cpp_would_misread_is_not_written(text: str) -> None:
     with pytest.raises(templating.RenderedFileError):
         templating.check_preset(text)
@@ -179,11 +179,11 @@ def test_swarm_serves_the_router_with_its_preset_as_a_config_named_by_its_conten
     assert router["configs"] == [{"source": "models_preset", "target": "/presets/models.ini"}]
     assert "depends_on" not in router and "restart" not in router
     config = doc["configs"]["models_preset"]
-    assert config["file"] == "./models.ini" and config["name"].startswith("deploykit-s-models-")
+    assert config["file"] == "./presets/models.ini" and config["name"].startswith("deploykit-s-models-")
     webui = doc["services"]["open-webui"]
     assert "OPENAI_API_KEYS" not in webui["environment"], "from the secret, by the wrapper"
     assert 'OPENAI_API_KEYS="$$(cat /run/secrets/inference_api_key)"' in " ".join(webui["entrypoint"])
-    (stack_dir / "models.ini").write_text("changed", encoding="utf-8")
+    (stack_dir / "presets" / "models.ini").write_text("changed", encoding="utf-8")
     settings = load_settings(models=({"id": SMOLLM}, {"id": QWEN_15B, "context": 2048}))
     render_stack(settings, StackRequest(stack_dir=stack_dir, profile="cpu", target="swarm", force=True))
     again = yaml.safe_load((stack_dir / "swarm.yaml").read_text(encoding="utf-8"))
