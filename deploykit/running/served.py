@@ -1,0 +1,79 @@
+"""What a stack serves, as the running tier needs it: its servers (one per service) and its models.
+
+A single-model stack has one server, ``inference``, with one model. A stack of several models has one
+service per vLLM model and, for its llama.cpp models, one router (docs/several-models.md): a router's
+``/health`` answers before any model is loaded, and its models load at start or on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from deploykit.values.services import INFERENCE
+
+if TYPE_CHECKING:
+    from deploykit.running.stack import LoadedStack
+
+
+@dataclass(frozen=True)
+class Server:
+    """One inference service of a stack."""
+
+    service: str  # its compose service: whose container is watched and whose log a failure shows
+    url: str  # where this controller reaches it (its loopback port on the engine's host)
+    internal_api: str  # where Open WebUI reaches it inside the stack, without a trailing slash
+    router: bool  # llama.cpp's router: models listed whatever their state, loaded at start or on demand
+    models: tuple[str, ...]  # the model ids it serves, as clients send them in "model"
+    load_on_start: tuple[str, ...]  # those loaded when it starts (a single-model server: its one model)
+    startup_seconds: float  # how long its start may take, from the plan
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model of a stack."""
+
+    id: str
+    service: str  # the server that serves it
+    backend: str
+    on_demand: bool  # loaded on its first request (a router at --models-max), not at start
+    planned_bytes: int  # the plan's total for it: weights + KV + runtime
+
+
+@dataclass(frozen=True)
+class Served:
+    servers: tuple[Server, ...]
+    models: tuple[ServedModel, ...]
+    default_model: str
+
+    @property
+    def several(self) -> bool:
+        return len(self.models) > 1
+
+    def server(self, service: str) -> Server:
+        return next(s for s in self.servers if s.service == service)
+
+    def model(self, model_id: str) -> ServedModel | None:
+        return next((m for m in self.models if m.id == model_id), None)
+
+    def webui_connections(self, key: str) -> tuple[list[str], list[str], dict[str, dict[str, str]]]:
+        """Open WebUI's OpenAI connections for these servers, in their order: URLs, keys, per-index settings
+        (a router's ``provider`` lets Open WebUI show each model's loaded state)."""
+        urls = [s.internal_api for s in self.servers]
+        configs = {str(i): {"provider": "llama.cpp"} for i, s in enumerate(self.servers) if s.router}
+        return urls, [key] * len(urls), configs
+
+
+def served_by(stack: LoadedStack) -> Served:
+    """What ``stack`` serves, from its plan.json."""
+    plan = stack.spec.plan
+    server = Server(
+        service=INFERENCE,
+        url=stack.inference_url,
+        internal_api=stack.spec.inference_api,
+        router=False,
+        models=(plan.model_id,),
+        load_on_start=(plan.model_id,),
+        startup_seconds=plan.startup_seconds,
+    )
+    model = ServedModel(plan.model_id, INFERENCE, plan.backend, False, plan.memory.total_bytes)
+    return Served((server,), (model,), plan.model_id)

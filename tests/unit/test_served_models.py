@@ -1,0 +1,147 @@
+"""Running several models: the router's readiness and states, Open WebUI's stored connections kept in step,
+and the per-model stages, against fake servers behind httpx's MockTransport (the real ones:
+tests/e2e/test_several_models.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from deploykit.seams import health, webui
+from deploykit.seams.health import NotReady, StageFailed
+
+
+def router(models: list[dict[str, Any]], seen: list[httpx.Request] | None = None) -> httpx.Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        if request.url.path == "/models":
+            return httpx.Response(200, json={"data": models})
+        return httpx.Response(404)
+
+    return httpx.Client(base_url="http://router.test", transport=httpx.MockTransport(handler))
+
+
+def entry(model_id: str, value: str, **extra: object) -> dict[str, Any]:
+    return {"id": model_id, "status": {"value": value, **extra}}
+
+
+def test_router_states_name_a_failed_load_failed() -> None:
+    client = router([entry("a", "loaded"), entry("b", "unloaded", failed=True, exit_code=1), entry("c", "sleeping")])
+    assert health.router_states(client) == {"a": "loaded", "b": "failed", "c": "sleeping"}
+
+
+def test_router_readiness_waits_for_every_load_on_start_model() -> None:
+    client = router([entry("a", "loaded"), entry("b", "loading"), entry("c", "unloaded")])
+    with pytest.raises(NotReady, match="b loading"):
+        health.probe_router_loaded(client, ["a", "b"])
+    assert health.probe_router_loaded(client, ["a"]) == "loaded a"  # c is on demand: not waited for
+
+
+def test_router_readiness_fails_at_once_on_a_failed_load_with_its_exit_code() -> None:
+    client = router([entry("a", "loaded"), entry("b", "unloaded", failed=True, exit_code=1)])
+    with pytest.raises(StageFailed, match=r"could not load b \(exit code 1\)"):
+        health.probe_router_loaded(client, ["a", "b"])
+
+
+def test_router_readiness_fails_for_a_model_the_router_does_not_know() -> None:
+    with pytest.raises(StageFailed, match="does not know b"):
+        health.probe_router_loaded(router([entry("a", "loaded")]), ["a", "b"])
+
+
+def test_router_reload_asks_for_the_preset_again() -> None:
+    seen: list[httpx.Request] = []
+    states = health.reload_router(router([entry("a", "loaded")], seen))
+    assert states == {"a": "loaded"}
+    assert seen[0].url.params["reload"] == "1"
+
+
+def test_router_clients_open_a_connection_per_request_and_ignore_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    with health.router_client("http://127.0.0.1:1", "k") as client:
+        pool = client._transport._pool  # type: ignore[attr-defined]
+        assert pool._max_keepalive_connections == 0
+        assert client._mounts == {}  # trust_env=False: no proxy mounted from HTTP_PROXY
+
+
+class FakeWebui:
+    """Open WebUI's config endpoints: what is stored, and what was posted."""
+
+    def __init__(self, stored: dict[str, Any], default_models: str | None) -> None:
+        self.stored = stored
+        self.default_models = default_models
+        self.posted: list[tuple[str, Any]] = []
+
+    def client(self) -> httpx.Client:
+        def handler(request: httpx.Request) -> httpx.Response:
+            path = request.url.path
+            if request.method == "POST":
+                body = json.loads(request.content)
+                self.posted.append((path, body))
+                if path == "/openai/config/update":
+                    self.stored = body
+                if path == "/api/v1/configs/import":
+                    self.default_models = body["config"]["ui.default_models"]
+                return httpx.Response(200, json={})
+            if path == "/openai/config":
+                return httpx.Response(200, json=self.stored)
+            if path == "/api/v1/configs/export":
+                return httpx.Response(200, json={"ui.default_models": self.default_models})
+            return httpx.Response(404)
+
+        return httpx.Client(base_url="http://webui.test", transport=httpx.MockTransport(handler))
+
+
+URLS = ["http://inference-fp16:8000/v1", "http://router:8080/v1"]
+CONFIGS = {"1": {"provider": "llama.cpp"}}
+
+
+def stored(urls: list[str], configs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ENABLE_OPENAI_API": True,
+        "OPENAI_API_BASE_URLS": urls,
+        "OPENAI_API_KEYS": ["k"] * len(urls),
+        "OPENAI_API_CONFIGS": configs,
+    }
+
+
+def test_connections_in_step_are_left_alone() -> None:
+    ui = FakeWebui(stored(URLS, {"1": {"provider": "llama.cpp", "tags": ["admin's"]}}), "q4")
+    assert webui.sync_connections(ui.client(), URLS, ["k", "k"], CONFIGS, "q4") == []
+    assert ui.posted == []
+
+
+def test_a_stored_list_from_before_is_replaced_whole_keeping_an_admins_own_settings() -> None:
+    # Open WebUI started with the router alone; a vLLM model was added in front of it since.
+    ui = FakeWebui(stored(["http://router:8080/v1"], {"0": {"provider": "llama.cpp", "tags": ["mine"]}}), "q4")
+    notes = webui.sync_connections(ui.client(), URLS, ["k", "k"], CONFIGS, "q4")
+    assert notes == ["wrote Open WebUI's 2 OpenAI connection(s): the API URLs (['http://router:8080/v1']), the API "
+                     "keys, connection 1's settings differed"]  # fmt: skip
+    path, body = ui.posted[0]
+    assert path == "/openai/config/update"
+    assert set(body) == {"ENABLE_OPENAI_API", "OPENAI_API_BASE_URLS", "OPENAI_API_KEYS", "OPENAI_API_CONFIGS"}
+    assert body["OPENAI_API_BASE_URLS"] == URLS and body["OPENAI_API_KEYS"] == ["k", "k"]
+    # The router moved from index 0 to 1: its settings (the admin's tags too) moved with it.
+    assert body["OPENAI_API_CONFIGS"] == {"0": {}, "1": {"provider": "llama.cpp", "tags": ["mine"]}}
+
+
+def test_the_default_models_are_written_when_they_differ() -> None:
+    ui = FakeWebui(stored(URLS, CONFIGS), "old-model")
+    assert webui.sync_connections(ui.client(), URLS, ["k", "k"], CONFIGS, "q4") == [
+        "set Open WebUI's default model(s) to q4"
+    ]
+    assert ui.posted == [("/api/v1/configs/import", {"config": {"ui.default_models": "q4"}})]
+
+
+def test_an_unreadable_config_is_a_note_not_a_write() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401)
+
+    client = httpx.Client(base_url="http://webui.test", transport=httpx.MockTransport(handler))
+    notes = webui.sync_connections(client, URLS, ["k", "k"], CONFIGS, "q4")
+    assert notes == ["could not read Open WebUI's connections (HTTPStatusError); they were not checked"]
