@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Literal, NotRequired, Protocol, Required, Type
 
 from deploykit.planning.render import StackIdentity
 from deploykit.running import tls_proxy
+from deploykit.running.served import Served, served_by
 from deploykit.running.stack import LoadedStack, identity
 from deploykit.running.stages import WEBUI_START_SECONDS, Reporter, UpReport, check_stack, local_webui_url
 from deploykit.seams import compose, engine, health, webui
 from deploykit.seams.override import OVERRIDE_FILE, describe, override_path
 from deploykit.values.errors import HealthError, PreflightError, UsageError
-from deploykit.values.services import SERVICES, TLS_PROXY, webui_url
+from deploykit.values.services import SERVICES, TLS_PROXY, WEBUI, webui_url
 from deploykit.values.stackfiles import STACK_ID
 from deploykit.values.units import GiB, gib
 
@@ -44,10 +45,26 @@ class ServiceStatus(TypedDict, total=False):
     detail: str
 
 
+class ModelStatus(TypedDict):
+    """One model of a several-model stack in `deploykit status`."""
+
+    model: str
+    service: str  # the server that serves it (a router serves several)
+    backend: str
+    default: bool
+    on_demand: bool
+    state: str  # loaded | loading | unloaded | sleeping | failed (a router's word), or "missing" with no server
+    planned_bytes: int  # the plan's total for this model
+    # What the engine counts for the model's container: a router's models share one, so the same figure stands
+    # beside each of them, with the plan's own per-model figure next to it.
+    container_bytes: int | None
+
+
 class StackStatus(StackIdentity):
     healthy: bool
     override: dict[str, str] | None  # the site's compose.override.yaml in effect, if any
     services: list[ServiceStatus]
+    models: NotRequired[list[ModelStatus]]  # stacks of several models: each one's state and memory
     tls: NotRequired[dict[str, object]]  # stacks with HTTPS: address, certificate, expiry, the CA to trust
 
 
@@ -281,6 +298,8 @@ def reachable_urls(
 
 
 def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus:
+    if (several := served_by(stack)).several:
+        return several_status(stack, several, docker_host)
     containers = stack.engine_stack(docker_host).containers()
     plan = stack.spec.plan
     key = stack.api_key
@@ -344,8 +363,107 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
 
 
 def _services(stack: LoadedStack) -> tuple[str, ...]:
-    """The stack's services: the two, and the HTTPS proxy in stacks that have one."""
-    return (*SERVICES, *([TLS_PROXY] if stack.spec.tls is not None else []))
+    """The stack's services: its servers and Open WebUI, and the HTTPS proxy in stacks that have one."""
+    served = served_by(stack)
+    ours = (*(s.service for s in served.servers), WEBUI) if served.several else SERVICES
+    return (*ours, *([TLS_PROXY] if stack.spec.tls is not None else []))
+
+
+def _service_entry(ctr: compose.ContainerState | None, name: str, now: datetime) -> ServiceStatus:
+    entry: ServiceStatus = {"service": name, "state": "missing", "health": None, "uptime_s": None}
+    if ctr is None:
+        return entry
+    uptime = None
+    if ctr.state == "running" and ctr.started_at:
+        try:
+            uptime = int((now - datetime.fromisoformat(ctr.started_at.replace("Z", "+00:00"))).total_seconds())
+        except ValueError:
+            uptime = None
+    entry.update(
+        {
+            "state": ctr.state,
+            "health": ctr.health,
+            "uptime_s": uptime,
+            "image": ctr.image,
+            "ports": list(ctr.ports),
+            "restarts": ctr.restart_count,
+        }
+    )
+    return entry
+
+
+def model_states(served: Served, key: str) -> dict[str, str]:
+    """Each model's state as its server says it: a router's GET /models; a single server: loaded while it
+    serves the model. A server that does not answer leaves its models "unreachable"."""
+    states: dict[str, str] = {}
+    for server in served.servers:
+        try:
+            if server.router:
+                with health.router_client(server.url, key, timeout=5) as client:
+                    known = health.router_states(client)
+                states.update({m: known.get(m, "missing") for m in server.models})
+            else:
+                with health.http_client(server.url, key, timeout=5) as client:
+                    for model_id in server.models:
+                        try:
+                            health.probe_served_model(client, model_id)
+                            states[model_id] = "loaded"
+                        except health.NotReady:
+                            states[model_id] = "unloaded"
+        except (health.NotReady, health.StageFailed):
+            states.update({m: "unreachable" for m in server.models})
+    return states
+
+
+def several_status(stack: LoadedStack, served: Served, docker_host: engine.EngineAddress) -> StackStatus:
+    """`status` of a stack of several models: each service, and each model's state and memory."""
+    engine_stack = stack.engine_stack(docker_host)
+    by_service = {c.service: c for c in engine_stack.containers()}
+    now = datetime.now(UTC)
+    services = [_service_entry(by_service.get(name), name, now) for name in _services(stack)]
+    states = model_states(served, stack.api_key)
+    memory = {s.service: engine_stack.memory_bytes(s.service) for s in served.servers if s.service in by_service}
+    for entry in services:
+        server = next((s for s in served.servers if s.service == entry["service"]), None)
+        if server is not None:
+            entry["url"] = server.url + "/v1"
+            entry["detail"] = ", ".join(f"{m} {states.get(m, 'unknown')}" for m in server.models)
+    models: list[ModelStatus] = [
+        {
+            "model": m.id,
+            "service": m.service,
+            "backend": m.backend,
+            "default": m.id == served.default_model,
+            "on_demand": m.on_demand,
+            "state": states.get(m.id, "unknown"),
+            "planned_bytes": m.planned_bytes,
+            "container_bytes": memory.get(m.service),
+        }
+        for m in served.models
+    ]
+    webui_entry = next(e for e in services if e["service"] == WEBUI)
+    webui_entry["url"] = local_webui_url(stack)
+    with stack.webui_client(timeout=5) as client:
+        try:
+            health.probe_webui_health(client)
+            webui_ok = True
+        except health.NotReady:
+            webui_ok = False
+    webui_entry["detail"] = "answers /health" if webui_ok else "does not answer /health"
+    # A model loaded on demand may be unloaded or asleep and still fine; a failed load is not.
+    models_ok = all(
+        m["state"] in ("loaded", "sleeping") or (m["on_demand"] and m["state"] == "unloaded") for m in models
+    )
+    healthy = (
+        models_ok
+        and webui_ok
+        and all(s["state"] == "running" and s["health"] in ("healthy", "starting", None) for s in services)
+    )
+    state = StackStatus(**identity(stack), healthy=healthy, override=describe(stack.dir), services=services)  # type: ignore[typeddict-item]
+    state["models"] = models
+    if stack.spec.tls is not None:
+        state["tls"] = tls_proxy.describe(stack)
+    return state
 
 
 def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dict[str, object]:
