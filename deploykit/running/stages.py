@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, TypedDict, cast
 
 import httpx
 
-from deploykit.running.served import Served, Server, served_by
+from deploykit.running.served import Served, ServedModel, Server, served_by
 from deploykit.running.stack import LoadedStack
 from deploykit.seams import engine, health, webui
 from deploykit.values.errors import HealthError
@@ -185,28 +185,31 @@ def served_stages(
             "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
         ),
     ]
-    for model in served.models:
-        stages.append(
-            Stage(
-                f"open-webui lists {model.id}",
-                WEBUI,
-                lambda model_id=model.id: health.probe_webui_model(ui, model_id),  # type: ignore[misc]
-                90,
-                f"Open WebUI cannot list {model.id}: its connection to {model.service} is wrong or unreachable "
-                "(see the notes on its connections).",
-            )
-        )
-    for model in served.models:
-        stages.append(
-            Stage(
-                f"chat {model.id} via open-webui" + (" (loads it)" if model.on_demand else ""),
-                model.service,
-                _chat_probe(ui, model.id, model.on_demand),
-                300 if model.on_demand else 180,
-                f"{model.id} did not answer through Open WebUI; `deploykit logs {model.service}` shows why.",
-            )
-        )
+    # Every model listed first, then every chat: a list that lacks one says so before any load is waited for.
+    per_model = [model_stages(ui, model) for model in served.models]
+    stages += [listed for listed, _ in per_model] + [chat for _, chat in per_model]
     return stages
+
+
+def model_stages(ui: httpx.Client, model: ServedModel) -> list[Stage]:
+    """One model through Open WebUI: listed, then one chat answered (an on-demand model's load timed)."""
+    return [
+        Stage(
+            f"open-webui lists {model.id}",
+            WEBUI,
+            lambda: health.probe_webui_model(ui, model.id),
+            90,
+            f"Open WebUI cannot list {model.id}: its connection to {model.service} is wrong or unreachable "
+            "(see the notes on its connections).",
+        ),
+        Stage(
+            f"chat {model.id} via open-webui" + (" (loads it)" if model.on_demand else ""),
+            model.service,
+            _chat_probe(ui, model.id, model.on_demand),
+            300 if model.on_demand else 180,
+            f"{model.id} did not answer through Open WebUI; `deploykit logs {model.service}` shows why.",
+        ),
+    ]
 
 
 def server_stages(server: Server, key: str, clients: ExitStack) -> list[Stage]:

@@ -145,3 +145,90 @@ def test_an_unreadable_config_is_a_note_not_a_write() -> None:
     client = httpx.Client(base_url="http://webui.test", transport=httpx.MockTransport(handler))
     notes = webui.sync_connections(client, URLS, ["k", "k"], CONFIGS, "q4")
     assert notes == ["could not read Open WebUI's connections (HTTPStatusError); they were not checked"]
+
+
+def several() -> Any:
+    from deploykit.running.served import Served, ServedModel, Server
+
+    servers = (
+        Server("inference-fp16", "http://vllm.test", "http://inference-fp16:8000/v1", False, ("fp16",), ("fp16",), 60),
+        Server("router", "http://router.test", "http://router:8080/v1", True, ("q4", "q8"), ("q4",), 30),
+    )
+    models = (
+        ServedModel("fp16", "inference-fp16", "vllm", False, 3 * 2**30),
+        ServedModel("q4", "router", "llamacpp", False, 2**29),
+        ServedModel("q8", "router", "llamacpp", True, 2**29),
+    )
+    return Served(servers, models, "q4")
+
+
+def test_a_several_model_stack_checks_each_server_then_each_model_through_open_webui(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contextlib import ExitStack
+
+    from deploykit.running.stages import UpReport, run_stages, served_stages
+    from tests.unit.test_stages import Reporter, stack
+
+    states = {"q4": "loading", "q8": "unloaded"}
+    chats: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "router.test" and request.url.path == "/models":
+            answer = {"data": [entry(m, v) for m, v in states.items()]}
+            states["q4"] = "loaded"  # loaded by the second poll
+            return httpx.Response(200, json=answer)
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok"})
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "fp16"}]})
+        return httpx.Response(404)
+
+    def ui_handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/health":
+            return httpx.Response(200, json={"status": True})
+        if path == "/api/config":
+            return httpx.Response(200, json={"onboarding": False})
+        if path == "/api/v1/auths/signin":
+            return httpx.Response(200, json={"token": "tok"})
+        if path == "/openai/config":
+            return httpx.Response(200, json=stored(URLS, CONFIGS) | {"OPENAI_API_KEYS": ["sk-test"] * 2})
+        if path == "/api/v1/configs/export":
+            return httpx.Response(200, json={"ui.default_models": "q4"})
+        if path == "/api/models":
+            return httpx.Response(200, json={"data": [{"id": m} for m in ("fp16", "q4", "q8")]})
+        if path == "/api/chat/completions":
+            chats.append(json.loads(request.content)["model"])
+            return httpx.Response(200, json={"choices": [{"message": {"content": "Hi."}}]})
+        return httpx.Response(404)
+
+    def fake_client(base_url: str, token: str | None = None, timeout: float = 10, **_: object) -> httpx.Client:
+        return httpx.Client(base_url=base_url, transport=httpx.MockTransport(server))
+
+    monkeypatch.setattr(health, "http_client", fake_client)
+    monkeypatch.setattr(health, "router_client", fake_client)
+    ui = httpx.Client(base_url="http://webui.test", transport=httpx.MockTransport(ui_handler))
+    report = UpReport("d", "u", False)
+    with ExitStack() as clients:
+        stages = served_stages(stack(tmp_path), several(), ui, report, clients)
+        assert [(s.name, s.service) for s in stages] == [
+            ("inference-fp16 /health", "inference-fp16"),
+            ("inference-fp16 serves fp16", "inference-fp16"),
+            ("router /health", "router"),
+            ("router models loaded", "router"),
+            ("open-webui /health", "open-webui"),
+            ("open-webui admin", "open-webui"),
+            ("open-webui lists fp16", "open-webui"),
+            ("open-webui lists q4", "open-webui"),
+            ("open-webui lists q8", "open-webui"),
+            ("chat fp16 via open-webui", "inference-fp16"),
+            ("chat q4 via open-webui", "router"),
+            ("chat q8 via open-webui (loads it)", "router"),
+        ]
+        results = run_stages(stages, 60, Reporter())
+    assert all(r.ok for r in results)
+    assert results[3].detail == "loaded q4"
+    assert results[-1].detail.startswith("loaded on demand and answered: 'Hi.' in ")
+    assert chats == ["fp16", "q4", "q8"]
+    assert report.notes == []  # the stored connections were already the stack's
