@@ -70,6 +70,19 @@ class UpReport:
     # Every address Open WebUI answers on, and who can use it: {"url": …, "who": …}.
     reachable: list[dict[str, str]] = field(default_factory=list)
     tls: dict[str, object] | None = None  # stacks with HTTPS: the certificate, and how to trust the site CA
+    # Stacks of several models: each one's server, how it is served and its first answer through Open WebUI.
+    models: list[ModelRow] = field(default_factory=list)
+
+
+class ModelRow(TypedDict):
+    """One model of a several-model stack as `up` reports it."""
+
+    model: str
+    service: str
+    default: bool
+    served: str  # "loaded at start" or "on demand"
+    first_answer_s: float  # its first chat through Open WebUI; an on-demand model's includes its load
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -391,9 +404,30 @@ def check_stack(
             started=started,
         )
     report.stages = [cast(StageRow, asdict(r)) for r in results]
+    if served.several:
+        report.models = model_rows(served, results)
     report.healthy = True
     report.credentials = f"{stack.dir / ENV_FILE} ({ADMIN_EMAIL}, {ADMIN_PASSWORD})"
     return report
+
+
+def model_rows(served: Served, results: list[StageResult]) -> list[ModelRow]:
+    """Each model's row from its chat stage."""
+    chats = {r.name: r for r in results}
+    rows: list[ModelRow] = []
+    for model in served.models:
+        result = chats.get(f"chat {model.id} via open-webui" + (" (loads it)" if model.on_demand else ""))
+        rows.append(
+            {
+                "model": model.id,
+                "service": model.service,
+                "default": model.id == served.default_model,
+                "served": "on demand" if model.on_demand else "loaded at start",
+                "first_answer_s": result.seconds if result is not None else 0.0,
+                "detail": result.detail if result is not None else "",
+            }
+        )
+    return rows
 
 
 def local_webui_url(stack: LoadedStack) -> str:
