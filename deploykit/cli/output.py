@@ -374,7 +374,8 @@ def show_bench(report: BenchReport) -> None:
         for level in s["levels"]:
             columns.append(level)
             table.add_column(
-                f"{s['project']}\n{flags} via {s['via']}\nconcurrency {level['concurrency']}", justify="right"
+                f"{s['project']}\n{escape(s['model'])}\n{flags} via {s['via']}\nconcurrency {level['concurrency']}",
+                justify="right",
             )
     for label, key, fmt in BENCH_ROWS:
         table.add_row(label, *(fmt.format(level["metrics"][key]) for level in columns))

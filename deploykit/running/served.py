@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from deploykit.values.errors import UsageError
 from deploykit.values.services import INFERENCE
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ class ServedModel:
     backend: str
     on_demand: bool  # loaded on its first request (a router at --models-max), not at start
     planned_bytes: int  # the plan's total for it: weights + KV + runtime
+    context_length: int  # tokens one request may hold (prompt and answer)
+    threads: int
+    parallel: int  # its slots
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,16 @@ class Served:
 
     def model(self, model_id: str) -> ServedModel | None:
         return next((m for m in self.models if m.id == model_id), None)
+
+    def require(self, model_id: str | None) -> ServedModel:
+        """The model named ``model_id`` (None: the default), or a UsageError naming those there are."""
+        found = self.model(model_id or self.default_model)
+        if found is None:
+            raise UsageError(
+                f"the stack does not serve a model '{model_id}'.",
+                f"It serves {', '.join(m.id for m in self.models)} (`deploykit models --dir …` lists them).",
+            )
+        return found
 
     def webui_connections(self, key: str) -> tuple[list[str], list[str], dict[str, dict[str, str]]]:
         """Open WebUI's OpenAI connections for these servers, in their order: URLs, keys, per-index settings
@@ -75,5 +89,14 @@ def served_by(stack: LoadedStack) -> Served:
         load_on_start=(plan.model_id,),
         startup_seconds=plan.startup_seconds,
     )
-    model = ServedModel(plan.model_id, INFERENCE, plan.backend, False, plan.memory.total_bytes)
+    model = ServedModel(
+        plan.model_id,
+        INFERENCE,
+        plan.backend,
+        False,
+        plan.memory.total_bytes,
+        plan.context_length,
+        plan.threads,
+        plan.parallel,
+    )
     return Served((server,), (model,), plan.model_id)

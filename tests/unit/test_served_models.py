@@ -155,9 +155,9 @@ def several() -> Any:
         Server("router", "http://router.test", "http://router:8080/v1", True, ("q4", "q8"), ("q4",), 30),
     )
     models = (
-        ServedModel("fp16", "inference-fp16", "vllm", False, 3 * 2**30),
-        ServedModel("q4", "router", "llamacpp", False, 2**29),
-        ServedModel("q8", "router", "llamacpp", True, 2**29),
+        ServedModel("fp16", "inference-fp16", "vllm", False, 3 * 2**30, 4096, 2, 8),
+        ServedModel("q4", "router", "llamacpp", False, 2**29, 4096, 2, 4),
+        ServedModel("q8", "router", "llamacpp", True, 2**29, 4096, 2, 4),
     )
     return Served(servers, models, "q4")
 
