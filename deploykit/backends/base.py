@@ -44,6 +44,17 @@ class ModelRequest:
 
 
 @dataclass(frozen=True)
+class StackTraits:
+    """What the packer of several models needs to know about serving one of them with this backend."""
+
+    routable: bool  # one router process can serve several such models, loading and unloading them
+    takes_share: bool  # sized by a fraction of the whole device (vLLM's --gpu-memory-utilization)
+    min_context: int  # the shortest context still worth serving when the models must shrink to fit
+    kv_bytes_per_token: int | None = None  # the raw figure when the plan's KV is reserved in steps
+    kv_granularity_bytes: int = 1  # those steps (vLLM's CPU build: whole GiB)
+
+
+@dataclass(frozen=True)
 class ImageSetting:
     """One image of a backend: its key under the settings' [images], and the pinned default."""
 
@@ -111,6 +122,17 @@ class Backend(ABC):
     @abstractmethod
     def model_download(self, model: ModelSpec, path: Path) -> ModelDownload:
         """What fetches weights missing at ``path``; raises a deploykit error when nothing can."""
+
+    # The template of a router that serves several of its models in one service (None: none; one service each).
+    router_template: ClassVar[str | None] = None
+
+    def stack_traits(self, plan: DeploymentPlan, model: ModelSpec) -> StackTraits:
+        """How a stack of several models may serve this plan's model: one service of its own by default."""
+        return StackTraits(routable=False, takes_share=False, min_context=min(4096, plan.context_length))
+
+    def router_overhead(self, device: Device) -> int:
+        """What the router's own process holds on ``device``'s memory beside the models it serves."""
+        return 0
 
     def template_vars(self, plan: DeploymentPlan) -> dict[str, object]:
         """Values its service templates need beyond the plan's own fields."""

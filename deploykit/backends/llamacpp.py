@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from deploykit.backends.base import Backend, ImageSetting, ModelDownload, ModelRequest, ServerMetrics
+from deploykit.backends.base import Backend, ImageSetting, ModelDownload, ModelRequest, ServerMetrics, StackTraits
 from deploykit.backends.memory import (
     CPU_MIN_CONTEXT,
     KV_CACHE_SCALE,
@@ -46,6 +46,8 @@ LLAMACPP_UBATCH = 512
 LLAMACPP_DEFAULT_SLOTS = 4
 # llama-server's own process (binary, threads, HTTP server) besides its buffers, on the CPU side.
 CPU_RUNTIME_BYTES = 64 * MiB
+# The llama.cpp router's own process beside its children (VmRSS 18.9 MiB, b11669, docs/several-models.md).
+ROUTER_RAM_BYTES = 19 * MiB
 # Loading: the server's own start, and reading the file from a cold disk at ~100 MB/s (seconds per GiB).
 STARTUP_BASE_SECONDS = 60
 STARTUP_SECONDS_PER_GIB = 12
@@ -190,6 +192,18 @@ class LlamaCpp(Backend):
     )
     reasoning_flag = "--reasoning-format"
     key_from_file = True
+    router_template = "llamacpp-router"
+
+    def stack_traits(self, plan: DeploymentPlan, model: ModelSpec) -> StackTraits:
+        # The router (llama-server without -m, build 11669) loads a model on its first request and unloads the
+        # least recently used one at --models-max (docs/several-models.md).
+        floor = LLAMACPP_MIN_CONTEXT if plan.device == "cuda" else CPU_MIN_CONTEXT
+        return StackTraits(routable=True, takes_share=False, min_context=min(floor, plan.context_length))
+
+    def router_overhead(self, device: Device) -> int:
+        # The router's own process: VmRSS 18.9 MiB on the CPU (measured, docs/several-models.md). On a GPU it is
+        # unmeasured, and its RAM is not the models' VRAM: nothing is counted there.
+        return ROUTER_RAM_BYTES if device == "cpu" else 0
 
     def plan(self, request: ModelRequest, budget: Budget) -> DeploymentPlan | NoFit:
         if budget.device == "cpu":

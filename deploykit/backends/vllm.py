@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from deploykit.backends.base import Backend, ImageSetting, ModelDownload, ModelRequest, ServerMetrics
+from deploykit.backends.base import Backend, ImageSetting, ModelDownload, ModelRequest, ServerMetrics, StackTraits
 from deploykit.backends.memory import (
     CPU_MIN_CONTEXT,
     Budget,
@@ -115,6 +115,19 @@ class Vllm(Backend):
     metrics = ServerMetrics(prompt_tokens="vllm:prompt_tokens_total", generated_tokens="vllm:generation_tokens_total")
     reasoning_flag = "--reasoning-parser"
     shared_memory = True
+
+    def stack_traits(self, plan: DeploymentPlan, model: ModelSpec) -> StackTraits:
+        # On a GPU each instance takes a fraction of the whole device and measures free memory while it starts
+        # (vLLM #10533, #14376, #55827); on the CPU its KV space is whole GiB (VLLM_CPU_KVCACHE_SPACE).
+        if plan.device == "cuda":
+            return StackTraits(routable=False, takes_share=True, min_context=min(4096, plan.context_length))
+        return StackTraits(
+            routable=False,
+            takes_share=False,
+            min_context=min(CPU_MIN_CONTEXT, plan.context_length),
+            kv_bytes_per_token=model.kv_bytes_per_token(),
+            kv_granularity_bytes=GiB,
+        )
 
     def plan(self, request: ModelRequest, budget: Budget) -> DeploymentPlan | NoFit:
         if (problem := _source_problem(request.model, request.weights)) is not None:

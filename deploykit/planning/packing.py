@@ -30,10 +30,20 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from deploykit.values.plan import DeploymentPlan
+from deploykit.values.stackplan import BudgetUse, MemoryKind, Mode, Packing, Placement
 from deploykit.values.units import gib
 
-MemoryKind = Literal["vram", "ram"]
-Mode = Literal["together", "on_demand"]
+# The result types are plain data in deploykit.values.stackplan (a StackPlan holds its Packing); named here too.
+__all__ = [
+    "BudgetUse",
+    "MemoryPool",
+    "ModelDemand",
+    "Packing",
+    "PackingRefused",
+    "Placement",
+    "demand_from_plan",
+    "pack",
+]
 
 
 @dataclass(frozen=True)
@@ -120,45 +130,6 @@ class MemoryPool:
     memory: MemoryKind
     usable_bytes: int  # VRAM × the share the stack may use, or RAM after Open WebUI and the OS
     device_bytes: int  # the whole device: a device fraction (--gpu-memory-utilization) is of this
-
-
-@dataclass(frozen=True)
-class Placement:
-    """One model's place: where, loaded always or on demand, at which context and slots, holding what."""
-
-    model_id: str
-    backend: str
-    budget: str
-    loaded: Literal["always", "on_demand"]
-    context: int
-    slots: int
-    weights_bytes: int
-    kv_cache_bytes: int
-    overhead_bytes: int
-    total_bytes: int  # what it holds at this context and these slots
-    share_bytes: int  # what it is given: its total, or with a device fraction its total and the spare
-    device_fraction: float | None  # --gpu-memory-utilization for a ``takes_share`` model on a GPU
-
-
-@dataclass(frozen=True)
-class BudgetUse:
-    name: str
-    usable_bytes: int
-    planned_bytes: int  # the most it holds: always-loaded models, the largest on-demand set, the router
-
-
-@dataclass(frozen=True)
-class Packing:
-    mode: Mode
-    placements: tuple[Placement, ...]  # in the order the demands were given
-    models_max: int | None  # the router's --models-max, when a router serves any model
-    load_on_start: tuple[str, ...]  # router models loaded at start (the rest on their first request)
-    start_order: tuple[str, ...]  # every model; each starts once the one before is ready
-    budgets: tuple[BudgetUse, ...]
-    reasons: tuple[str, ...]
-
-    def placement(self, model_id: str) -> Placement:
-        return next(p for p in self.placements if p.model_id == model_id)
 
 
 @dataclass  # not frozen: raising assigns __traceback__

@@ -101,6 +101,20 @@ class RunHost(BaseModel):
     where: str = "this host"
 
 
+class ModelInput(BaseModel):
+    """One model of a stack of several, resolved: its numbers, the user's weights, and what was asked of it
+    alone (``deploykit.values.stackplan.ModelChoice`` once its id or file is looked up)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: ModelSpec
+    weights: LocalWeights | None = None
+    backend: str | None = None
+    quantization: str | None = None
+    context: Annotated[ContextTokens, WHOLE] | None = None
+    keep_loaded: bool = False
+
+
 class PlanInputs(BaseModel):
     """What a plan is made from, as plan.json records it under "inputs": `tune` re-plans from these alone.
 
@@ -117,6 +131,9 @@ class PlanInputs(BaseModel):
     settings: PlanSettings
     weights: LocalWeights | None = None
     runs_on: RunHost | None = None
+    # A stack of several models: every one, the default (``model``, ``weights``) first. Never set for one
+    # model, so a single-model plan.json keeps its bytes.
+    models: tuple[ModelInput, ...] = ()
 
     def recorded(self) -> dict[str, object]:
         """The JSON plan.json holds: every field given, in declaration order."""
