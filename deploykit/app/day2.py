@@ -14,7 +14,7 @@ from deploykit.values.model import ModelSpec
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
     from deploykit.running.doctor import Check
-    from deploykit.running.lifecycle import SmokeCheck, StackStatus
+    from deploykit.running.lifecycle import ModelStatus, SmokeCheck, StackStatus
     from deploykit.running.stack import LoadedStack
 
 
@@ -34,9 +34,11 @@ def stack_status(settings: Settings, stack: LoadedStack) -> StackStatus:
 
 def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail: int, follow: bool) -> int:
     """Show the logs on this terminal (compose's own output); the exit code of `docker compose logs`."""
+    from deploykit.running import lifecycle
     from deploykit.seams.engine import client, compose_version, require_compose_v2
     from deploykit.seams.proc import run_attached
 
+    lifecycle.check_service(stack, service)
     docker_host = engine_for(settings)
     engine_stack = stack.engine_stack(docker_host)
     client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
@@ -124,3 +126,11 @@ def rebase_templates(directory: Path) -> list[str]:
     from deploykit.running.customise import rebase_templates as rebase
 
     return rebase(directory)
+
+
+def stack_models(settings: Settings, stack: LoadedStack) -> list[ModelStatus]:
+    """The models ``stack`` serves, each with its state on its server and its memory."""
+    from deploykit.running import lifecycle
+
+    return lifecycle.model_list(stack, engine_for(settings))
+

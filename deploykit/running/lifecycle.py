@@ -428,6 +428,31 @@ def model_states(served: Served, key: str) -> dict[str, str]:
     return states
 
 
+def model_list(stack: LoadedStack, docker_host: engine.EngineAddress) -> list[ModelStatus]:
+    """Each model the stack serves (one for a single-model stack), its state and memory."""
+    served = served_by(stack)
+    engine_stack = stack.engine_stack(docker_host)
+    running = {c.service for c in engine_stack.containers() if c.state == "running"}
+    memory = {s.service: engine_stack.memory_bytes(s.service) for s in served.servers if s.service in running}
+    return _model_rows(served, model_states(served, stack.api_key), memory)
+
+
+def _model_rows(served: Served, states: Mapping[str, str], memory: Mapping[str, int | None]) -> list[ModelStatus]:
+    return [
+        {
+            "model": m.id,
+            "service": m.service,
+            "backend": m.backend,
+            "default": m.id == served.default_model,
+            "on_demand": m.on_demand,
+            "state": states.get(m.id, "unknown"),
+            "planned_bytes": m.planned_bytes,
+            "container_bytes": memory.get(m.service),
+        }
+        for m in served.models
+    ]
+
+
 def several_status(stack: LoadedStack, served: Served, docker_host: engine.EngineAddress) -> StackStatus:
     """`status` of a stack of several models: each service, and each model's state and memory."""
     engine_stack = stack.engine_stack(docker_host)
@@ -441,19 +466,7 @@ def several_status(stack: LoadedStack, served: Served, docker_host: engine.Engin
         if server is not None:
             entry["url"] = server.url + "/v1"
             entry["detail"] = ", ".join(f"{m} {states.get(m, 'unknown')}" for m in server.models)
-    models: list[ModelStatus] = [
-        {
-            "model": m.id,
-            "service": m.service,
-            "backend": m.backend,
-            "default": m.id == served.default_model,
-            "on_demand": m.on_demand,
-            "state": states.get(m.id, "unknown"),
-            "planned_bytes": m.planned_bytes,
-            "container_bytes": memory.get(m.service),
-        }
-        for m in served.models
-    ]
+    models = _model_rows(served, states, memory)
     webui_entry = next(e for e in services if e["service"] == WEBUI)
     webui_entry["url"] = local_webui_url(stack)
     with stack.webui_client(timeout=5) as client:
@@ -538,10 +551,15 @@ def down(stack: LoadedStack, docker_host: engine.EngineAddress, volumes: bool) -
     stack.engine_stack(docker_host).down(volumes=volumes)
 
 
-def restart(stack: LoadedStack, docker_host: engine.EngineAddress, service: str | None) -> None:
+def check_service(stack: LoadedStack, service: str | None) -> None:
+    """Refuse a service name the stack does not have (a several-model stack names its servers its own way)."""
     known = _services(stack)
     if service not in (None, *known):
         raise UsageError(f"service '{service}' is not part of the stack.", f"Services are: {', '.join(known)}.")
+
+
+def restart(stack: LoadedStack, docker_host: engine.EngineAddress, service: str | None) -> None:
+    check_service(stack, service)
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)
 

@@ -14,6 +14,7 @@ from deploykit.values.services import INFERENCE
 
 if TYPE_CHECKING:
     from deploykit.running.stack import LoadedStack
+    from deploykit.values.stackplan import StackPlan
 
 
 @dataclass(frozen=True)
@@ -100,3 +101,38 @@ def served_by(stack: LoadedStack) -> Served:
         plan.parallel,
     )
     return Served((server,), (model,), plan.model_id)
+
+
+def served_from(stack_plan: StackPlan, address: str, inference_base: str | None = None) -> Served:
+    """What a planned stack of one or more models serves, its servers reached on ``address`` (the engine's host)
+    at their published ports; ``inference_base`` (a fleet's ssh forward) stands for the first server's."""
+    servers = []
+    for index, service in enumerate(stack_plan.services):
+        mine = stack_plan.served_by(service)
+        first = mine[0]
+        url = inference_base if index == 0 and inference_base else f"http://{address}:{first.published_port}"
+        servers.append(
+            Server(
+                service=service,
+                url=url,
+                internal_api=first.server_url,
+                router=any(m.behind_router for m in mine),
+                models=tuple(m.model_id for m in mine),
+                load_on_start=tuple(m.model_id for m in mine if m.load_at_start),
+                startup_seconds=max(m.plan.startup_seconds for m in mine),
+            )
+        )
+    models = tuple(
+        ServedModel(
+            id=m.model_id,
+            service=m.service,
+            backend=m.plan.backend,
+            on_demand=not m.load_at_start,
+            planned_bytes=stack_plan.packing.placement(m.model_id).total_bytes,
+            context_length=m.plan.context_length,
+            threads=m.plan.threads,
+            parallel=m.plan.parallel,
+        )
+        for m in stack_plan.models
+    )
+    return Served(tuple(servers), models, stack_plan.default_model)

@@ -232,3 +232,34 @@ def test_a_several_model_stack_checks_each_server_then_each_model_through_open_w
     assert results[-1].detail.startswith("loaded on demand and answered: 'Hi.' in ")
     assert chats == ["fp16", "q4", "q8"]
     assert report.notes == []  # the stored connections were already the stack's
+
+
+def test_a_planned_stack_of_three_is_two_servers_reached_on_their_published_ports() -> None:
+    """What the running tier sees of a real plan_stack: vLLM's model on a service of its own, started first, and
+    the two GGUF models behind one router on the next port; Open WebUI's connection 1 is the router."""
+    from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
+    from deploykit.planning.stackplan import plan_stack
+    from deploykit.running.served import served_from
+    from deploykit.values.plan import ModelInput, PlanSettings
+
+    catalog = builtin_models()
+    entries = [
+        ModelInput(model=find_model("smollm2-135m-instruct", catalog), backend="vllm"),
+        ModelInput(model=find_model("qwen2.5-1.5b-instruct", catalog)),
+        ModelInput(model=find_model("deepseek-r1-distill-qwen-1.5b", catalog)),
+    ]
+    planned = plan_stack(find_profile("cpu", builtin_profiles()), entries, PlanSettings(), inference_port=35871)
+    served = served_from(planned, "127.0.0.1")
+    assert [(s.service, s.url, s.router, s.models) for s in served.servers] == [
+        ("inference-smollm2-135m-instruct", "http://127.0.0.1:35871", False, ("smollm2-135m-instruct",)),
+        ("router", "http://127.0.0.1:35872", True, ("qwen2.5-1.5b-instruct", "deepseek-r1-distill-qwen-1.5b")),
+    ]
+    assert served.servers[1].load_on_start == ("qwen2.5-1.5b-instruct", "deepseek-r1-distill-qwen-1.5b")
+    assert served.default_model == "smollm2-135m-instruct" and served.several
+    assert not any(m.on_demand for m in served.models)  # together: every model loaded at start
+    assert [m.planned_bytes for m in served.models] == [p.total_bytes for p in planned.packing.placements]
+    urls, keys, configs = served.webui_connections("k")
+    assert urls == ["http://inference-smollm2-135m-instruct:8000/v1", "http://router:8080/v1"]
+    assert keys == ["k", "k"] and configs == {"1": {"provider": "llama.cpp"}}
+    with pytest.raises(Exception, match="does not serve a model 'nope'"):
+        served.require("nope")
