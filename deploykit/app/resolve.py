@@ -20,7 +20,8 @@ from deploykit.values.errors import ConfigError, NotFoundError, PlanError, Usage
 from deploykit.values.host import HostProfile
 from deploykit.values.model import MODEL_ID, ModelSpec
 from deploykit.values.paths import config_dir
-from deploykit.values.plan import DeploymentPlan, LocalWeights, NoFit, PlanSettings, RunHost
+from deploykit.values.plan import DeploymentPlan, LocalWeights, ModelInput, NoFit, PlanSettings, RunHost
+from deploykit.values.stackplan import StackPlan
 from deploykit.values.units import gib
 
 if TYPE_CHECKING:
@@ -201,3 +202,51 @@ def engine_host(docker_host: EngineAddress) -> RunHost | None:
 
     cpus = probe_engine(docker_host).cpus
     return RunHost(cores=cpus, where=f"the engine at {docker_host.display}") if cpus else None
+
+
+def several_models(settings: Settings) -> bool:
+    """Whether the settings ask for a stack of several models (one keeps today's single-model path)."""
+    return len(settings.models) > 1
+
+
+def resolve_models(settings: Settings) -> tuple[ResolvedModel, tuple[ModelInput, ...]]:
+    """Every model of a stack of several, looked up (catalog id, file, or Hugging Face repo): the default's
+    ``ResolvedModel`` (what plan.json's ``inputs`` name first) and every one as the planner takes it."""
+    inputs = []
+    for choice in settings.models:
+        model = resolve_model(settings, choice.id, Path(choice.file) if choice.file else None)
+        inputs.append(
+            ModelInput(
+                model=model.spec,
+                weights=model.weights,
+                backend=choice.backend,
+                quantization=choice.quantization,
+                context=choice.context,
+                keep_loaded=choice.keep_loaded,
+            )
+        )
+    first = inputs[0]
+    return ResolvedModel(first.model, first.weights), tuple(inputs)
+
+
+def plan_several(
+    host: HostProfile, models: tuple[ModelInput, ...], settings: Settings, runs_on: RunHost | None = None
+) -> StackPlan:
+    """The stack's models planned together, or a PlanError naming the model and the nearest alternative."""
+    from deploykit.planning.stackplan import StackRefused, plan_stack
+
+    try:
+        return plan_stack(
+            host, models, settings.plan_settings(), inference_port=settings.inference_port, runs_on=runs_on
+        )
+    except StackRefused as refused:
+        hint = refused.alternative or 'Serve fewer models, or a smaller quantisation (quantization = "Q4_K_M").'
+        raise PlanError(
+            f"model {refused.model_id} cannot be served in this stack on profile {host.name}: {refused.detail}",
+            hint[0].upper() + hint[1:],
+        ) from None
+    except NoFit as nofit:
+        raise PlanError(
+            f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}",
+            "Give it another backend or quantisation in its [[models]] entry, or leave it out of the stack.",
+        ) from None

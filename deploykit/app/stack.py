@@ -18,9 +18,12 @@ from deploykit.app.resolve import (
     engine_for,
     engine_host,
     make_plan,
+    plan_several,
     resolve_host,
     resolve_model,
+    resolve_models,
 )
+from deploykit.app.resolve import several_models as several_models  # the CLI asks before it plans
 from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
 from deploykit.config.settings import Settings
 from deploykit.planning.render import StackSpec, Target, project_name, render_files
@@ -39,6 +42,7 @@ from deploykit.values.stackfiles import (
     TARGET_FILES,
     WEBUI_SECRET_KEY,
 )
+from deploykit.values.stackplan import StackPlan
 from deploykit.values.tls import Material, TlsSpec, parse_choice, recorded
 
 if TYPE_CHECKING:
@@ -181,6 +185,12 @@ def prepare_for_host(
     ``runs_on`` (given by `up`) fits the serving flags to the machine that runs the stack; ``tls_names``: what
     its HTTPS certificate is for (None: this machine's names).
     """
+    if several_models(settings):  # refused rather than rendering the default model alone without a word
+        raise UsageError(
+            f"{len(settings.models)} models were asked for, and rendering a stack of several models is not "
+            "written yet.",
+            "`deploykit plan` with the same models shows how they would be served; give one --model to render.",
+        )
     if existing is None:
         existing = stackdir.open_for_render(stack_dir)
     plan = make_plan(host, model, settings, runs_on)
@@ -360,6 +370,23 @@ def _rendered_target(stack_dir: Path) -> Target:
     stack = data.get("stack") if data else None
     target = stack.get("target") if isinstance(stack, dict) else None
     return cast("Target", target) if target in TARGET_FILES else "compose"
+
+
+def plan_stack_only(settings: Settings, *, profile: str, host_file: Path | None) -> StackPlan:
+    """A stack of several models planned for a profile (`deploykit plan --model A --model B`)."""
+    host = resolve_host(settings, profile, host_file)
+    _, models = resolve_models(settings)
+    return plan_several(host, models, settings)
+
+
+def stack_plan_record(stack: StackPlan) -> dict[str, object]:
+    """What `plan --json` prints for several models, in plan.json's shape: "plan" (the default's), "models",
+    "packing"."""
+    return {
+        "plan": stack.plan.model_dump(mode="json"),
+        "models": [m.model_dump(mode="json") for m in stack.models],
+        "packing": stack.packing_record(),
+    }
 
 
 def plan_only(

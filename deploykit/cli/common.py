@@ -139,16 +139,40 @@ def model_options(fn: F) -> F:
         "--model-path",
         "model_path",
         type=click.Path(),
-        help="Local weights: a .gguf file (llama.cpp) or a Hugging Face model directory (vLLM).",
+        multiple=True,
+        help="Local weights: a .gguf file (llama.cpp) or a Hugging Face model directory (vLLM). "
+        "Several: one per --model, paired in order.",
     )(fn)
     fn = click.option(
         "--model",
         "model_id",
         metavar="ID",
+        multiple=True,
         help="Catalog id (see `deploykit models`) or a Hugging Face repo id. "
-        "With --model-file, names the file's model.",
+        "With --model-file, names the file's model. Give it again for a stack of several models (the first "
+        "is the default).",
     )(fn)
     return fn
+
+
+def model_flags(ids: tuple[str, ...], paths: tuple[str, ...]) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(--model, --model-file, the settings' ``models``) from the repeated flags.
+
+    One of each (or none) is today's single model. Several pair by position: the Nth --model-file is the
+    Nth --model's weights; files without any --model name their own models. Anything else is ambiguous.
+    """
+    if len(ids) <= 1 and len(paths) <= 1:
+        return (ids[0] if ids else None), (paths[0] if paths else None), {}
+    if paths and ids and len(ids) != len(paths):
+        raise click.UsageError(
+            f"{len(ids)} --model and {len(paths)} --model-file flags cannot be paired: give one --model per "
+            "--model-file (the Nth names the Nth file), or --model-file alone."
+        )
+    if paths:
+        entries = [{"file": path, **({"id": ids[i]} if ids else {})} for i, path in enumerate(paths)]
+    else:
+        entries = [{"id": model_id} for model_id in ids]
+    return None, None, {"models": tuple(entries)}
 
 
 context_option = click.option(

@@ -13,6 +13,7 @@ from deploykit.cli.common import (
     F,
     context_option,
     image_option,
+    model_flags,
     model_options,
     not_nan,
     path_or_none,
@@ -83,15 +84,16 @@ def _fleet_request(ctx: click.Context, params: dict[str, Any]) -> tuple[Settings
     from deploykit.config.settings import parse_image_overrides
 
     overrides = parse_image_overrides(params.get("images", ()))
-    settings = settings_from(ctx, max_context=params.get("max_context"), tls=params.get("tls"))
+    model_id, model_path, several = model_flags(params.get("model_id", ()), params.get("model_path", ()))
+    settings = settings_from(ctx, max_context=params.get("max_context"), tls=params.get("tls"), **several)
     return settings, FleetRequest(
         inventory=Path(params["inventory"]),
         hosts=params.get("hosts"),
         parallel=params["parallel"],
         fleet_dir=Path(params["fleet_dir"]),
         profile=params.get("profile") or "auto",
-        model_id=params.get("model_id"),
-        model_path=path_or_none(params.get("model_path")),
+        model_id=model_id,
+        model_path=path_or_none(model_path),
         image_overrides=overrides,
         timeout=params.get("timeout"),
     )

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from deploykit.values.host import HostProfile
     from deploykit.values.model import ModelSpec
     from deploykit.values.plan import DeploymentPlan
+    from deploykit.values.stackplan import StackPlan
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
@@ -118,6 +119,42 @@ def show_plan(plan: DeploymentPlan) -> None:
     )
     console.print("  Why:")
     for reason in plan.reasons:
+        console.print(f"    - {escape(reason)}")
+
+
+def show_stack_plan(stack: StackPlan) -> None:
+    """Several models: one row each (where, how loaded, its memory), the total per budget, and every reason."""
+    packing = stack.packing
+    first = stack.plan
+    mode = "together" if packing.mode == "together" else f"on demand (--models-max {packing.models_max})"
+    console.print(f"[bold]{len(stack.models)} models[/bold] on [bold]{escape(first.profile)}[/bold]: {mode}")
+    table = Table(box=None, pad_edge=False)
+    for col in ("model", "service", "backend", "device", "quant", "context", "slots", "loaded", "memory", "GPU util"):
+        table.add_column(col)
+    for m in stack.models:
+        place = packing.placement(m.model_id)
+        util = f"{place.device_fraction:.3f}" if place.device_fraction is not None else "—"
+        loaded = "on demand" if m.loaded == "on_demand" else ("kept" if m.keep_loaded else "at start")
+        default = " (default)" if m.model_id == stack.default_model else ""
+        table.add_row(
+            escape(m.model_id + default),
+            m.service,
+            m.plan.backend,
+            m.plan.device,
+            m.plan.quantization,
+            str(place.context),
+            str(place.slots),
+            loaded,
+            gib(place.total_bytes),
+            util,
+        )
+    console.print(table)
+    for budget in packing.budgets:
+        if budget.planned_bytes:
+            used = f"{gib(budget.planned_bytes)} of {gib(budget.usable_bytes)}"
+            console.print(f"  Total       {used} on {escape(budget.name)}")
+    console.print("  Why:")
+    for reason in (*stack.reasons, *packing.reasons):
         console.print(f"    - {escape(reason)}")
 
 

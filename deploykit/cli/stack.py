@@ -9,6 +9,7 @@ import click
 from deploykit.cli.common import (
     force_option,
     image_option,
+    model_flags,
     path_or_none,
     plan_options,
     print_json,
@@ -69,21 +70,26 @@ def plan(
     host_file: str | None,
     max_context: int | None,
     backend: str | None,
-    model_id: str | None,
-    model_path: str | None,
+    model_id: tuple[str, ...],
+    model_path: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Decide backend, quantisation, context and offload for a model on a profile, with reasons."""
     from deploykit.app import stack as api
     from deploykit.cli import output
 
-    settings = settings_from(ctx, max_context=max_context, backend=backend)
+    one_id, one_path, several = model_flags(model_id, model_path)
+    settings = settings_from(ctx, max_context=max_context, backend=backend, **several)
+    if api.several_models(settings):
+        stack = api.plan_stack_only(settings, profile=profile, host_file=path_or_none(host_file))
+        show(as_json, api.stack_plan_record(stack), output.show_stack_plan, stack)
+        return
     _, _, deployment = api.plan_only(
         settings,
         profile=profile,
         host_file=path_or_none(host_file),
-        model_id=model_id,
-        model_path=path_or_none(model_path),
+        model_id=one_id,
+        model_path=path_or_none(one_path),
     )
     show(as_json, deployment.model_dump(mode="json"), output.show_plan, deployment)
 
@@ -110,8 +116,8 @@ def render(
     host_file: str | None,
     max_context: int | None,
     backend: str | None,
-    model_id: str | None,
-    model_path: str | None,
+    model_id: tuple[str, ...],
+    model_path: tuple[str, ...],
     stack_dir: str,
     images: tuple[str, ...],
     target: str,
@@ -150,19 +156,21 @@ def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
     overrides = parse_image_overrides(p["images"])  # before settings: a bad --image is the first thing said
     # The stack's own deploykit.toml (written by `deploykit tune`) is one of the layers.
     stack_dir = Path(p["stack_dir"])
+    model_id, model_path, several = model_flags(p["model_id"], p["model_path"])
     settings = settings_from(
         ctx,
         stack_dir=stack_dir.expanduser().absolute(),
         max_context=p["max_context"],
         backend=p["backend"],
         tls=p["tls"],
+        **several,
     )
     return settings, StackRequest(
         stack_dir=stack_dir,
         profile=p["profile"],
         host_file=path_or_none(p["host_file"]),
-        model_id=p["model_id"],
-        model_path=path_or_none(p["model_path"]),
+        model_id=model_id,
+        model_path=path_or_none(model_path),
         image_overrides=overrides,
         target=p["target"],
         force=p["force"],
@@ -190,8 +198,8 @@ def up(
     host_file: str | None,
     max_context: int | None,
     backend: str | None,
-    model_id: str | None,
-    model_path: str | None,
+    model_id: tuple[str, ...],
+    model_path: tuple[str, ...],
     images: tuple[str, ...],
     stack_dir: str,
     force: bool,

@@ -28,6 +28,7 @@ from deploykit.values.errors import ConfigError, UsageError
 from deploykit.values.paths import config_dir, model_cache
 from deploykit.values.plan import FINITE, WHOLE, PlanKnobs, PlanSettings
 from deploykit.values.services import SERVICES, TLS_PROXY
+from deploykit.values.stackplan import MAX_MODELS, ModelChoice
 from deploykit.values.tls import parse_choice
 from deploykit.values.versions import pinned
 from deploykit.values.webui_env import WebuiEnv
@@ -129,6 +130,19 @@ class Settings(BaseSettings, PlanKnobs):
     # HTTPS in front of Open WebUI: "internal" (the site CA), "CERT,KEY" (PEM files) or "off"; unset, a stack
     # keeps what it was rendered with (new stacks: off). Its words checked here, its files at render.
     tls: str | None = None
+    # A stack of several models ([[models]] tables, or --model given more than once): the first is the default.
+    # Empty: the one model of `model` (or --model / --model-file), exactly as before.
+    models: tuple[ModelChoice, ...] = Field(default=(), max_length=MAX_MODELS)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: tuple[ModelChoice, ...]) -> tuple[ModelChoice, ...]:
+        for i, choice in enumerate(value):
+            if choice.id is None and choice.file is None:
+                raise ValueError(f"entry {i + 1} names neither an id nor a file")
+            if (wanted := choice.backend) is not None:
+                named(wanted)  # a ValueError saying the names deploykit knows
+        return value
 
     @field_validator("tls")
     @classmethod
@@ -198,6 +212,7 @@ class Settings(BaseSettings, PlanKnobs):
 FLAGS = {
     "max_context": "--context",
     "backend": "--backend",
+    "models": "--model",
     "profiles_file": "--profiles-file",
     "docker_host": "--docker-host",
 }

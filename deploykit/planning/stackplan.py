@@ -38,6 +38,7 @@ from deploykit.values.stackplan import (
     StackPlan,
     inference_service,
 )
+from deploykit.values.units import gib
 
 RAM_POOL = "RAM"
 
@@ -57,8 +58,8 @@ class StackRefused(Exception):
 def model_settings(settings: PlanSettings, entry: ModelInput) -> PlanSettings:
     """The stack's settings with what was asked of this model alone laid over them."""
     update: dict[str, object] = {}
-    if entry.backend is not None:
-        update["backend"] = entry.backend
+    if (wanted := entry.backend) is not None:
+        update["backend"] = wanted
     if entry.context is not None:
         update["max_context"] = entry.context
     return settings.model_copy(update=update) if update else settings
@@ -114,9 +115,9 @@ def plan_stack(
             models[-1].model.id, f"a stack serves at most {MAX_MODELS} models; {len(models)} were given."
         )
     _check_ids(models)
-    alone = [plan_alone(host, entry, settings, runs_on) for entry in models]
     if len(models) == 1:
-        return _single(alone[0], models[0], inference_port)
+        return _single(plan_alone(host, models[0], settings, runs_on), models[0], inference_port)
+    alone = [_alone_in_stack(host, entry, settings, runs_on) for entry in models]
     traits = [backends.named(p.backend).stack_traits(p, e.model) for p, e in zip(alone, models, strict=True)]
     routed = _routable(alone, traits)
     demands = [
@@ -134,6 +135,28 @@ def plan_stack(
         for entry, plan in zip(models, alone, strict=True)
     ]
     return _stack(models, plans, packing, routed, inference_port)
+
+
+def _alone_in_stack(
+    host: HostProfile, entry: ModelInput, settings: PlanSettings, runs_on: RunHost | None
+) -> DeploymentPlan:
+    """A model of a stack of several alone; one that cannot run as asked is refused with what would run."""
+    try:
+        return plan_alone(host, entry, settings, runs_on)
+    except NoFit as nofit:
+        if not (entry.backend or entry.quantization):
+            raise
+        free = entry.model_copy(update={"backend": None, "quantization": None})
+        try:
+            other = plan_alone(host, free, settings, runs_on)
+        except NoFit:
+            raise nofit from None
+        raise StackRefused(
+            entry.model.id,
+            f"{nofit.model_name} does not fit as asked: {nofit.detail}",
+            f"{other.model_name} as {other.backend} {other.quantization} fits "
+            f"({gib(other.memory.total_bytes)}): leave out the backend or quantisation asked for it.",
+        ) from None
 
 
 def _check_ids(models: Sequence[ModelInput]) -> None:
@@ -211,12 +234,14 @@ def _demand(
 ) -> ModelDemand:
     """The model's demand, and the same model served by each other backend (the refusal's alternatives)."""
     alternatives = []
-    for name in backends.names():
-        if name == plan.backend or entry.backend is not None or entry.quantization is not None:
+    mine = backends.named(plan.backend)
+    asked = bool(entry.backend or entry.quantization)
+    for way in () if asked else backends.BACKENDS:
+        if way is mine:
             continue
         try:
             other = plan_deployment(
-                host, entry.model, settings.model_copy(update={"backend": name}), entry.weights, runs_on
+                host, entry.model, settings.model_copy(update={"backend": way.name}), entry.weights, runs_on
             )
         except NoFit:
             continue

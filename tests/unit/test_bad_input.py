@@ -326,6 +326,21 @@ CASES = [
     Case("W08", "wording", "a bad DEPLOYKIT_IMAGES is not blamed on a config.toml that does not exist",
          lambda t: ["plan", *CPU], 4, r"DEPLOYKIT_IMAGES is not valid", {"DEPLOYKIT_IMAGES": "{"},
          never=r"config\.toml"),
+    # ---- several models in one stack (issue 17)
+    Case("M01", "several models", "2 --model and 1 --model-file",
+         lambda t: ["plan", *CPU, "--model", "a", "--model", "b", "--model-file", str(t / "x.gguf")],
+         2, r"2 --model and 1 --model-file flags cannot be paired"),
+    Case("M02", "several models", "three models that do not fit together on rtx3060",
+         lambda t: ["plan", "-p", "rtx3060", "--model", "deepseek-r1-distill-qwen-1.5b",
+                    "--model", "deepseek-r1-distill-qwen-7b", "--model", "qwen2.5-1.5b-instruct"],
+         5, r"model qwen2\.5-1\.5b-instruct cannot be served in this stack.*Hint: Qwen2\.5-1\.5B-Instruct \(llamacpp"),
+    Case("M03", "several models", "the same model twice",
+         lambda t: ["plan", *CPU, "--model", "smollm2-135m-instruct", "--model", "smollm2-135m-instruct"],
+         5, r"model smollm2-135m-instruct is given twice"),
+    Case("M04", "several models", "`render` of several models (not written yet)",
+         lambda t: ["render", *CPU, "--model", "smollm2-135m-instruct", "--model", "qwen2.5-1.5b-instruct",
+                    "--dir", str(t / "s")],
+         2, r"rendering a stack of several models is not written yet"),
     # ---- the second pass (issue 19): tests/unit/bad_input_lan.py
     *lan_cases(Case),
 ]
