@@ -87,6 +87,61 @@ def stack_spec(
     )
 
 
+def several_spec(
+    settings: Settings,
+    host: HostProfile,
+    project: str,
+    image_overrides: dict[str, str],
+    target: Target,
+    model_volume: str | None,
+    runs_on: RunHost | None,
+) -> tuple[StackSpec, PlanInputs]:
+    """A stack of several models: planned together, each model's weights and its server's image."""
+    if model_volume is not None:
+        raise UsageError(
+            "a fleet host cannot serve several models yet: its weights go into one volume.",
+            "Give the fleet one --model (or one [[models]] entry per host's stack).",
+        )
+    if INFERENCE in image_overrides:
+        raise UsageError(
+            "--image inference names one server, and a stack of several models has one per backend.",
+            "Set each backend's image in [images] (or DEPLOYKIT_IMAGES__<KEY>, e.g. DEPLOYKIT_IMAGES__VLLM_CPU).",
+        )
+    default, models = resolve_models(settings)
+    stack = plan_several(host, models, settings, runs_on)
+    clash = sorted({m.published_port for m in stack.models} & {settings.webui_port})
+    if clash:
+        raise UsageError(
+            f"the stack's servers are published on ports {stack.models[0].published_port}-"
+            f"{max(m.published_port for m in stack.models)}, which holds webui_port {clash[0]}.",
+            "Choose an inference_port whose next ports are free: one port per server of the stack.",
+        )
+    paths: dict[str, str] = {}
+    images = {WEBUI: settings.images.open_webui}
+    for entry, served in zip(models, stack.models, strict=True):
+        backend = backends.named(served.plan.backend)
+        weights = Path(entry.weights.path) if entry.weights else backend.cache_path(entry.model, settings.model_cache)
+        paths[served.model_id] = str(weights)
+        images[served.service] = settings.images.ref(backend.image_key(served.plan.device))
+    spec = StackSpec(
+        project=project,
+        plan=stack.plan,
+        model_host_path=paths[stack.default_model],
+        images=images | image_overrides,
+        webui_port=settings.webui_port,
+        webui_bind=settings.webui_bind,
+        inference_port=settings.inference_port,
+        target=target,
+        models=stack.models,
+        packing=stack.packing,
+        model_paths=paths,
+    )
+    inputs = PlanInputs(
+        host=host, model=default.spec, settings=settings.plan_settings(), weights=default.weights, models=models
+    )
+    return spec, (inputs if runs_on is None else inputs.model_copy(update={"runs_on": runs_on}))
+
+
 def plan_inputs(
     settings: Settings, host: HostProfile, model: ResolvedModel, runs_on: RunHost | None = None
 ) -> PlanInputs:
@@ -185,16 +240,16 @@ def prepare_for_host(
     ``runs_on`` (given by `up`) fits the serving flags to the machine that runs the stack; ``tls_names``: what
     its HTTPS certificate is for (None: this machine's names).
     """
-    if several_models(settings):  # refused rather than rendering the default model alone without a word
-        raise UsageError(
-            f"{len(settings.models)} models were asked for, and rendering a stack of several models is not "
-            "written yet.",
-            "`deploykit plan` with the same models shows how they would be served; give one --model to render.",
-        )
     if existing is None:
         existing = stackdir.open_for_render(stack_dir)
-    plan = make_plan(host, model, settings, runs_on)
-    spec = stack_spec(settings, project_name(stack_dir), plan, model, image_overrides, target, model_volume)
+    if several_models(settings):
+        spec, inputs = several_spec(
+            settings, host, project_name(stack_dir), image_overrides, target, model_volume, runs_on
+        )
+    else:
+        plan = make_plan(host, model, settings, runs_on)
+        spec = stack_spec(settings, project_name(stack_dir), plan, model, image_overrides, target, model_volume)
+        inputs = plan_inputs(settings, host, model, runs_on)
     kept = existing.env.values
     if existing.plan is not None and existing.env.text is None and not force:
         raise StackDirError(
@@ -214,7 +269,6 @@ def prepare_for_host(
         for key in fresh
         if existing.env.text is not None and key not in kept
     ]
-    inputs = plan_inputs(settings, host, model, runs_on)
     return prepare_spec(settings, existing, spec, stack_secrets, inputs, force, notes, tls_names)
 
 

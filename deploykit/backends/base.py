@@ -125,6 +125,8 @@ class Backend(ABC):
 
     # The template of a router that serves several of its models in one service (None: none; one service each).
     router_template: ClassVar[str | None] = None
+    # What Open WebUI calls its router in a connection's config ("provider"), when it knows it.
+    webui_provider: ClassVar[str | None] = None
 
     def stack_traits(self, plan: DeploymentPlan, model: ModelSpec) -> StackTraits:
         """How a stack of several models may serve this plan's model: one service of its own by default."""

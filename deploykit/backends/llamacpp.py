@@ -193,6 +193,7 @@ class LlamaCpp(Backend):
     reasoning_flag = "--reasoning-format"
     key_from_file = True
     router_template = "llamacpp-router"
+    webui_provider = "llama.cpp"  # Open WebUI then shows each routed model's loaded state (OPENAI_API_CONFIGS)
 
     def stack_traits(self, plan: DeploymentPlan, model: ModelSpec) -> StackTraits:
         # The router (llama-server without -m, build 11669) loads a model on its first request and unloads the

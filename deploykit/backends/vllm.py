@@ -116,6 +116,13 @@ class Vllm(Backend):
     reasoning_flag = "--reasoning-parser"
     shared_memory = True
 
+    def template_vars(self, plan: DeploymentPlan) -> dict[str, object]:
+        # Two decimals as before; a share the packer worked out beside other models keeps its third (0.404).
+        share = plan.gpu_memory_utilization
+        if share is None:
+            return {}
+        return {"gpu_memory_utilization": f"{share:.2f}" if round(share, 2) == share else f"{share:.3f}"}
+
     def stack_traits(self, plan: DeploymentPlan, model: ModelSpec) -> StackTraits:
         # On a GPU each instance takes a fraction of the whole device and measures free memory while it starts
         # (vLLM #10533, #14376, #55827); on the CPU its KV space is whole GiB (VLLM_CPU_KVCACHE_SPACE).

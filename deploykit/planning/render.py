@@ -42,6 +42,7 @@ from deploykit.values.stackfiles import (
     env_quote,
     sha256,
 )
+from deploykit.values.stackplan import MODELS_PRESET, PRESETS_DIR, ROUTER, Packing, StackModel, StackPlan
 from deploykit.values.tls import TlsSpec
 from deploykit.values.units import GiB
 
@@ -72,6 +73,19 @@ class StackSpec(BaseModel):
     model_volume: str | None = None
     # HTTPS in front of Open WebUI (--tls; deploykit.values.tls); None: Open WebUI is published itself, over plain HTTP.
     tls: TlsSpec | None = None
+    # A stack of several models (deploykit.values.stackplan; empty for one model, so its plan.json keeps its
+    # bytes): every model as served, the default first, the packer's decision, and each model's weights on
+    # the Docker host (a GGUF file or a Hugging Face model directory) by model id.
+    models: tuple[StackModel, ...] = ()
+    packing: Packing | None = None
+    model_paths: dict[str, str] = {}
+
+    @property
+    def stack_plan(self) -> StackPlan | None:
+        """The stack's models planned together; None for a stack of one model."""
+        if not self.models or self.packing is None:
+            return None
+        return StackPlan(models=self.models, packing=self.packing, default_model=self.plan.model_id)
 
     @property
     def webui_environment(self) -> dict[str, str]:
@@ -94,7 +108,10 @@ class StackSpec(BaseModel):
 
     @property
     def inference_api(self) -> str:
-        """Where Open WebUI reaches the server inside the stack (no trailing slash: it appends paths)."""
+        """Where Open WebUI reaches the (default model's) server inside the stack (no trailing slash: it appends
+        paths)."""
+        if self.models:
+            return self.models[0].server_url
         return f"http://{INFERENCE}:{self.inference_container_port}/v1"
 
     @property
@@ -226,6 +243,7 @@ def _environment(templates_dir: str | None = None) -> jinja2.Environment:
     env.filters["env_q"] = env_quote
     env.filters["cq"] = caddy_quote
     env.filters["env_ref"] = env_reference
+    env.filters["ini"] = ini_value
     return env
 
 
@@ -326,15 +344,130 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
         "tls": spec.tls,
         **spec.backend.template_vars(plan),
         "webui_secrets": spec.webui_secrets,
+        "service_name": INFERENCE,
+        "depends_on": None,
+        "inference_services": (),
+        "connections": (),
     }
     if spec.tls is not None:
         context |= _tls_context(spec, env)
+    if spec.models:
+        context |= _several_context(spec, context, env)
     if spec.target == "kubernetes":
         context |= _kubernetes_context(spec, inputs.model)
         context["secrets"] = {k: secrets[k] for k in RUNTIME_SECRETS}
         context["inference_url"] = f"http://{context['names']['inference']}:{spec.inference_container_port}/v1"
         return templating.render(env, "kubernetes/stack.yaml.j2", context)
     return templating.render(env, "compose.yaml.j2", context)
+
+
+def ini_value(value: object) -> str:
+    """One value of llama.cpp's preset INI, refused rather than escaped: its parser ends a value at ``#`` or ``;``
+    anywhere, takes quotes literally and knows no escapes (docs/several-models.md)."""
+    text = str(value)
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or ch in "[]#;" for ch in text) or text != text.strip():
+        raise UsageError(
+            f"{text[:60]!r} cannot be written into the router's {MODELS_PRESET} (a line break, bracket, '#' or ';').",
+            "Model ids are letters, digits, '.', '_' and '-'; the paths in the preset are deploykit's own.",
+        )
+    return text
+
+
+def render_preset(spec: StackSpec, env: jinja2.Environment) -> str:
+    """The router's models.ini: a section per model it serves, each with its own flags. Pure."""
+    stack = spec.stack_plan
+    assert stack is not None
+    models = []
+    for m in stack.routed:
+        backend = named(m.plan.backend)
+        extra = backend.template_vars(m.plan)
+        models.append({"id": m.model_id, "plan": m.plan, "model_path": _routed_path(m), **extra})
+    context = {"version": __version__, "models": models, "load_on_start": stack.packing.load_on_start}
+    # The preset's template sits beside the router's service template: services/<router_template>.ini.j2.
+    return templating.render(env, f"services/{backend.router_template}.ini.j2", context)
+
+
+def _routed_path(model: StackModel) -> str:
+    # Each GGUF bound to a path deploykit chooses, never the user's: the preset's parser cannot carry every name.
+    return f"/models/{model.model_id}.gguf"
+
+
+def _several_context(spec: StackSpec, base: Mapping[str, Any], env: jinja2.Environment) -> dict[str, Any]:
+    """Each inference service of a stack of several models rendered in start order (the router last, each
+    after the one before is ready), and Open WebUI's connections to them."""
+    stack = spec.stack_plan
+    assert stack is not None
+    if spec.target != "compose":
+        raise UsageError(
+            f"a stack of several models cannot be rendered for {spec.target} yet: only for Docker Compose.",
+            "Render it with --target compose, or give one --model for this target.",
+        )
+    order = [s for s in stack.services if s != ROUTER] + [s for s in stack.services if s == ROUTER]
+    blocks, urls, configs = [], [], {}
+    for index, service in enumerate(order):
+        served = stack.served_by(service)
+        first = served[0]
+        backend = named(first.plan.backend)
+        context = {
+            **base,
+            **_service_context(spec, first, service),
+            "depends_on": order[index - 1] if index else None,
+        }
+        if service == ROUTER:
+            context |= {
+                "routed": [
+                    {"host_path": spec.model_paths[m.model_id], "container_path": _routed_path(m)} for m in served
+                ],
+                "models_max": stack.packing.models_max or len(served),
+                "presets_dir": PRESETS_DIR,
+                "preset_file": MODELS_PRESET,
+                "plan": first.plan.model_copy(update={"startup_seconds": max(m.plan.startup_seconds for m in served)}),
+            }
+            template = f"services/{backend.router_template}.yaml.j2"
+            if backend.webui_provider:
+                configs[str(index)] = {"provider": backend.webui_provider}
+        else:
+            template = f"services/{backend.template}.yaml.j2"
+        blocks.append(templating.render(env, template, context))
+        urls.append(first.server_url)
+    webui_env = dict(base["webui_env"])
+    task = _task_model(stack)
+    if task is not None:
+        webui_env = {"TASK_MODEL_EXTERNAL": task, **webui_env}
+    return {
+        "inference_services": blocks,
+        "connections": urls,
+        "connection_configs": json.dumps(configs, sort_keys=True),
+        "webui_env": webui_env,
+    }
+
+
+def _service_context(spec: StackSpec, model: StackModel, service: str) -> dict[str, Any]:
+    backend = named(model.plan.backend)
+    host_dir, container_dir, container_path = backend.model_mount(PurePosixPath(spec.model_paths[model.model_id]))
+    shm = max(2, -(-model.plan.memory.weights_bytes // GiB)) * GiB
+    return {
+        "service_name": service,
+        "plan": model.plan,
+        "backend": backend,
+        "inference_port": model.published_port,
+        "inference_container_port": model.container_port,
+        "model_host_dir": host_dir,
+        "model_container_dir": container_dir,
+        "model_container_path": container_path,
+        "shm_size": f"{shm // GiB}gb",
+        "shm_bytes": shm,
+        **backend.template_vars(model.plan),
+    }
+
+
+def _task_model(stack: StackPlan) -> str | None:
+    """On demand, Open WebUI's background tasks (titles, tags) would swap models at every chat: point them at a
+    model that stays loaded (the default when none does)."""
+    if stack.packing.mode != "on_demand":
+        return None
+    kept = [m.model_id for m in stack.models if m.loaded == "always"]
+    return kept[0] if kept else stack.default_model
 
 
 _TOO_LARGE = "Check the [webui_env] values and paths given: one of them is megabytes long."
@@ -359,6 +492,8 @@ def render_files(
         main = render_target(spec, inputs, secrets, env)
         dotenv = templating.render(env, "env.j2", {"secrets": {k: secrets[k] for k in SECRET_KEYS}})
         extra = {CADDYFILE: render_caddyfile(spec, env)} if spec.tls is not None else {}
+        if spec.stack_plan is not None and spec.stack_plan.routed:
+            extra[MODELS_PRESET] = render_preset(spec, env)
     except (jinja2.TemplateError, RecursionError) as exc:
         if templates_dir is None:
             if isinstance(exc, jinja2.exceptions.SecurityError):  # a value given so long the file outgrew the bound
@@ -377,6 +512,9 @@ def render_files(
         del stack["webui_secrets"]  # plan.json as before for stacks without secret settings
     if stack["tls"] is None:
         del stack["tls"]  # and for stacks without HTTPS
+    if not spec.models:
+        for key in ("models", "packing", "model_paths"):
+            del stack[key]  # and for stacks of one model
     plan_json = json.dumps(
         {
             "deploykit_version": __version__,
@@ -392,6 +530,8 @@ def render_files(
     files = {TARGET_FILES[spec.target]: main, ENV_FILE: dotenv, **extra, PLAN_FILE: plan_json + "\n"}
     encode_files(files)  # a name with raw bytes (a surrogate) says so before the YAML check trips on it
     services = (*SERVICES, TLS_PROXY) if spec.tls is not None else SERVICES
+    if spec.stack_plan is not None:
+        services = (*spec.stack_plan.services, *services[1:])
     try:  # parsed before anything may be written: a broken file never replaces a working one
         templating.check_files(files, TARGET_FILES[spec.target], services)
     except templating.RenderedFileError as exc:

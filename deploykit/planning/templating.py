@@ -11,6 +11,7 @@ numbers and strings it makes are kept to sizes a stack file could use.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from deploykit.values.errors import ConfigError, UsageError
+from deploykit.values.stackplan import MODELS_PRESET
 
 MAX_TEMPLATE_BYTES = 1024 * 1024  # one template file
 MAX_OUTPUT_CHARS = 16 * 1024 * 1024  # one rendered file: a stack file is a few KiB
@@ -170,6 +172,26 @@ def check_files(files: Mapping[str, str], main: str, services: tuple[str, ...]) 
     for binding in parse_stream(io.StringIO(files[".env"])):
         if binding.error:
             raise RenderedFileError(".env", f"line {binding.original.line} is not KEY=VALUE")
+    if MODELS_PRESET in files:
+        check_preset(files[MODELS_PRESET])
+
+
+def check_preset(text: str) -> None:
+    """The router's models.ini as llama.cpp reads it: comments, ``[section]`` headers and ``key = value`` lines;
+    a section for each model; no value llama.cpp would cut at an inline ``#``/``;``."""
+    sections = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if re.fullmatch(r"\[[^\[\]#;]+\]", stripped):
+            sections += stripped != "[*]"
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9-]*", key.strip()) or any(c in value for c in "#;[]"):
+            raise RenderedFileError(MODELS_PRESET, f"line {number} is neither a [section] nor key = value")
+    if sections == 0:
+        raise RenderedFileError(MODELS_PRESET, "no model section")
 
 
 def as_user_error(

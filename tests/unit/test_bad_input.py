@@ -337,10 +337,14 @@ CASES = [
     Case("M03", "several models", "the same model twice",
          lambda t: ["plan", *CPU, "--model", "smollm2-135m-instruct", "--model", "smollm2-135m-instruct"],
          5, r"model smollm2-135m-instruct is given twice"),
-    Case("M04", "several models", "`render` of several models (not written yet)",
+    Case("M04", "several models", "`render --target swarm` of several models (Compose only for now)",
          lambda t: ["render", *CPU, "--model", "smollm2-135m-instruct", "--model", "qwen2.5-1.5b-instruct",
-                    "--dir", str(t / "s")],
-         2, r"rendering a stack of several models is not written yet"),
+                    "--target", "swarm", "--dir", str(t / "s")],
+         2, r"a stack of several models cannot be rendered for swarm yet"),
+    Case("M05", "several models", "`--image inference=` for a stack of several models",
+         lambda t: ["render", *CPU, "--model", "smollm2-135m-instruct", "--model", "qwen2.5-1.5b-instruct",
+                    "--image", "inference=mirror/llama:1.0", "--dir", str(t / "s")],
+         2, r"--image inference names one server, and a stack of several models has one per backend"),
     # ---- the second pass (issue 19): tests/unit/bad_input_lan.py
     *lan_cases(Case),
 ]

@@ -156,11 +156,3 @@ def test_a_models_entry_with_an_unknown_backend_is_named() -> None:
 
     with pytest.raises(ConfigError, match="--model"):
         load_settings(models=({"id": R1_15B}, {"id": QWEN_15B, "backend": "ollama"}))
-
-
-def test_render_with_several_models_is_refused_until_it_is_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    args = ["render", "--profile", "cpu", "--model", SMOLLM, "--model", QWEN_15B, "--dir", str(tmp_path / "s")]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code != 0
-    assert "rendering a stack of several models is not written yet" in result.output
-    assert not (tmp_path / "s" / "compose.yaml").exists()
