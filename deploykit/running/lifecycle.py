@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NotRequired, Protocol, Required, TypedDict, cast
 
+from deploykit import backends
 from deploykit.planning.render import StackIdentity
 from deploykit.running import tls_proxy
 from deploykit.running.served import Served, served_by
@@ -40,7 +41,9 @@ from deploykit.values.stackfiles import STACK_ID
 from deploykit.values.units import GiB, gib
 
 if TYPE_CHECKING:
+    from deploykit.backends.base import Backend
     from deploykit.seams.detect import Address
+    from deploykit.values.model import ModelSpec
 
 
 class ServiceStatus(TypedDict, total=False):
@@ -129,6 +132,16 @@ def published_ports(ports: PublishedPorts) -> list[tuple[str, int]]:
     return [(ports.webui_bind, ports.webui_port), ("127.0.0.1", ports.inference_port)]
 
 
+def stack_ports(stack: LoadedStack) -> list[tuple[str, int]]:
+    """The ports a rendered stack publishes: Open WebUI's, and each server's on loopback (a stack of several
+    models has one per server, from inference_port on)."""
+    planned = stack.spec.stack_plan
+    if planned is None:
+        return published_ports(stack.spec)
+    servers = sorted({m.published_port for m in planned.models})
+    return [(stack.spec.webui_bind, stack.spec.webui_port), *(("127.0.0.1", port) for port in servers)]
+
+
 def disk_free(folder: Path) -> tuple[Path, int]:
     """(the folder or its nearest existing parent, its free bytes): a model cache need not exist yet."""
     from deploykit.seams.detect import nearest_existing
@@ -164,7 +177,9 @@ def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missi
             f"stack is expendable, remove it with {removal}.",
         )
     plan = stack.spec.plan
-    if plan.device == "cuda" and not probe.nvidia_runtime:
+    planned = stack.spec.stack_plan
+    devices = {m.plan.device for m in planned.models} if planned is not None else {plan.device}
+    if "cuda" in devices and not probe.nvidia_runtime:
         raise PreflightError(
             f"the plan runs {plan.backend} on an NVIDIA GPU but the Docker "
             f"Engine has no NVIDIA runtime or CDI devices.",
@@ -173,7 +188,7 @@ def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missi
         )
     if docker_host.local:
         ours = ports_held_by(stack, docker_host)
-        for bind, port in published_ports(stack.spec):
+        for bind, port in stack_ports(stack):
             problem = None if port in ours else port_problem(bind, port)
             if problem:
                 setting = "webui_port" if port == stack.spec.webui_port else "inference_port"
@@ -183,7 +198,7 @@ def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missi
                     "and render again.",
                 )
         if model_missing_bytes:
-            probe_dir, free = disk_free(Path(stack.spec.model_host_path).parent)
+            probe_dir, free = disk_free(Path(stack.spec.model_host_path).parent)  # the model cache of them all
             if free < model_missing_bytes + GiB:
                 raise PreflightError(
                     f"the model needs {gib(model_missing_bytes)} and {probe_dir} has {gib(free)} free.",
@@ -221,25 +236,38 @@ def preflight_swarm(stack: LoadedStack, docker_host: engine.EngineAddress) -> li
     return notes
 
 
+def model_weights(stack: LoadedStack) -> list[tuple[Backend, ModelSpec, Path, int]]:
+    """Each model's (backend, numbers, weights on the Docker host, their size as planned): one for a stack of one
+    model, every model's for a stack of several (plan.json's inputs list them in the stack's order)."""
+    planned = stack.spec.stack_plan
+    if planned is None:
+        plan = stack.spec.plan
+        return [(stack.spec.backend, stack.model, Path(stack.spec.model_host_path), plan.memory.weights_bytes)]
+    rows = []
+    for entry, served in zip(stack.inputs.models, planned.models, strict=True):
+        backend = backends.named(served.plan.backend)
+        path = Path(stack.spec.model_paths[served.model_id])
+        rows.append((backend, entry.model, path, served.plan.memory.weights_bytes))
+    return rows
+
+
 def ensure_model(stack: LoadedStack, reporter: Reporter) -> None:
     """Put the weights where the stack mounts them: download from the hub when they are missing."""
     from deploykit.seams import hub
 
-    path = Path(stack.spec.model_host_path)
-    if path.exists():
-        return
-    source = stack.spec.backend.model_download(stack.model, path)
-    reporter.note(source.note)
-    if source.file is not None:
-        hub.ensure_gguf(source.repo, source.file, path)
-    else:
-        hub.ensure_snapshot(source.repo, path)
+    for backend, model, path, _ in model_weights(stack):
+        if path.exists():
+            continue
+        source = backend.model_download(model, path)
+        reporter.note(source.note)
+        if source.file is not None:
+            hub.ensure_gguf(source.repo, source.file, path)
+        else:
+            hub.ensure_snapshot(source.repo, path)
 
 
 def model_missing_bytes(stack: LoadedStack) -> int:
-    if Path(stack.spec.model_host_path).exists():
-        return 0
-    return stack.spec.plan.memory.weights_bytes
+    return sum(size for _, _, path, size in model_weights(stack) if not path.exists())
 
 
 def up(
@@ -269,7 +297,9 @@ def up(
     # Both services at once: Open WebUI's own start (migrations, imports) overlaps the model load instead of
     # waiting for it; it asks the server for models only when asked, so it needs no ready server to start.
     engine_stack.up()
-    budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
+    # A stack of several models starts its servers one after another: their start times add up.
+    startup = sum(server.startup_seconds for server in served_by(stack).servers)
+    budget = timeout if timeout is not None else startup + WEBUI_START_SECONDS + 240
     report = check_stack(stack, docker_host, budget, reporter, started)
     report.notes = [*notes, *report.notes]
     https = stack.spec.tls is not None

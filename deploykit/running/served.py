@@ -80,6 +80,8 @@ class Served:
 
 def served_by(stack: LoadedStack) -> Served:
     """What ``stack`` serves, from its plan.json."""
+    if (planned := stack.spec.stack_plan) is not None:
+        return served_from(planned, stack.address, stack.inference_base)
     plan = stack.spec.plan
     server = Server(
         service=INFERENCE,
