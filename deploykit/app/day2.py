@@ -14,8 +14,10 @@ from deploykit.values.model import ModelSpec
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
     from deploykit.running.doctor import Check
-    from deploykit.running.lifecycle import ModelStatus, SmokeCheck, StackStatus
+    from deploykit.running.lifecycle import ModelsChange, ModelStatus, SmokeCheck, StackStatus
     from deploykit.running.stack import LoadedStack
+    from deploykit.running.stages import Reporter
+    from deploykit.values.stackplan import ModelChoice
 
 
 def load_stack(stack_dir: Path) -> LoadedStack:
@@ -134,3 +136,47 @@ def stack_models(settings: Settings, stack: LoadedStack) -> list[ModelStatus]:
 
     return lifecycle.model_list(stack, engine_for(settings))
 
+
+def model_choice(model: str, model_file: Path | None, backend: str | None) -> ModelChoice:
+    """What `models add` was asked for, checked: a model id, its weights' absolute path, a backend's name."""
+    from pydantic import ValidationError
+
+    from deploykit import backends
+    from deploykit.values.errors import UsageError
+    from deploykit.values.stackplan import ModelChoice
+
+    if backend is not None and backend not in backends.names():
+        raise UsageError(f"backend '{backend}' is not known.", f"Backends are: {', '.join(backends.names())}.")
+    try:
+        return ModelChoice(id=model, file=str(model_file.resolve()) if model_file else None, backend=backend)
+    except ValidationError:
+        raise UsageError(
+            f"{model!r} is not a model id: use letters, digits, '.', '_' and '-'.",
+            "`deploykit models` lists the catalog; with --model-file, MODEL names the file's model.",
+        ) from None
+
+
+def change_stack_models(
+    settings: Settings, stack_dir: Path, *, add: tuple[ModelChoice, ...], remove: tuple[str, ...], reporter: Reporter
+) -> ModelsChange:
+    """Add or remove models of a running stack: deploykit.toml's [[models]] updated, the stack planned and
+    rendered again, and only what changed started (running.lifecycle.change_models)."""
+    from deploykit.app.stack import reprepare_with_models
+    from deploykit.config.settings import write_stack_models
+    from deploykit.running import lifecycle
+    from deploykit.running.stack import load_stack
+
+    before = load_stack(stack_dir.expanduser().absolute()).require_compose(
+        "models add|remove changes a running Compose stack only",
+        "Render the stack again with the models you want (`deploykit render --model …`) and deploy it.",
+    )
+    prepared, choices = reprepare_with_models(settings, before, add=add, remove=remove)
+    for note in prepared.notes:
+        reporter.note(note)
+
+    def write() -> list[str]:
+        changed = prepared.write()
+        write_stack_models(before.dir, [c.model_dump(exclude_defaults=True) for c in choices])
+        return changed
+
+    return lifecycle.change_models(before, prepared.loaded(), engine_for(settings), write, reporter)

@@ -263,3 +263,35 @@ def test_a_planned_stack_of_three_is_two_servers_reached_on_their_published_port
     assert keys == ["k", "k"] and configs == {"1": {"provider": "llama.cpp"}}
     with pytest.raises(Exception, match="does not serve a model 'nope'"):
         served.require("nope")
+
+
+def test_the_stacks_models_are_written_as_tables_and_one_model_leaves_none(tmp_path: Any) -> None:
+    import tomllib
+
+    from deploykit.config.settings import write_stack_models
+
+    (tmp_path / "deploykit.toml").write_text("# mine\nparallel = 2\n\n[webui_env]\nA = \"b\"\n", encoding="utf-8")
+    write_stack_models(tmp_path, [{"id": "q4", "file": "/m/q4.gguf"}, {"id": "q8", "backend": "llamacpp"}])
+    text = (tmp_path / "deploykit.toml").read_text()
+    data = tomllib.loads(text)
+    assert data["models"] == [{"id": "q4", "file": "/m/q4.gguf"}, {"id": "q8", "backend": "llamacpp"}]
+    assert data["parallel"] == 2 and data["webui_env"] == {"A": "b"} and text.startswith("# mine\n")
+    write_stack_models(tmp_path, [{"id": "q4"}])
+    assert "models" not in tomllib.loads((tmp_path / "deploykit.toml").read_text())
+
+
+def test_models_add_and_remove_check_what_the_stack_serves(tmp_path: Any) -> None:
+    from deploykit.app.stack import changed_choices
+    from deploykit.values.errors import UsageError
+    from deploykit.values.stackplan import ModelChoice
+    from tests.unit.test_stages import MODEL, stack
+
+    one = stack(tmp_path)
+    added = changed_choices(one, [ModelChoice(id="qwen2.5-1.5b-instruct")], [])
+    assert [c.id for c in added] == [MODEL, "qwen2.5-1.5b-instruct"]
+    with pytest.raises(UsageError, match="serves smollm2-135m-instruct already"):
+        changed_choices(one, [ModelChoice(id=MODEL)], [])
+    with pytest.raises(UsageError, match="does not serve a model 'nope'"):
+        changed_choices(one, [], ["nope"])
+    with pytest.raises(UsageError, match="keeps at least one model"):
+        changed_choices(one, [], [MODEL])
