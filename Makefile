@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 DK := $(BIN)/deploykit
 DIR ?= demo-stack
 VLLM_DIR ?= demo-stack-vllm
+COMPARE_DIR ?= demo-stack-compare
 # The rule lives in deploykit/values/paths.py (stdlib only: the system python3 runs it before .venv exists);
 # make's own values go with it, so `make demo DEPLOYKIT_MODEL_CACHE=DIR` works as the variable does.
 MODEL_CACHE := $(shell DEPLOYKIT_MODEL_CACHE='$(DEPLOYKIT_MODEL_CACHE)' XDG_CACHE_HOME='$(XDG_CACHE_HOME)' \
@@ -18,7 +19,8 @@ IMAGES_ENV := build/images.env
 PROVISION := scripts/provision/provision.sh
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint test unit e2e provision demo demo-vllm down down-vllm reference bench clean
+.PHONY: help venv lint test unit e2e provision demo demo-vllm demo-compare down down-vllm down-compare reference \
+	bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -58,11 +60,21 @@ demo-vllm: venv  ## the same with vLLM's CPU build and the FP16 model, in ./demo
 	. $(IMAGES_ENV) && $(DK) up --profile cpu-vllm --model smollm2-135m-instruct --model-file "$(FP16)" \
 		--image inference="$$VLLM_CPU_IMAGE" --image open-webui="$$OPENWEBUI_IMAGE" --dir "$(VLLM_DIR)"
 
+# Each backend's image from the settings' [images] keys: --image inference names one server, and this stack has two.
+demo-compare: venv  ## one stack, the demo model twice (FP16 on vLLM's CPU build, GGUF Q4_1 on llama.cpp), side by side in Open WebUI
+	bash $(PROVISION) engine images images-vllm model model-fp16
+	. $(IMAGES_ENV) && DEPLOYKIT_IMAGES__VLLM_CPU="$$VLLM_CPU_IMAGE" DEPLOYKIT_IMAGES__LLAMA_SERVER="$$LLAMACPP_IMAGE" \
+		$(DK) up --profile cpu-vllm --model smollm2-fp16 --model-file "$(FP16)" \
+		--model smollm2-q4 --model-file "$(GGUF)" --image open-webui="$$OPENWEBUI_IMAGE" --dir "$(COMPARE_DIR)"
+
 down: venv  ## stop the demo stack, keeping chats, accounts and the model cache
 	$(DK) down --dir "$(DIR)"
 
 down-vllm: venv  ## stop the vLLM demo stack, keeping data
 	$(DK) down --dir "$(VLLM_DIR)"
+
+down-compare: venv  ## stop the comparison stack, keeping data
+	$(DK) down --dir "$(COMPARE_DIR)"
 
 reference: venv  ## re-render compose/<profile>/ for every built-in profile
 	$(BIN)/python scripts/render_reference.py

@@ -21,7 +21,7 @@ from deploykit.values.host import HostProfile
 from deploykit.values.model import MODEL_ID, ModelSpec
 from deploykit.values.paths import config_dir
 from deploykit.values.plan import DeploymentPlan, LocalWeights, ModelInput, NoFit, PlanSettings, RunHost
-from deploykit.values.stackplan import StackPlan
+from deploykit.values.stackplan import ModelChoice, StackPlan
 from deploykit.values.units import gib
 
 if TYPE_CHECKING:
@@ -115,6 +115,9 @@ class ResolvedModel:
 
 
 def resolve_model(settings: Settings, model_id: str | None, model_path: Path | None) -> ResolvedModel:
+    if model_id is None and model_path is None and len(settings.models) == 1:
+        choice = settings.models[0]  # one [[models]] entry is the stack's one model
+        model_id, model_path = choice.id, Path(choice.file) if choice.file else None
     catalog = builtin_models()
     if model_path is not None and model_id is not None and not re.fullmatch(MODEL_ID, model_id):
         raise UsageError(
@@ -165,7 +168,22 @@ def _spec_from_hub(repo: str) -> ModelSpec:
 def make_plan(
     host: HostProfile, model: ResolvedModel, settings: Settings, runs_on: RunHost | None = None
 ) -> DeploymentPlan:
+    if len(settings.models) == 1 and _narrowed(settings.models[0]):
+        # One [[models]] entry that asks for a backend, quantisation or context: planned as a stack of one.
+        choice = settings.models[0]
+        entry = ModelInput(
+            model=model.spec,
+            weights=model.weights,
+            backend=choice.backend,
+            quantization=choice.quantization,
+            context=choice.context,
+        )
+        return plan_several(host, (entry,), settings, runs_on).plan
     return plan_with(host, model, settings.plan_settings(), runs_on)
+
+
+def _narrowed(choice: ModelChoice) -> bool:
+    return bool(choice.backend or choice.quantization or choice.context)
 
 
 def plan_with(

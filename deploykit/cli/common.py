@@ -162,7 +162,8 @@ def model_flags(ids: tuple[str, ...], paths: tuple[str, ...]) -> tuple[str | Non
     Nth --model's weights; files without any --model name their own models. Anything else is ambiguous.
     """
     if len(ids) <= 1 and len(paths) <= 1:
-        return (ids[0] if ids else None), (paths[0] if paths else None), {}
+        # One model on the command line wins over a stack's [[models]] too (flags win over files).
+        return (ids[0] if ids else None), (paths[0] if paths else None), ({"models": ()} if ids or paths else {})
     if paths and ids and len(ids) != len(paths):
         raise click.UsageError(
             f"{len(ids)} --model and {len(paths)} --model-file flags cannot be paired: give one --model per "

@@ -1,0 +1,165 @@
+"""A stack of several models rendered (issue 17): the llama.cpp router and its models.ini, one service per other
+model started in order, Open WebUI's connections to all of them; one model stays byte for byte as before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploykit.app.stack import StackRequest, render_stack
+from deploykit.config.settings import load_settings
+from deploykit.planning import templating
+from deploykit.planning.render import ini_value
+from deploykit.values.errors import UsageError
+from deploykit.values.stackplan import ROUTER, inference_service
+from tests.unit.conftest import compose_config
+
+R1_15B = "deepseek-r1-distill-qwen-1.5b"
+R1_7B = "deepseek-r1-distill-qwen-7b"
+QWEN_15B = "qwen2.5-1.5b-instruct"
+SMOLLM = "smollm2-135m-instruct"
+KEY = "${INFERENCE_API_KEY:?run deploykit render to create .env}"
+
+
+def render_models(tmp_path: Path, profile: str, *models: dict[str, object]) -> Path:
+    settings = load_settings(models=models)
+    stack_dir = tmp_path / "s"
+    render_stack(settings, StackRequest(stack_dir=stack_dir, profile=profile))
+    return stack_dir
+
+
+def services(stack_dir: Path) -> dict[str, dict[str, object]]:
+    doc = yaml.safe_load((stack_dir / "compose.yaml").read_text(encoding="utf-8"))
+    found: dict[str, dict[str, object]] = doc["services"]
+    return found
+
+
+def test_two_gguf_models_on_the_cpu_share_one_router_with_its_presets(tmp_path: Path) -> None:
+    stack_dir = render_models(tmp_path, "cpu", {"id": SMOLLM}, {"id": QWEN_15B})
+    found = services(stack_dir)
+    assert set(found) == {ROUTER, "open-webui"}
+    router = found[ROUTER]
+    command = router["command"]
+    assert isinstance(command, list)
+    assert command[:4] == ["--models-preset", "/presets/models.ini", "--models-max", "2"]
+    assert "-m" not in command and "-c" not in command, "per-model flags live in the preset only"
+    assert command[command.index("--port") + 1] == "8080", "always pass --port (the build's default is 9931)"
+    volumes = router["volumes"]
+    assert isinstance(volumes, list)
+    assert {"type": "bind", "source": ".", "target": "/presets", "read_only": True} in volumes, "the folder"
+    assert [v["target"] for v in volumes[:2]] == [f"/models/{SMOLLM}.gguf", f"/models/{QWEN_15B}.gguf"]
+
+    preset = (stack_dir / "models.ini").read_text(encoding="utf-8")
+    templating.check_preset(preset)
+    assert f"[{SMOLLM}]\nmodel = /models/{SMOLLM}.gguf\nctx-size = 16384\nparallel = 4\n" in preset
+    assert preset.count("load-on-startup = true") == 2, "together: both loaded at start"
+
+    env = found["open-webui"]["environment"]
+    assert isinstance(env, dict)
+    assert env["OPENAI_API_BASE_URLS"] == "http://router:8080/v1"
+    assert env["OPENAI_API_KEYS"] == KEY
+    assert json.loads(env["OPENAI_API_CONFIGS"]) == {"0": {"provider": "llama.cpp"}}
+    assert env["DEFAULT_MODELS"] == SMOLLM
+    assert "OPENAI_API_BASE_URL" not in env and "TASK_MODEL_EXTERNAL" not in env
+
+    plan = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
+    assert plan["stack"]["plan"]["model_id"] == SMOLLM, "plan.json keeps the default model's plan"
+    assert [m["model_id"] for m in plan["stack"]["models"]] == [SMOLLM, QWEN_15B]
+    assert plan["stack"]["packing"]["mode"] == "together"
+    assert [m["model"]["id"] for m in plan["inputs"]["models"]] == [SMOLLM, QWEN_15B]
+
+
+def test_rtx3060_vllm_and_llamacpp_each_their_service_started_in_order(tmp_path: Path) -> None:
+    stack_dir = render_models(tmp_path, "rtx3060", {"id": R1_15B}, {"id": R1_7B, "quantization": "Q4_K_M"})
+    found = services(stack_dir)
+    vllm, llama = found[inference_service(R1_15B)], found[inference_service(R1_7B)]
+    command = vllm["command"]
+    assert isinstance(command, list)
+    assert command[command.index("--gpu-memory-utilization") + 1] == "0.404", "its share, with the third decimal"
+    assert "depends_on" not in vllm
+    assert llama["depends_on"] == {inference_service(R1_15B): {"condition": "service_healthy"}}
+    assert [p for p in (vllm["ports"], llama["ports"])] == [["127.0.0.1:7861:8000"], ["127.0.0.1:7862:8080"]]
+    env = found["open-webui"]["environment"]
+    assert isinstance(env, dict)
+    assert env["OPENAI_API_BASE_URLS"] == (
+        f"http://{inference_service(R1_15B)}:8000/v1;http://{inference_service(R1_7B)}:8080/v1"
+    )
+    assert env["OPENAI_API_KEYS"] == f"{KEY};{KEY}"
+    assert json.loads(env["OPENAI_API_CONFIGS"]) == {}, "no router: no llama.cpp provider"
+    assert not (stack_dir / "models.ini").exists()
+
+
+def test_on_demand_points_open_webuis_tasks_at_the_model_that_stays_loaded_and_starts_the_router_last(
+    tmp_path: Path,
+) -> None:
+    # gtx1650: the two 1.5B Q4 models take turns behind the router; SmolLM2 in FP16 on vLLM stays loaded.
+    stack_dir = render_models(tmp_path, "gtx1650", {"id": R1_15B}, {"id": QWEN_15B}, {"id": SMOLLM})
+    found = services(stack_dir)
+    assert found[ROUTER]["depends_on"] == {inference_service(SMOLLM): {"condition": "service_healthy"}}
+    command = found[ROUTER]["command"]
+    assert isinstance(command, list) and command[command.index("--models-max") + 1] == "1"
+    preset = (stack_dir / "models.ini").read_text(encoding="utf-8")
+    assert preset.count("load-on-startup = true") == 1, "the default model only"
+    env = found["open-webui"]["environment"]
+    assert isinstance(env, dict)
+    assert env["TASK_MODEL_EXTERNAL"] == SMOLLM
+    assert env["DEFAULT_MODELS"] == R1_15B
+    urls = env["OPENAI_API_BASE_URLS"].split(";")
+    assert urls == [f"http://{inference_service(SMOLLM)}:8000/v1", "http://router:8080/v1"], "start order"
+    assert json.loads(env["OPENAI_API_CONFIGS"]) == {"1": {"provider": "llama.cpp"}}
+
+
+def test_the_rendered_several_model_stack_passes_docker_compose_config(tmp_path: Path) -> None:
+    stack_dir = render_models(tmp_path, "gtx1650", {"id": R1_15B}, {"id": QWEN_15B}, {"id": SMOLLM})
+    config = compose_config(stack_dir)
+    assert set(config["services"]) == {ROUTER, inference_service(SMOLLM), "open-webui"}
+
+
+@pytest.mark.parametrize("value", ["a\nb", "[x]", "a#b", "a;b", " lead"])
+def test_ini_values_llama_cpp_would_misread_are_refused(value: str) -> None:
+    with pytest.raises(UsageError, match=r"cannot be written into the router's models\.ini"):
+        ini_value(value)
+
+
+@pytest.mark.parametrize(
+    "text", ["[m]\nmodel = /a#b\n", "[m]\nnot a key line\n", "version = 1\n[*]\njinja = true\n"]
+)
+def test_a_preset_llama_cpp_would_misread_is_not_written(text: str) -> None:
+    with pytest.raises(templating.RenderedFileError):
+        templating.check_preset(text)
+
+
+def test_one_models_entry_is_todays_single_model_stack(tmp_path: Path) -> None:
+    one = render_models(tmp_path, "cpu", {"id": SMOLLM})
+    plain = tmp_path / "plain"
+    render_stack(load_settings(), StackRequest(stack_dir=plain, profile="cpu", model_id=SMOLLM))
+    mine = (one / "compose.yaml").read_text(encoding="utf-8").replace("deploykit-s", "deploykit-plain")
+    assert mine == (plain / "compose.yaml").read_text(encoding="utf-8")
+
+
+def test_one_models_entry_narrows_that_model_as_asked(tmp_path: Path) -> None:
+    stack_dir = render_models(tmp_path, "cpu", {"id": SMOLLM, "context": 2048})
+    plan = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))
+    assert (plan["stack"]["plan"]["model_id"], plan["stack"]["plan"]["context_length"]) == (SMOLLM, 2048)
+    assert "models" not in plan["stack"], "one model: plan.json as before"
+
+
+def test_one_model_flag_wins_over_the_stacks_models_tables(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from deploykit.cli import cli
+
+    stack_dir = tmp_path / "s"
+    stack_dir.mkdir()
+    (stack_dir / "deploykit.toml").write_text(
+        f'[[models]]\nid = "{SMOLLM}"\n\n[[models]]\nid = "{QWEN_15B}"\n', encoding="utf-8"
+    )
+    result = CliRunner().invoke(cli, ["render", "-p", "cpu", "--model", QWEN_15B, "--dir", str(stack_dir)])
+    assert result.exit_code == 0, result.output
+    assert set(services(stack_dir)) == {"inference", "open-webui"}
+    result = CliRunner().invoke(cli, ["render", "-p", "cpu", "--dir", str(stack_dir)])
+    assert result.exit_code == 0, result.output
+    assert set(services(stack_dir)) == {ROUTER, "open-webui"}, "without the flag, the tables"
