@@ -145,8 +145,11 @@ def model_choice(model: str, model_file: Path | None, backend: str | None) -> Mo
     from deploykit.values.errors import UsageError
     from deploykit.values.stackplan import ModelChoice
 
-    if backend is not None and backend not in backends.names():
-        raise UsageError(f"backend '{backend}' is not known.", f"Backends are: {', '.join(backends.names())}.")
+    if backend:  # a name the registry knows (any backend may serve an added model)
+        try:
+            backends.named(backend)
+        except ValueError as exc:
+            raise UsageError(f"backend {backend!r} is not known: {exc}.", "Leave --backend out, or name one.") from None
     try:
         return ModelChoice(id=model, file=str(model_file.resolve()) if model_file else None, backend=backend)
     except ValidationError:
