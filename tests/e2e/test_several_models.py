@@ -311,8 +311,12 @@ def test_two_models_on_a_budget_for_one_swap_on_demand_and_each_answers(
     served = {row["model"]: row["served"] for row in up["models"]}
     default, second = served
     assert served == {default: "loaded at start", second: "on demand"}
+    first = up["models"][1]
+    assert first["detail"].startswith("loaded on demand and answered")
+    print(f"up: {second}'s first answer, its load included, {first['first_answer_s']:.2f} s")
     plan = json.loads((stack.dir / "plan.json").read_text())
-    assert plan["packing"]["mode"] == "on_demand" and plan["packing"]["models_max"] == 1
+    packing = plan["stack"]["packing"]
+    assert packing["mode"] == "on_demand" and packing["models_max"] == 1
     with ui_client(stack) as ui:
         ask(ui, default)  # warm: the default is loaded
         _, swap_to_second = ask(ui, second)
