@@ -497,6 +497,13 @@ def tune_stack(
         "Tune a Compose stack of the same plan (`deploykit up --target compose --dir OTHER`), then copy the "
         "winner from its deploykit.toml into this stack's and render it again.",
     )
+    if stack.spec.stack_plan is not None:
+        # Its sweep restarts the one inference service; a router's restart would reload every model behind it.
+        raise UsageError(
+            f"{stack.dir} serves several models, and tune sweeps a stack of one model only.",
+            "Measure each model with `deploykit bench --model NAME --dir …`, or tune a one-model stack of it and "
+            "give the winner to that model's [[models]] entry.",
+        )
     check_request_fits(stack, request.prompt_tokens, request.max_tokens)
     docker_host = engine_for(settings)
     plan = stack.spec.plan

@@ -633,6 +633,11 @@ def change_models(
     )
     engine_stack = after.engine_stack(docker_host)
     running_before = {c.service: c.started_at for c in engine_stack.containers() if c.state == "running"}
+    if WEBUI not in running_before:  # before anything is written: this changes a running stack only
+        raise PreflightError(
+            f"the stack in {after.dir} is not running (Open WebUI is not up), so its models were not changed.",
+            f"Start it with `deploykit up --dir {after.dir}`, then add or remove the model.",
+        )
     changed = write_files()
     reporter.note(f"Wrote {', '.join(changed) or 'nothing new'}.")
     engine_stack.up(*(s.service for s in new.servers))  # --remove-orphans: a dropped server goes
