@@ -35,7 +35,7 @@ from deploykit.running.stages import (
 )
 from deploykit.seams import compose, engine, health, webui
 from deploykit.seams.override import OVERRIDE_FILE, describe, override_path
-from deploykit.values.errors import HealthError, PreflightError, UsageError
+from deploykit.values.errors import EngineError, HealthError, PreflightError, UsageError
 from deploykit.values.services import SERVICES, TLS_PROXY, WEBUI, webui_url
 from deploykit.values.stackfiles import STACK_ID
 from deploykit.values.units import GiB, gib
@@ -296,7 +296,7 @@ def up(
     reporter.note(f"Starting project {stack.spec.project} …")
     # Both services at once: Open WebUI's own start (migrations, imports) overlaps the model load instead of
     # waiting for it; it asks the server for models only when asked, so it needs no ready server to start.
-    engine_stack.up()
+    start_servers(stack, engine_stack, docker_host, reporter)
     # A stack of several models starts its servers one after another: their start times add up.
     startup = sum(server.startup_seconds for server in served_by(stack).servers)
     budget = timeout if timeout is not None else startup + WEBUI_START_SECONDS + 240
@@ -307,6 +307,46 @@ def up(
     if stack.spec.tls is not None:
         report.tls = tls_proxy.describe(stack)
     return report
+
+
+def start_servers(
+    stack: LoadedStack, engine_stack: compose.Stack, docker_host: engine.EngineAddress, reporter: Reporter
+) -> None:
+    """`compose up` of the whole stack. A stack of several models starts its servers one after another
+    (depends_on: service_healthy), and compose gives up on a server whose Docker healthcheck ran out while it
+    still loads (a slow or busy host: vLLM's CPU start beyond its start_period). Then the server's own
+    readiness is waited for, with its stage's time, and compose is asked again for the rest."""
+    served = served_by(stack)
+    for _ in served.servers:
+        try:
+            engine_stack.up()
+            return
+        except EngineError as exc:
+            slow = next((s for s in served.servers if s.service in exc.message), None)
+            if not served.several or "dependency failed to start" not in exc.message or slow is None:
+                raise
+            reporter.note(f"{slow.service} is still starting (compose stopped waiting for it); waiting on it …")
+            with health.http_client(slow.url, stack.api_key) as client:
+                ok, _, detail = health.wait_until(
+                    lambda: health.probe_inference_health(client),
+                    slow.startup_seconds + 60,
+                    on_tick=_container_watch(stack, docker_host, slow.service),
+                )
+            if not ok:
+                raise HealthError(
+                    f"{slow.service} did not become ready: {detail}.",
+                    f"`deploykit logs {slow.service} --dir {stack.dir}` shows why.",
+                    log_tail=engine_stack.log_tail(slow.service, 25),
+                ) from None
+
+            # Compose reads Docker's verdict, which turns healthy at the healthcheck's next pass (5 s apart).
+            def docker_healthy(service: str = slow.service) -> str:
+                if any(c.service == service and c.health == "healthy" for c in engine_stack.containers()):
+                    return "healthy"
+                raise health.NotReady(f"{service} not healthy in Docker yet")
+
+            health.wait_until(docker_healthy, 60)
+    engine_stack.up()
 
 
 def reachable_urls(

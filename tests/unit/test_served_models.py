@@ -334,3 +334,44 @@ def test_bench_model_loads_that_models_server_with_a_connection_per_request_to_a
     assert alone.metrics_model is None
     with pytest.raises(UsageError, match="does not serve a model 'nope'"):
         bench_target(stack, "inference", "nope")
+
+
+def test_up_waits_on_a_server_compose_gave_up_on_then_starts_the_rest(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's CPU start on a busy host outlasts its Docker healthcheck: compose stops with "dependency failed
+    to start"; up waits on that server's own readiness, then asks compose again."""
+    from deploykit.running import lifecycle
+    from deploykit.seams.compose import ContainerState
+    from deploykit.values.errors import EngineError
+    from tests.unit.test_stages import Reporter, stack
+
+    calls: list[str] = []
+
+    class SlowStart:
+        def up(self) -> None:
+            calls.append("up")
+            if len(calls) == 1:
+                raise EngineError(
+                    "docker compose up failed: dependency failed to start: container "
+                    "deploykit-unit-inference-fp16-1 is unhealthy",
+                    "See `deploykit doctor`.",
+                )
+
+        def containers(self) -> list[ContainerState]:
+            return [ContainerState("inference-fp16", "c", "running", "healthy", None, 0, None, "i", ())]
+
+        def log_tail(self, service: str, lines: int = 30) -> str:
+            return ""
+
+    def fake_client(base_url: str, token: str | None = None, timeout: float = 10, **_: object) -> httpx.Client:
+        calls.append(f"probe {base_url}")
+        return httpx.Client(base_url=base_url, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+
+    monkeypatch.setattr(lifecycle, "served_by", lambda s: several())
+    monkeypatch.setattr(lifecycle, "_container_watch", lambda *a: None)
+    monkeypatch.setattr(health, "http_client", fake_client)
+    reporter = Reporter()
+    lifecycle.start_servers(stack(tmp_path), SlowStart(), None, reporter)  # type: ignore[arg-type]
+    assert calls == ["up", "probe http://vllm.test", "up"]
+    assert reporter.lines == ["inference-fp16 is still starting (compose stopped waiting for it); waiting on it …"]
