@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from deploykit.app.stack import ProfileRow, RenderResult
     from deploykit.running.backup import BackupReport, RestoreReport
     from deploykit.running.doctor import Check
-    from deploykit.running.lifecycle import ModelsChange, ModelStatus, StackStatus
+    from deploykit.running.lifecycle import ModelStatus, StackStatus
+    from deploykit.running.models_change import ModelsChange
     from deploykit.running.stages import StageResult, UpReport
     from deploykit.values.host import HostProfile
     from deploykit.values.model import ModelSpec
