@@ -14,8 +14,11 @@ from deploykit.values.model import ModelSpec
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
     from deploykit.running.doctor import Check
-    from deploykit.running.lifecycle import SmokeCheck, StackStatus
+    from deploykit.running.lifecycle import ModelStatus, SmokeCheck, StackStatus
+    from deploykit.running.models_change import ModelsChange
     from deploykit.running.stack import LoadedStack
+    from deploykit.running.stages import Reporter
+    from deploykit.values.stackplan import ModelChoice
 
 
 def load_stack(stack_dir: Path) -> LoadedStack:
@@ -34,9 +37,11 @@ def stack_status(settings: Settings, stack: LoadedStack) -> StackStatus:
 
 def stack_logs(settings: Settings, stack: LoadedStack, service: str | None, tail: int, follow: bool) -> int:
     """Show the logs on this terminal (compose's own output); the exit code of `docker compose logs`."""
+    from deploykit.running import lifecycle
     from deploykit.seams.engine import client, compose_version, require_compose_v2
     from deploykit.seams.proc import run_attached
 
+    lifecycle.check_service(stack, service)
     docker_host = engine_for(settings)
     engine_stack = stack.engine_stack(docker_host)
     client(docker_host)  # an unreachable engine is said as such (exit 6), not as compose's raw text
@@ -124,3 +129,58 @@ def rebase_templates(directory: Path) -> list[str]:
     from deploykit.running.customise import rebase_templates as rebase
 
     return rebase(directory)
+
+
+def stack_models(settings: Settings, stack: LoadedStack) -> list[ModelStatus]:
+    """The models ``stack`` serves, each with its state on its server and its memory."""
+    from deploykit.running import lifecycle
+
+    return lifecycle.model_list(stack, engine_for(settings))
+
+
+def model_choice(model: str, model_file: Path | None, backend: str | None) -> ModelChoice:
+    """What `models add` was asked for, checked: a model id, its weights' absolute path, a backend's name."""
+    from pydantic import ValidationError
+
+    from deploykit import backends
+    from deploykit.values.errors import UsageError
+    from deploykit.values.stackplan import ModelChoice
+
+    if backend:  # a name the registry knows (any backend may serve an added model)
+        try:
+            backends.named(backend)
+        except ValueError as exc:
+            raise UsageError(f"backend {backend!r} is not known: {exc}.", "Leave --backend out, or name one.") from None
+    try:
+        return ModelChoice(id=model, file=str(model_file.resolve()) if model_file else None, backend=backend)
+    except ValidationError:
+        raise UsageError(
+            f"{model!r} is not a model id: use letters, digits, '.', '_' and '-'.",
+            "`deploykit models` lists the catalog; with --model-file, MODEL names the file's model.",
+        ) from None
+
+
+def change_stack_models(
+    settings: Settings, stack_dir: Path, *, add: tuple[ModelChoice, ...], remove: tuple[str, ...], reporter: Reporter
+) -> ModelsChange:
+    """Add or remove models of a running stack: deploykit.toml's [[models]] updated, the stack planned and
+    rendered again, and only what changed started (running.models_change.change_models)."""
+    from deploykit.app.stack import reprepare_with_models
+    from deploykit.config.settings import write_stack_models
+    from deploykit.running import models_change
+    from deploykit.running.stack import load_stack
+
+    before = load_stack(stack_dir.expanduser().absolute()).require_compose(
+        "models add|remove changes a running Compose stack only",
+        "Render the stack again with the models you want (`deploykit render --model …`) and deploy it.",
+    )
+    prepared, choices = reprepare_with_models(settings, before, add=add, remove=remove)
+    for note in prepared.notes:
+        reporter.note(note)
+
+    def write() -> list[str]:
+        changed = prepared.write()
+        write_stack_models(before.dir, [c.model_dump(exclude_defaults=True) for c in choices])
+        return changed
+
+    return models_change.change_models(before, prepared.loaded(), engine_for(settings), write, reporter)

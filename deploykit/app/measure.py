@@ -57,15 +57,20 @@ def replan_files(stack: LoadedStack, **knobs: int | None) -> tuple[DeploymentPla
     return plan, render_files(spec, stack.secrets, inputs)
 
 
-def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
-    """Where `bench` sends its load: the inference server's API, or Open WebUI's as the stack's admin."""
+def bench_target(stack: LoadedStack, via: str, model_id: str | None = None) -> BenchTarget:
+    """Where `bench` sends its load: the server of ``model_id`` (None: the stack's default model), or Open
+    WebUI's API as the stack's admin."""
+    from deploykit import backends
     from deploykit.running.bench import Target
+    from deploykit.running.served import served_by
     from deploykit.seams import certificates, health, webui
 
-    plan = stack.spec.plan
+    served = served_by(stack)
+    model = served.require(model_id)
+    server = served.server(model.service)
     key = stack.api_key
     if via == INFERENCE:
-        base, path, token = stack.inference_url, "/v1/chat/completions", key
+        base, path, token = server.url, "/v1/chat/completions", key
     else:
         with stack.webui_client() as anon:
             try:
@@ -79,8 +84,21 @@ def bench_target(stack: LoadedStack, via: str) -> BenchTarget:
         base, path = stack.webui_url, "/api/chat/completions"
     tls = stack.spec.tls if via != INFERENCE else None  # Open WebUI behind the proxy: its certificate's check
     verify = certificates.client_context(tls, stack.dir) if tls is not None else True
-    metrics = stack.spec.backend.metrics
-    return Target(base, path, token, plan.model_id, via, metrics, stack.inference_url, key, verify)
+    metrics = backends.named(model.backend).metrics
+    router = server.router
+    return Target(
+        base,
+        path,
+        token,
+        model.id,
+        via,
+        metrics,
+        server.url,
+        key,
+        verify,
+        fresh_connections=router and via == INFERENCE,
+        metrics_model=model.id if router else None,
+    )
 
 
 class BenchStack(StackIdentity):
@@ -119,17 +137,21 @@ def bench_stack(
     prompt_tokens: int,
     max_tokens: int,
     on_result: Callable[[RequestResult], None],
+    model_id: str | None = None,
 ) -> BenchStack:
-    """Streaming load at each concurrency level against a running stack; figures per level as plain data."""
+    """Streaming load at each concurrency level against a running stack (``model_id``: one of its models; None:
+    its default); figures per level as plain data."""
     from dataclasses import asdict
 
     from deploykit.running.bench import Workload, calibrate_words, run_level
+    from deploykit.running.served import served_by
     from deploykit.running.stack import identity, load_stack
     from deploykit.values.errors import HealthError
 
     stack = load_stack(stack_dir.expanduser().absolute())
-    check_request_fits(stack, prompt_tokens, max_tokens)
-    target = bench_target(stack, via)
+    model = served_by(stack).require(model_id)
+    check_request_fits(stack, prompt_tokens, max_tokens, model.context_length)
+    target = bench_target(stack, via, model.id)
     try:
         words = calibrate_words(target, prompt_tokens)
     except ConnectionError as exc:
@@ -142,10 +164,11 @@ def bench_stack(
         count = requests or requests_for(concurrency, BENCH_MIN_REQUESTS)
         workload = Workload(concurrency, count, prompt_tokens, max_tokens)
         results.append(cast("BenchLevel", asdict(run_level(target, workload, words, on_result))))
-    plan = stack.spec.plan
     return {
         **identity(stack),
-        "flags": {"threads": plan.threads, "parallel": plan.parallel},
+        "backend": model.backend,
+        "model": model.id,
+        "flags": {"threads": model.threads, "parallel": model.parallel},
         "via": via,
         "url": target.base_url + target.path,
         "levels": results,
@@ -159,9 +182,10 @@ def check_chart(path: Path) -> None:
     check_writable(path, "--chart file", "Give the path of a new or regular .html file.", UsageError)
 
 
-def check_request_fits(stack: LoadedStack, prompt_tokens: int, max_tokens: int) -> None:
-    """Refuse a load whose every request the server would refuse: prompt and answer beyond the context."""
-    context = stack.spec.plan.context_length
+def check_request_fits(stack: LoadedStack, prompt_tokens: int, max_tokens: int, context: int | None = None) -> None:
+    """Refuse a load whose every request the server would refuse: prompt and answer beyond the context
+    (``context``: the model's; None: the stack's default model's)."""
+    context = context if context is not None else stack.spec.plan.context_length
     if prompt_tokens + max_tokens > context:
         raise UsageError(
             f"--prompt-tokens {prompt_tokens} + --max-tokens {max_tokens} is more than the {context} tokens of "
@@ -188,7 +212,10 @@ def bench_report(
     if chart:
         from deploykit.running.bench import chart_html
 
-        series = {f"{s['project']} ({s['flags']['threads']}t/{s['flags']['parallel']}np)": s["levels"] for s in stacks}
+        series = {
+            f"{s['project']} {s['model']} ({s['flags']['threads']}t/{s['flags']['parallel']}np)": s["levels"]
+            for s in stacks
+        }
         chart.write_text(chart_html(series, "deploykit bench"), encoding="utf-8")
         report["chart"] = str(chart.absolute())
     return report
@@ -470,6 +497,13 @@ def tune_stack(
         "Tune a Compose stack of the same plan (`deploykit up --target compose --dir OTHER`), then copy the "
         "winner from its deploykit.toml into this stack's and render it again.",
     )
+    if stack.spec.stack_plan is not None:
+        # Its sweep restarts the one inference service; a router's restart would reload every model behind it.
+        raise UsageError(
+            f"{stack.dir} serves several models, and tune sweeps a stack of one model only.",
+            "Measure each model with `deploykit bench --model NAME --dir …`, or tune a one-model stack of it and "
+            "give the winner to that model's [[models]] entry.",
+        )
     check_request_fits(stack, request.prompt_tokens, request.max_tokens)
     docker_host = engine_for(settings)
     plan = stack.spec.plan

@@ -42,7 +42,7 @@ from deploykit.values.stackfiles import (
     TARGET_FILES,
     WEBUI_SECRET_KEY,
 )
-from deploykit.values.stackplan import StackPlan
+from deploykit.values.stackplan import ModelChoice, StackPlan
 from deploykit.values.tls import Material, TlsSpec, parse_choice, recorded
 
 if TYPE_CHECKING:
@@ -544,3 +544,71 @@ def reference_stack(profile: str) -> dict[str, str]:
             for target in ("swarm", "kubernetes")
         },
     }
+
+
+def stack_choices(stack: LoadedStack) -> list[ModelChoice]:
+    """The models a rendered stack serves, as [[models]] entries (its default first): what `models add|remove`
+    starts from. A stack of one model gives one entry."""
+    inputs = stack.inputs
+    if not inputs.models:
+        weights = inputs.weights.path if inputs.weights else None
+        return [ModelChoice(id=inputs.model.id, file=weights, backend=inputs.settings.backend)]
+    return [
+        ModelChoice(
+            id=entry.model.id,
+            file=entry.weights.path if entry.weights else None,
+            backend=entry.backend,
+            quantization=entry.quantization,
+            context=entry.context,
+            keep_loaded=entry.keep_loaded,
+        )
+        for entry in inputs.models
+    ]
+
+
+def changed_choices(stack: LoadedStack, add: Iterable[ModelChoice], remove: Iterable[str]) -> list[ModelChoice]:
+    """The stack's models with ``remove`` (ids it serves) taken out and ``add`` put at the end; a UsageError for
+    a model it does not serve, one it serves already, or no model left."""
+    choices = stack_choices(stack)
+    served = [m.model_id for m in stack.spec.stack_plan.models] if stack.spec.stack_plan else [stack.spec.plan.model_id]
+    for model_id in remove:
+        if model_id not in served:
+            raise UsageError(
+                f"the stack does not serve a model '{model_id}'.",
+                f"It serves {', '.join(served)}; `deploykit models --dir {stack.dir}` lists them.",
+            )
+        index = served.index(model_id)
+        del served[index], choices[index]
+    for choice in add:
+        if choice in choices or (choice.id is not None and choice.id in served):
+            raise UsageError(
+                f"the stack serves {choice.id or choice.file} already.", "`deploykit models --dir …` lists its models."
+            )
+        choices.append(choice)
+    if not choices:
+        raise UsageError(
+            "a stack keeps at least one model.", "Add another first, or take the stack down (`deploykit down`)."
+        )
+    return choices
+
+
+def reprepare_with_models(
+    settings: Settings, stack: LoadedStack, *, add: Iterable[ModelChoice], remove: Iterable[str]
+) -> tuple[PreparedStack, list[ModelChoice]]:
+    """The stack planned and rendered again (in memory) for its models changed as asked, on the host it was
+    planned for, with its secrets; and the new list, for its deploykit.toml (so a later `render` or `up` keeps
+    it). Nothing is written here."""
+    choices = changed_choices(stack, add, remove)
+    kept_images = {k: v for k, v in stack.spec.images.items() if k in (WEBUI, TLS_PROXY)}
+    if len(choices) == 1:
+        only = choices[0]
+        mine = settings.model_copy(update={"models": (), "backend": only.backend or settings.backend})
+        model = resolve_model(mine, only.id, Path(only.file) if only.file else None)
+    else:
+        mine = settings.model_copy(update={"models": tuple(choices)})
+        model = resolve_models(mine)[0]
+    inputs = stack.inputs
+    prepared = prepare_for_host(
+        mine, inputs.host, model, kept_images, stack.dir, target=stack.spec.target, runs_on=inputs.runs_on
+    )
+    return prepared, choices

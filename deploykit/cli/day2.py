@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import click
 
 from deploykit.cli.common import loaded_stack, path_or_none, settings_from, show, stack_dir_option, text_argument
-from deploykit.values.services import SERVICES, TLS_PROXY
 
 if TYPE_CHECKING:
     pass
@@ -30,24 +29,27 @@ def status(ctx: click.Context, stack_dir: str, as_json: bool) -> None:
 
 
 @click.command(short_help="Show the stack's logs.")
-@click.argument("service", required=False, type=click.Choice([*SERVICES, TLS_PROXY]))
+@click.argument("service", required=False, metavar="[SERVICE]")
 @stack_dir_option()
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
 @click.option("--tail", default=100, type=click.IntRange(min=0), show_default=True, help="Lines of history to show.")
 @click.pass_context
 def logs(ctx: click.Context, service: str | None, stack_dir: str, follow: bool, tail: int) -> None:
-    """Show the stack's logs (one service, or both)."""
+    """Show the stack's logs (one service, or all of them).
+
+    SERVICE: inference, open-webui or tls-proxy; a stack of several models names its servers router and
+    inference-MODEL (`deploykit status` lists them)."""
     from deploykit.app import day2 as api
 
     sys.exit(api.stack_logs(settings_from(ctx), loaded_stack(stack_dir), service, tail, follow))
 
 
 @click.command(short_help="Restart one service or both.")
-@click.argument("service", required=False, type=click.Choice([*SERVICES, TLS_PROXY]))
+@click.argument("service", required=False, metavar="[SERVICE]")
 @stack_dir_option()
 @click.pass_context
 def restart(ctx: click.Context, service: str | None, stack_dir: str) -> None:
-    """Restart one service, or the whole stack."""
+    """Restart one service (as `logs` names them), or the whole stack."""
     from deploykit.app import day2 as api
     from deploykit.cli import output
 

@@ -45,6 +45,13 @@ if TYPE_CHECKING:
     help="Send the load to the inference server's API, or through Open WebUI as the admin.",
 )
 @click.option("--compare", "compare_dir", type=click.Path(file_okay=False), help="Run the same load on a second stack.")
+@click.option(
+    "--model",
+    "model_ids",
+    multiple=True,
+    metavar="NAME",
+    help="Which of the stack's models to load (repeat it to compare models of one stack) [default: the default].",
+)
 @click.option("--chart", type=click.Path(dir_okay=False), help="Also write an HTML chart of tok/s and TTFT to FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
@@ -57,6 +64,7 @@ def bench(
     max_tokens: int,
     via: str,
     compare_dir: str | None,
+    model_ids: tuple[str, ...],
     chart: str | None,
     as_json: bool,
 ) -> None:
@@ -70,17 +78,20 @@ def bench(
 
     from deploykit.app import measure as api
     from deploykit.cli import output
+
     levels = int_list(concurrency, "--concurrency", MAX_CONCURRENCY)
     check_load(levels, requests, prompt_tokens, lambda c: api.requests_for(c, api.BENCH_MIN_REQUESTS))
     if chart:  # before the load runs: a named pipe there would block the write at the end
         api.check_chart(Path(chart))
     dirs = [Path(stack_dir)] + ([Path(compare_dir)] if compare_dir else [])
-    total = sum(requests or api.requests_for(c, api.BENCH_MIN_REQUESTS) for c in levels) * len(dirs)
+    # Each model asked for on each stack, one after the other (a second stack: the same names, or its default).
+    runs = [(d, m) for d in dirs for m in (model_ids or (None,))]
+    total = sum(requests or api.requests_for(c, api.BENCH_MIN_REQUESTS) for c in levels) * len(runs)
     stacks = []
     with progress_bar(total, "bench") as progress:
         task = progress.task_ids[0]
-        for d in dirs:
-            progress.update(task, description=f"bench {d.name}")
+        for d, model_id in runs:
+            progress.update(task, description=f"bench {d.name}" + (f" {model_id}" if model_id else ""))
             stacks.append(
                 api.bench_stack(
                     d,
@@ -90,6 +101,7 @@ def bench(
                     prompt_tokens=prompt_tokens,
                     max_tokens=max_tokens,
                     on_result=lambda _r: progress.advance(task),
+                    model_id=model_id,
                 )
             )
     report = api.bench_report(stacks, prompt_tokens, max_tokens, " ".join(sys.argv), path_or_none(chart))

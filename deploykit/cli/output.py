@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from deploykit.app.stack import ProfileRow, RenderResult
     from deploykit.running.backup import BackupReport, RestoreReport
     from deploykit.running.doctor import Check
-    from deploykit.running.lifecycle import StackStatus
+    from deploykit.running.lifecycle import ModelStatus, StackStatus
+    from deploykit.running.models_change import ModelsChange
     from deploykit.running.stages import StageResult, UpReport
     from deploykit.values.host import HostProfile
     from deploykit.values.model import ModelSpec
@@ -225,6 +226,20 @@ def show_up(report: UpReport) -> None:
             console.print(f"    {row['url']:28} {row['who']}")
     if report.tls:
         show_tls(report.tls)
+    if report.models:
+        table = Table(title="models")
+        for col in ("model", "service", "served", "first answer", "answer"):
+            table.add_column(col, overflow="fold")
+        for model_row in report.models:
+            name = f"{model_row['model']} (default)" if model_row["default"] else model_row["model"]
+            table.add_row(
+                escape(name),
+                model_row["service"],
+                model_row["served"],
+                f"{model_row['first_answer_s']:.1f} s",
+                escape(model_row["detail"]),
+            )
+        console.print(table)
     if report.admin_created:
         console.print("  An admin account was created for you.")
     console.print(f"  Admin sign-in: {report.credentials}")
@@ -270,10 +285,39 @@ def show_status(state: StackStatus) -> None:
             s["service"], s["state"], s.get("health") or "—", s.get("url", ""), s.get("model") or "—", uptime, restarts
         )
     console.print(table)
+    if models := state.get("models"):
+        show_model_states(models)
     if override := state.get("override"):
         console.print(f"  {override['file']} is in effect on top of compose.yaml.")
     if tls := state.get("tls"):
         show_tls(tls, how=False)
+
+
+def show_model_states(models: Iterable[ModelStatus]) -> None:
+    """Each model of a several-model stack: its state on its server, the plan's figure and the container's.
+    Models of one router share its container, so its figure stands beside each of them."""
+    table = Table()
+    for col in ("model", "service", "backend", "state", "planned", "container"):
+        table.add_column(col)
+    for m in models:
+        name = f"{m['model']} (default)" if m["default"] else m["model"]
+        state = m["state"] + (" (on demand)" if m["on_demand"] else "")
+        measured = gib(m["container_bytes"]) if m["container_bytes"] is not None else "—"
+        table.add_row(escape(name), m["service"], m["backend"], state, gib(m["planned_bytes"]), measured)
+    console.print(table)
+
+
+def show_models_change(change: ModelsChange) -> None:
+    said = [f"added {', '.join(change.added)}"] if change.added else []
+    said += [f"removed {', '.join(change.removed)}"] if change.removed else []
+    console.print(f"[bold]{escape(change.stack_dir)}[/bold]: {'; '.join(said) or 'no change'}.")
+    console.print(f"  serves {escape(', '.join(change.models))}")
+    if change.started:
+        console.print(f"  started {', '.join(change.started)} (the other services kept running)")
+    if change.reloaded:
+        console.print("  the router read its models again; its other models kept running")
+    for note in change.notes:
+        console.print(f"  {escape(note)}")
 
 
 def show_checks(checks: Iterable[Check]) -> None:
@@ -377,7 +421,8 @@ def show_bench(report: BenchReport) -> None:
         for level in s["levels"]:
             columns.append(level)
             table.add_column(
-                f"{s['project']}\n{flags} via {s['via']}\nconcurrency {level['concurrency']}", justify="right"
+                f"{s['project']}\n{escape(s['model'])}\n{flags} via {s['via']}\nconcurrency {level['concurrency']}",
+                justify="right",
             )
     for label, key, fmt in BENCH_ROWS:
         table.add_row(label, *(fmt.format(level["metrics"][key]) for level in columns))

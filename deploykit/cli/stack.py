@@ -23,6 +23,7 @@ from deploykit.cli.common import (
 if TYPE_CHECKING:
     from deploykit.app.stack import StackRequest
     from deploykit.config.settings import Settings
+    from deploykit.values.stackplan import ModelChoice
 
 
 @click.command(short_help="Detect GPUs, CPU, RAM, disk and Docker.")
@@ -49,15 +50,77 @@ def profiles(ctx: click.Context, as_json: bool) -> None:
     show(as_json, rows, output.show_profiles, rows)
 
 
-@click.command(short_help="List the model catalog.")
+@click.group(short_help="List the model catalog, or a stack's models; add or remove one.", invoke_without_command=True)
+@click.option("--dir", "stack_dir", type=click.Path(file_okay=False), help="List what this stack serves instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def models(as_json: bool) -> None:
-    """List the model catalog."""
+@click.pass_context
+def models(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
+    """List the model catalog; with --dir, the models a stack serves (each one's state and memory).
+
+    `deploykit models add MODEL --dir D` and `deploykit models remove MODEL --dir D` change a running stack's
+    models: the other models, Open WebUI and its accounts and chats keep running."""
+    if ctx.invoked_subcommand is not None:
+        return
     from deploykit.app import day2 as api
     from deploykit.cli import output
 
+    if stack_dir is not None:
+        from pathlib import Path
+
+        rows = api.stack_models(settings_from(ctx), api.load_stack(Path(stack_dir)))
+        show(as_json, rows, output.show_model_states, rows)
+        return
     catalog = api.models()
     show(as_json, [m.model_dump(mode="json") for m in catalog], output.show_models, catalog)
+
+
+def _change_models(
+    ctx: click.Context, stack_dir: str, add: tuple[ModelChoice, ...], remove: tuple[str, ...], as_json: bool
+) -> None:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from deploykit.app import day2 as api
+    from deploykit.cli import output
+
+    reporter = output.ConsoleReporter()
+    change = api.change_stack_models(settings_from(ctx), Path(stack_dir), add=add, remove=remove, reporter=reporter)
+    show(as_json, asdict(change), output.show_models_change, change)
+
+
+@models.command("add", short_help="Add a model to a running stack.")
+@click.argument("model")
+@click.option(
+    "--model-file",
+    "model_file",
+    type=click.Path(exists=True),
+    help="Local weights (a .gguf file or a Hugging Face model directory); MODEL names the model they hold.",
+)
+@click.option("--backend", help="The backend to serve it with [default: the planner's choice].")
+@stack_dir_option()
+@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
+@click.pass_context
+def models_add(
+    ctx: click.Context, model: str, model_file: str | None, backend: str | None, stack_dir: str, as_json: bool
+) -> None:
+    """Add MODEL (a catalog id, or the id of --model-file's model) to the stack in --dir, planned beside its
+    models; it is written into the stack's deploykit.toml as one of its [[models]].
+
+    Only what changes starts: a vLLM model's service, or the llama.cpp router reads its models again; Open
+    WebUI lists it at once. Accounts, chats and the other models are left as they are."""
+    from deploykit.app import day2 as api
+
+    _change_models(ctx, stack_dir, (api.model_choice(model, path_or_none(model_file), backend),), (), as_json)
+
+
+@models.command("remove", short_help="Remove a model from a running stack.")
+@click.argument("model")
+@stack_dir_option()
+@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
+@click.pass_context
+def models_remove(ctx: click.Context, model: str, stack_dir: str, as_json: bool) -> None:
+    """Remove MODEL (its id in the stack) from the stack in --dir; the other models keep running."""
+    _change_models(ctx, stack_dir, (), (model,), as_json)
 
 
 @click.command(short_help="Choose backend, context and offload, with reasons.")

@@ -337,6 +337,35 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
     return path
 
 
+def write_stack_models(stack_dir: Path, models: list[dict[str, Any]]) -> Path:
+    """Set the stack's [[models]] in its deploykit.toml (`deploykit models add|remove`), keeping every other key
+    and comment as it was; a list of one model removes the tables (the stack's one model is in its plan.json)."""
+    import tomlkit
+
+    from deploykit.seams.textfile import read_text
+
+    path = stack_dir / STACK_SETTINGS_FILE
+    text = read_text(path, "stack settings", "Fix or remove the file.", ConfigError) if path.exists() else ""
+    doc = tomlkit.parse(text)
+    if not text:
+        doc.add(tomlkit.comment("Settings for this stack only; they win over config.toml (written by deploykit)."))
+    if "models" in doc:
+        del doc["models"]
+    if len(models) > 1:
+        tables = tomlkit.aot()
+        for entry in models:
+            tables.append(tomlkit.item(entry))
+        doc.append("models", tables)  # an array of tables goes last: after it, a plain key would belong to it
+    text = tomlkit.dumps(doc)
+    import tomllib
+
+    tomllib.loads(text)
+    tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     """``--image SERVICE=REF`` pairs, checked: a known service and a pinned reference."""
     services = (*SERVICES, TLS_PROXY)

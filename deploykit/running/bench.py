@@ -48,6 +48,10 @@ class Target:
     metrics_url: str  # the inference server, whichever way the load goes
     metrics_token: str
     verify: ssl.SSLContext | bool = True  # Open WebUI behind a stack's HTTPS proxy: its certificate's check
+    # llama.cpp's router: a connection per request (it drops kept-alive ones after a proxied POST at times),
+    # and its /metrics are each model's, asked for by ?model=.
+    fresh_connections: bool = False
+    metrics_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -279,7 +283,10 @@ def _client(target: Target, connections: int) -> httpx.AsyncClient:
         verify=target.verify,
         headers={"Authorization": f"Bearer {target.token}"} if target.token else {},
         timeout=httpx.Timeout(600.0, connect=10.0),
-        limits=httpx.Limits(max_connections=connections + 2, max_keepalive_connections=connections + 2),
+        limits=httpx.Limits(
+            max_connections=connections + 2,
+            max_keepalive_connections=0 if target.fresh_connections else connections + 2,
+        ),
         trust_env=False,  # the stack's own servers: never through a proxy from the environment
     )
 
@@ -317,7 +324,8 @@ def server_counters(target: Target) -> dict[str, float]:
     """The inference server's Prometheus counters; empty when /metrics is off or unreachable."""
     headers = {"Authorization": f"Bearer {target.metrics_token}"} if target.metrics_token else {}
     try:
-        r = httpx.get(target.metrics_url + "/metrics", headers=headers, timeout=10, trust_env=False)
+        params = {"model": target.metrics_model} if target.metrics_model else None
+        r = httpx.get(target.metrics_url + "/metrics", params=params, headers=headers, timeout=10, trust_env=False)
     except httpx.HTTPError:
         return {}
     return parse_prometheus(r.text) if r.status_code == 200 else {}

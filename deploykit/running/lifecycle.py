@@ -14,19 +14,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NotRequired, Protocol, Required, TypedDict
 
+from deploykit import backends
 from deploykit.planning.render import StackIdentity
 from deploykit.running import tls_proxy
+from deploykit.running.served import Served, served_by
 from deploykit.running.stack import LoadedStack, identity
-from deploykit.running.stages import WEBUI_START_SECONDS, Reporter, UpReport, check_stack, local_webui_url
+from deploykit.running.stages import (
+    WEBUI_START_SECONDS,
+    Reporter,
+    UpReport,
+    _container_watch,
+    check_stack,
+    local_webui_url,
+)
 from deploykit.seams import compose, engine, health, webui
 from deploykit.seams.override import OVERRIDE_FILE, describe, override_path
-from deploykit.values.errors import HealthError, PreflightError, UsageError
-from deploykit.values.services import SERVICES, TLS_PROXY, webui_url
+from deploykit.values.errors import EngineError, HealthError, PreflightError, UsageError
+from deploykit.values.services import SERVICES, TLS_PROXY, WEBUI, webui_url
 from deploykit.values.stackfiles import STACK_ID
 from deploykit.values.units import GiB, gib
 
 if TYPE_CHECKING:
+    from deploykit.backends.base import Backend
     from deploykit.seams.detect import Address
+    from deploykit.values.model import ModelSpec
 
 
 class ServiceStatus(TypedDict, total=False):
@@ -44,10 +55,26 @@ class ServiceStatus(TypedDict, total=False):
     detail: str
 
 
+class ModelStatus(TypedDict):
+    """One model of a several-model stack in `deploykit status`."""
+
+    model: str
+    service: str  # the server that serves it (a router serves several)
+    backend: str
+    default: bool
+    on_demand: bool
+    state: str  # loaded | loading | unloaded | sleeping | failed (a router's word), or "missing" with no server
+    planned_bytes: int  # the plan's total for this model
+    # What the engine counts for the model's container: a router's models share one, so the same figure stands
+    # beside each of them, with the plan's own per-model figure next to it.
+    container_bytes: int | None
+
+
 class StackStatus(StackIdentity):
     healthy: bool
     override: dict[str, str] | None  # the site's compose.override.yaml in effect, if any
     services: list[ServiceStatus]
+    models: NotRequired[list[ModelStatus]]  # stacks of several models: each one's state and memory
     tls: NotRequired[dict[str, object]]  # stacks with HTTPS: address, certificate, expiry, the CA to trust
 
 
@@ -99,6 +126,16 @@ def published_ports(ports: PublishedPorts) -> list[tuple[str, int]]:
     return [(ports.webui_bind, ports.webui_port), ("127.0.0.1", ports.inference_port)]
 
 
+def stack_ports(stack: LoadedStack) -> list[tuple[str, int]]:
+    """The ports a rendered stack publishes: Open WebUI's, and each server's on loopback (a stack of several
+    models has one per server, from inference_port on)."""
+    planned = stack.spec.stack_plan
+    if planned is None:
+        return published_ports(stack.spec)
+    servers = sorted({m.published_port for m in planned.models})
+    return [(stack.spec.webui_bind, stack.spec.webui_port), *(("127.0.0.1", port) for port in servers)]
+
+
 def disk_free(folder: Path) -> tuple[Path, int]:
     """(the folder or its nearest existing parent, its free bytes): a model cache need not exist yet."""
     from deploykit.seams.detect import nearest_existing
@@ -134,7 +171,9 @@ def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missi
             f"stack is expendable, remove it with {removal}.",
         )
     plan = stack.spec.plan
-    if plan.device == "cuda" and not probe.nvidia_runtime:
+    planned = stack.spec.stack_plan
+    devices = {m.plan.device for m in planned.models} if planned is not None else {plan.device}
+    if "cuda" in devices and not probe.nvidia_runtime:
         raise PreflightError(
             f"the plan runs {plan.backend} on an NVIDIA GPU but the Docker "
             f"Engine has no NVIDIA runtime or CDI devices.",
@@ -143,7 +182,7 @@ def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missi
         )
     if docker_host.local:
         ours = ports_held_by(stack, docker_host)
-        for bind, port in published_ports(stack.spec):
+        for bind, port in stack_ports(stack):
             problem = None if port in ours else port_problem(bind, port)
             if problem:
                 setting = "webui_port" if port == stack.spec.webui_port else "inference_port"
@@ -153,7 +192,7 @@ def preflight(stack: LoadedStack, docker_host: engine.EngineAddress, model_missi
                     "and render again.",
                 )
         if model_missing_bytes:
-            probe_dir, free = disk_free(Path(stack.spec.model_host_path).parent)
+            probe_dir, free = disk_free(Path(stack.spec.model_host_path).parent)  # the model cache of them all
             if free < model_missing_bytes + GiB:
                 raise PreflightError(
                     f"the model needs {gib(model_missing_bytes)} and {probe_dir} has {gib(free)} free.",
@@ -191,25 +230,38 @@ def preflight_swarm(stack: LoadedStack, docker_host: engine.EngineAddress) -> li
     return notes
 
 
+def model_weights(stack: LoadedStack) -> list[tuple[Backend, ModelSpec, Path, int]]:
+    """Each model's (backend, numbers, weights on the Docker host, their size as planned): one for a stack of one
+    model, every model's for a stack of several (plan.json's inputs list them in the stack's order)."""
+    planned = stack.spec.stack_plan
+    if planned is None:
+        plan = stack.spec.plan
+        return [(stack.spec.backend, stack.model, Path(stack.spec.model_host_path), plan.memory.weights_bytes)]
+    rows = []
+    for entry, served in zip(stack.inputs.models, planned.models, strict=True):
+        backend = backends.named(served.plan.backend)
+        path = Path(stack.spec.model_paths[served.model_id])
+        rows.append((backend, entry.model, path, served.plan.memory.weights_bytes))
+    return rows
+
+
 def ensure_model(stack: LoadedStack, reporter: Reporter) -> None:
     """Put the weights where the stack mounts them: download from the hub when they are missing."""
     from deploykit.seams import hub
 
-    path = Path(stack.spec.model_host_path)
-    if path.exists():
-        return
-    source = stack.spec.backend.model_download(stack.model, path)
-    reporter.note(source.note)
-    if source.file is not None:
-        hub.ensure_gguf(source.repo, source.file, path)
-    else:
-        hub.ensure_snapshot(source.repo, path)
+    for backend, model, path, _ in model_weights(stack):
+        if path.exists():
+            continue
+        source = backend.model_download(model, path)
+        reporter.note(source.note)
+        if source.file is not None:
+            hub.ensure_gguf(source.repo, source.file, path)
+        else:
+            hub.ensure_snapshot(source.repo, path)
 
 
 def model_missing_bytes(stack: LoadedStack) -> int:
-    if Path(stack.spec.model_host_path).exists():
-        return 0
-    return stack.spec.plan.memory.weights_bytes
+    return sum(size for _, _, path, size in model_weights(stack) if not path.exists())
 
 
 def up(
@@ -238,8 +290,10 @@ def up(
     reporter.note(f"Starting project {stack.spec.project} …")
     # Both services at once: Open WebUI's own start (migrations, imports) overlaps the model load instead of
     # waiting for it; it asks the server for models only when asked, so it needs no ready server to start.
-    engine_stack.up()
-    budget = timeout if timeout is not None else stack.spec.plan.startup_seconds + WEBUI_START_SECONDS + 240
+    start_servers(stack, engine_stack, docker_host, reporter)
+    # A stack of several models starts its servers one after another: their start times add up.
+    startup = sum(server.startup_seconds for server in served_by(stack).servers)
+    budget = timeout if timeout is not None else startup + WEBUI_START_SECONDS + 240
     report = check_stack(stack, docker_host, budget, reporter, started)
     report.notes = [*notes, *report.notes]
     https = stack.spec.tls is not None
@@ -247,6 +301,46 @@ def up(
     if stack.spec.tls is not None:
         report.tls = tls_proxy.describe(stack)
     return report
+
+
+def start_servers(
+    stack: LoadedStack, engine_stack: compose.Stack, docker_host: engine.EngineAddress, reporter: Reporter
+) -> None:
+    """`compose up` of the whole stack. A stack of several models starts its servers one after another
+    (depends_on: service_healthy), and compose gives up on a server whose Docker healthcheck ran out while it
+    still loads (a slow or busy host: vLLM's CPU start beyond its start_period). Then the server's own
+    readiness is waited for, with its stage's time, and compose is asked again for the rest."""
+    served = served_by(stack)
+    for _ in served.servers:
+        try:
+            engine_stack.up()
+            return
+        except EngineError as exc:
+            slow = next((s for s in served.servers if s.service in exc.message), None)
+            if not served.several or "dependency failed to start" not in exc.message or slow is None:
+                raise
+            reporter.note(f"{slow.service} is still starting (compose stopped waiting for it); waiting on it …")
+            with health.http_client(slow.url, stack.api_key) as client:
+                ok, _, detail = health.wait_until(
+                    lambda: health.probe_inference_health(client),
+                    slow.startup_seconds + 60,
+                    on_tick=_container_watch(stack, docker_host, slow.service),
+                )
+            if not ok:
+                raise HealthError(
+                    f"{slow.service} did not become ready: {detail}.",
+                    f"`deploykit logs {slow.service} --dir {stack.dir}` shows why.",
+                    log_tail=engine_stack.log_tail(slow.service, 25),
+                ) from None
+
+            # Compose reads Docker's verdict, which turns healthy at the healthcheck's next pass (5 s apart).
+            def docker_healthy(service: str = slow.service) -> str:
+                if any(c.service == service and c.health == "healthy" for c in engine_stack.containers()):
+                    return "healthy"
+                raise health.NotReady(f"{service} not healthy in Docker yet")
+
+            health.wait_until(docker_healthy, 60)
+    engine_stack.up()
 
 
 def reachable_urls(
@@ -281,6 +375,8 @@ def reachable_urls(
 
 
 def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus:
+    if (several := served_by(stack)).several:
+        return several_status(stack, several, docker_host)
     containers = stack.engine_stack(docker_host).containers()
     plan = stack.spec.plan
     key = stack.api_key
@@ -344,8 +440,120 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
 
 
 def _services(stack: LoadedStack) -> tuple[str, ...]:
-    """The stack's services: the two, and the HTTPS proxy in stacks that have one."""
-    return (*SERVICES, *([TLS_PROXY] if stack.spec.tls is not None else []))
+    """The stack's services: its servers and Open WebUI, and the HTTPS proxy in stacks that have one."""
+    served = served_by(stack)
+    ours = (*(s.service for s in served.servers), WEBUI) if served.several else SERVICES
+    return (*ours, *([TLS_PROXY] if stack.spec.tls is not None else []))
+
+
+def _service_entry(ctr: compose.ContainerState | None, name: str, now: datetime) -> ServiceStatus:
+    entry: ServiceStatus = {"service": name, "state": "missing", "health": None, "uptime_s": None}
+    if ctr is None:
+        return entry
+    uptime = None
+    if ctr.state == "running" and ctr.started_at:
+        try:
+            uptime = int((now - datetime.fromisoformat(ctr.started_at.replace("Z", "+00:00"))).total_seconds())
+        except ValueError:
+            uptime = None
+    entry.update(
+        {
+            "state": ctr.state,
+            "health": ctr.health,
+            "uptime_s": uptime,
+            "image": ctr.image,
+            "ports": list(ctr.ports),
+            "restarts": ctr.restart_count,
+        }
+    )
+    return entry
+
+
+def model_states(served: Served, key: str) -> dict[str, str]:
+    """Each model's state as its server says it: a router's GET /models; a single server: loaded while it
+    serves the model. A server that does not answer leaves its models "unreachable"."""
+    states: dict[str, str] = {}
+    for server in served.servers:
+        try:
+            if server.router:
+                with health.router_client(server.url, key, timeout=5) as client:
+                    known = health.router_states(client)
+                states.update({m: known.get(m, "missing") for m in server.models})
+            else:
+                with health.http_client(server.url, key, timeout=5) as client:
+                    for model_id in server.models:
+                        try:
+                            health.probe_served_model(client, model_id)
+                            states[model_id] = "loaded"
+                        except health.NotReady:
+                            states[model_id] = "unloaded"
+        except (health.NotReady, health.StageFailed):
+            states.update({m: "unreachable" for m in server.models})
+    return states
+
+
+def model_list(stack: LoadedStack, docker_host: engine.EngineAddress) -> list[ModelStatus]:
+    """Each model the stack serves (one for a single-model stack), its state and memory."""
+    served = served_by(stack)
+    engine_stack = stack.engine_stack(docker_host)
+    running = {c.service for c in engine_stack.containers() if c.state == "running"}
+    memory = {s.service: engine_stack.memory_bytes(s.service) for s in served.servers if s.service in running}
+    return _model_rows(served, model_states(served, stack.api_key), memory)
+
+
+def _model_rows(served: Served, states: Mapping[str, str], memory: Mapping[str, int | None]) -> list[ModelStatus]:
+    return [
+        {
+            "model": m.id,
+            "service": m.service,
+            "backend": m.backend,
+            "default": m.id == served.default_model,
+            "on_demand": m.on_demand,
+            "state": states.get(m.id, "unknown"),
+            "planned_bytes": m.planned_bytes,
+            "container_bytes": memory.get(m.service),
+        }
+        for m in served.models
+    ]
+
+
+def several_status(stack: LoadedStack, served: Served, docker_host: engine.EngineAddress) -> StackStatus:
+    """`status` of a stack of several models: each service, and each model's state and memory."""
+    engine_stack = stack.engine_stack(docker_host)
+    by_service = {c.service: c for c in engine_stack.containers()}
+    now = datetime.now(UTC)
+    services = [_service_entry(by_service.get(name), name, now) for name in _services(stack)]
+    states = model_states(served, stack.api_key)
+    memory = {s.service: engine_stack.memory_bytes(s.service) for s in served.servers if s.service in by_service}
+    for entry in services:
+        server = next((s for s in served.servers if s.service == entry["service"]), None)
+        if server is not None:
+            entry["url"] = server.url + "/v1"
+            entry["detail"] = ", ".join(f"{m} {states.get(m, 'unknown')}" for m in server.models)
+    models = _model_rows(served, states, memory)
+    webui_entry = next(e for e in services if e["service"] == WEBUI)
+    webui_entry["url"] = local_webui_url(stack)
+    with stack.webui_client(timeout=5) as client:
+        try:
+            health.probe_webui_health(client)
+            webui_ok = True
+        except health.NotReady:
+            webui_ok = False
+    webui_entry["detail"] = "answers /health" if webui_ok else "does not answer /health"
+    # A model loaded on demand may be unloaded or asleep and still fine; a failed load is not.
+    models_ok = all(
+        m["state"] in ("loaded", "sleeping") or (m["on_demand"] and m["state"] == "unloaded") for m in models
+    )
+    healthy = (
+        models_ok
+        and webui_ok
+        and all(s["state"] == "running" and s["health"] in ("healthy", "starting", None) for s in services)
+    )
+    state = StackStatus(**identity(stack), healthy=healthy, override=describe(stack.dir), services=services)  # type: ignore[typeddict-item]
+    state["models"] = models
+    if stack.spec.tls is not None:
+        state["tls"] = tls_proxy.describe(stack)
+    return state
 
 
 def chat(stack: LoadedStack, message: str, direct: bool, max_tokens: int) -> dict[str, object]:
@@ -407,9 +615,14 @@ def down(stack: LoadedStack, docker_host: engine.EngineAddress, volumes: bool) -
     stack.engine_stack(docker_host).down(volumes=volumes)
 
 
-def restart(stack: LoadedStack, docker_host: engine.EngineAddress, service: str | None) -> None:
+def check_service(stack: LoadedStack, service: str | None) -> None:
+    """Refuse a service name the stack does not have (a several-model stack names its servers its own way)."""
     known = _services(stack)
     if service not in (None, *known):
         raise UsageError(f"service '{service}' is not part of the stack.", f"Services are: {', '.join(known)}.")
+
+
+def restart(stack: LoadedStack, docker_host: engine.EngineAddress, service: str | None) -> None:
+    check_service(stack, service)
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)

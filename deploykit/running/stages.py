@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypedDict, cast
 
 import httpx
 
+from deploykit.running.served import Served, ServedModel, Server, served_by
 from deploykit.running.stack import LoadedStack
 from deploykit.seams import engine, health, webui
 from deploykit.values.errors import HealthError
@@ -68,6 +70,19 @@ class UpReport:
     # Every address Open WebUI answers on, and who can use it: {"url": …, "who": …}.
     reachable: list[dict[str, str]] = field(default_factory=list)
     tls: dict[str, object] | None = None  # stacks with HTTPS: the certificate, and how to trust the site CA
+    # Stacks of several models: each one's server, how it is served and its first answer through Open WebUI.
+    models: list[ModelRow] = field(default_factory=list)
+
+
+class ModelRow(TypedDict):
+    """One model of a several-model stack as `up` reports it."""
+
+    model: str
+    service: str
+    default: bool
+    served: str  # "loaded at start" or "on demand"
+    first_answer_s: float  # its first chat through Open WebUI; an on-demand model's includes its load
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,122 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
             "The model did not answer through Open WebUI; `deploykit logs inference` shows the server side.",
         ),
     ]
+
+
+def served_stages(
+    stack: LoadedStack, served: Served, ui: httpx.Client, report: UpReport, clients: ExitStack
+) -> list[Stage]:
+    """The stages of a stack of several models: each server ready, then Open WebUI, then per model: listed in
+    Open WebUI and one chat answered through it. An on-demand model's first answer includes its load, and the
+    stage says so with the time it took."""
+    key = stack.api_key
+    email, password = stack.admin
+    urls, keys, configs = served.webui_connections(key)
+
+    def admin() -> str:
+        token, created = webui.admin_token(ui, email, password)
+        ui.headers["Authorization"] = f"Bearer {token}"
+        report.admin_created = created
+        # Open WebUI keeps its connections in its database after the first start: written here whenever they
+        # differ from the stack's, so the model list stays right after a model was added, removed or moved.
+        report.notes += webui.sync_connections(ui, urls, keys, configs, served.default_model)
+        secret = {name: stack.secrets[name] for name in stack.spec.webui_secrets if name in stack.secrets}
+        report.notes += webui.apply_stored(ui, stored_settings({**stack.spec.webui_settings, **secret}))
+        return "admin account created" if created else "signed in as admin"
+
+    stages: list[Stage] = []
+    for server in served.servers:
+        stages += server_stages(server, key, clients)
+    stages += [
+        *_tls_stages(stack),
+        Stage(
+            "open-webui /health", WEBUI, lambda: health.probe_webui_health(ui), WEBUI_START_SECONDS, WEBUI_START_HINT
+        ),
+        Stage(
+            "open-webui admin",
+            WEBUI,
+            admin,
+            60,
+            "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
+        ),
+    ]
+    # Every model listed first, then every chat: a list that lacks one says so before any load is waited for.
+    per_model = [model_stages(ui, model) for model in served.models]
+    stages += [listed for listed, _ in per_model] + [chat for _, chat in per_model]
+    return stages
+
+
+def model_stages(ui: httpx.Client, model: ServedModel) -> list[Stage]:
+    """One model through Open WebUI: listed, then one chat answered (an on-demand model's load timed)."""
+    return [
+        Stage(
+            f"open-webui lists {model.id}",
+            WEBUI,
+            lambda: health.probe_webui_model(ui, model.id),
+            90,
+            f"Open WebUI cannot list {model.id}: its connection to {model.service} is wrong or unreachable "
+            "(see the notes on its connections).",
+        ),
+        Stage(
+            f"chat {model.id} via open-webui" + (" (loads it)" if model.on_demand else ""),
+            model.service,
+            _chat_probe(ui, model.id, model.on_demand),
+            300 if model.on_demand else 180,
+            f"{model.id} did not answer through Open WebUI; `deploykit logs {model.service}` shows why.",
+        ),
+    ]
+
+
+def server_stages(server: Server, key: str, clients: ExitStack) -> list[Stage]:
+    """One server of a several-model stack ready: a router's models loaded, a single server's model served.
+    Its HTTP client is closed with ``clients``."""
+    opened = health.router_client(server.url, key) if server.router else health.http_client(server.url, key)
+    client = clients.enter_context(opened)
+    stages = [
+        Stage(
+            f"{server.service} /health",
+            server.service,
+            lambda: health.probe_inference_health(client),
+            server.startup_seconds + 60,
+            f"The server did not become ready; `deploykit logs {server.service}` shows why.",
+        )
+    ]
+    if server.router:
+        # The router's /health answers at once; its models load in child processes afterwards.
+        stages.append(
+            Stage(
+                f"{server.service} models loaded",
+                server.service,
+                lambda: health.probe_router_loaded(client, server.load_on_start),
+                server.startup_seconds + 60,
+                f"A model of the router did not load; `deploykit logs {server.service}` shows the child's error.",
+            )
+        )
+    else:
+        for model_id in server.models:
+            stages.append(
+                Stage(
+                    f"{server.service} serves {model_id}",
+                    server.service,
+                    lambda model_id=model_id: health.probe_served_model(client, model_id),  # type: ignore[misc]
+                    60,
+                    "The server runs but does not serve the expected model id: check --served-model-name.",
+                )
+            )
+    return stages
+
+
+def _chat_probe(ui: httpx.Client, model_id: str, on_demand: bool) -> Callable[[], str]:
+    """A chat through Open WebUI; for an on-demand model its first answer, load included, is timed."""
+
+    def probe() -> str:
+        begun = time.monotonic()
+        verdict = health.probe_chat(ui, "/api/chat/completions", model_id)
+        if on_demand:
+            return f"loaded on demand and {verdict} in {time.monotonic() - begun:.1f} s"
+        return verdict
+
+    return probe
 
 
 def _tls_stages(stack: LoadedStack) -> list[Stage]:
@@ -256,9 +387,16 @@ def check_stack(
     """The staged health check of a started stack, up to one chat answered through Open WebUI."""
     report = UpReport(stack_dir=str(stack.dir), url=local_webui_url(stack), healthy=False)
     key = stack.api_key
-    with health.http_client(stack.inference_url, key) as inference, stack.webui_client() as ui:
+    served = served_by(stack)
+    with ExitStack() as clients:
+        ui = clients.enter_context(stack.webui_client())
+        if served.several:
+            stages = served_stages(stack, served, ui, report, clients)
+        else:
+            inference = clients.enter_context(health.http_client(stack.inference_url, key))
+            stages = health_stages(stack, inference, ui, report)
         results = run_stages(
-            health_stages(stack, inference, ui, report),
+            stages,
             timeout,
             reporter,
             watch=lambda service: _container_watch(stack, docker_host, service),
@@ -266,9 +404,30 @@ def check_stack(
             started=started,
         )
     report.stages = [cast(StageRow, asdict(r)) for r in results]
+    if served.several:
+        report.models = model_rows(served, results)
     report.healthy = True
     report.credentials = f"{stack.dir / ENV_FILE} ({ADMIN_EMAIL}, {ADMIN_PASSWORD})"
     return report
+
+
+def model_rows(served: Served, results: list[StageResult]) -> list[ModelRow]:
+    """Each model's row from its chat stage."""
+    chats = {r.name: r for r in results}
+    rows: list[ModelRow] = []
+    for model in served.models:
+        result = chats.get(f"chat {model.id} via open-webui" + (" (loads it)" if model.on_demand else ""))
+        rows.append(
+            {
+                "model": model.id,
+                "service": model.service,
+                "default": model.id == served.default_model,
+                "served": "on demand" if model.on_demand else "loaded at start",
+                "first_answer_s": result.seconds if result is not None else 0.0,
+                "detail": result.detail if result is not None else "",
+            }
+        )
+    return rows
 
 
 def local_webui_url(stack: LoadedStack) -> str:

@@ -161,6 +161,19 @@ class Stack:
             if ctr.status == "paused":
                 ctr.unpause()
 
+    def memory_bytes(self, service: str) -> int | None:
+        """The memory a running service's container uses, as `docker stats` counts it (its page cache of files
+        read, the mapped weights' clean pages among them, left out); None when it does not run."""
+        ctr = self._service_container(service)
+        if ctr is None or ctr.status != "running":
+            return None
+        stats = ctr.stats(stream=False).get("memory_stats") or {}
+        if "usage" not in stats:
+            return None
+        counters = stats.get("stats") or {}
+        cache = counters.get("inactive_file", counters.get("cache", 0))
+        return int(stats["usage"]) - int(cache)
+
     def volume_name(self, key: str) -> str | None:
         """The engine's name of the compose volume ``key`` of this project, or None when it does not exist."""
         found = client(self.docker_host).volumes.list(

@@ -25,14 +25,29 @@ class StageFailed(Exception):
 
 
 def http_client(
-    base_url: str, token: str | None = None, timeout: float = 10.0, verify: ssl.SSLContext | bool = True
+    base_url: str,
+    token: str | None = None,
+    timeout: float = 10.0,
+    verify: ssl.SSLContext | bool = True,
+    *,
+    fresh_connections: bool = False,
 ) -> httpx.Client:
     """A client for the stack's own servers. ``trust_env=False``: they are reached directly, never through
     HTTP_PROXY/HTTPS_PROXY/ALL_PROXY from the environment (a company proxy would get the API key, and could
     not reach this machine's loopback anyway), and no .netrc adds credentials. ``verify``: how an https://
-    server's certificate is checked (a stack's HTTPS proxy: its own context)."""
+    server's certificate is checked (a stack's HTTPS proxy: its own context). ``fresh_connections``: a new
+    connection per request, for llama.cpp's router, which at times drops a kept-alive connection after a
+    proxied POST (docs/several-models.md, "HTTP clients of the router")."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout, verify=verify, trust_env=False)
+    limits = httpx.Limits(max_keepalive_connections=0) if fresh_connections else httpx.Limits()
+    return httpx.Client(
+        base_url=base_url, headers=headers, timeout=timeout, verify=verify, trust_env=False, limits=limits
+    )
+
+
+def router_client(base_url: str, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
+    """A client for llama.cpp's router: one connection per request (see ``http_client``)."""
+    return http_client(base_url, token, timeout, fresh_connections=True)
 
 
 # Readiness polls: fast at first (a server that is up is seen within a few tens of milliseconds), then
@@ -110,6 +125,71 @@ def probe_served_model(client: httpx.Client, model_id: str) -> str:
     if model_id not in ids:
         raise NotReady(f"/v1/models lists {ids}, not '{model_id}'")
     return f"serves '{model_id}'"
+
+
+# What a router's GET /models says of a model (its "status"), as deploykit reports it: "failed" is a load that
+# ended with "failed": true (the router itself leaves it "unloaded").
+ROUTER_STATES = ("loaded", "loading", "unloaded", "sleeping", "downloading", "failed")
+
+
+def router_states(client: httpx.Client) -> dict[str, str]:
+    """Each model a llama.cpp router knows, by id, and its state; NotReady while the router does not answer."""
+    r = _get(client, "/models")
+    if r.status_code in (401, 403):
+        raise StageFailed(f"/models refused the API key (HTTP {r.status_code})")
+    if r.status_code != 200:
+        raise NotReady(f"/models: HTTP {r.status_code}")
+    states = {}
+    for entry in r.json().get("data", []):
+        status = entry.get("status") or {}
+        state = str(status.get("value", "unknown"))
+        states[str(entry.get("id"))] = "failed" if status.get("failed") else state
+    return states
+
+
+def router_failures(client: httpx.Client) -> dict[str, int | None]:
+    """The router's models whose last load failed, with the child's exit code."""
+    r = _get(client, "/models")
+    failed = {}
+    for entry in r.json().get("data", []) if r.status_code == 200 else []:
+        status = entry.get("status") or {}
+        if status.get("failed"):
+            failed[str(entry.get("id"))] = status.get("exit_code")
+    return failed
+
+
+def probe_router_loaded(client: httpx.Client, model_ids: Iterable[str]) -> str:
+    """Passes once each of ``model_ids`` is loaded on the router (its /health answers before any model is).
+
+    A model whose load failed ends the wait at once: the router does not try it again by itself."""
+    wanted = list(model_ids)
+    states = router_states(client)
+    missing = [m for m in wanted if m not in states]
+    if missing:
+        raise StageFailed(f"the router does not know {', '.join(missing)} (it lists {sorted(states)})")
+    failed = [m for m in wanted if states[m] == "failed"]
+    if failed:
+        codes = router_failures(client)
+        said = ", ".join(f"{m} (exit code {codes.get(m)})" for m in failed)
+        raise StageFailed(f"the router could not load {said}")
+    waiting = {m: states[m] for m in wanted if states[m] != "loaded"}
+    if waiting:
+        raise NotReady(", ".join(f"{m} {state}" for m, state in waiting.items()))
+    if not wanted:
+        return f"router serves {len(states)} model(s) on demand"
+    return f"loaded {', '.join(wanted)}"
+
+
+def reload_router(client: httpx.Client) -> dict[str, str]:
+    """Make the router read its preset file again (``GET /models?reload=1``): new sections appear, removed ones
+    are unloaded, the rest keep running. Returns the states after the reload."""
+    try:
+        r = client.get("/models", params={"reload": "1"})
+    except httpx.HTTPError as exc:
+        raise StageFailed(f"{type(exc).__name__} on /models?reload=1") from None
+    if r.status_code != 200:
+        raise StageFailed(f"/models?reload=1: HTTP {r.status_code} {r.text[:200]}")
+    return router_states(client)
 
 
 def probe_webui_health(client: httpx.Client) -> str:

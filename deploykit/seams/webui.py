@@ -100,3 +100,77 @@ def apply_stored(client: httpx.Client, wanted: dict[str, str]) -> list[str]:
             return [*notes, f"Open WebUI refused the stored settings ({exc}); [webui_env] not applied"]
         notes.append(f"applied {len(updates)} stored Open WebUI setting(s): {', '.join(sorted(updates))}")
     return notes
+
+
+def connections_differ(config: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """What differs between Open WebUI's stored OpenAI connections (``GET /openai/config``) and the stack's.
+
+    ``wanted`` holds the four keys `POST /openai/config/update` takes. A stored per-connection config may carry
+    more than the stack sets (the admin's own tags): only the stack's keys are compared."""
+    differ = []
+    if config.get("ENABLE_OPENAI_API") is not wanted["ENABLE_OPENAI_API"]:
+        differ.append("the OpenAI API switch")
+    urls = list(config.get("OPENAI_API_BASE_URLS") or [])
+    if urls != wanted["OPENAI_API_BASE_URLS"]:
+        differ.append(f"the API URLs ({urls})")
+    keys = list(config.get("OPENAI_API_KEYS") or [])
+    if keys != wanted["OPENAI_API_KEYS"]:
+        differ.append("the API keys")
+    stored = config.get("OPENAI_API_CONFIGS") or {}
+    for index, settings in wanted["OPENAI_API_CONFIGS"].items():
+        held = stored.get(index) or {}
+        if any(held.get(k) != v for k, v in settings.items()):
+            differ.append(f"connection {index}'s settings")
+    return differ
+
+
+def sync_connections(
+    client: httpx.Client,
+    urls: list[str],
+    keys: list[str],
+    configs: dict[str, dict[str, Any]],
+    default_models: str,
+) -> list[str]:
+    """Make Open WebUI's stored OpenAI connections and default models the stack's, on every `up`.
+
+    Open WebUI keeps them in its database after the first start (the environment is read once), so after a
+    model was added or removed, or the stack's servers changed, the stored list would still be the old one.
+    When they differ, all four connection keys are written together (the per-connection settings are keyed by
+    position) and the default models through the config import. Returns notes: what was changed, and what
+    could not be."""
+    wanted: dict[str, Any] = {
+        "ENABLE_OPENAI_API": True,
+        "OPENAI_API_BASE_URLS": urls,
+        "OPENAI_API_KEYS": keys,
+        "OPENAI_API_CONFIGS": configs,
+    }
+    notes = []
+    config = _read(client, "/openai/config")
+    if isinstance(config, Exception):
+        return [f"could not read Open WebUI's connections ({type(config).__name__}); they were not checked"]
+    differ = connections_differ(config, wanted)
+    if differ:
+        # Keep what an admin added to a connection the stack also sets (tags, a prefix): ours win per key.
+        stored = config.get("OPENAI_API_CONFIGS") or {}
+        held_urls = list(config.get("OPENAI_API_BASE_URLS") or [])
+        merged = {}
+        for index, url in enumerate(urls):
+            before = stored.get(str(held_urls.index(url))) if url in held_urls else None
+            merged[str(index)] = {**(before or {}), **configs.get(str(index), {})}
+        try:
+            r = client.post("/openai/config/update", json={**wanted, "OPENAI_API_CONFIGS": merged})
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            return [f"Open WebUI refused the stack's connections ({exc}); it may list other models"]
+        notes.append(f"wrote Open WebUI's {len(urls)} OpenAI connection(s): {', '.join(differ)} differed")
+    current = _read(client, "/api/v1/configs/export")
+    if isinstance(current, Exception):
+        return [*notes, f"could not read Open WebUI's default models ({type(current).__name__})"]
+    if current.get("ui.default_models") != default_models:  # the export is flat: dotted keys
+        try:
+            r = client.post("/api/v1/configs/import", json={"config": {"ui.default_models": default_models}})
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            return [*notes, f"Open WebUI refused the default models ({exc})"]
+        notes.append(f"set Open WebUI's default model(s) to {default_models}")
+    return notes

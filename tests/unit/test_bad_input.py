@@ -349,6 +349,18 @@ CASES = [
          lambda t: ["render", *CPU, "--model", "smollm2-135m-instruct", "--model", "qwen2.5-1.5b-instruct",
                     "--image", "inference=mirror/llama:1.0", "--dir", str(t / "s")],
          2, r"--image inference names one server, and a stack of several models has one per backend"),
+    Case("M07", "several models", "`models remove` of a model the stack does not serve",
+         lambda t: ["models", "remove", "nope", "--dir", str(t / "s")],
+         2, r"the stack does not serve a model 'nope'.*Hint: It serves deepseek-r1-distill-qwen-1\.5b"),
+    Case("M08", "several models", "`models remove` of the stack's only model",
+         lambda t: ["models", "remove", "deepseek-r1-distill-qwen-1.5b", "--dir", str(t / "s")],
+         2, r"a stack keeps at least one model"),
+    Case("M09", "several models", "`models add` of a model the stack serves already",
+         lambda t: ["models", "add", "deepseek-r1-distill-qwen-1.5b", "--dir", str(t / "s")],
+         2, r"the stack serves deepseek-r1-distill-qwen-1\.5b already"),
+    Case("M10", "several models", "`models add` with a backend deploykit does not know",
+         lambda t: ["models", "add", "qwen2.5-1.5b-instruct", "--backend", "ollama", "--dir", str(t / "s")],
+         2, r"backend 'ollama' is not known"),
     # ---- the second pass (issue 19): tests/unit/bad_input_lan.py
     *lan_cases(Case),
 ]
