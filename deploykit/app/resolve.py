@@ -203,10 +203,10 @@ def plan_with(
             )
         else:
             message = f"{nofit.model_name} cannot run on profile {host.name}: {nofit.detail}"
-        raise PlanError(
-            message,
-            alternative[0].upper() + alternative[1:] if alternative else "Use a smaller model or a bigger machine.",
-        ) from None
+        hint = alternative[0].upper() + alternative[1:] if alternative else "Use a smaller model or a bigger machine."
+        if plan_settings.backend and not nofit.need_bytes:
+            hint = "Leave --backend (backend = …) out to let the planner choose a backend that serves it."
+        raise PlanError(message, hint) from None
 
 
 def engine_host(docker_host: EngineAddress) -> RunHost | None:

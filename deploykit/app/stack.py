@@ -365,6 +365,7 @@ class StackRequest:
     image_overrides: dict[str, str] = field(default_factory=dict)
     target: Target | None = None
     force: bool = False
+    models_asked: bool = False  # --model given more than once (the models themselves are in the settings)
 
     def prepare(self, settings: Settings, target: Target, runs_on: RunHost | None = None) -> PreparedStack:
         return prepare_stack(
@@ -399,7 +400,7 @@ def up_stack(settings: Settings, request: StackRequest, timeout: float | None, r
         )
     r = request
     stack_dir = r.stack_dir.expanduser().absolute()
-    asked = any(x is not None for x in (r.profile, r.host_file, r.model_id, r.model_path, r.target))
+    asked = r.models_asked or any(x is not None for x in (r.profile, r.host_file, r.model_id, r.model_path, r.target))
     docker_host = engine_for(settings)
     runs_on = engine_host(docker_host)
     if asked or r.image_overrides or not (stack_dir / PLAN_FILE).is_file():

@@ -237,6 +237,7 @@ def _stack_request(ctx: click.Context) -> tuple[Settings, StackRequest]:
         image_overrides=overrides,
         target=p["target"],
         force=p["force"],
+        models_asked=bool(several.get("models")),
     )
 
 

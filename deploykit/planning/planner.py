@@ -82,6 +82,9 @@ def plan_deployment(
         raise NoFit(model.name, 0, 0, "vram" if host.gpus else "ram", f"no backend is named {wanted!r}")
     skipped: list[str] = []
     asked_on_cpu, fallback = backends.on_cpu(wanted, bool(host.gpus))
+    forced = backends.named(settings.backend) if settings.backend else None
+    if forced is not None and fallback is not forced:
+        fallback = None  # a backend the user forced is never swapped for another without a word
     ways = [(b, gpu_budget(host, settings)) for b in backends.on_gpu(wanted)] if host.gpus else []
     # On a GPU every backend asked for (all, unless one is) tries its share of it, in order of preference.
     for backend, budget in [*ways, *((b, ram_budget(host)) for b in asked_on_cpu)]:
@@ -90,6 +93,10 @@ def plan_deployment(
             return _with_skipped(plan, skipped)
         skipped.append(f"{backend.skipped_as}: {plan.detail}.")
     if fallback is None:
+        kind = "vram" if host.gpus else "ram"
+        if forced is not None:
+            tried = " ".join(skipped).rstrip(".")
+            raise NoFit(model.name, 0, 0, kind, f"--backend {forced.name} was asked for and cannot serve it ({tried}).")
         raise NoFit(model.name, 0, 0, "vram", " ".join(skipped))
     last = fallback.plan(request, ram_budget(host))
     if isinstance(last, NoFit):

@@ -348,6 +348,7 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
         "depends_on": None,
         "inference_services": (),
         "connections": (),
+        "preset_config": None,
     }
     if spec.tls is not None:
         context |= _tls_context(spec, env)
@@ -397,12 +398,14 @@ def _several_context(spec: StackSpec, base: Mapping[str, Any], env: jinja2.Envir
     after the one before is ready), and Open WebUI's connections to them."""
     stack = spec.stack_plan
     assert stack is not None
-    if spec.target != "compose":
+    if spec.target == "kubernetes":
         raise UsageError(
-            f"a stack of several models cannot be rendered for {spec.target} yet: only for Docker Compose.",
-            "Render it with --target compose, or give one --model for this target.",
+            "a stack of several models cannot be rendered for kubernetes yet: only for Docker Compose and Swarm.",
+            "Render it with --target compose (or swarm), or give one --model for this target.",
         )
     order = [s for s in stack.services if s != ROUTER] + [s for s in stack.services if s == ROUTER]
+    if spec.target == "swarm":
+        _check_swarm(stack, order)
     blocks, urls, configs = [], [], {}
     for index, service in enumerate(order):
         served = stack.served_by(service)
@@ -411,7 +414,8 @@ def _several_context(spec: StackSpec, base: Mapping[str, Any], env: jinja2.Envir
         context = {
             **base,
             **_service_context(spec, first, service),
-            "depends_on": order[index - 1] if index else None,
+            # Swarm has no start order (and _check_swarm allows no two servers on one GPU there).
+            "depends_on": order[index - 1] if index and spec.target == "compose" else None,
         }
         if service == ROUTER:
             context |= {
@@ -434,12 +438,29 @@ def _several_context(spec: StackSpec, base: Mapping[str, Any], env: jinja2.Envir
     task = _task_model(stack)
     if task is not None:
         webui_env = {"TASK_MODEL_EXTERNAL": task, **webui_env}
+    preset = None
+    if spec.target == "swarm" and stack.routed:
+        preset = f"{spec.project}-models-{sha256_text(render_preset(spec, env))[:12]}"
     return {
+        "preset_config": preset,
         "inference_services": blocks,
         "connections": urls,
         "connection_configs": json.dumps(configs, sort_keys=True),
         "webui_env": webui_env,
     }
+
+
+def _check_swarm(stack: StackPlan, order: list[str]) -> None:
+    """Swarm starts every service at once and reserves a whole GPU (a generic resource) per service."""
+    on_gpu = [s for s in order if stack.served_by(s)[0].plan.device == "cuda"]
+    if len(on_gpu) > 1:
+        raise UsageError(
+            f"Swarm cannot run {len(on_gpu)} servers of this stack on one GPU ({', '.join(on_gpu)}): it starts "
+            "them at once, while a server sized by a fraction of the GPU must start alone, and it reserves a "
+            "whole GPU per service.",
+            "Render for Docker Compose (it starts them one after another), or serve only llama.cpp models (one "
+            "router) on the GPU.",
+        )
 
 
 def _service_context(spec: StackSpec, model: StackModel, service: str) -> dict[str, Any]:

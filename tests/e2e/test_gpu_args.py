@@ -147,6 +147,19 @@ SHAPES: list[Shape] = [
     # The CPU builds' own stacks (their environment has VLLM_* names), as the reference stacks render them.
     Shape("cpu/default", "cpu"),
     Shape("cpu-vllm/default", "cpu-vllm"),
+    # Several models in one stack (issue 17): every model served alone is one more inference service, vLLM with
+    # the share the packer gave it (three decimals); the llama.cpp router's own check is
+    # tests/e2e/test_several_models_args.py.
+    Shape("rtx3060/several/vllm-fp16+llamacpp-q4", "rtx3060", settings={"models": (
+          {"id": "deepseek-r1-distill-qwen-1.5b"}, {"id": "deepseek-r1-distill-qwen-7b", "quantization": "Q4_K_M"})}),
+    Shape("h200/several/three-vllm", "h200", settings={"models": (
+          {"id": "deepseek-r1-distill-qwen-1.5b"}, {"id": "qwen2.5-1.5b-instruct"},
+          {"id": "deepseek-r1-distill-qwen-7b"})}),
+    Shape("gtx1650/several/on-demand+vllm", "gtx1650", settings={"models": (
+          {"id": "deepseek-r1-distill-qwen-1.5b"}, {"id": "qwen2.5-1.5b-instruct"},
+          {"id": "smollm2-135m-instruct"})}),
+    Shape("cpu-vllm/several/fp16+gguf", "cpu-vllm", settings={"models": (
+          {"id": "smollm2-135m-instruct"}, {"id": "qwen2.5-1.5b-instruct", "backend": "llamacpp"})}),
 ]  # fmt: skip
 
 
@@ -205,15 +218,17 @@ def render_shape(shape: Shape, folder: Path) -> list[Check] | str:
             raise
         return str(exc)
     stored = json.loads((request.stack_dir / "plan.json").read_text())
-    plan = stored["stack"]["plan"]
-    where = f"{plan['backend']}/{plan['device']}"
-    if plan["backend"] == "llamacpp" and plan["device"] == "cuda":
-        where += f" {plan['gpu_layers']}/{plan['total_layers']} layers"
+    # A stack of several models: each service's own model's plan (one model: the stack's plan).
+    plans = {m["service"]: m["plan"] for m in stored["stack"].get("models", ())}
     config = compose_config(request.stack_dir)
     checks = []
     for name, service in sorted(config["services"].items()):
         if not service.get("labels", {}).get("org.deploykit.service", "").startswith("inference"):
             continue
+        plan = plans.get(name, stored["stack"]["plan"])
+        where = f"{plan['backend']}/{plan['device']}"
+        if plan["backend"] == "llamacpp" and plan["device"] == "cuda":
+            where += f" {plan['gpu_layers']}/{plan['total_layers']} layers"
         backend = image_backends().get(service["image"])
         assert backend is not None, f"{shape.name}: {name} runs {service['image']}, not an image deploykit pins"
         checks.append(Check(

@@ -193,3 +193,15 @@ def test_h200_plan_from_its_real_detection() -> None:
     # 139.8 GiB were free, more than 90% of the card: the default utilisation stands.
     assert from_detect.gpu_memory_utilization == 0.9
     assert from_detect.memory == plan_deployment(builtin, model, PlanSettings()).memory
+
+
+def test_a_forced_backend_that_cannot_serve_is_refused_not_swapped() -> None:
+    # The catalog model without its Hugging Face repository: vLLM on the CPU has nothing to load. Asked for by
+    # --backend it is refused with the reason; only a profile's preference falls back to llama.cpp.
+    cpu = find_profile("cpu", builtin_profiles())
+    model = find_model("smollm2-135m-instruct", builtin_models()).model_copy(update={"hf_repo": None})
+    with pytest.raises(NoFit) as refused:
+        plan_deployment(cpu, model, PlanSettings(backend="vllm"))
+    assert refused.value.detail.startswith("--backend vllm was asked for and cannot serve it (Not vLLM: ")
+    preferred = cpu.model_copy(update={"preferred_backend": "vllm"})
+    assert plan_deployment(preferred, model, PlanSettings()).backend == "llamacpp"

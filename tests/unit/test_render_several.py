@@ -163,3 +163,28 @@ def test_one_model_flag_wins_over_the_stacks_models_tables(tmp_path: Path) -> No
     result = CliRunner().invoke(cli, ["render", "-p", "cpu", "--dir", str(stack_dir)])
     assert result.exit_code == 0, result.output
     assert set(services(stack_dir)) == {ROUTER, "open-webui"}, "without the flag, the tables"
+
+
+def test_swarm_serves_the_router_with_its_preset_as_a_config_named_by_its_content(tmp_path: Path) -> None:
+    from tests.unit.test_targets import stack_config
+
+    settings = load_settings(models=({"id": SMOLLM}, {"id": QWEN_15B}))
+    stack_dir = tmp_path / "s"
+    render_stack(settings, StackRequest(stack_dir=stack_dir, profile="cpu", target="swarm"))
+    result = stack_config(stack_dir / "swarm.yaml")
+    assert result.returncode == 0, result.stderr
+    doc = yaml.safe_load((stack_dir / "swarm.yaml").read_text(encoding="utf-8"))
+    router = doc["services"][ROUTER]
+    assert router["command"][router["command"].index("--api-key-file") + 1] == "/run/secrets/inference_api_key"
+    assert router["configs"] == [{"source": "models_preset", "target": "/presets/models.ini"}]
+    assert "depends_on" not in router and "restart" not in router
+    config = doc["configs"]["models_preset"]
+    assert config["file"] == "./models.ini" and config["name"].startswith("deploykit-s-models-")
+    webui = doc["services"]["open-webui"]
+    assert "OPENAI_API_KEYS" not in webui["environment"], "from the secret, by the wrapper"
+    assert 'OPENAI_API_KEYS="$$(cat /run/secrets/inference_api_key)"' in " ".join(webui["entrypoint"])
+    (stack_dir / "models.ini").write_text("changed", encoding="utf-8")
+    settings = load_settings(models=({"id": SMOLLM}, {"id": QWEN_15B, "context": 2048}))
+    render_stack(settings, StackRequest(stack_dir=stack_dir, profile="cpu", target="swarm", force=True))
+    again = yaml.safe_load((stack_dir / "swarm.yaml").read_text(encoding="utf-8"))
+    assert again["configs"]["models_preset"]["name"] != config["name"], "another preset, another config"
