@@ -6,7 +6,7 @@ Brings up real deploykit stacks (`deploykit up`, the offline images of build/ima
 shipped SmolLM2-135M Q4_1 and its Q8_0 (scripts/provision: model, model-second), and measures, in one run:
 
 - together (the `cpu` profile: the planner loads both, --models-max 2): Open WebUI lists both and each answers a
-  chat through it; then, with every slot of each model used once (llama.cpp's KV buffer is resident from load), the
+  chat through it; then, with every slot of each model used once by a short prompt (see use_slots), the
   router container's memory (cgroup usage minus page cache, as benchmarks/memory_estimate.py measures) against
   the plan's figures in plan.json (both models + the router's own process), and each model's llama-server child
   (its RSS, weights mapped in) against that model's figure. Target: within ±15 %.
@@ -218,9 +218,10 @@ def process_rss(container: str) -> dict[str, int]:
 
 
 def use_slots(stack: Stack, placements: list[dict[str, Any]]) -> None:
-    """A short prompt per slot of each model at once, so every slot has run once. No long prompt is needed to
-    touch the KV cache: llama.cpp clears its KV buffer when it loads a model, so its pages are resident from the
-    start (a child's RSS was within 2 % of its plan before any prompt), and long prompts take minutes here."""
+    """A short prompt per slot of each model at once, so every slot has run once. Long prompts that fill each
+    slot's context took minutes each on the 2 shared cores and timed the stack out; llama.cpp clears its KV buffer
+    when it loads a model, so each child's RSS is at its full size without them. The mapped weights, though, stay
+    on the inactive file list after short prompts, so cgroup usage minus page cache leaves them out."""
     jobs = [(p["model_id"], f"{i}: say one word.") for p in placements for i in range(p["slots"])]
     with stack.router() as c:
 
