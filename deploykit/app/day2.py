@@ -14,7 +14,8 @@ from deploykit.values.model import ModelSpec
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
     from deploykit.running.doctor import Check
-    from deploykit.running.lifecycle import ModelsChange, ModelStatus, SmokeCheck, StackStatus
+    from deploykit.running.lifecycle import ModelStatus, SmokeCheck, StackStatus
+    from deploykit.running.models_change import ModelsChange
     from deploykit.running.stack import LoadedStack
     from deploykit.running.stages import Reporter
     from deploykit.values.stackplan import ModelChoice
@@ -163,10 +164,10 @@ def change_stack_models(
     settings: Settings, stack_dir: Path, *, add: tuple[ModelChoice, ...], remove: tuple[str, ...], reporter: Reporter
 ) -> ModelsChange:
     """Add or remove models of a running stack: deploykit.toml's [[models]] updated, the stack planned and
-    rendered again, and only what changed started (running.lifecycle.change_models)."""
+    rendered again, and only what changed started (running.models_change.change_models)."""
     from deploykit.app.stack import reprepare_with_models
     from deploykit.config.settings import write_stack_models
-    from deploykit.running import lifecycle
+    from deploykit.running import models_change
     from deploykit.running.stack import load_stack
 
     before = load_stack(stack_dir.expanduser().absolute()).require_compose(
@@ -182,4 +183,4 @@ def change_stack_models(
         write_stack_models(before.dir, [c.model_dump(exclude_defaults=True) for c in choices])
         return changed
 
-    return lifecycle.change_models(before, prepared.loaded(), engine_for(settings), write, reporter)
+    return models_change.change_models(before, prepared.loaded(), engine_for(settings), write, reporter)

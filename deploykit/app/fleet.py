@@ -160,6 +160,8 @@ def _host_settings(settings: Settings, host: FleetHost) -> Settings:
     }
     if host.templates_dir is not None:
         update["templates_dir"] = Path(host.templates_dir)
+    if host.models is not None:  # the inventory's [[models]] for this host (its own, its group's or the fleet's)
+        update["models"] = tuple(host.models)
     return settings.model_copy(update=update)
 
 

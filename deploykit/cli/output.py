@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from deploykit.app.stack import ProfileRow, RenderResult
     from deploykit.running.backup import BackupReport, RestoreReport
     from deploykit.running.doctor import Check
-    from deploykit.running.lifecycle import ModelsChange, ModelStatus, StackStatus
+    from deploykit.running.lifecycle import ModelStatus, StackStatus
+    from deploykit.running.models_change import ModelsChange
     from deploykit.running.stages import StageResult, UpReport
     from deploykit.values.host import HostProfile
     from deploykit.values.model import ModelSpec
@@ -162,7 +163,16 @@ def show_rendered(result: RenderResult) -> None:
     plan = result.spec.plan
     changed = ", ".join(result.changed) if result.changed else "nothing changed"
     console.print(f"Stack written to [bold]{escape(str(result.stack_dir))}[/bold] ({changed}).")
-    console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {plan.context_length} tokens of context")
+    for m in result.spec.models:  # several models: one line each (`deploykit plan` says why)
+        p = m.plan
+        how = "on demand" if m.loaded == "on_demand" else "loaded at start"
+        console.print(
+            f"  {escape(m.model_id)}: {p.backend} on {p.device}, {p.quantization}, {p.context_length} tokens "
+            f"× {p.parallel}, service {m.service}, {how}"
+        )
+    if not result.spec.models:
+        context = f"{plan.context_length} tokens of context"
+        console.print(f"  {plan.backend} on {plan.device}, {plan.quantization}, {context}")
     if result.spec.target == "kubernetes":
         console.print("  Secrets are in .env and in kubernetes.yaml's Secret (both mode 0600).")
         console.print(f"  Next: kubectl apply -n NAMESPACE -f {result.stack_dir / 'kubernetes.yaml'}")

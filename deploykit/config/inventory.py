@@ -13,9 +13,11 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from deploykit.backends import named
 from deploykit.seams.engine import TLS_FILES, EngineAddress, EngineTLS
 from deploykit.values.errors import ConfigError, EngineError, NotFoundError, UsageError
 from deploykit.values.redact import redact
+from deploykit.values.stackplan import MAX_MODELS, ModelChoice
 from deploykit.values.webui_env import WebuiEnv
 
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -35,6 +37,9 @@ class SiteLayer(BaseModel):
     tls_dir: str | None = None
     # false: reach a tcp:// engine without TLS (an open engine port is root on that machine: opt in only).
     tls: bool | None = None
+    # The stack's models ([[hosts.models]], [[groups.NAME.models]], top-level [[models]]): the nearest list wins
+    # whole, as a stack's deploykit.toml gives them; none: the controller's --model.
+    models: list[ModelChoice] | None = Field(None, max_length=MAX_MODELS)
 
 
 class FleetHost(SiteLayer):
@@ -109,7 +114,8 @@ def load_inventory(path: Path) -> Inventory:
     text = read_text(path, "inventory", hint, UsageError, missing=NotFoundError)
     hint = (
         "Each [[hosts]] table takes name, engine or context, profile, labels, ui_port, inference_port, address, "
-        "group, webui_env, templates_dir, override, tls_dir, tls; the top level and [groups.NAME] take the last five."
+        "group, webui_env, templates_dir, override, tls_dir, tls, [[hosts.models]]; the top level and [groups.NAME] "
+        "take the last six."
     )
     data = load_toml(text, path, "inventory", hint, UsageError)
     lines = TomlLines(text)
@@ -153,6 +159,16 @@ def _check_layers(inventory: Inventory, path: Path, lines: TomlLines) -> None:
             webui_env.check(layer.webui_env)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {_located(lines, (*loc, 'webui_env'), exc.message)}", exc.hint) from None
+        for i, choice in enumerate(layer.models or ()):
+            if choice.id is None and choice.file is None:
+                where = _located(lines, (*loc, "models", i), "names neither an id nor a file")
+                raise ConfigError(f"{path}: {where}.", "Give each [[models]] entry an id, a file, or both.")
+            if (wanted := choice.backend) is not None:
+                try:
+                    named(wanted)
+                except ValueError as exc:
+                    where = _located(lines, (*loc, "models", i, "backend"), str(exc))
+                    raise ConfigError(f"{path}: {where}.", "Leave backend out to let the planner choose.") from None
 
 
 def _effective(inventory: Inventory, index: int, base: Path, path: Path, lines: TomlLines) -> FleetHost:
@@ -161,8 +177,11 @@ def _effective(inventory: Inventory, index: int, base: Path, path: Path, lines: 
     env: dict[str, str] = {}
     templates_dir = override = override_from = tls_dir = tls_from = None
     tls: bool | None = None
+    models: list[ModelChoice] | None = None
     for loc, layer in _layers(inventory, index):
         env |= layer.webui_env
+        if layer.models is not None:
+            models = layer.models
         if layer.tls_dir is not None:
             tls_dir = str(base / Path(layer.tls_dir).expanduser())
             line = _line_of(lines, (*loc, "tls_dir"))
@@ -176,7 +195,14 @@ def _effective(inventory: Inventory, index: int, base: Path, path: Path, lines: 
             line = _line_of(lines, (*loc, "override"))
             override_from = f"{path} line {line}" if line else str(path)
     host = inventory.hosts[index].model_copy(
-        update={"webui_env": env, "templates_dir": templates_dir, "override": override, "tls_dir": tls_dir, "tls": tls}
+        update={
+            "webui_env": env,
+            "templates_dir": templates_dir,
+            "override": override,
+            "tls_dir": tls_dir,
+            "tls": tls,
+            "models": models,
+        }
     )
     host._override_from = override_from
     host._tls_from = tls_from

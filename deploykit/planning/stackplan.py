@@ -38,9 +38,12 @@ from deploykit.values.stackplan import (
     StackPlan,
     inference_service,
 )
-from deploykit.values.units import gib
+from deploykit.values.units import MiB, gib
 
 RAM_POOL = "RAM"
+# What a model re-planned into its placement may have beyond the packer's figure: the per-token KV the packer
+# works with is rounded down, so exactly its total could fall a few bytes short of the backend's own sum.
+REPLAN_SLACK_BYTES = 8 * MiB
 
 
 @dataclass  # not frozen: raising assigns __traceback__
@@ -114,6 +117,7 @@ def plan_stack(
         raise StackRefused(
             models[-1].model.id, f"a stack serves at most {MAX_MODELS} models; {len(models)} were given."
         )
+    models = _distinct(models)
     _check_ids(models)
     if len(models) == 1:
         return _single(plan_alone(host, models[0], settings, runs_on), models[0], inference_port)
@@ -159,6 +163,22 @@ def _alone_in_stack(
         ) from None
 
 
+def _distinct(models: Sequence[ModelInput]) -> list[ModelInput]:
+    """The same model asked for again in another quantisation or backend (the article's FP16 against Q4) is
+    served under its id with that choice appended ("deepseek-r1-distill-qwen-1.5b-q4_k_m")."""
+    seen: set[str] = set()
+    out = []
+    for entry in models:
+        model_id = entry.model.id
+        asked = entry.quantization or entry.backend
+        if model_id in seen and asked:
+            renamed = entry.model.model_copy(update={"id": f"{model_id}-{asked.lower()}"})
+            entry = entry.model_copy(update={"model": renamed})
+        seen.add(entry.model.id)
+        out.append(entry)
+    return out
+
+
 def _check_ids(models: Sequence[ModelInput]) -> None:
     seen: dict[str, str] = {}
     for entry in models:
@@ -167,9 +187,11 @@ def _check_ids(models: Sequence[ModelInput]) -> None:
         if service in seen:
             raise StackRefused(
                 model_id,
-                f"model {model_id} is given twice"
+                f"model {model_id} is given twice."
                 if seen[service] == model_id
                 else f"models {seen[service]} and {model_id} would share the service name {service}.",
+                "Give the second its own quantization or backend (it is then served as "
+                f"{model_id}-<quantization>), or leave it out.",
             )
         seen[service] = model_id
 
@@ -317,10 +339,11 @@ def _placed_budget(
     if placement.device_fraction is not None:
         why = f"this model's share of the {gpu.name} beside the stack's other models (the packing below)"
         return Budget("cuda", placement.share_bytes, ram, gpu, placement.device_fraction, why)
+    # Its own total and no more (a little for rounding): more VRAM would put more of a split model's layers on the
+    # GPU than the packing counted.
     share = gpu_budget(host, settings)
-    return Budget(
-        "cuda", placement.total_bytes + spare, ram, gpu, share.share, "its share beside the stack's other models"
-    )
+    room = placement.total_bytes + min(spare, REPLAN_SLACK_BYTES)
+    return Budget("cuda", room, ram, gpu, share.share, "its share beside the stack's other models")
 
 
 def _stack(

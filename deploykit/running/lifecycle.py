@@ -10,11 +10,9 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NotRequired, Protocol, Required, TypedDict, cast
+from typing import TYPE_CHECKING, Literal, NotRequired, Protocol, Required, TypedDict
 
 from deploykit import backends
 from deploykit.planning.render import StackIdentity
@@ -24,18 +22,14 @@ from deploykit.running.stack import LoadedStack, identity
 from deploykit.running.stages import (
     WEBUI_START_SECONDS,
     Reporter,
-    StageRow,
     UpReport,
     _container_watch,
     check_stack,
     local_webui_url,
-    model_stages,
-    run_stages,
-    server_stages,
 )
 from deploykit.seams import compose, engine, health, webui
 from deploykit.seams.override import OVERRIDE_FILE, describe, override_path
-from deploykit.values.errors import HealthError, PreflightError, UsageError
+from deploykit.values.errors import EngineError, HealthError, PreflightError, UsageError
 from deploykit.values.services import SERVICES, TLS_PROXY, WEBUI, webui_url
 from deploykit.values.stackfiles import STACK_ID
 from deploykit.values.units import GiB, gib
@@ -296,7 +290,7 @@ def up(
     reporter.note(f"Starting project {stack.spec.project} …")
     # Both services at once: Open WebUI's own start (migrations, imports) overlaps the model load instead of
     # waiting for it; it asks the server for models only when asked, so it needs no ready server to start.
-    engine_stack.up()
+    start_servers(stack, engine_stack, docker_host, reporter)
     # A stack of several models starts its servers one after another: their start times add up.
     startup = sum(server.startup_seconds for server in served_by(stack).servers)
     budget = timeout if timeout is not None else startup + WEBUI_START_SECONDS + 240
@@ -307,6 +301,46 @@ def up(
     if stack.spec.tls is not None:
         report.tls = tls_proxy.describe(stack)
     return report
+
+
+def start_servers(
+    stack: LoadedStack, engine_stack: compose.Stack, docker_host: engine.EngineAddress, reporter: Reporter
+) -> None:
+    """`compose up` of the whole stack. A stack of several models starts its servers one after another
+    (depends_on: service_healthy), and compose gives up on a server whose Docker healthcheck ran out while it
+    still loads (a slow or busy host: vLLM's CPU start beyond its start_period). Then the server's own
+    readiness is waited for, with its stage's time, and compose is asked again for the rest."""
+    served = served_by(stack)
+    for _ in served.servers:
+        try:
+            engine_stack.up()
+            return
+        except EngineError as exc:
+            slow = next((s for s in served.servers if s.service in exc.message), None)
+            if not served.several or "dependency failed to start" not in exc.message or slow is None:
+                raise
+            reporter.note(f"{slow.service} is still starting (compose stopped waiting for it); waiting on it …")
+            with health.http_client(slow.url, stack.api_key) as client:
+                ok, _, detail = health.wait_until(
+                    lambda: health.probe_inference_health(client),
+                    slow.startup_seconds + 60,
+                    on_tick=_container_watch(stack, docker_host, slow.service),
+                )
+            if not ok:
+                raise HealthError(
+                    f"{slow.service} did not become ready: {detail}.",
+                    f"`deploykit logs {slow.service} --dir {stack.dir}` shows why.",
+                    log_tail=engine_stack.log_tail(slow.service, 25),
+                ) from None
+
+            # Compose reads Docker's verdict, which turns healthy at the healthcheck's next pass (5 s apart).
+            def docker_healthy(service: str = slow.service) -> str:
+                if any(c.service == service and c.health == "healthy" for c in engine_stack.containers()):
+                    return "healthy"
+                raise health.NotReady(f"{service} not healthy in Docker yet")
+
+            health.wait_until(docker_healthy, 60)
+    engine_stack.up()
 
 
 def reachable_urls(
@@ -592,80 +626,3 @@ def restart(stack: LoadedStack, docker_host: engine.EngineAddress, service: str 
     check_service(stack, service)
     engine.client(docker_host)
     stack.engine_stack(docker_host).restart(service)
-
-
-@dataclass
-class ModelsChange:
-    """What `deploykit models add|remove` did to a running stack."""
-
-    stack_dir: str
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    models: list[str] = field(default_factory=list)  # what the stack serves now, the default first
-    started: list[str] = field(default_factory=list)  # services created or recreated
-    reloaded: bool = False  # the router read its preset again (its other models kept running)
-    stages: list[StageRow] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def change_models(
-    before: LoadedStack,
-    after: LoadedStack,
-    docker_host: engine.EngineAddress,
-    write_files: Callable[[], list[str]],
-    reporter: Reporter,
-    timeout: float = 600,
-) -> ModelsChange:
-    """Bring a running stack from ``before``'s models to ``after``'s, leaving the rest running.
-
-    The files are written first (all or nothing); then compose is asked for the servers of ``after`` only:
-    it creates a new vLLM service, removes a dropped one (an orphan now) and leaves an unchanged service running,
-    so Open WebUI and its volume (accounts, chats) are not touched. A router whose own command did not change
-    keeps running too and reads its preset again (``GET /models?reload=1``): its other models stay loaded.
-    Open WebUI's stored connections are then written to the new list, and each added model must be listed and
-    answer a chat through it."""
-    old, new = served_by(before), served_by(after)
-    report = ModelsChange(
-        stack_dir=str(after.dir),
-        added=[m.id for m in new.models if old.model(m.id) is None],
-        removed=[m.id for m in old.models if new.model(m.id) is None],
-        models=[m.id for m in new.models],
-    )
-    engine_stack = after.engine_stack(docker_host)
-    running_before = {c.service: c.started_at for c in engine_stack.containers() if c.state == "running"}
-    if WEBUI not in running_before:  # before anything is written: this changes a running stack only
-        raise PreflightError(
-            f"the stack in {after.dir} is not running (Open WebUI is not up), so its models were not changed.",
-            f"Start it with `deploykit up --dir {after.dir}`, then add or remove the model.",
-        )
-    changed = write_files()
-    reporter.note(f"Wrote {', '.join(changed) or 'nothing new'}.")
-    engine_stack.up(*(s.service for s in new.servers))  # --remove-orphans: a dropped server goes
-    running_after = {c.service: c.started_at for c in engine_stack.containers() if c.state == "running"}
-    report.started = sorted(s for s, at in running_after.items() if running_before.get(s) != at)
-    key = after.api_key
-    for server in new.servers:
-        if server.router and server.service not in report.started:
-            with health.router_client(server.url, key) as client:
-                health.reload_router(client)
-            report.reloaded = True
-    with ExitStack() as clients:
-        ui = clients.enter_context(after.webui_client())
-        stages = [s for server in new.servers for s in server_stages(server, key, clients)]
-        token, _ = webui.admin_token(ui, *after.admin)
-        ui.headers["Authorization"] = f"Bearer {token}"
-        urls, keys, configs = new.webui_connections(key)
-        report.notes += webui.sync_connections(ui, urls, keys, configs, new.default_model)
-        for model_id in report.added:
-            model = new.model(model_id)
-            assert model is not None
-            stages += model_stages(ui, model)
-        results = run_stages(
-            stages,
-            timeout,
-            reporter,
-            watch=lambda service: _container_watch(after, docker_host, service),
-            log_tail=lambda service: engine_stack.log_tail(service, 25),
-        )
-    report.stages = [cast(StageRow, asdict(r)) for r in results]
-    return report

@@ -175,3 +175,56 @@ def test_fleet_render_of_a_missing_override_fails_that_host_and_writes_nothing(
     row = result["hosts"][0]  # type: ignore[index]
     assert row["state"] == "failed" and "room.toml line 2 names override" in row["error"]
     assert not (tmp_path / "fleet" / "lab-01").exists()
+
+
+SEVERAL = """
+[[models]]
+id = "smollm2-135m-instruct"
+
+[groups.gpu-room]
+
+[[groups.gpu-room.models]]
+id = "qwen2.5-1.5b-instruct"
+context = 2048
+
+[[hosts]]
+name = "lab-01"
+engine = "unix:///nonexistent/docker.sock"
+
+[[hosts.models]]
+id = "smollm2-135m-instruct"
+
+[[hosts.models]]
+id = "qwen2.5-1.5b-instruct"
+
+[[hosts]]
+name = "lab-02"
+engine = "ssh://root@lab-02"
+group = "gpu-room"
+
+[[hosts]]
+name = "lab-03"
+engine = "ssh://root@lab-03"
+"""
+
+
+def test_models_are_layered_the_nearest_list_winning_whole(tmp_path: Path) -> None:
+    one, two, three = load_inventory(write(tmp_path, SEVERAL)).hosts
+    assert [m.id for m in one.models or ()] == ["smollm2-135m-instruct", "qwen2.5-1.5b-instruct"]
+    assert [(m.id, m.context) for m in two.models or ()] == [("qwen2.5-1.5b-instruct", 2048)]
+    assert [m.id for m in three.models or ()] == ["smollm2-135m-instruct"], "the fleet's list"
+
+
+def test_a_models_entry_with_an_unknown_backend_names_its_line(tmp_path: Path) -> None:
+    text = SEVERAL.replace('[[hosts.models]]\nid = "qwen2.5-1.5b-instruct"\n',
+                           '[[hosts.models]]\nid = "qwen2.5-1.5b-instruct"\nbackend = "ollama"\n')  # fmt: skip
+    with pytest.raises(ConfigError, match=r"hosts\[0\]\.models\[1\]\.backend: Input should be"):
+        load_inventory(write(tmp_path, text))
+
+
+def test_fleet_render_gives_a_host_its_own_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = fleet_render(tmp_path, write(tmp_path, SEVERAL), monkeypatch)
+    assert result["ok"], result
+    services = yaml.safe_load((tmp_path / "fleet" / "lab-01" / "compose.yaml").read_text())["services"]
+    assert set(services) == {"router", "open-webui"}
+    assert (tmp_path / "fleet" / "lab-01" / "models.ini").is_file()

@@ -188,3 +188,19 @@ def test_swarm_serves_the_router_with_its_preset_as_a_config_named_by_its_conten
     render_stack(settings, StackRequest(stack_dir=stack_dir, profile="cpu", target="swarm", force=True))
     again = yaml.safe_load((stack_dir / "swarm.yaml").read_text(encoding="utf-8"))
     assert again["configs"]["models_preset"]["name"] != config["name"], "another preset, another config"
+
+
+def test_a_rendered_stack_of_several_models_loads_back_as_it_was_planned(tmp_path: Path) -> None:
+    # What the running part reads: plan.json's models and packing validate back into the same StackPlan.
+    from deploykit.running.stack import load_stack
+
+    settings = load_settings(models=({"id": R1_15B}, {"id": QWEN_15B}, {"id": SMOLLM}))
+    request = StackRequest(stack_dir=tmp_path / "s", profile="gtx1650")
+    result = render_stack(settings, request)
+    loaded = load_stack(tmp_path / "s")
+    assert loaded.spec.stack_plan == result.spec.stack_plan
+    assert loaded.spec.stack_plan is not None and loaded.spec.stack_plan.services == (
+        inference_service(SMOLLM),
+        ROUTER,
+    )
+    assert [m.model.id for m in loaded.inputs.models] == [R1_15B, QWEN_15B, SMOLLM]

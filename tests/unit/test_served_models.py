@@ -270,7 +270,7 @@ def test_the_stacks_models_are_written_as_tables_and_one_model_leaves_none(tmp_p
 
     from deploykit.config.settings import write_stack_models
 
-    (tmp_path / "deploykit.toml").write_text("# mine\nparallel = 2\n\n[webui_env]\nA = \"b\"\n", encoding="utf-8")
+    (tmp_path / "deploykit.toml").write_text('# mine\nparallel = 2\n\n[webui_env]\nA = "b"\n', encoding="utf-8")
     write_stack_models(tmp_path, [{"id": "q4", "file": "/m/q4.gguf"}, {"id": "q8", "backend": "llamacpp"}])
     text = (tmp_path / "deploykit.toml").read_text()
     data = tomllib.loads(text)
@@ -295,3 +295,83 @@ def test_models_add_and_remove_check_what_the_stack_serves(tmp_path: Any) -> Non
         changed_choices(one, [], ["nope"])
     with pytest.raises(UsageError, match="keeps at least one model"):
         changed_choices(one, [], [MODEL])
+
+
+def test_bench_model_loads_that_models_server_with_a_connection_per_request_to_a_router(tmp_path: Any) -> None:
+    from deploykit.app.measure import bench_target
+    from deploykit.catalog import builtin_models, builtin_profiles, find_model, find_profile
+    from deploykit.planning.render import StackSpec
+    from deploykit.planning.stackplan import plan_stack
+    from deploykit.running.stack import LoadedStack
+    from deploykit.values.errors import UsageError
+    from deploykit.values.plan import ModelInput, PlanInputs, PlanSettings
+    from tests.unit.test_stages import SECRETS
+
+    catalog = builtin_models()
+    host = find_profile("cpu", builtin_profiles())
+    entries = (
+        ModelInput(model=find_model("smollm2-135m-instruct", catalog), backend="vllm"),
+        ModelInput(model=find_model("qwen2.5-1.5b-instruct", catalog)),
+        ModelInput(model=find_model("deepseek-r1-distill-qwen-1.5b", catalog)),
+    )
+    planned = plan_stack(host, entries, PlanSettings(), inference_port=35871)
+    spec = StackSpec(
+        project="deploykit-unit", plan=planned.plan, model_host_path="/m/a", images={}, webui_port=35870,
+        webui_bind="127.0.0.1", inference_port=35871, models=planned.models, packing=planned.packing,
+        model_paths={m.model_id: f"/m/{m.model_id}" for m in planned.models},
+    )  # fmt: skip
+    inputs = PlanInputs(host=host, model=entries[0].model, settings=PlanSettings(), models=entries)
+    stack = LoadedStack(tmp_path, spec, dict(SECRETS), inputs)
+    routed = bench_target(stack, "inference", "qwen2.5-1.5b-instruct")
+    assert (routed.base_url, routed.model) == ("http://127.0.0.1:35872", "qwen2.5-1.5b-instruct")
+    assert routed.fresh_connections and routed.metrics_model == "qwen2.5-1.5b-instruct"
+    alone = bench_target(stack, "inference")  # the default: vLLM's model on a server of its own
+    assert (alone.base_url, alone.model, alone.fresh_connections) == (
+        "http://127.0.0.1:35871",
+        planned.default_model,
+        False,
+    )
+    assert alone.metrics_model is None
+    with pytest.raises(UsageError, match="does not serve a model 'nope'"):
+        bench_target(stack, "inference", "nope")
+
+
+def test_up_waits_on_a_server_compose_gave_up_on_then_starts_the_rest(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's CPU start on a busy host outlasts its Docker healthcheck: compose stops with "dependency failed
+    to start"; up waits on that server's own readiness, then asks compose again."""
+    from deploykit.running import lifecycle
+    from deploykit.seams.compose import ContainerState
+    from deploykit.values.errors import EngineError
+    from tests.unit.test_stages import Reporter, stack
+
+    calls: list[str] = []
+
+    class SlowStart:
+        def up(self) -> None:
+            calls.append("up")
+            if len(calls) == 1:
+                raise EngineError(
+                    "docker compose up failed: dependency failed to start: container "
+                    "deploykit-unit-inference-fp16-1 is unhealthy",
+                    "See `deploykit doctor`.",
+                )
+
+        def containers(self) -> list[ContainerState]:
+            return [ContainerState("inference-fp16", "c", "running", "healthy", None, 0, None, "i", ())]
+
+        def log_tail(self, service: str, lines: int = 30) -> str:
+            return ""
+
+    def fake_client(base_url: str, token: str | None = None, timeout: float = 10, **_: object) -> httpx.Client:
+        calls.append(f"probe {base_url}")
+        return httpx.Client(base_url=base_url, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+
+    monkeypatch.setattr(lifecycle, "served_by", lambda s: several())
+    monkeypatch.setattr(lifecycle, "_container_watch", lambda *a: None)
+    monkeypatch.setattr(health, "http_client", fake_client)
+    reporter = Reporter()
+    lifecycle.start_servers(stack(tmp_path), SlowStart(), None, reporter)  # type: ignore[arg-type]
+    assert calls == ["up", "probe http://vllm.test", "up"]
+    assert reporter.lines == ["inference-fp16 is still starting (compose stopped waiting for it); waiting on it …"]

@@ -156,3 +156,41 @@ def test_a_models_entry_with_an_unknown_backend_is_named() -> None:
 
     with pytest.raises(ConfigError, match="--model"):
         load_settings(models=({"id": R1_15B}, {"id": QWEN_15B, "backend": "ollama"}))
+
+
+@pytest.mark.parametrize("profile", [p.name for p in builtin_profiles()])
+def test_every_model_planned_into_its_place_holds_no_more_than_the_packing_gave_it(profile: str) -> None:
+    # Every pair of catalog models on every built-in profile: what each backend plans inside its placement
+    # stays within what the packer counted (a split model may not put more layers on the GPU than it did).
+    from itertools import permutations
+
+    from deploykit.planning.stackplan import REPLAN_SLACK_BYTES
+
+    planned = 0
+    for first, second in permutations([m.id for m in builtin_models()], 2):
+        try:
+            stack = plan_stack(host(profile), [entry(first), entry(second)], PlanSettings(), inference_port=1)
+        except StackRefused:
+            continue
+        planned += 1
+        for served in stack.models:
+            place = stack.packing.placement(served.model_id)
+            memory = served.plan.memory
+            assert memory.total_bytes <= place.share_bytes + REPLAN_SLACK_BYTES, (profile, served.model_id)
+            assert (served.plan.context_length, served.plan.parallel) == (place.context, place.slots)
+        used = {b.name: b for b in stack.packing.budgets}
+        assert all(b.planned_bytes <= b.usable_bytes for b in used.values())
+    assert planned, f"no pair of catalog models plans on {profile}"
+
+
+def test_the_same_model_in_another_quantisation_is_served_under_its_own_id() -> None:
+    stack = plan_stack(
+        host("rtx3060"), [entry(R1_15B), entry(R1_15B, quantization="Q4_K_M")], PlanSettings(), inference_port=1
+    )
+    assert [(m.model_id, m.plan.quantization) for m in stack.models] == [
+        (R1_15B, "bf16"),
+        (f"{R1_15B}-q4_k_m", "Q4_K_M"),
+    ]
+    with pytest.raises(StackRefused) as twice:
+        plan_stack(host("rtx3060"), [entry(R1_15B), entry(R1_15B)], PlanSettings(), inference_port=1)
+    assert twice.value.alternative is not None and "its own quantization or backend" in twice.value.alternative
