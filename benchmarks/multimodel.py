@@ -44,6 +44,7 @@ from typing import Any
 import httpx
 
 from deploykit.values.paths import model_cache
+from deploykit.values.stackplan import PRESET_PATH
 from deploykit.values.units import MiB, gib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +265,7 @@ def swap_flags(stack: Stack, model_id: str) -> list[str]:
     """The model's section of the stack's models.ini (and [*]) as llama-server flags, its model path aside."""
     flags: list[str] = []
     section = ""
-    for raw in (stack.dir / "models.ini").read_text().splitlines():
+    for raw in (stack.dir / PRESET_PATH).read_text().splitlines():
         line = raw.strip()
         if line.startswith("["):
             section = line.strip("[]")
