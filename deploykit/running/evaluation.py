@@ -65,6 +65,11 @@ class ResultStore:
                 if isinstance(row, dict) and isinstance(row.get("key"), str):
                     self.records.setdefault(row["key"], {}).update(row)
 
+    def _ends_a_line(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
     def get(self, key: str) -> dict[str, Any]:
         return self.records.get(key, {})
 
@@ -73,6 +78,8 @@ class ResultStore:
         with self.lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as out:
+                if out.tell() and not self._ends_a_line():
+                    out.write("\n")  # a line torn by a kill: the next record starts a line of its own
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
