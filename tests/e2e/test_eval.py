@@ -98,7 +98,7 @@ def test_humaneval_via_the_inference_server(demo: Stack) -> None:
 
 
 def test_humaneval_via_open_webui(demo: Stack) -> None:
-    report = eval_json(demo, "--suite", "humaneval", "--limit", "3", "--via", "open-webui")
+    report = eval_json(demo, "--suite", "humaneval", "--limit", "3", "--max-tokens", "128", "--via", "open-webui")
     record("humaneval-open-webui", report)
     stack = report["stacks"][0]
     agrees(stack, 3)
@@ -107,7 +107,7 @@ def test_humaneval_via_open_webui(demo: Stack) -> None:
 
 def test_an_interrupted_run_continues(demo: Stack, tmp_path: Path) -> None:
     data = gsm8k_file(tmp_path)
-    args = ["eval", "--dir", str(demo.dir), "--dataset", str(data), "--max-tokens", "96", "--json"]
+    args = ["eval", "--dir", str(demo.dir), "--dataset", str(data), "--max-tokens", "48", "--json"]
     run = subprocess.Popen(
         [sys.executable, "-m", "deploykit", *args],
         env=dict(os.environ) | demo.env,
@@ -129,7 +129,7 @@ def test_an_interrupted_run_continues(demo: Stack, tmp_path: Path) -> None:
         run.send_signal(signal.SIGKILL)
         run.wait()
     assert 0 < len(answered) < len(GSM8K_ITEMS), "the run was not stopped midway"
-    report = eval_json(demo, "--dataset", str(data), "--max-tokens", "96")
+    report = eval_json(demo, "--dataset", str(data), "--max-tokens", "48")
     stack = report["stacks"][0]
     agrees(stack, len(GSM8K_ITEMS))
     # Every item was asked once in all: the second run asked only what the first had not answered.
@@ -141,7 +141,7 @@ def test_an_interrupted_run_continues(demo: Stack, tmp_path: Path) -> None:
 def test_a_dataset_compared_with_a_second_stack(demo: Stack, q8: Stack, tmp_path: Path) -> None:
     data = gsm8k_file(tmp_path)
     page = tmp_path / "report.html"
-    report = eval_json(demo, "--dataset", str(data), "--max-tokens", "96", "--compare", str(q8.dir), "--report",
+    report = eval_json(demo, "--dataset", str(data), "--max-tokens", "48", "--compare", str(q8.dir), "--report",
                        str(page))  # fmt: skip
     record("gsm8k-compare", report)
     first, second = report["stacks"]

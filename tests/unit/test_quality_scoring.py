@@ -173,3 +173,19 @@ def test_the_report_escapes_every_model_text(tmp_path: Path) -> None:
     assert "<script>" not in page and "<img" not in page and "<u>" not in page and "p<i>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     json.dumps(report)  # the same report is what --json prints
+
+
+def test_the_store_survives_a_line_torn_by_a_kill(tmp_path: Path) -> None:
+    from deploykit.running.evaluation import ResultStore
+
+    path = tmp_path / "eval" / "x.jsonl"
+    store = ResultStore(path)
+    store.add("a#0", content="4", error="")
+    store.add("a#0", passed=True, reason="passed")
+    with path.open("a") as f:
+        f.write('{"key": "b#0", "cont')  # the kill came mid-write
+    again = ResultStore(path)
+    assert again.get("a#0") == {"key": "a#0", "content": "4", "error": "", "passed": True, "reason": "passed"}
+    assert again.get("b#0") == {}  # asked again
+    again.add("c#0", content="5", error="")
+    assert ResultStore(path).get("c#0")["content"] == "5"  # not swallowed by the torn line
