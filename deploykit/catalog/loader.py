@@ -86,10 +86,27 @@ def builtin_models() -> tuple[ModelSpec, ...]:
     models = []
     for name, text in _data_files("models"):
         try:
-            models.append(ModelSpec.model_validate(tomllib.loads(text)))
+            data = tomllib.loads(text)
+            data.pop(EVALUATION, None)  # eval's settings, not the planner's: model_evaluation reads them
+            models.append(ModelSpec.model_validate(data))
         except ValidationError as exc:
             raise ConfigError(f"built-in model {name} is not valid: {_errors(exc)}.") from None
     return tuple(models)
+
+
+EVALUATION = "evaluation"
+
+
+@cache
+def model_evaluation(model_id: str) -> dict[str, Any]:
+    """A built-in model's ``[evaluation]`` table (sampling its card recommends, figures it publishes, their
+    source); empty for a model without one or not in the catalog."""
+    for _name, text in _data_files("models"):
+        data = tomllib.loads(text)
+        if data.get("id") == model_id:
+            table = data.get(EVALUATION, {})
+            return dict(table) if isinstance(table, dict) else {}
+    return {}
 
 
 def load_profiles_file(path: Path, text: str, check_backend: Callable[[str], object]) -> tuple[HostProfile, ...]:

@@ -59,6 +59,7 @@ for command in (
     fleet.fleet,
     measure.bench,
     measure.tune,
+    measure.evaluate,
 ):
     cli.add_command(command)
 

@@ -196,3 +196,75 @@ def tune(
         output.show_tune(report)
     if not report.healthy:
         sys.exit(1)
+
+
+@click.command("eval", short_help="Score a running stack's answers: HumanEval pass@1, GSM8K, MATH.")
+@stack_dir_option()
+@click.option("--suite", type=click.Choice(["humaneval"]), help="A built-in suite [default: humaneval].")
+@click.option(
+    "--dataset",
+    type=click.Path(dir_okay=False),
+    help="A JSON Lines file: GSM8K (question, answer), MATH (problem, answer) or plain (prompt, answer).",
+)
+@click.option("--limit", type=click.IntRange(1, 100_000), metavar="N", help="Only the first N items.")
+@click.option(
+    "--samples", default=1, type=click.IntRange(1, 100), show_default=True, help="Answers per item (pass@k, k=N)."
+)
+@click.option(
+    "--max-tokens", type=TOKENS, help="Token budget of each answer [default: 512 code, 1024 math, the card's]."
+)
+@click.option(
+    "--via",
+    type=click.Choice(list(SERVICES)),
+    default=INFERENCE,
+    show_default=True,
+    help="Ask the inference server's API, or Open WebUI's as the admin.",
+)
+@click.option("--compare", "compare_dir", type=click.Path(file_okay=False), help="Ask a second stack the same items.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures and every outcome as JSON.")
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    stack_dir: str,
+    suite: str | None,
+    dataset: str | None,
+    limit: int | None,
+    samples: int,
+    max_tokens: int | None,
+    via: str,
+    compare_dir: str | None,
+    report: str | None,
+    as_json: bool,
+) -> None:
+    """Ask a running stack every item and score its answers: pass@1 with a 95 % Wilson interval (pass@k
+    with --samples), answers cut by the token budget, errors, and each item's outcome.
+
+    HumanEval's completions are checked in throw-away locked-down containers on the stack's engine. Answers
+    are kept in the stack folder (eval/) as they come: an interrupted run continues, a re-run is instant.
+    """
+    from pathlib import Path
+
+    from deploykit.app import quality as api
+    from deploykit.cli import output
+
+    request = api.EvalRequest(suite, Path(dataset) if dataset else None, limit, samples, via, max_tokens)
+    items = api.eval_items(request)  # a bad file is refused before any stack is touched
+    if report:
+        api.check_report(Path(report))
+    settings = settings_from(ctx)
+    dirs = [Path(stack_dir)] + ([Path(compare_dir)] if compare_dir else [])
+    stacks = []
+    with progress_bar(len(items.keys) * samples, "eval") as progress:
+        task = progress.task_ids[0]
+
+        def on(what: str, done: int, total: int) -> None:
+            progress.update(task, description=what, completed=done, total=total)
+
+        for d in dirs:
+            stacks.append(api.eval_stack(settings, d, request, items, on))
+    result = api.eval_report(items, request, stacks, " ".join(sys.argv), path_or_none(report))
+    if as_json:
+        print_json(result)
+    else:
+        output.show_eval(result)

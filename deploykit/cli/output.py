@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -554,3 +554,46 @@ def show_upgrade(report: UpgradeReport) -> None:
     if report.restored:
         click.echo(f"Started on the data of {report.restored}")
     show_up(report.up)
+
+
+def show_eval(report: Mapping[str, Any]) -> None:
+    data = report["data"]
+    console.print(
+        f"[bold]deploykit eval[/bold] — {escape(str(data['name']))}, {data['items']} items × {report['samples']} "
+        f"samples ({escape(str(data['source']))})"
+    )
+    for stack in report["stacks"]:
+        m = stack["metrics"]
+        low, high = m["ci95"]
+        console.print(
+            f"\n[bold]{escape(str(stack['project']))}[/bold] ({escape(str(stack['model']))} via {stack['via']}): "
+            f"pass@1 [bold]{100 * m['pass@1']:.1f} %[/bold] (95 % CI {100 * low:.1f}–{100 * high:.1f} %), "
+            f"{m['passed']} of {m['samples']} passed"
+            + "".join(f", {k} {100 * v:.1f} %" for k, v in m.items() if k.startswith("pass@") and k != "pass@1")
+        )
+        console.print(f"  cut by the token budget: {m['cut_by_length']}; errors: {m['errors']}")
+        published = stack.get("published") or {}
+        if published:
+            figures = ", ".join(f"{k} {v}" for k, v in published["figures"].items())
+            console.print(f"  published: {escape(figures)} ({escape(published['source'])})")
+        for item in stack["outcomes"]:
+            reasons = "; ".join(sorted({str(o["reason"])[:80] for o in item["outcomes"]}))
+            mark = (
+                "[green]pass[/green]"
+                if item["passed"] == item["samples"]
+                else ("[red]fail[/red]" if not item["passed"] else "[yellow]some[/yellow]")
+            )
+            console.print(
+                f"  {mark} {escape(str(item['key'])):24} {item['passed']}/{item['samples']}  {escape(reasons)}"
+            )
+        console.print(f"  results kept in {escape(str(stack['store']))}")
+    comparison = report.get("compare")
+    if comparison:
+        verdict = "[bold]exceeds noise[/bold]" if comparison["exceeds_noise"] else "within noise"
+        console.print(
+            f"\nCompared on {comparison['items']} items: difference {100 * comparison['difference']:+.1f} points "
+            f"({comparison['only_first']} passed only on the first, {comparison['only_second']} only on the second); "
+            f"McNemar exact p = {comparison['p_value']:.3g}: {verdict}."
+        )
+    if "report" in report:
+        console.print(f"Report written to {escape(str(report['report']))}")

@@ -70,6 +70,18 @@ def _profiles(body: str) -> Callable[[Path], list[str]]:
     return setup
 
 
+def _eval_data(data: str | bytes) -> Callable[[Path], list[str]]:
+    def setup(t: Path) -> list[str]:
+        return [*NO_ENGINE, "eval", "--dir", str(t / "s"), "--dataset", str(_write(t / "d.jsonl", data))]
+
+    return setup
+
+
+def _eval_fifo(t: Path) -> list[str]:
+    os.mkfifo(t / "d.jsonl")
+    return [*NO_ENGINE, "eval", "--dir", str(t / "s"), "--dataset", str(t / "d.jsonl")]
+
+
 def _config(body: str, *args: str) -> Callable[[Path], list[str]]:
     def setup(t: Path) -> list[str]:
         _write(Path(os.environ["XDG_CONFIG_HOME"]) / "deploykit" / "config.toml", body)
@@ -361,6 +373,30 @@ CASES = [
     Case("M10", "several models", "`models add` with a backend deploykit does not know",
          lambda t: ["models", "add", "qwen2.5-1.5b-instruct", "--backend", "ollama", "--dir", str(t / "s")],
          2, r"backend 'ollama' is not known"),
+    # ---- `eval --dataset`: refused before any stack or engine is touched
+    Case("E01", "eval data", "a --dataset file that is not JSON Lines", _eval_data("hello\n"),
+         2, r"line 1 of --dataset file .*d\.jsonl is not JSON\."),
+    Case("E02", "eval data", "a --dataset item without question and answer", _eval_data('{"q": 1, "a": 2}\n'),
+         2, r"line 1 of .* has no question and answer \(its fields: a, q\)"),
+    Case("E03", "eval data", "a --dataset file that is not UTF-8", _eval_data(b'{"prompt": "\xff", "answer": "1"}\n'),
+         2, r"--dataset file .*d\.jsonl is not UTF-8 text \(line 1\)"),
+    Case("E04", "eval data", "a --dataset that is a named pipe", _eval_fifo,
+         2, r"--dataset file .*d\.jsonl is a named pipe, not a regular file"),
+    Case("E05", "eval data", "an empty --dataset file", _eval_data("\n\n"), 2, r"d\.jsonl holds no items"),
+    Case("E06", "eval data", "a --dataset line of over 1 MiB",
+         _eval_data('{"prompt": "' + "x" * (1 << 20) + '", "answer": "1"}\n'),
+         2, r"line 1 of .* is 1,048,60\d characters; an item may be 1 MiB"),
+    Case("E07", "eval data", "a --dataset line that is a JSON list", _eval_data('[1, 2]\n'),
+         2, r"line 1 of .* is JSON list, not an object"),
+    Case("E08", "eval data", "a --dataset file that does not exist",
+         lambda t: [*NO_ENGINE, "eval", "--dir", str(t / "s"), "--dataset", str(t / "none.jsonl")],
+         2, r"cannot read --dataset file .*none\.jsonl: No such file"),
+    Case("E09", "eval data", "a --dataset mixing GSM8K and plain items",
+         _eval_data('{"question": "q", "answer": "#### 1"}\n{"prompt": "p", "answer": "2"}\n'),
+         2, r"mixes formats \(gsm8k, plain\)"),
+    Case("E10", "eval data", "`--suite` and `--dataset` together",
+         lambda t: [*_eval_data('{"prompt": "p", "answer": "2"}\n')(t), "--suite", "humaneval"],
+         2, r"--suite and --dataset both say what to ask"),
     # ---- the second pass (issue 19): tests/unit/bad_input_lan.py
     *lan_cases(Case),
 ]
