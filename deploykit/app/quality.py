@@ -26,6 +26,7 @@ from deploykit.values.errors import HealthError, UsageError
 if TYPE_CHECKING:
     from deploykit.running.evaluation import Question, ResultStore, Sampling
     from deploykit.running.stack import LoadedStack
+    from deploykit.values.plan import DeploymentPlan
 
 SUITES = ("humaneval",)
 STORE_FOLDER = "eval"  # in the stack folder: one file of results per settings
@@ -89,17 +90,28 @@ def eval_items(request: EvalRequest) -> EvalItems:
     return EvalItems(suite, suite, digest, problems=tuple(problems[: request.limit]))
 
 
-def _sampling(stack: LoadedStack, request: EvalRequest, items: EvalItems) -> tuple[Sampling, dict[str, Any]]:
+def _model_plan(stack: LoadedStack, served_id: str) -> DeploymentPlan:
+    """The plan of the model served as ``served_id``: in a stack of several, its own (its catalog id, its
+    context), else the stack's one plan."""
+    several = stack.spec.stack_plan
+    if several is not None:
+        for model in several.models:
+            if model.model_id == served_id:
+                return model.plan
+    return stack.spec.plan
+
+
+def _sampling(plan: DeploymentPlan, request: EvalRequest, items: EvalItems) -> tuple[Sampling, dict[str, Any]]:
     """What each request asks for: the model card's sampling where the catalog has it (R1 distills:
     temperature 0.6, top-p 0.95), else greedy for one sample and temperature 0.8 for several (Codex's
     pass@k setting); an answer budget that fits the stack's context."""
     from deploykit.catalog.loader import model_evaluation
     from deploykit.running.evaluation import Sampling
 
-    card = model_evaluation(stack.spec.plan.model_id)
+    card = model_evaluation(plan.model_id)
     default_tokens = CODE_MAX_TOKENS if items.problems else MATH_MAX_TOKENS
     wanted = request.max_tokens or int(card.get("max_tokens", default_tokens))
-    context = stack.spec.plan.context_length
+    context = plan.context_length
     budget = min(wanted, max(64, context - ANSWER_ROOM))
     temperature = float(card.get("temperature", 0.0 if request.samples == 1 else 0.8))
     top_p = float(card.get("top_p", 1.0 if request.samples == 1 else 0.95))
@@ -131,24 +143,42 @@ def settings_digest(items: EvalItems, request: EvalRequest, sampling: Sampling, 
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def eval_runs(dirs: list[Path], model_ids: tuple[str, ...]) -> list[tuple[Path, str | None]]:
+    """What one `eval` asks: each --model on each stack (a second stack: the same names, or its default),
+    two runs at most, since a comparison is between two."""
+    runs: list[tuple[Path, str | None]] = [(d, m) for d in dirs for m in (model_ids or (None,))]
+    hint = "Give two different --model names of one stack, or one stack and --compare with another."
+    if len(set(model_ids)) < len(model_ids):
+        raise UsageError("the same --model is given twice; a comparison is between two models.", hint)
+    if len(runs) > 2:
+        raise UsageError(f"eval compares two runs, and {len(runs)} were asked for.", hint)
+    return runs
+
+
 def eval_stack(
-    settings: Settings, stack_dir: Path, request: EvalRequest, items: EvalItems, on: Progress
+    settings: Settings,
+    stack_dir: Path,
+    request: EvalRequest,
+    items: EvalItems,
+    on: Progress,
+    model_id: str | None = None,
 ) -> dict[str, Any]:
-    """Ask one running stack every item (those it has not answered with these settings), check the answers,
-    and return its figures and per-item outcomes as plain data."""
+    """Ask one running stack's model (``model_id``; None: its default) every item it has not answered with
+    these settings, check the answers, and return its figures and per-item outcomes as plain data."""
     from deploykit.app.measure import bench_target
     from deploykit.running.evaluation import ResultStore, ask_all
     from deploykit.running.stack import identity, load_stack
 
     stack = load_stack(stack_dir.expanduser().absolute())
-    sampling, card = _sampling(stack, request, items)
-    digest = settings_digest(items, request, sampling, stack.spec.plan.model_id)
+    target = bench_target(stack, request.via, model_id)  # an unknown model is refused here, naming the served
+    plan = _model_plan(stack, target.model)
+    sampling, card = _sampling(plan, request, items)
+    digest = settings_digest(items, request, sampling, target.model)
     store = ResultStore(stack.dir / STORE_FOLDER / f"{digest}.jsonl")
     questions = _questions(items, request.samples)
-    target = bench_target(stack, request.via)
     done = sum(1 for q in questions if "content" in store.get(q.key) and not store.get(q.key).get("error"))
     counter = _Counter("answers " + stack.dir.name, done, len(questions), on)
-    ask_all(target, questions, sampling, store, concurrency=stack.spec.plan.parallel, on_reply=counter.step)
+    ask_all(target, questions, sampling, store, concurrency=plan.parallel, on_reply=counter.step)
     replies = [store.get(q.key) for q in questions]
     if replies and all(r.get("error") for r in replies):
         raise HealthError(
@@ -161,6 +191,7 @@ def eval_stack(
     outcomes = _outcomes(items, request.samples, store)
     return {
         **identity(stack),
+        "model": target.model,
         "via": request.via,
         "url": target.base_url + target.path,
         "store": str(store.path),

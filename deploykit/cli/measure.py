@@ -220,6 +220,13 @@ def tune(
     show_default=True,
     help="Ask the inference server's API, or Open WebUI's as the admin.",
 )
+@click.option(
+    "--model",
+    "model_ids",
+    multiple=True,
+    metavar="NAME",
+    help="Which of the stack's models to ask (twice: two models of one stack compared) [default: the default].",
+)
 @click.option("--compare", "compare_dir", type=click.Path(file_okay=False), help="Ask a second stack the same items.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report to FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures and every outcome as JSON.")
@@ -233,6 +240,7 @@ def evaluate(
     samples: int,
     max_tokens: int | None,
     via: str,
+    model_ids: tuple[str, ...],
     compare_dir: str | None,
     report: str | None,
     as_json: bool,
@@ -254,6 +262,7 @@ def evaluate(
         api.check_report(Path(report))
     settings = settings_from(ctx)
     dirs = [Path(stack_dir)] + ([Path(compare_dir)] if compare_dir else [])
+    runs = api.eval_runs(dirs, model_ids)  # two at most: what --compare sets side by side
     stacks = []
     with progress_bar(len(items.keys) * samples, "eval") as progress:
         task = progress.task_ids[0]
@@ -261,8 +270,8 @@ def evaluate(
         def on(what: str, done: int, total: int) -> None:
             progress.update(task, description=what, completed=done, total=total)
 
-        for d in dirs:
-            stacks.append(api.eval_stack(settings, d, request, items, on))
+        for d, model_id in runs:
+            stacks.append(api.eval_stack(settings, d, request, items, on, model_id))
     result = api.eval_report(items, request, stacks, " ".join(sys.argv), path_or_none(report))
     if as_json:
         print_json(result)

@@ -162,6 +162,29 @@ def test_two_gguf_models_together_are_listed_and_each_answers_through_open_webui
     print(f"router container {measured / 2**20:.0f} MiB, planned {planned / 2**20:.0f} MiB for both")
 
 
+def test_eval_compares_two_models_of_one_stack_on_the_same_items(
+    pair: tuple[Stack, dict[str, Any]], tmp_path: Path
+) -> None:
+    """`eval --model A --model B`: the same items asked of each model of one stack, scored and paired."""
+    stack, _ = pair
+    items = [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"} for a, b in
+             ((2, 3), (10, 5), (7, 1))]  # fmt: skip
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+    result = deploykit("eval", "--dir", str(stack.dir), "--dataset", str(data), "--max-tokens", "16",
+                       "--model", Q4_ID, "--model", Q8_ID, "--json", env=stack.env, timeout=1200)  # fmt: skip
+    assert result.code == 0, result.err[-3000:]
+    report: Any = result.json
+    first, second = report["stacks"]
+    assert (first["model"], second["model"]) == (Q4_ID, Q8_ID)
+    assert first["store"] != second["store"], "each model's answers are kept apart"
+    for run in (first, second):
+        assert [o["key"] for o in run["outcomes"]] == [o["key"] for o in first["outcomes"]]
+        assert run["metrics"]["passed"] == sum(o["outcomes"][0]["passed"] for o in run["outcomes"])
+    c = report["compare"]
+    assert c["both"] + c["neither"] + c["only_first"] + c["only_second"] == c["items"] == len(items)
+
+
 def test_add_then_remove_a_model_on_the_running_stack_keeps_the_others_and_a_chat_made_before(
     pair: tuple[Stack, dict[str, Any]],
 ) -> None:

@@ -397,6 +397,13 @@ CASES = [
     Case("E10", "eval data", "`--suite` and `--dataset` together",
          lambda t: [*_eval_data('{"prompt": "p", "answer": "2"}\n')(t), "--suite", "humaneval"],
          2, r"--suite and --dataset both say what to ask"),
+    Case("E11", "eval data", "the same `--model` twice",
+         lambda t: [*_eval_data('{"prompt": "p", "answer": "2"}\n')(t), "--model", "a", "--model", "a"],
+         2, r"the same --model is given twice.*Hint: Give two different --model names"),
+    Case("E12", "eval data", "two `--model` and `--compare` (four runs)",
+         lambda t: [*_eval_data('{"prompt": "p", "answer": "2"}\n')(t), "--model", "a", "--model", "b",
+                    "--compare", str(t / "s2")],
+         2, r"eval compares two runs, and 4 were asked for"),
     # ---- the second pass (issue 19): tests/unit/bad_input_lan.py
     *lan_cases(Case),
 ]
