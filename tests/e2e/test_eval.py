@@ -1,6 +1,7 @@
 """`deploykit eval` on the real engine: the llama.cpp demo stack answers HumanEval through its inference server
 and through Open WebUI, its completions are checked in the sandbox, a GSM8K-format file is scored and compared
-with a second stack (the same model's Q8_0 build), and a run killed midway continues where it stopped."""
+with the FP16 build of the same model on vLLM's CPU build (`make demo-vllm`'s stack), and a run killed midway
+continues where it stopped."""
 
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, GGUF, MODEL_CACHE, MODEL_ID, ROOT, Stack, deploykit, make_stack, running
+from tests.e2e.conftest import ARTIFACTS, FP16_DIR, GGUF, MODEL_ID, ROOT, Stack, deploykit, make_stack, need, running
 
 pytestmark = pytest.mark.e2e
-GGUF_Q8 = MODEL_CACHE / "SmolLM2-135M-Instruct.Q8_0.gguf"
 # Arithmetic word problems in GSM8K's format (question; worked answer ending "#### N"), written for this test.
 GSM8K_ITEMS = [
     ("Tom has 3 apples and buys 2 more. How many apples does he have now?", "3 + 2 = 5\n#### 5"),
@@ -42,9 +42,13 @@ def demo(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def q8(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = make_stack(tmp_path_factory.mktemp("evc"), "e2e-evc-q8", 38864, 38865)
-    with running(stack, engine, "--profile", "cpu", "--model", MODEL_ID, "--model-file", str(GGUF_Q8)):
+def fp16(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The same model in FP16 on vLLM's CPU build: what Q4 is compared with."""
+    need("VLLM_CPU_IMAGE" in engine, "the offline vLLM CPU image is not built (scripts/provision/image-vllm.sh)")
+    need((FP16_DIR / "config.json").is_file(), f"the FP16 model {FP16_DIR} is missing (model-smollm2-fp16.sh)")
+    stack = make_stack(tmp_path_factory.mktemp("evc"), "e2e-evc-fp16", 38864, 38865)
+    args = ("--profile", "cpu-vllm", "--model", MODEL_ID, "--model-file", str(FP16_DIR))
+    with running(stack, engine, *args, backend_image="VLLM_CPU_IMAGE"):
         yield stack
 
 
@@ -98,10 +102,10 @@ def test_humaneval_via_the_inference_server(demo: Stack) -> None:
 
 
 def test_humaneval_via_open_webui(demo: Stack) -> None:
-    report = eval_json(demo, "--suite", "humaneval", "--limit", "3", "--max-tokens", "128", "--via", "open-webui")
+    report = eval_json(demo, "--suite", "humaneval", "--limit", "10", "--max-tokens", "128", "--via", "open-webui")
     record("humaneval-open-webui", report)
     stack = report["stacks"][0]
-    agrees(stack, 3)
+    agrees(stack, 10)
     assert stack["via"] == "open-webui" and stack["url"].endswith("/api/chat/completions")
 
 
@@ -140,16 +144,17 @@ def test_an_interrupted_run_continues(demo: Stack, tmp_path: Path) -> None:
     assert sorted(asked) == sorted(f"line-{i}#0" for i in range(1, len(GSM8K_ITEMS) + 1))
 
 
-def test_a_dataset_compared_with_a_second_stack(demo: Stack, q8: Stack, tmp_path: Path) -> None:
+def test_a_dataset_compared_with_the_fp16_stack(demo: Stack, fp16: Stack, tmp_path: Path) -> None:
     data = gsm8k_file(tmp_path)
     page = tmp_path / "report.html"
-    report = eval_json(demo, "--dataset", str(data), "--max-tokens", "48", "--compare", str(q8.dir), "--report",
+    report = eval_json(demo, "--dataset", str(data), "--max-tokens", "48", "--compare", str(fp16.dir), "--report",
                        str(page))  # fmt: skip
     record("gsm8k-compare", report)
     first, second = report["stacks"]
     agrees(first, len(GSM8K_ITEMS))
     agrees(second, len(GSM8K_ITEMS))
-    assert (first["project"], second["project"]) == (demo.project, q8.project)
+    assert (first["project"], second["project"]) == (demo.project, fp16.project)
+    assert (first["backend"], second["backend"]) == ("llamacpp", "vllm")
     c = report["compare"]
     assert c["both"] + c["neither"] + c["only_first"] + c["only_second"] == c["items"] == len(GSM8K_ITEMS)
     pairs = zip(first["outcomes"], second["outcomes"], strict=True)
