@@ -355,3 +355,13 @@ def test_a_second_vllm_on_the_gpu_waits_in_python_and_the_wait_ends_when_the_fir
         assert done.returncode == 0
     finally:
         server.shutdown()
+
+
+def test_a_kubernetes_file_without_a_servers_deployment_is_not_written(tmp_path: Path) -> None:
+    stack_dir, docs = render_kubernetes(tmp_path, "cpu", {"id": SMOLLM}, {"id": QWEN_15B})
+    text = (stack_dir / "kubernetes.yaml").read_text(encoding="utf-8")
+    templating.check_stack_file("kubernetes.yaml", text, (ROUTER, "open-webui"))
+    router = objects(docs, "Deployment")[ROUTER]
+    without = yaml.safe_dump_all([d for d in docs if d is not router])
+    with pytest.raises(templating.RenderedFileError, match="the Deployments of router are missing"):
+        templating.check_stack_file("kubernetes.yaml", without, (ROUTER, "open-webui"))
