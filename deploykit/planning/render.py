@@ -51,6 +51,7 @@ from deploykit.values.stackplan import (
     Packing,
     StackModel,
     StackPlan,
+    kubernetes_label,
 )
 from deploykit.values.tls import TlsSpec
 from deploykit.values.units import GiB
@@ -299,14 +300,27 @@ def _k8s_name(text: str) -> str:
     return name or "deploykit"
 
 
+def _kubernetes_server(
+    plan: DeploymentPlan, backend: Backend, model: ModelSpec | None, host_path: str
+) -> dict[str, Any]:
+    """What one server's Deployment asks for: where its weights come from, its requests, its startup probe."""
+    # Loading may first download the weights: give the startup probe the plan's load time plus 30 minutes.
+    startup_seconds = plan.startup_seconds + 1800
+    return {
+        "model_source": backend.model_source(model) if model is not None else None,
+        "model_file_name": PurePosixPath(host_path).name,
+        "memory_request": f"{-(-plan.memory.total_bytes // (1024 * 1024))}Mi",
+        "cpu_request": str(plan.threads),
+        "startup_failures": -(-startup_seconds // 10),
+    }
+
+
 def _kubernetes_context(spec: StackSpec, model: ModelSpec) -> dict[str, Any]:
     plan = spec.plan
-    weights = plan.memory.weights_bytes
+    weights = sum(m.plan.memory.weights_bytes for m in spec.models) or plan.memory.weights_bytes
     base = _k8s_name(spec.project)[:40].rstrip("-")
     # The volume holds the weights (and, for vLLM, the Hugging Face cache around them): room for them + 25 %.
     model_gib = max(1, -(-weights * 5 // 4 // GiB) + 1)
-    # Loading may first download the weights: give the startup probe the plan's load time plus 30 minutes.
-    startup_seconds = plan.startup_seconds + 1800
     return {
         "names": {
             "base": base,
@@ -316,12 +330,17 @@ def _kubernetes_context(spec: StackSpec, model: ModelSpec) -> dict[str, Any]:
             "models": f"{base}-models",
             "webui_data": f"{base}-open-webui-data",
         },
-        "model_source": spec.backend.model_source(model),
-        "model_file_name": PurePosixPath(spec.model_host_path).name,
         "models_storage": f"{model_gib}Gi",
-        "memory_request": f"{-(-plan.memory.total_bytes // (1024 * 1024))}Mi",
-        "cpu_request": str(plan.threads),
-        "startup_failures": -(-startup_seconds // 10),
+        **_kubernetes_server(plan, spec.backend, model, spec.model_host_path),
+        "server_component": INFERENCE,
+        "server_template": spec.backend.template,
+        "wait_for": None,
+        "gpu_shared": False,
+        "presets_dir": PRESETS_DIR,
+        "presets_configmap": None,
+        "preset_manifest": None,
+        "inference_manifests": None,
+        "model_copies": (),
     }
 
 
@@ -361,10 +380,11 @@ def render_target(spec: StackSpec, inputs: PlanInputs, secrets: Mapping[str, str
     }
     if spec.tls is not None:
         context |= _tls_context(spec, env)
-    if spec.models:
-        context |= _several_context(spec, context, env)
     if spec.target == "kubernetes":
         context |= _kubernetes_context(spec, inputs.model)
+    if spec.models:
+        context |= _several_context(spec, context, env, inputs)
+    if spec.target == "kubernetes":
         context["secrets"] = {k: secrets[k] for k in RUNTIME_SECRETS}
         context["inference_url"] = f"http://{context['names']['inference']}:{spec.inference_container_port}/v1"
         return templating.render(env, "kubernetes/stack.yaml.j2", context)
@@ -402,24 +422,27 @@ def _routed_path(model: StackModel) -> str:
     return f"/models/{model.model_id}.gguf"
 
 
-def _several_context(spec: StackSpec, base: Mapping[str, Any], env: jinja2.Environment) -> dict[str, Any]:
+def _several_context(
+    spec: StackSpec, base: Mapping[str, Any], env: jinja2.Environment, inputs: PlanInputs
+) -> dict[str, Any]:
     """Each inference service of a stack of several models rendered in start order (the router last, each
     after the one before is ready), and Open WebUI's connections to them."""
     stack = spec.stack_plan
     assert stack is not None
-    if spec.target == "kubernetes":
-        raise UsageError(
-            "a stack of several models cannot be rendered for kubernetes yet: only for Docker Compose and Swarm.",
-            "Render it with --target compose (or swarm), or give one --model for this target.",
-        )
     order = [s for s in stack.services if s != ROUTER] + [s for s in stack.services if s == ROUTER]
     if spec.target == "swarm":
         _check_swarm(stack, order)
     blocks, urls, configs = [], [], {}
+    servers: list[tuple[str, dict[str, Any]]] = []
     for index, service in enumerate(order):
         served = stack.served_by(service)
         first = served[0]
         backend = named(first.plan.backend)
+        if service == ROUTER and backend.webui_provider:
+            configs[str(index)] = {"provider": backend.webui_provider}
+        if spec.target == "kubernetes":
+            servers.append((service, {**base, **_service_context(spec, first, service)}))
+            continue
         context = {
             **base,
             **_service_context(spec, first, service),
@@ -438,8 +461,6 @@ def _several_context(spec: StackSpec, base: Mapping[str, Any], env: jinja2.Envir
                 "plan": first.plan.model_copy(update={"startup_seconds": max(m.plan.startup_seconds for m in served)}),
             }
             template = f"services/{backend.router_template}.yaml.j2"
-            if backend.webui_provider:
-                configs[str(index)] = {"provider": backend.webui_provider}
         else:
             template = f"services/{backend.template}.yaml.j2"
         blocks.append(templating.render(env, template, context))
@@ -451,13 +472,79 @@ def _several_context(spec: StackSpec, base: Mapping[str, Any], env: jinja2.Envir
     preset = None
     if spec.target == "swarm" and stack.routed:
         preset = f"{spec.project}-models-{sha256_text(render_preset(spec, env))[:12]}"
+    kubernetes: dict[str, Any] = {}
+    if spec.target == "kubernetes":
+        kubernetes, urls = _kubernetes_servers(spec, stack, servers, inputs, env)
+        blocks = []
     return {
+        **kubernetes,
         "preset_config": preset,
         "inference_services": blocks,
         "connections": urls,
         "connection_configs": json.dumps(configs, sort_keys=True),
         "webui_env": webui_env,
     }
+
+
+def _kubernetes_servers(
+    spec: StackSpec,
+    stack: StackPlan,
+    servers: list[tuple[str, dict[str, Any]]],
+    inputs: PlanInputs,
+    env: jinja2.Environment,
+) -> tuple[dict[str, Any], list[str]]:
+    """A Deployment and a Service per server, in start order: each later one waits (an initContainer) for the
+    one before to answer /health, as Compose's depends_on does. Returns the manifests and Open WebUI's URLs."""
+    # inputs.models is in the stack's order (the default first), as stack.models is.
+    sources = {m.model_id: given.model for m, given in zip(stack.models, inputs.models, strict=False)}
+    on_gpu = sum(stack.served_by(s)[0].plan.device == "cuda" for s, _ in servers)
+    manifests, urls, copies = [], [], []
+    previous: dict[str, str] | None = None
+    for service, context in servers:
+        served = stack.served_by(service)
+        first = served[0]
+        backend = named(first.plan.backend)
+        label = kubernetes_label(service)
+        name = kubernetes_label(f"{context['names']['base']}-{service}")
+        server = {
+            **_kubernetes_server(first.plan, backend, sources.get(first.model_id), spec.model_paths[first.model_id]),
+            "names": {**context["names"], INFERENCE: name},
+            "server_component": label,
+            "server_template": backend.template,
+            "wait_for": previous,
+            "gpu_shared": on_gpu > 1,
+        }
+        if service == ROUTER:
+            plan = first.plan.model_copy(update={"startup_seconds": max(m.plan.startup_seconds for m in served)})
+            server |= {
+                **_kubernetes_server(plan, backend, None, spec.model_paths[first.model_id]),
+                "plan": plan,
+                "server_template": backend.router_template,
+                "models_max": stack.packing.models_max or len(served),
+                "preset_file": MODELS_PRESET,
+                "presets_configmap": f"{context['names']['base']}-presets",
+                # The router's processes together: every model it may hold at once.
+                "memory_request": f"{-(-sum(m.plan.memory.total_bytes for m in served) // (1024 * 1024))}Mi",
+            }
+            copies += [f"{spec.model_paths[m.model_id]} as {_routed_path(m).removeprefix('/models/')}" for m in served]
+        elif server["model_source"] is None:
+            copies.append(f"{spec.model_paths[first.model_id]} as {server['model_file_name']}")
+        manifests.append(templating.render(env, "kubernetes/server.yaml.j2", context | server))
+        urls.append(f"http://{name}:{first.container_port}/v1")
+        previous = {"name": name, "url": f"http://{name}:{first.container_port}/health"}
+    preset = None
+    if stack.routed:
+        preset = {
+            "name": f"{servers[0][1]['names']['base']}-presets",
+            "file": MODELS_PRESET,
+            "text": render_preset(spec, env),
+        }
+    values = {
+        "inference_manifests": "---\n".join(m if m.endswith("\n") else m + "\n" for m in manifests).rstrip("\n"),
+        "preset_manifest": preset,
+        "model_copies": tuple(copies),
+    }
+    return values, urls
 
 
 def _check_swarm(stack: StackPlan, order: list[str]) -> None:

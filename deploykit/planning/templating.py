@@ -21,7 +21,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from deploykit.values.errors import ConfigError, UsageError
-from deploykit.values.stackplan import MODELS_PRESET, PRESET_PATH
+from deploykit.values.services import TLS_PROXY
+from deploykit.values.stackplan import MODELS_PRESET, PRESET_PATH, kubernetes_label
 
 MAX_TEMPLATE_BYTES = 1024 * 1024  # one template file
 MAX_OUTPUT_CHARS = 16 * 1024 * 1024  # one rendered file: a stack file is a few KiB
@@ -144,9 +145,17 @@ def _parse_yaml(name: str, text: str, documents: bool) -> list[Any]:
 def check_stack_file(name: str, text: str, services: tuple[str, ...]) -> None:
     """compose.yaml / swarm.yaml: one YAML mapping with the stack's services; kubernetes.yaml: manifests."""
     if name == "kubernetes.yaml":
+        deployed = set()
         for doc in _parse_yaml(name, text, documents=True):
             if doc is not None and not (isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc):
                 raise RenderedFileError(name, "a document is not a Kubernetes object (apiVersion, kind)")
+            if isinstance(doc, dict) and doc["kind"] == "Deployment":
+                labels = (doc.get("metadata") or {}).get("labels") or {}
+                deployed.add(labels.get("app.kubernetes.io/name"))
+        # A Deployment per service, named by its label (the TLS proxy is Compose's and Swarm's only).
+        missing = [s for s in services if s != TLS_PROXY and kubernetes_label(s) not in deployed]
+        if missing:
+            raise RenderedFileError(name, f"the Deployments of {', '.join(missing)} are missing")
         return
     (doc,) = _parse_yaml(name, text, documents=False)
     found = doc.get("services") if isinstance(doc, dict) else None

@@ -12,6 +12,7 @@ llama.cpp's router serves share one ``router`` service.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -40,6 +41,14 @@ def inference_service(model_id: str) -> str:
     """The service of a model served alone in a stack of several: ``inference-`` and the id, lowercase, with
     every character a DNS label does not take (``.``, ``_``) as ``-``, so the name resolves inside the network."""
     return INFERENCE_PREFIX + re.sub(r"[^a-z0-9-]+", "-", model_id.lower()).strip("-")
+
+
+def kubernetes_label(service: str) -> str:
+    """A service's name as a Kubernetes label value (at most 63 characters): itself, or when longer its start
+    and a digest of the whole, so that two long ids that differ only at the end stay two names."""
+    if len(service) <= 63:
+        return service
+    return f"{service[:54].rstrip('-')}-{hashlib.sha256(service.encode()).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------- what the packer decides (planning/packing.py)

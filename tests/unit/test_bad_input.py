@@ -116,6 +116,12 @@ def _then(prepare: Callable[[Path], None], args: Callable[[Path], list[str]]) ->
     return setup
 
 
+def _render_k8s_several(t: Path) -> None:
+    args = ["render", *CPU, "--model", "smollm2-135m-instruct", "--model", "qwen2.5-1.5b-instruct"]
+    result = CliRunner().invoke(cli, [*args, "--target", "kubernetes", "--dir", str(t / "k")], env=BASE_ENV)
+    assert result.exit_code == 0, result.output
+
+
 def _symlink_env(t: Path) -> None:
     elsewhere = t / "elsewhere.env"
     shutil.move(t / "s" / ".env", elsewhere)
@@ -349,10 +355,9 @@ CASES = [
     Case("M03", "several models", "the same model twice",
          lambda t: ["plan", *CPU, "--model", "smollm2-135m-instruct", "--model", "smollm2-135m-instruct"],
          5, r"model smollm2-135m-instruct is given twice"),
-    Case("M04", "several models", "`render --target kubernetes` of several models (Compose and Swarm only for now)",
-         lambda t: ["render", *CPU, "--model", "smollm2-135m-instruct", "--model", "qwen2.5-1.5b-instruct",
-                    "--target", "kubernetes", "--dir", str(t / "s")],
-         2, r"a stack of several models cannot be rendered for kubernetes yet"),
+    Case("M04", "several models", "`up` of a stack of several models rendered for kubernetes (kubectl applies it)",
+         _then(_render_k8s_several, lambda t: ["up", "--dir", str(t / "k")]),
+         2, r"holds Kubernetes manifests; deploykit does not run them itself"),
     Case("M06", "several models", "`render --target swarm` of two servers on one GPU",
          lambda t: ["render", "-p", "rtx3060", "--model", "deepseek-r1-distill-qwen-1.5b",
                     "--model", "deepseek-r1-distill-qwen-7b", "--target", "swarm", "--dir", str(t / "s")],

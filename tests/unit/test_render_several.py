@@ -3,9 +3,16 @@ model started in order, Open WebUI's connections to all of them; one model stays
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -16,6 +23,7 @@ from deploykit.planning.render import ini_value
 from deploykit.values.errors import UsageError
 from deploykit.values.stackplan import ROUTER, inference_service
 from tests.unit.conftest import compose_config
+from tests.unit.test_targets import KUBERNETES_VERSION
 
 R1_15B = "deepseek-r1-distill-qwen-1.5b"
 R1_7B = "deepseek-r1-distill-qwen-7b"
@@ -204,3 +212,156 @@ def test_a_rendered_stack_of_several_models_loads_back_as_it_was_planned(tmp_pat
         ROUTER,
     )
     assert [m.model.id for m in loaded.inputs.models] == [R1_15B, QWEN_15B, SMOLLM]
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+def render_kubernetes(tmp_path: Path, profile: str, *models: dict[str, object]) -> tuple[Path, list[dict[str, Any]]]:
+    """The stack rendered for Kubernetes, each manifest validated against the cluster's schemas."""
+    settings = load_settings(models=models)
+    stack_dir = tmp_path / "k"
+    render_stack(settings, StackRequest(stack_dir=stack_dir, profile=profile, target="kubernetes"))
+    docs = [d for d in yaml.safe_load_all((stack_dir / "kubernetes.yaml").read_text(encoding="utf-8")) if d]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    return stack_dir, docs
+
+
+def objects(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    """The manifests of one kind by their component (app.kubernetes.io/name)."""
+    return {d["metadata"]["labels"]["app.kubernetes.io/name"]: d for d in docs if d["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (found,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(found)
+
+
+def webui_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    env = container(objects(docs, "Deployment")["open-webui"])["env"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
+
+
+def test_kubernetes_serves_two_ggufs_on_the_cpu_from_one_router_with_the_compose_renders_preset(
+    tmp_path: Path,
+) -> None:
+    stack_dir, docs = render_kubernetes(tmp_path, "cpu", {"id": SMOLLM}, {"id": QWEN_15B})
+    deployments, services_ = objects(docs, "Deployment"), objects(docs, "Service")
+    assert set(deployments) == set(services_) == {ROUTER, "open-webui"}
+    router = container(deployments[ROUTER])
+    args = router["args"]
+    assert args[:4] == ["--models-preset", "/presets/models.ini", "--models-max", "2"]
+    assert "-m" not in args and "-c" not in args, "per-model flags live in the preset only"
+    assert args[args.index("--api-key-file") + 1] == "/run/secrets/deploykit/inference-api-key"
+    assert {"name": "presets", "mountPath": "/presets", "readOnly": True} in router["volumeMounts"]
+    assert "initContainers" not in deployments[ROUTER]["spec"]["template"]["spec"], "the first server waits on none"
+
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    volumes = {v["name"]: v for v in deployments[ROUTER]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["presets"]["configMap"]["name"] == config_map["metadata"]["name"]
+    compose_dir = render_models(tmp_path, "cpu", {"id": SMOLLM}, {"id": QWEN_15B})
+    written = (compose_dir / "presets" / "models.ini").read_text(encoding="utf-8")
+    assert config_map["data"]["models.ini"] == written, "the same models.ini as the Compose render's"
+    header = (stack_dir / "kubernetes.yaml").read_text(encoding="utf-8").split("---", 1)[0]
+    assert f"as {SMOLLM}.gguf" in header and f"as {QWEN_15B}.gguf" in header, "what to copy into the volume"
+
+    env = webui_env(docs)
+    router_service = services_[ROUTER]["metadata"]["name"]
+    assert env["OPENAI_API_BASE_URLS"] == f"http://{router_service}:8080/v1"
+    assert env["OPENAI_API_KEYS"] == "$(INFERENCE_API_KEY)"
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    assert env["INFERENCE_API_KEY"] == {
+        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "inference-api-key"}
+    }
+    assert json.loads(env["OPENAI_API_CONFIGS"]) == {"0": {"provider": "llama.cpp"}}
+    assert env["DEFAULT_MODELS"] == SMOLLM
+    assert "OPENAI_API_BASE_URL" not in env and "TASK_MODEL_EXTERNAL" not in env
+
+
+def test_kubernetes_serves_vllm_and_llamacpp_on_rtx3060_each_its_deployment_the_second_waiting_for_the_first(
+    tmp_path: Path,
+) -> None:
+    _, docs = render_kubernetes(tmp_path, "rtx3060", {"id": R1_15B}, {"id": R1_7B, "quantization": "Q4_K_M"})
+    first, second = inference_service(R1_15B), inference_service(R1_7B)
+    deployments, services_ = objects(docs, "Deployment"), objects(docs, "Service")
+    assert set(deployments) == set(services_) == {first, second, "open-webui"}
+    vllm, llama = container(deployments[first]), container(deployments[second])
+    assert vllm["args"][vllm["args"].index("--served-model-name") + 1] == R1_15B
+    assert vllm["args"][vllm["args"].index("--gpu-memory-utilization") + 1] == "0.404", "its share, as in Compose"
+    assert llama["args"][llama["args"].index("--alias") + 1] == R1_7B
+    assert vllm["resources"]["limits"] == llama["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    first_name, second_name = services_[first]["metadata"]["name"], services_[second]["metadata"]["name"]
+    assert first_name == deployments[first]["metadata"]["name"] and first_name.endswith(first)
+    assert "initContainers" not in deployments[first]["spec"]["template"]["spec"]
+    (wait,) = deployments[second]["spec"]["template"]["spec"]["initContainers"]
+    assert wait["image"] == llama["image"], "its own image's curl"
+    assert f"curl -fsS http://{first_name}:8000/health;" in wait["command"][-1], "waits for vLLM's /health"
+
+    env = webui_env(docs)
+    assert env["OPENAI_API_BASE_URLS"] == f"http://{first_name}:8000/v1;http://{second_name}:8080/v1"
+    assert env["OPENAI_API_KEYS"] == "$(INFERENCE_API_KEY);$(INFERENCE_API_KEY)"
+    assert json.loads(env["OPENAI_API_CONFIGS"]) == {}, "no router: no llama.cpp provider"
+    assert not [d for d in docs if d["kind"] == "ConfigMap"]
+
+
+def test_kubernetes_on_demand_starts_the_router_after_vllm_and_points_open_webuis_tasks_at_the_kept_model(
+    tmp_path: Path,
+) -> None:
+    _, docs = render_kubernetes(tmp_path, "gtx1650", {"id": R1_15B}, {"id": QWEN_15B}, {"id": SMOLLM})
+    deployments, services_ = objects(docs, "Deployment"), objects(docs, "Service")
+    vllm_name = services_[inference_service(SMOLLM)]["metadata"]["name"]
+    (wait,) = deployments[ROUTER]["spec"]["template"]["spec"]["initContainers"]
+    assert f"http://{vllm_name}:8000/health" in wait["command"][-1]
+    assert "initContainers" not in deployments[inference_service(SMOLLM)]["spec"]["template"]["spec"]
+    args = container(deployments[ROUTER])["args"]
+    assert args[args.index("--models-max") + 1] == "1"
+    env = webui_env(docs)
+    assert env["TASK_MODEL_EXTERNAL"] == SMOLLM
+    assert env["DEFAULT_MODELS"] == R1_15B
+    router_name = services_[ROUTER]["metadata"]["name"]
+    assert env["OPENAI_API_BASE_URLS"].split(";") == [f"http://{vllm_name}:8000/v1", f"http://{router_name}:8080/v1"]
+    assert json.loads(env["OPENAI_API_CONFIGS"]) == {"1": {"provider": "llama.cpp"}}
+
+
+def test_a_second_vllm_on_the_gpu_waits_in_python_and_the_wait_ends_when_the_first_answers(tmp_path: Path) -> None:
+    # rtx3060, two vLLM servers each sized by a fraction of the GPU: the second starts once the first is ready.
+    models = ({"id": R1_15B}, {"id": SMOLLM, "backend": "vllm"})
+    _, docs = render_kubernetes(tmp_path, "rtx3060", *models)
+    deployments, services_ = objects(docs, "Deployment"), objects(docs, "Service")
+    first_name = services_[inference_service(R1_15B)]["metadata"]["name"]
+    assert "initContainers" not in deployments[inference_service(R1_15B)]["spec"]["template"]["spec"]
+    (wait,) = deployments[inference_service(SMOLLM)]["spec"]["template"]["spec"]["initContainers"]
+    assert wait["image"] == container(deployments[inference_service(SMOLLM)])["image"]
+    assert wait["command"][:2] == ["python3", "-c"], "vLLM's image has Python, not necessarily curl"
+    url = f"http://{first_name}:8000/health"
+    assert f'"{url}"' in wait["command"][2]
+
+    # The wait itself, run against a real /health on the loopback: it returns once that answers 200.
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code = wait["command"][2].replace(url, f"http://127.0.0.1:{server.server_port}/health")
+        env = {"PATH": os.environ["PATH"]}  # no proxy variables: the loopback is asked directly
+        done = subprocess.run([sys.executable, "-c", code], env=env, timeout=60, check=False)
+        assert done.returncode == 0
+    finally:
+        server.shutdown()
+
+
+def test_a_kubernetes_file_without_a_servers_deployment_is_not_written(tmp_path: Path) -> None:
+    stack_dir, docs = render_kubernetes(tmp_path, "cpu", {"id": SMOLLM}, {"id": QWEN_15B})
+    text = (stack_dir / "kubernetes.yaml").read_text(encoding="utf-8")
+    templating.check_stack_file("kubernetes.yaml", text, (ROUTER, "open-webui"))
+    router = objects(docs, "Deployment")[ROUTER]
+    without = yaml.safe_dump_all([d for d in docs if d is not router])
+    with pytest.raises(templating.RenderedFileError, match="the Deployments of router are missing"):
+        templating.check_stack_file("kubernetes.yaml", without, (ROUTER, "open-webui"))
