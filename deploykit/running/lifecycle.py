@@ -381,31 +381,8 @@ def status(stack: LoadedStack, docker_host: engine.EngineAddress) -> StackStatus
     plan = stack.spec.plan
     key = stack.api_key
     now = datetime.now(UTC)
-    services: list[ServiceStatus] = []
     by_service = {c.service: c for c in containers}
-    for name in _services(stack):
-        ctr = by_service.get(name)
-        entry: ServiceStatus = {"service": name, "state": "missing", "health": None, "uptime_s": None}
-        if ctr is not None:
-            started = ctr.started_at
-            uptime = None
-            if ctr.state == "running" and started:
-                try:
-                    uptime = int((now - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds())
-                except ValueError:
-                    uptime = None
-            entry.update(
-                {
-                    "state": ctr.state,
-                    "health": ctr.health,
-                    "uptime_s": uptime,
-                    "image": ctr.image,
-                    "ports": list(ctr.ports),
-                    # A crash the engine recovered from shows here (the engine resets the exit code on restart).
-                    "restarts": ctr.restart_count,
-                }
-            )
-        services.append(entry)
+    services = [_service_entry(by_service.get(name), name, now) for name in _services(stack)]
     with health.http_client(stack.inference_url, key, timeout=5) as client:
         try:
             served = health.probe_served_model(client, plan.model_id)
@@ -463,6 +440,7 @@ def _service_entry(ctr: compose.ContainerState | None, name: str, now: datetime)
             "uptime_s": uptime,
             "image": ctr.image,
             "ports": list(ctr.ports),
+            # A crash the engine recovered from shows here (the engine resets the exit code on restart).
             "restarts": ctr.restart_count,
         }
     )

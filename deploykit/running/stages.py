@@ -128,21 +128,7 @@ def health_stages(stack: LoadedStack, inference: httpx.Client, ui: httpx.Client,
             60,
             "The server runs but does not serve the expected model id: check --alias/--served-model-name.",
         ),
-        *_tls_stages(stack),
-        Stage(
-            "open-webui /health",
-            WEBUI,
-            lambda: health.probe_webui_health(ui),
-            WEBUI_START_SECONDS,
-            WEBUI_START_HINT,
-        ),
-        Stage(
-            "open-webui admin",
-            WEBUI,
-            admin,
-            60,
-            "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
-        ),
+        *_webui_stages(stack, ui, admin),
         Stage(
             "open-webui model",
             WEBUI,
@@ -186,17 +172,7 @@ def served_stages(
     for server in served.servers:
         stages += server_stages(server, key, clients)
     stages += [
-        *_tls_stages(stack),
-        Stage(
-            "open-webui /health", WEBUI, lambda: health.probe_webui_health(ui), WEBUI_START_SECONDS, WEBUI_START_HINT
-        ),
-        Stage(
-            "open-webui admin",
-            WEBUI,
-            admin,
-            60,
-            "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
-        ),
+        *_webui_stages(stack, ui, admin),
     ]
     # Every model listed first, then every chat: a list that lacks one says so before any load is waited for.
     per_model = [model_stages(ui, model) for model in served.models]
@@ -275,6 +251,23 @@ def _chat_probe(ui: httpx.Client, model_id: str, on_demand: bool) -> Callable[[]
         return verdict
 
     return probe
+
+
+def _webui_stages(stack: LoadedStack, ui: httpx.Client, admin: Callable[[], str]) -> list[Stage]:
+    """The HTTPS proxy's stages where there is one, then Open WebUI up and its admin signed in: every stack's."""
+    return [
+        *_tls_stages(stack),
+        Stage(
+            "open-webui /health", WEBUI, lambda: health.probe_webui_health(ui), WEBUI_START_SECONDS, WEBUI_START_HINT
+        ),
+        Stage(
+            "open-webui admin",
+            WEBUI,
+            admin,
+            60,
+            "Remove the Open WebUI volume (`deploykit down --volumes`) only if its accounts are expendable.",
+        ),
+    ]
 
 
 def _tls_stages(stack: LoadedStack) -> list[Stage]:
