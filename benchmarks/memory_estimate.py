@@ -3,9 +3,9 @@
     python benchmarks/memory_estimate.py STACK_DIR [STACK_DIR ...]
 
 For each running stack: the naive baseline (weights only, what most "will it fit" tables print), the
-planner's total (weights + KV cache + overhead), and the container's measured memory (cgroup usage
-minus page cache, after a prompt that fills most of the context). Target: the planner never below
-the measurement (a plan that "fits" must run) and within +25 % of it; the baseline shows how far off
+planner's total (weights + KV cache + overhead), and the container's measured memory (its processes' RSS
+summed, as `deploykit status` counts it, after a prompt that fills most of the context). Target: the
+planner never below the measurement (a plan that "fits" must run) and within +25 % of it; the baseline shows how far off
 the usual weights-only answer is.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 import docker
 import httpx
 
+from deploykit.seams.compose import processes_rss_bytes
 from deploykit.values.units import MiB
 
 
@@ -28,9 +29,10 @@ def measured_bytes(project: str) -> int:
     [container] = client.containers.list(
         filters={"label": [f"com.docker.compose.project={project}", "com.docker.compose.service=inference"]}
     )
-    stats = container.stats(stream=False)["memory_stats"]
-    cache = stats.get("stats", {}).get("inactive_file", stats.get("stats", {}).get("cache", 0))
-    return int(stats["usage"]) - int(cache)
+    held = processes_rss_bytes(container.top(ps_args="-o pid,rss"))  # as `deploykit status` counts it
+    if held is None:
+        raise RuntimeError(f"the engine reports no memory for {project}'s inference container")
+    return held
 
 
 def warm_up(stack_dir: Path, plan: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ its containers as the engine reports them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -18,6 +19,38 @@ from deploykit.values.errors import EngineError
 from deploykit.values.redact import redact
 from deploykit.values.services import SERVICES
 from deploykit.values.stackfiles import RUNTIME_SECRETS, SECRET_KEYS, STACK_ID
+
+
+def processes_rss_bytes(top: dict[str, Any]) -> int | None:
+    """What a container's processes hold, from the engine's ``top`` with ``-o pid,rss`` (never their command
+    lines: a server's holds its API key): their RSS summed, mapped weights included whichever cgroup first read
+    them. A library two processes share counts twice (a few MiB for llama.cpp's router and its children; vLLM's
+    CPU build measured 3666 MiB this way against 3286 by its cgroup and 3782 planned, docs/benchmarks.md).
+    None when the listing has no RSS column."""
+    titles = [str(t).upper() for t in top.get("Titles") or []]
+    if "RSS" not in titles:
+        return None
+    column = titles.index("RSS")
+    try:
+        return sum(int(row[column]) for row in top.get("Processes") or []) * 1024  # ps gives KiB
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def resident_bytes(memory_stats: dict[str, Any]) -> int | None:
+    """What a container's processes hold, from the engine's ``memory_stats``: their anonymous memory (KV cache,
+    activations, a Python heap) and the file pages they map (llama.cpp's mmapped weights), not the page cache
+    of files merely read. `docker stats` (usage minus inactive file pages) drops the weights whenever the kernel
+    has put them on the inactive list, as it does after short prompts: a two-model router measured 869 MiB that
+    way against 1001 MiB held (docs/benchmarks.md). cgroup v2 names the counters anon/file_mapped, v1 rss/
+    mapped_file; without either, `docker stats`' figure. None when the engine reports no usage."""
+    counters = memory_stats.get("stats") or {}
+    for anon, mapped in (("anon", "file_mapped"), ("rss", "mapped_file")):
+        if anon in counters and mapped in counters:
+            return int(counters[anon]) + int(counters[mapped])
+    if "usage" not in memory_stats:
+        return None
+    return int(memory_stats["usage"]) - int(counters.get("inactive_file", counters.get("cache", 0)))
 
 
 @dataclass(frozen=True)
@@ -162,17 +195,17 @@ class Stack:
                 ctr.unpause()
 
     def memory_bytes(self, service: str) -> int | None:
-        """The memory a running service's container uses, as `docker stats` counts it (its page cache of files
-        read, the mapped weights' clean pages among them, left out); None when it does not run."""
+        """The memory a running service's container holds (its processes' RSS, else its cgroup's figure);
+        None when it does not run."""
         ctr = self._service_container(service)
         if ctr is None or ctr.status != "running":
             return None
-        stats = ctr.stats(stream=False).get("memory_stats") or {}
-        if "usage" not in stats:
-            return None
-        counters = stats.get("stats") or {}
-        cache = counters.get("inactive_file", counters.get("cache", 0))
-        return int(stats["usage"]) - int(cache)
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.APIError):  # no ps on the engine's host: the cgroup's figure
+            if (held := processes_rss_bytes(ctr.top(ps_args="-o pid,rss"))) is not None:
+                return held
+        return resident_bytes(ctr.stats(stream=False).get("memory_stats") or {})
 
     def volume_name(self, key: str) -> str | None:
         """The engine's name of the compose volume ``key`` of this project, or None when it does not exist."""

@@ -158,7 +158,10 @@ def test_two_gguf_models_together_are_listed_and_each_answers_through_open_webui
     assert rows[models[0]]["service"] == rows[models[1]]["service"] == "router"
     measured = rows[models[0]]["container_bytes"]
     planned = rows[models[0]]["planned_bytes"] + rows[models[1]]["planned_bytes"]
-    assert measured is not None and measured > 0
+    # Both models answered, so every page of their mmapped weights is in the processes' RSS (the cgroup's own
+    # figure misses them when another container read the files first: docs/benchmarks.md).
+    placements = json.loads((stack.dir / "plan.json").read_text())["stack"]["packing"]["placements"]
+    assert measured is not None and measured > sum(p["weights_bytes"] for p in placements)
     print(f"router container {measured / 2**20:.0f} MiB, planned {planned / 2**20:.0f} MiB for both")
 
 
