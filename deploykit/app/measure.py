@@ -570,9 +570,9 @@ class _Sweep:
 
     def restore(self, original: dict[str, str]) -> None:
         """The files as they were, and the service started with them again."""
-        stackdir.write_stack(self.stack.dir, original)
+        changed = stackdir.write_stack(self.stack.dir, original)
         with contextlib.suppress(DeployKitError):
-            self.bring_up()
+            self.bring_up(bool(changed))
 
 
 def _score_rows(rows: list[TuneRow]) -> tuple[Candidate, float] | None:
