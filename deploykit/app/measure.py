@@ -494,9 +494,9 @@ class _Sweep:
             )
         return files
 
-    def bring_up(self, changed: bool = True) -> None:
+    def bring_up(self, preset_changed: bool = True) -> None:
         """The service started with the files on disk: compose recreates it when its own definition changed;
-        a router whose command did not (its models' flags are in its preset) is restarted to read it."""
+        a router whose command did not, but whose preset did (its models' flags), is restarted to read it."""
         service = self.service
         if self.model is None:
             self.compose.up(service)
@@ -504,7 +504,7 @@ class _Sweep:
         before = {c.service: c.started_at for c in self.compose.containers() if c.state == "running"}
         self.compose.up(service)
         after = {c.service: c.started_at for c in self.compose.containers() if c.state == "running"}
-        if changed and service in before and before.get(service) == after.get(service):
+        if preset_changed and service in before and before.get(service) == after.get(service):
             self.compose.restart(service)
 
     def wait_ready(self) -> float:
@@ -518,7 +518,7 @@ class _Sweep:
 
     def apply(self, files: dict[str, str]) -> float:
         changed = stackdir.write_stack(self.stack.dir, {k: files[k] for k in self.files})
-        self.bring_up(bool(changed))
+        self.bring_up(PRESET_PATH in changed)
         return self.wait_ready()
 
     def measure(self, candidate: Candidate) -> TuneRow:
@@ -572,7 +572,7 @@ class _Sweep:
         """The files as they were, and the service started with them again."""
         changed = stackdir.write_stack(self.stack.dir, original)
         with contextlib.suppress(DeployKitError):
-            self.bring_up(bool(changed))
+            self.bring_up(PRESET_PATH in changed)
 
 
 def _score_rows(rows: list[TuneRow]) -> tuple[Candidate, float] | None:
