@@ -2,7 +2,8 @@
 
 `tune`'s whole logic is here: which knob settings to try (from the machine's CPU count, the stack's current
 settings and the workload), how each is measured (the inference service restarted with it, then loaded through
-``deploykit.running.bench``), and which one won (written into the stack's deploykit.toml).
+``deploykit.running.bench``), and which one won (written into the stack's deploykit.toml). What is particular
+to one model of a stack of several (`tune --model`) is in ``deploykit.app.tune_model``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Required, TypedDict, cast
 
-from deploykit.app.resolve import ResolvedModel, engine_for, plan_models, plan_with
+from deploykit.app.resolve import ResolvedModel, engine_for, plan_with
+from deploykit.app.tune_model import placement_change, replan_model, tuned_model, write_winner
 from deploykit.config.settings import Settings
 from deploykit.planning.render import StackIdentity, render_files
 from deploykit.seams import stackdir
@@ -21,7 +23,7 @@ from deploykit.values.errors import DeployKitError, HealthError, PlanError, Usag
 from deploykit.values.plan import DeploymentPlan
 from deploykit.values.services import INFERENCE
 from deploykit.values.stackfiles import PLAN_FILE
-from deploykit.values.stackplan import PRESET_PATH, StackPlan
+from deploykit.values.stackplan import PRESET_PATH
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -56,60 +58,6 @@ def replan_files(stack: LoadedStack, **knobs: int | None) -> tuple[DeploymentPla
     plan = plan_with(inputs.host, ResolvedModel(inputs.model, inputs.weights), plan_settings, inputs.runs_on)
     spec = stack.spec.model_copy(update={"plan": plan})
     return plan, render_files(spec, stack.secrets, inputs)
-
-
-def replan_model(stack: LoadedStack, model_id: str, knobs: dict[str, int]) -> tuple[StackPlan, dict[str, str]]:
-    """A stack of several models re-planned from plan.json's inputs with ``model_id``'s own knobs changed (its
-    [[models]] entry's ``threads``, ``parallel``): the whole stack packed again, the rest as recorded.
-
-    Raises PlanError when the stack no longer fits, or when the knobs are out of a model's bounds."""
-    from pydantic import ValidationError
-
-    from deploykit.values.plan import ModelInput
-
-    stack_plan = stack.spec.stack_plan
-    assert stack_plan is not None
-    index = [m.model_id for m in stack_plan.models].index(model_id)
-    recorded = stack.inputs
-    models = list(recorded.models)
-    try:
-        models[index] = ModelInput.model_validate({**models[index].model_dump(), **knobs})
-    except ValidationError as exc:
-        said = "; ".join(f"{e['loc'][-1]} {e['msg']}" for e in exc.errors())
-        raise PlanError(f"{model_id} cannot take {_words(knobs)}: {said}.", "Leave it out of the grid.") from None
-    planned = plan_models(recorded.host, tuple(models), recorded.settings, stack.spec.inference_port, recorded.runs_on)
-    inputs = recorded.model_copy(update={"models": tuple(models)})
-    spec = stack.spec.model_copy(update={"plan": planned.plan, "models": planned.models, "packing": planned.packing})
-    return planned, render_files(spec, stack.secrets, inputs)
-
-
-def _words(knobs: dict[str, int]) -> str:
-    return " ".join(f"{k}={v}" for k, v in knobs.items())
-
-
-def placement_change(before: StackPlan, after: StackPlan, model_id: str) -> str | None:
-    """Why a re-plan of ``model_id`` reaches beyond its own placement (`tune --model` stays inside it): the
-    stack served another way, the model on another server, or another model's context, slots or loading changed.
-    None when only ``model_id`` changed."""
-    old, new = before.packing, after.packing
-    if (old.mode, old.models_max) != (new.mode, new.models_max):
-        return (
-            f"the stack would be served {new.mode.replace('_', ' ')} (--models-max {new.models_max}) instead of "
-            f"{old.mode.replace('_', ' ')} (--models-max {old.models_max})"
-        )
-    for model in before.models:
-        moved = after.model(model.model_id)
-        if moved.service != model.service:
-            return f"{model.model_id} would move from {model.service} to {moved.service}"
-        if model.model_id == model_id:
-            continue
-        a, b = old.placement(model.model_id), new.placement(model.model_id)
-        if (a.context, a.slots, a.loaded) != (b.context, b.slots, b.loaded):
-            return (
-                f"{model.model_id} would go from {a.context} tokens × {a.slots} slot(s), {a.loaded.replace('_', ' ')}, "
-                f"to {b.context} × {b.slots}, {b.loaded.replace('_', ' ')}"
-            )
-    return None
 
 
 def bench_target(stack: LoadedStack, via: str, model_id: str | None = None) -> BenchTarget:
@@ -586,25 +534,6 @@ def _score_rows(rows: list[TuneRow]) -> tuple[Candidate, float] | None:
     return best
 
 
-def tuned_model(stack_dir: Path, models: Sequence[str], asked: str | None) -> str | None:
-    """Which model `tune` sweeps: ``asked`` (``--model``), which a stack of several models needs; None for a
-    one-model stack asked for nothing or for its model. A UsageError names the stack's models otherwise."""
-    listed = ", ".join(models)
-    if asked is None:
-        if len(models) > 1:
-            raise UsageError(
-                f"{stack_dir} serves several models ({listed}), and tune sweeps one of them at a time.",
-                f"Name it: `deploykit tune --model {models[0]} --dir {stack_dir}`.",
-            )
-        return None
-    if asked not in models:
-        raise UsageError(
-            f"the stack in {stack_dir} does not serve a model '{asked}'.",
-            f"It serves {listed}; give one of them to --model.",
-        )
-    return asked if len(models) > 1 else None
-
-
 def tune_stack(
     settings: Settings,
     request: TuneRequest,
@@ -619,7 +548,6 @@ def tune_stack(
     with that model's [[models]] entry changed, and must leave the other models' placements as they are), only
     its server restarts, and the winner goes into its [[models]] entry.
     """
-    from deploykit.config.settings import write_stack_settings
     from deploykit.running import lifecycle
     from deploykit.running.bench import Workload
     from deploykit.running.served import served_by
@@ -651,10 +579,8 @@ def tune_stack(
     report.winner = winner.knobs()
     if best is None:
         report.notes.append("no candidate completed its requests; the stack keeps its settings.")
-    elif model_id is None:
-        report.settings_file = str(write_stack_settings(stack.dir, winner.knobs()))
     else:
-        report.settings_file = str(write_model_knobs(stack, model_id, winner.knobs()))
+        report.settings_file = str(write_winner(stack, model_id, winner.knobs()))
     router = served.server(model.service).router
     if model_id is not None and router:
         others = [m for m in served.server(model.service).models if m != model_id]
@@ -666,15 +592,3 @@ def tune_stack(
     report.confirmed = sweep.measure(winner)["metrics"]
     report.healthy = lifecycle.status(load_stack(stack.dir), docker_host)["healthy"]
     return report
-
-
-def write_model_knobs(stack: LoadedStack, model_id: str, knobs: dict[str, int]) -> Path:
-    """``knobs`` into ``model_id``'s [[models]] entry of the stack's deploykit.toml, the others as they are."""
-    from deploykit.app.stack import stack_choices
-    from deploykit.config.settings import write_stack_model
-
-    stack_plan = stack.spec.stack_plan
-    assert stack_plan is not None
-    index = [m.model_id for m in stack_plan.models].index(model_id)
-    entries = [c.model_dump(exclude_defaults=True) for c in stack_choices(stack)]
-    return write_stack_model(stack.dir, entries, index, knobs)

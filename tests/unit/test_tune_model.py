@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from deploykit.app.measure import Candidate, TuneRequest, _Sweep, replan_model, tuned_model, write_model_knobs
+from deploykit.app.measure import Candidate, TuneRequest, _Sweep
+from deploykit.app.tune_model import replan_model, tuned_model, write_model_knobs, write_winner
 from deploykit.cli import cli
 from deploykit.config.settings import write_stack_model
 from deploykit.running.stack import load_stack
@@ -160,7 +161,7 @@ def test_a_candidate_that_would_move_the_other_models_is_skipped_naming_the_chan
 def test_the_winner_goes_into_its_models_entry_and_the_rest_of_deploykit_toml_is_kept(tmp_path: Path) -> None:
     text = (
         "# my stack\n"
-        "kv_cache_type = \"q8_0\"  # keep\n\n"
+        'kv_cache_type = "q8_0"  # keep\n\n'
         "[[models]]\n"
         f'id = "{SMOLLM}"  # the default\n'
         "context = 2048\n\n"
@@ -185,3 +186,20 @@ def test_a_stack_made_from_flags_gets_every_models_entry_the_winner_in_its_own(t
     data = tomllib.loads((stack_dir / "deploykit.toml").read_text())
     assert data["kv_cache_type"] == "q8_0"
     assert data["models"] == [{"id": SMOLLM}, {"id": QWEN_15B, "threads": 1, "parallel": 1}]
+
+
+def test_a_one_model_stack_whose_models_table_sets_its_knobs_gets_the_winner_there(tmp_path: Path) -> None:
+    stack_dir = render_models(tmp_path, "cpu", {"id": SMOLLM, "threads": 1})
+    assert load_stack(stack_dir).spec.plan.threads == 1, "the entry's own threads are planned"
+    text = f'kv_cache_type = "q8_0"\n\n[[models]]\nid = "{SMOLLM}"\nthreads = 1\n'
+    (stack_dir / "deploykit.toml").write_text(text)
+    write_winner(load_stack(stack_dir), None, {"threads": 2, "parallel": 1})
+    data = tomllib.loads((stack_dir / "deploykit.toml").read_text())
+    assert data["models"] == [{"id": SMOLLM, "threads": 2, "parallel": 1}], "the table that wins gets it"
+    assert "threads" not in data and data["kv_cache_type"] == "q8_0"
+
+
+def test_a_one_model_stack_without_such_a_table_gets_todays_top_level_knobs(tmp_path: Path) -> None:
+    stack_dir = render_models(tmp_path, "cpu", {"id": SMOLLM})
+    write_winner(load_stack(stack_dir), None, {"threads": 2, "parallel": 1})
+    assert tomllib.loads((stack_dir / "deploykit.toml").read_text()) == {"threads": 2, "parallel": 1}
