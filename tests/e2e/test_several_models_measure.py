@@ -8,13 +8,18 @@ untouched" is checked byte for byte. A small grid and few short requests: CI has
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import GGUF, Stack, deploykit, make_stack, need
+from tests.e2e.conftest import GGUF, ROOT, Stack, deploykit, make_stack, need
 from tests.e2e.test_several_models import Q4_ID, Q8, Q8_ID, ask, several_running, status, ui_client
 
 pytestmark = pytest.mark.e2e
@@ -127,3 +132,45 @@ def test_tune_model_sweeps_that_model_writes_its_entry_only_and_leaves_the_stack
     with ui_client(stack) as ui:
         assert all(ask(ui, m)[0] for m in (Q4_ID, Q8_ID))
     print({(r["threads"], r["parallel"]): round(r["score"], 1) for r in report["rows"]}, "winner", winner)
+
+
+def test_tune_model_interrupted_puts_the_files_back_and_the_router_runs_them(
+    pair: tuple[Stack, dict[str, Any]],
+) -> None:
+    """Ctrl-C once the sweep has written another candidate's preset: every stack file as before, the router
+    restarted with them (both models loaded again), exit code 130."""
+    stack, _ = pair
+    before = stack_files(stack)
+    preset = stack.dir / "presets" / "models.ini"
+    command = [
+        sys.executable, "-m", "deploykit", "tune", "--dir", str(stack.dir), "--model", Q8_ID,
+        "--threads", "1", "--parallel", "1,2,3", *LOAD,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ) | stack.env,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 300
+    while preset.read_bytes() == before["presets/models.ini"]:
+        assert proc.poll() is None, "tune ended before another candidate was written: " + (
+            proc.stderr.read() if proc.stderr else ""
+        )
+        assert time.monotonic() < deadline, "no candidate written within 300 s"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert stack_files(stack) == before, "every stack file (deploykit.toml too) as before the sweep"
+    # tune exits without waiting for the restarted router: wait (not timed) for its models to load again.
+    deadline = time.monotonic() + 180
+    while deploykit("status", "--dir", str(stack.dir), env=stack.env).code != 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    state = status(stack)
+    assert state["healthy"] is True, state
+    assert {m["model"]: m["state"] for m in state["models"]} == {Q4_ID: "loaded", Q8_ID: "loaded"}
+    with ui_client(stack) as ui:
+        assert all(ask(ui, m)[0] for m in (Q4_ID, Q8_ID))
