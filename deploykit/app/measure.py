@@ -2,7 +2,8 @@
 
 `tune`'s whole logic is here: which knob settings to try (from the machine's CPU count, the stack's current
 settings and the workload), how each is measured (the inference service restarted with it, then loaded through
-``deploykit.running.bench``), and which one won (written into the stack's deploykit.toml).
+``deploykit.running.bench``), and which one won (written into the stack's deploykit.toml). What is particular
+to one model of a stack of several (`tune --model`) is in ``deploykit.app.tune_model``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Required, TypedDict, cast
 
 from deploykit.app.resolve import ResolvedModel, engine_for, plan_with
+from deploykit.app.tune_model import placement_change, replan_model, tuned_model, write_winner
 from deploykit.config.settings import Settings
 from deploykit.planning.render import StackIdentity, render_files
 from deploykit.seams import stackdir
@@ -21,6 +23,7 @@ from deploykit.values.errors import DeployKitError, HealthError, PlanError, Usag
 from deploykit.values.plan import DeploymentPlan
 from deploykit.values.services import INFERENCE
 from deploykit.values.stackfiles import PLAN_FILE
+from deploykit.values.stackplan import PRESET_PATH
 
 if TYPE_CHECKING:
     # Running stacks needs httpx and the docker SDK: plan and render should not pay for them.
@@ -331,6 +334,7 @@ class TuneRow(TypedDict, total=False):
     metrics: dict[str, float] | None
     repeat: dict[str, float] | None  # a second run, for a candidate close to the best
     errors: list[str]
+    skipped: str  # not measured: the planner's reason (it does not fit, or not in the model's placement)
     score: float
     of_best: float
 
@@ -372,6 +376,7 @@ class TuneRequest:
     threads: list[int] | None = None
     parallel: list[int] | None = None
     time_limit: float = 90.0
+    model: str | None = None  # which model of the stack (`--model`); needed on a stack of several
 
     @property
     def requests_each(self) -> int:
@@ -390,12 +395,14 @@ class TuneReport:
     confirmed: dict[str, float] | None = None
     healthy: bool = False
     notes: list[str] = field(default_factory=list)
+    model: str = ""  # the model swept
+    service: str = ""  # the service restarted for each candidate
 
 
 @dataclass
 class _Sweep:
-    """One candidate after another on the running stack: re-render with its knobs, restart the inference
-    service, warm it up, measure it."""
+    """One candidate after another on the running stack: re-render with its knobs, restart the server,
+    warm it up, measure it. ``model`` (a stack of several): that model's knobs only, its server restarted."""
 
     stack: LoadedStack
     docker_host: EngineAddress
@@ -406,20 +413,61 @@ class _Sweep:
     current: Candidate
     on_result: Callable[[RequestResult], None]
     words: int | None = None
+    model: str | None = None
 
     @property
-    def files(self) -> tuple[str, str]:
-        """What a candidate rewrites: the stack file and plan.json (never .env)."""
-        return self.stack.stack_file.name, PLAN_FILE
+    def service(self) -> str:
+        stack_plan = self.stack.spec.stack_plan
+        return stack_plan.model(self.model).service if stack_plan and self.model else INFERENCE
 
-    def apply(self, candidate: Candidate) -> float:
+    @property
+    def files(self) -> tuple[str, ...]:
+        """What a candidate rewrites: the stack file and plan.json (never .env), and a router's preset."""
+        names: tuple[str, ...] = (self.stack.stack_file.name, PLAN_FILE)
+        stack_plan = self.stack.spec.stack_plan
+        return (*names, PRESET_PATH) if stack_plan is not None and stack_plan.routed else names
+
+    def replan(self, candidate: Candidate) -> dict[str, str]:
+        """The files for ``candidate``; PlanError when it does not fit (a several-model stack: when it would
+        change more than its model's own placement)."""
+        if self.model is None:
+            return replan_files(self.stack, **candidate.knobs())[1]
+        before = self.stack.spec.stack_plan
+        assert before is not None
+        planned, files = replan_model(self.stack, self.model, candidate.knobs())
+        if (why := placement_change(before, planned, self.model)) is not None:
+            raise PlanError(
+                f"{candidate.label()} does not fit in {self.model}'s placement: {why}.",
+                "tune changes one model's knobs only; leave this setting out of the grid.",
+            )
+        return files
+
+    def bring_up(self, preset_changed: bool = True) -> None:
+        """The service started with the files on disk: compose recreates it when its own definition changed;
+        a router whose command did not, but whose preset did (its models' flags), is restarted to read it."""
+        service = self.service
+        if self.model is None:
+            self.compose.up(service)
+            return
+        before = {c.service: c.started_at for c in self.compose.containers() if c.state == "running"}
+        self.compose.up(service)
+        after = {c.service: c.started_at for c in self.compose.containers() if c.state == "running"}
+        if preset_changed and service in before and before.get(service) == after.get(service):
+            self.compose.restart(service)
+
+    def wait_ready(self) -> float:
         from deploykit.running.stack import load_stack
-        from deploykit.running.stages import wait_inference_ready
+        from deploykit.running.stages import wait_inference_ready, wait_server_ready
 
-        _, files = replan_files(self.stack, **candidate.knobs())
-        stackdir.write_stack(self.stack.dir, {k: files[k] for k in self.files})
-        self.compose.up(INFERENCE)
-        return wait_inference_ready(load_stack(self.stack.dir), self.docker_host)
+        loaded = load_stack(self.stack.dir)
+        if self.model is None:
+            return wait_inference_ready(loaded, self.docker_host)
+        return wait_server_ready(loaded, self.docker_host, self.service)
+
+    def apply(self, files: dict[str, str]) -> float:
+        changed = stackdir.write_stack(self.stack.dir, {k: files[k] for k in self.files})
+        self.bring_up(PRESET_PATH in changed)
+        return self.wait_ready()
 
     def measure(self, candidate: Candidate) -> TuneRow:
         from deploykit.running.bench import calibrate_words, run_level, warm_up
@@ -431,7 +479,14 @@ class _Sweep:
             "current": candidate == self.current,
         }
         try:
-            row["ready_s"] = round(self.apply(candidate), 1)
+            files = self.replan(candidate)
+        except PlanError as exc:  # nothing written, nothing restarted: the row says why
+            row["metrics"] = None
+            row["errors"] = [exc.message]
+            row["skipped"] = exc.message
+            return row
+        try:
+            row["ready_s"] = round(self.apply(files), 1)
             if self.words is None:
                 self.words = calibrate_words(self.target, self.request.prompt_tokens)
             warm_up(self.target, self.load, self.words, limit)
@@ -457,11 +512,15 @@ class _Sweep:
                 on_candidate(f"{again.label()} (close to the best: measured again)")
                 rows[i]["repeat"] = self.measure(again).get("metrics")
         except BaseException:
-            stackdir.write_stack(self.stack.dir, original)
-            with contextlib.suppress(DeployKitError):
-                self.compose.up(INFERENCE)
+            self.restore(original)
             raise
         return rows
+
+    def restore(self, original: dict[str, str]) -> None:
+        """The files as they were, and the service started with them again."""
+        changed = stackdir.write_stack(self.stack.dir, original)
+        with contextlib.suppress(DeployKitError):
+            self.bring_up(PRESET_PATH in changed)
 
 
 def _score_rows(rows: list[TuneRow]) -> tuple[Candidate, float] | None:
@@ -485,10 +544,13 @@ def tune_stack(
 
     The winner goes into the stack's deploykit.toml and the stack is re-rendered and restarted with it; an
     interrupted sweep puts the stack back as it was. Only the inference service restarts; secrets stay.
+    On a stack of several models ``request.model``'s knobs are swept (each candidate re-plans the whole stack
+    with that model's [[models]] entry changed, and must leave the other models' placements as they are), only
+    its server restarts, and the winner goes into its [[models]] entry.
     """
-    from deploykit.config.settings import write_stack_settings
     from deploykit.running import lifecycle
     from deploykit.running.bench import Workload
+    from deploykit.running.served import served_by
     from deploykit.running.stack import load_stack
     from deploykit.seams import engine
 
@@ -497,31 +559,35 @@ def tune_stack(
         "Tune a Compose stack of the same plan (`deploykit up --target compose --dir OTHER`), then copy the "
         "winner from its deploykit.toml into this stack's and render it again.",
     )
-    if stack.spec.stack_plan is not None:
-        # Its sweep restarts the one inference service; a router's restart would reload every model behind it.
-        raise UsageError(
-            f"{stack.dir} serves several models, and tune sweeps a stack of one model only.",
-            "Measure each model with `deploykit bench --model NAME --dir …`, or tune a one-model stack of it and "
-            "give the winner to that model's [[models]] entry.",
-        )
-    check_request_fits(stack, request.prompt_tokens, request.max_tokens)
+    served = served_by(stack)
+    model_id = tuned_model(stack.dir, [m.id for m in served.models], request.model)
+    model = served.require(model_id)
+    check_request_fits(stack, request.prompt_tokens, request.max_tokens, model.context_length)
     docker_host = engine_for(settings)
-    plan = stack.spec.plan
-    current = Candidate(plan.threads, plan.parallel)
+    current = Candidate(model.threads, model.parallel)
     cpus = engine.engine_cpus(docker_host)
     load = Workload(request.concurrency, request.requests_each, request.prompt_tokens, request.max_tokens)
-    target = bench_target(stack, INFERENCE)
-    sweep = _Sweep(stack, docker_host, stack.engine_stack(docker_host), target, load, request, current, on_result)
+    target = bench_target(stack, INFERENCE, model.id)
+    compose = stack.engine_stack(docker_host)
+    sweep = _Sweep(stack, docker_host, compose, target, load, request, current, on_result, model=model_id)
     grid = candidates(current, cpus, request.concurrency, request.threads, request.parallel)
     workload = describe_workload(request.concurrency, request.prompt_tokens, request.max_tokens, request.workload_name)
     report = TuneReport(str(stack.dir), workload, cpus, current.knobs(), current.knobs(), sweep.run(grid, on_candidate))
+    report.model, report.service = model.id, sweep.service
     best = _score_rows(report.rows)
     winner = best[0] if best else current
     report.winner = winner.knobs()
     if best is None:
         report.notes.append("no candidate completed its requests; the stack keeps its settings.")
     else:
-        report.settings_file = str(write_stack_settings(stack.dir, winner.knobs()))
+        report.settings_file = str(write_winner(stack, model_id, winner.knobs()))
+    router = served.server(model.service).router
+    if model_id is not None and router:
+        others = [m for m in served.server(model.service).models if m != model_id]
+        report.notes.append(
+            f"{model.id} is served by the {model.service}: each restart for a candidate reloaded its other "
+            f"models too ({', '.join(others)})."
+        )
     on_candidate(f"{winner.label()} (winner, confirming)")
     report.confirmed = sweep.measure(winner)["metrics"]
     report.healthy = lifecycle.status(load_stack(stack.dir), docker_host)["healthy"]

@@ -177,13 +177,15 @@ def make_plan(
             backend=choice.backend,
             quantization=choice.quantization,
             context=choice.context,
+            threads=choice.threads,
+            parallel=choice.parallel,
         )
         return plan_several(host, (entry,), settings, runs_on).plan
     return plan_with(host, model, settings.plan_settings(), runs_on)
 
 
 def _narrowed(choice: ModelChoice) -> bool:
-    return bool(choice.backend or choice.quantization or choice.context)
+    return bool(choice.backend or choice.quantization or choice.context or choice.threads or choice.parallel)
 
 
 def plan_with(
@@ -241,6 +243,8 @@ def resolve_models(settings: Settings) -> tuple[ResolvedModel, tuple[ModelInput,
                 quantization=choice.quantization,
                 context=choice.context,
                 keep_loaded=choice.keep_loaded,
+                threads=choice.threads,
+                parallel=choice.parallel,
             )
         )
     first = inputs[0]
@@ -251,12 +255,21 @@ def plan_several(
     host: HostProfile, models: tuple[ModelInput, ...], settings: Settings, runs_on: RunHost | None = None
 ) -> StackPlan:
     """The stack's models planned together, or a PlanError naming the model and the nearest alternative."""
+    return plan_models(host, models, settings.plan_settings(), settings.inference_port, runs_on)
+
+
+def plan_models(
+    host: HostProfile,
+    models: tuple[ModelInput, ...],
+    plan_settings: PlanSettings,
+    inference_port: int,
+    runs_on: RunHost | None = None,
+) -> StackPlan:
+    """``plan_several`` from the planner's own settings (what plan.json records: `tune --model` re-plans so)."""
     from deploykit.planning.stackplan import StackRefused, plan_stack
 
     try:
-        return plan_stack(
-            host, models, settings.plan_settings(), inference_port=settings.inference_port, runs_on=runs_on
-        )
+        return plan_stack(host, models, plan_settings, inference_port=inference_port, runs_on=runs_on)
     except StackRefused as refused:
         hint = refused.alternative or 'Serve fewer models, or a smaller quantisation (quantization = "Q4_K_M").'
         raise PlanError(

@@ -561,6 +561,8 @@ def stack_choices(stack: LoadedStack) -> list[ModelChoice]:
             quantization=entry.quantization,
             context=entry.context,
             keep_loaded=entry.keep_loaded,
+            threads=entry.threads,
+            parallel=entry.parallel,
         )
         for entry in inputs.models
     ]

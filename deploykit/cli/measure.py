@@ -142,6 +142,12 @@ def bench(
     metavar="SECONDS",
     help="Cut a candidate's measurement after this long (it scores 0: too slow).",
 )
+@click.option(
+    "--model",
+    "model_id",
+    metavar="NAME",
+    help="Which of the stack's models to tune (needed on a stack of several; its [[models]] entry gets the winner).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
 @click.pass_context
 def tune(
@@ -155,6 +161,7 @@ def tune(
     prompt_tokens: int,
     max_tokens: int,
     time_limit: float,
+    model_id: str | None,
     as_json: bool,
 ) -> None:
     """Measure the running stack with each candidate setting and keep the fastest for your workload.
@@ -162,6 +169,10 @@ def tune(
     Restarts only the inference service, once per candidate (threads × parallel slots). The winner is
     written to the stack's deploykit.toml, so later `render` and `up` keep it, and the stack is left
     running it. Secrets, accounts and chats are untouched. A few minutes on a small model.
+
+    On a stack of several models, --model NAME sweeps that model only: each candidate re-plans the stack
+    with NAME's knobs (one that does not fit beside the others is skipped), only NAME's server restarts
+    (a router reloads its other models with it), and the winner goes into NAME's [[models]] entry.
     """
     from dataclasses import asdict
     from pathlib import Path
@@ -181,6 +192,7 @@ def tune(
         threads=int_list(threads_list, "--threads", MAX_THREADS) if threads_list else None,
         parallel=int_list(parallel_list, "--parallel", MAX_CONCURRENCY) if parallel_list else None,
         time_limit=time_limit,
+        model=model_id,
     )
     output.show_tune_goal(name, level)
     with progress_bar(1, "tune") as progress:

@@ -459,6 +459,8 @@ def show_tune_goal(name: str | None, concurrency: int) -> None:
 def show_tune(report: TuneReport) -> None:
     w = report.workload
     console.print(f"[bold]deploykit tune[/bold] — optimised for [bold]{w['name']}[/bold]: {w['objective']}")
+    if report.model and report.service:
+        console.print(f"  Model {report.model}, served by {report.service}.")
     console.print(f"  {report.cpus} CPUs on the engine's machine; {len(report.rows)} settings measured.")
     table = Table()
     for col in ("threads", "parallel", "output tok/s", "tok/s per request", "median TTFT ms", "of best", "note"):
@@ -470,7 +472,9 @@ def show_tune(report: TuneReport) -> None:
             note = (note + ", winner").lstrip(", ")
         if "repeat" in row:
             note = (note + ", measured twice (of best: the mean)").lstrip(", ")
-        if row["errors"]:
+        if row.get("skipped"):
+            note = (note + " skipped: " + row["skipped"][:80]).strip()
+        elif row["errors"]:
             note = (note + " " + row["errors"][0][:60]).strip()
         table.add_row(
             str(row["threads"]),

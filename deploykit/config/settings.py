@@ -366,6 +366,43 @@ def write_stack_models(stack_dir: Path, models: list[dict[str, Any]]) -> Path:
     return path
 
 
+def write_stack_model(stack_dir: Path, models: list[dict[str, Any]], index: int, values: dict[str, Any]) -> Path:
+    """Set ``values`` in the [[models]] entry of the stack's model ``index`` in its deploykit.toml (`deploykit tune
+    --model`), keeping the other entries, keys and comments as they were.
+
+    ``models`` are the stack's entries as its plan.json has them, the default first. A file whose [[models]] are
+    not those (none: the models came as flags) gets them, as `models add|remove` writes them."""
+    import tomlkit
+
+    from deploykit.seams.textfile import read_text
+
+    path = stack_dir / STACK_SETTINGS_FILE
+    text = read_text(path, "stack settings", "Fix or remove the file.", ConfigError) if path.exists() else ""
+    doc = tomlkit.parse(text)
+    if not text:
+        doc.add(tomlkit.comment("Settings for this stack only; they win over config.toml (written by deploykit tune)."))
+    tables = doc.get("models")
+    ids = [entry.get("id") for entry in models]
+    if isinstance(tables, list) and [t.get("id") if isinstance(t, dict) else None for t in tables] == ids:
+        for key, value in values.items():
+            tables[index][key] = value
+    else:
+        if "models" in doc:
+            del doc["models"]
+        written = tomlkit.aot()
+        for i, entry in enumerate(models):
+            written.append(tomlkit.item(entry | values if i == index else entry))
+        doc.append("models", written)  # an array of tables goes last: after it, a plain key would belong to it
+    text = tomlkit.dumps(doc)
+    import tomllib
+
+    tomllib.loads(text)
+    tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     """``--image SERVICE=REF`` pairs, checked: a known service and a pinned reference."""
     services = (*SERVICES, TLS_PROXY)

@@ -65,6 +65,9 @@ def model_settings(settings: PlanSettings, entry: ModelInput) -> PlanSettings:
         update["backend"] = wanted
     if entry.context is not None:
         update["max_context"] = entry.context
+    for knob in ("threads", "parallel"):  # this model's serving knobs win over the stack's
+        if (value := getattr(entry, knob)) is not None:
+            update[knob] = value
     return settings.model_copy(update=update) if update else settings
 
 
@@ -284,6 +287,9 @@ def _as_demand(
         kv_granularity_bytes=trait.kv_granularity_bytes,
         keep_loaded=entry.keep_loaded,
         alternatives=alternatives,
+        # Slots asked for this model are kept: the packer serves it on demand or with a shorter context, or
+        # refuses it, rather than give it fewer.
+        **({"min_slots": plan.parallel} if entry.parallel is not None else {}),
     )
 
 

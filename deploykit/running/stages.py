@@ -459,3 +459,37 @@ def wait_inference_ready(stack: LoadedStack, docker_host: engine.EngineAddress, 
         tail = stack.engine_stack(docker_host).log_tail(INFERENCE, 25)
         raise _failed(message, "`deploykit logs inference` shows why.", INFERENCE, tail)
     return seconds
+
+
+class _Quiet:
+    """A Reporter that shows nothing: `tune` shows its own progress."""
+
+    def stage(self, name: str) -> None:
+        pass
+
+    def tick(self, elapsed: float, detail: str) -> None:
+        pass
+
+    def done(self, result: StageResult) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def wait_server_ready(stack: LoadedStack, docker_host: engine.EngineAddress, service: str) -> float:
+    """After (re)starting one server of a stack of several models: wait for its stages (``server_stages``: a
+    router until each model it loads at start is `loaded` in its GET /models, a server of its own until it
+    serves its model; a model the router loads on demand loads on the first request sent to it). Returns the
+    seconds it took; raises HealthError with the log tail when it died or timed out."""
+    server = served_by(stack).server(service)
+    begun = time.monotonic()
+    with ExitStack() as clients:
+        run_stages(
+            server_stages(server, stack.api_key, clients),
+            server.startup_seconds + 60,
+            _Quiet(),
+            watch=lambda name: _container_watch(stack, docker_host, name),
+            log_tail=lambda name: stack.engine_stack(docker_host).log_tail(name, 25),
+        )
+    return time.monotonic() - begun

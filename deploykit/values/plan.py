@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from deploykit.values.defaults import DEFAULT_MAX_CONTEXT
 from deploykit.values.host import HostProfile
@@ -113,6 +113,18 @@ class ModelInput(BaseModel):
     quantization: str | None = None
     context: Annotated[ContextTokens, WHOLE] | None = None
     keep_loaded: bool = False
+    # This model's serving knobs over the stack's (a [[models]] entry's, or `deploykit tune --model`'s winner).
+    threads: Annotated[Threads, WHOLE] | None = None
+    parallel: Annotated[Slots, WHOLE] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_knobs(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # plan.json keeps its bytes for a stack whose models ask for no knobs of their own.
+        data: dict[str, object] = handler(self)
+        return {k: v for k, v in data.items() if k not in _MODEL_KNOBS or v is not None}
+
+
+_MODEL_KNOBS = ("threads", "parallel")  # a model's own serving knobs, recorded only when asked for
 
 
 class PlanInputs(BaseModel):

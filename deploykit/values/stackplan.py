@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from deploykit.values.model import MODEL_ID
-from deploykit.values.plan import ContextTokens, DeploymentPlan
+from deploykit.values.plan import WHOLE, ContextTokens, DeploymentPlan, Slots, Threads
 
 MemoryKind = Literal["vram", "ram"]
 Mode = Literal["together", "on_demand"]
@@ -101,7 +101,8 @@ class ModelChoice(BaseModel):
 
     ``id`` names a catalog model (or, with ``file``, the file's model); ``file`` is a GGUF file or a Hugging
     Face model directory. ``backend``, ``quantization`` and ``context`` narrow what the planner may choose for
-    this model alone; ``keep_loaded`` keeps it loaded when the others are served on demand.
+    this model alone; ``keep_loaded`` keeps it loaded when the others are served on demand; ``threads`` and
+    ``parallel`` (slots) are this model's serving knobs over the stack's (`deploykit tune --model` writes them).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -112,6 +113,8 @@ class ModelChoice(BaseModel):
     quantization: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] | None = None  # "fp16", "bf16", "Q4_K_M"
     context: ContextTokens | None = None
     keep_loaded: bool = False
+    threads: Annotated[Threads, WHOLE] | None = None
+    parallel: Annotated[Slots, WHOLE] | None = None
 
 
 # ---------------------------------------------------------------- the stack as planned
