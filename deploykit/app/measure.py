@@ -414,6 +414,7 @@ class _Sweep:
     on_result: Callable[[RequestResult], None]
     words: int | None = None
     model: str | None = None
+    recreated: bool = False  # compose recreated the service for a candidate (a router: all its models reloaded)
 
     @property
     def service(self) -> str:
@@ -444,7 +445,8 @@ class _Sweep:
 
     def bring_up(self, preset_changed: bool = True) -> None:
         """The service started with the files on disk: compose recreates it when its own definition changed;
-        a router whose command did not, but whose preset did (its models' flags), is restarted to read it."""
+        a router whose command did not, but whose preset did (its models' flags), re-reads the preset in place,
+        so that only the model whose flags changed reloads."""
         service = self.service
         if self.model is None:
             self.compose.up(service)
@@ -452,8 +454,13 @@ class _Sweep:
         before = {c.service: c.started_at for c in self.compose.containers() if c.state == "running"}
         self.compose.up(service)
         after = {c.service: c.started_at for c in self.compose.containers() if c.state == "running"}
-        if preset_changed and service in before and before.get(service) == after.get(service):
-            self.compose.restart(service)
+        if before.get(service) != after.get(service):
+            self.recreated = True
+        elif preset_changed and service in before:
+            from deploykit.running.stack import load_stack
+            from deploykit.running.stages import reread_router_preset
+
+            reread_router_preset(load_stack(self.stack.dir), self.docker_host, service)
 
     def wait_ready(self) -> float:
         from deploykit.running.stack import load_stack
@@ -585,8 +592,11 @@ def tune_stack(
     if model_id is not None and router:
         others = [m for m in served.server(model.service).models if m != model_id]
         report.notes.append(
-            f"{model.id} is served by the {model.service}: each restart for a candidate reloaded its other "
-            f"models too ({', '.join(others)})."
+            f"{model.id} is served by the {model.service}; a candidate changed its command, so the router was "
+            f"recreated and its other models ({', '.join(others)}) reloaded too."
+            if sweep.recreated
+            else f"{model.id} is served by the {model.service}, which re-read its preset for each candidate: only "
+            f"{model.id} reloaded, its other models ({', '.join(others)}) kept running."
         )
     on_candidate(f"{winner.label()} (winner, confirming)")
     report.confirmed = sweep.measure(winner)["metrics"]

@@ -172,7 +172,7 @@ def tune(
 
     On a stack of several models, --model NAME sweeps that model only: each candidate re-plans the stack
     with NAME's knobs (one that does not fit beside the others is skipped), only NAME's server restarts
-    (a router reloads its other models with it), and the winner goes into NAME's [[models]] entry.
+    (behind the router, only NAME reloads), and the winner goes into NAME's [[models]] entry.
     """
     from dataclasses import asdict
     from pathlib import Path

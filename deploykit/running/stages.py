@@ -493,3 +493,20 @@ def wait_server_ready(stack: LoadedStack, docker_host: engine.EngineAddress, ser
             log_tail=lambda name: stack.engine_stack(docker_host).log_tail(name, 25),
         )
     return time.monotonic() - begun
+
+
+def reread_router_preset(stack: LoadedStack, docker_host: engine.EngineAddress, service: str) -> None:
+    """The running router re-reads its preset (``GET /models?reload=1``): a model whose flags changed is stopped
+    by it, and loaded again here when the router loads it at start; its other models keep running untouched
+    (checked on b11669, docs/several-models.md). ``wait_server_ready`` then waits for the load."""
+    server = served_by(stack).server(service)
+    try:
+        with health.router_client(server.url, stack.api_key) as client:
+            states = health.reload_router(client)
+            for model_id in server.load_on_start:
+                if states.get(model_id) not in ("loaded", "loading"):
+                    health.load_on_router(client, model_id)
+    except health.StageFailed as exc:
+        tail = stack.engine_stack(docker_host).log_tail(service, 25)
+        hint = f"`deploykit logs {service}` shows why."
+        raise _failed(f"the {service} did not take its new preset: {exc}.", hint, service, tail) from None

@@ -192,6 +192,16 @@ def reload_router(client: httpx.Client) -> dict[str, str]:
     return router_states(client)
 
 
+def load_on_router(client: httpx.Client, model_id: str) -> None:
+    """Ask the router to load ``model_id`` now (``POST /models/load``); one already running is fine."""
+    try:
+        r = client.post("/models/load", json={"model": model_id})
+    except httpx.HTTPError as exc:
+        raise StageFailed(f"{type(exc).__name__} on /models/load {model_id}") from None
+    if r.status_code != 200 and not (r.status_code == 400 and "already running" in r.text):
+        raise StageFailed(f"/models/load {model_id}: HTTP {r.status_code} {r.text[:200]}")
+
+
 def probe_webui_health(client: httpx.Client) -> str:
     r = _get(client, "/health")
     if r.status_code == 200 and r.json().get("status") is True:
