@@ -135,6 +135,7 @@ def several_spec(
         models=stack.models,
         packing=stack.packing,
         model_paths=paths,
+        model_cache=str(settings.model_cache),
     )
     inputs = PlanInputs(
         host=host, model=default.spec, settings=settings.plan_settings(), weights=default.weights, models=models

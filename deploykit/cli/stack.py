@@ -58,8 +58,8 @@ def models(ctx: click.Context, stack_dir: str | None, as_json: bool) -> None:
     """List the model catalog; with --dir, the models a stack serves (each one's state and memory).
 
     `deploykit models add MODEL --dir D` and `deploykit models remove MODEL --dir D` change a running stack's
-    models: Open WebUI and its accounts and chats keep running, and so do the other models' servers (a change
-    to the llama.cpp router's models restarts the router, which reloads its other models in seconds)."""
+    models: Open WebUI and its accounts and chats keep running, and so do the other models (a GGUF file from
+    outside deploykit's model cache recreates the llama.cpp router, which reloads its models in seconds)."""
     if ctx.invoked_subcommand is not None:
         return
     from deploykit.app import day2 as api
@@ -107,9 +107,9 @@ def models_add(
     """Add MODEL (a catalog id, or the id of --model-file's model) to the stack in --dir, planned beside its
     models; it is written into the stack's deploykit.toml as one of its [[models]].
 
-    Only what changes starts: a vLLM model's own service, or for a GGUF model the llama.cpp router (its
-    other models reload with it, in seconds); Open WebUI lists it at once. Accounts and chats are left as
-    they are."""
+    Only what changes starts: a vLLM model's own service, or a GGUF model in the running llama.cpp router,
+    which re-reads its presets (a file from outside deploykit's model cache recreates the router, its other
+    models reloading in seconds); Open WebUI lists it at once. Accounts and chats are left as they are."""
     from deploykit.app import day2 as api
 
     _change_models(ctx, stack_dir, (api.model_choice(model, path_or_none(model_file), backend),), (), as_json)
@@ -121,8 +121,8 @@ def models_add(
 @click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
 @click.pass_context
 def models_remove(ctx: click.Context, model: str, stack_dir: str, as_json: bool) -> None:
-    """Remove MODEL (its id in the stack) from the stack in --dir; the other models keep being served (a
-    GGUF model's removal restarts the llama.cpp router, which reloads its other models in seconds)."""
+    """Remove MODEL (its id in the stack) from the stack in --dir; the other models keep running (unless the
+    llama.cpp router must be recreated: its mounts or its --models-max change)."""
     _change_models(ctx, stack_dir, (), (model,), as_json)
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -43,6 +43,7 @@ from deploykit.values.stackfiles import (
     sha256,
 )
 from deploykit.values.stackplan import (
+    MAX_MODELS,
     MODELS_PRESET,
     PRESET_PATH,
     PRESETS_DIR,
@@ -89,6 +90,9 @@ class StackSpec(BaseModel):
     models: tuple[StackModel, ...] = ()
     packing: Packing | None = None
     model_paths: dict[str, str] = {}
+    # deploykit's model cache on the Docker host: a Compose router mounts it whole (read-only), so that a model
+    # of it added or removed later changes the router's preset only, not its mounts (""; each file on its own).
+    model_cache: str = ""
 
     @property
     def stack_plan(self) -> StackPlan | None:
@@ -411,15 +415,35 @@ def render_preset(spec: StackSpec, env: jinja2.Environment) -> str:
     for m in stack.routed:
         backend = named(m.plan.backend)
         extra = backend.template_vars(m.plan)
-        models.append({"id": m.model_id, "plan": m.plan, "model_path": _routed_path(m), **extra})
+        models.append({"id": m.model_id, "plan": m.plan, "model_path": _routed_path(spec, m), **extra})
     context = {"version": __version__, "models": models, "load_on_start": stack.packing.load_on_start}
     # The preset's template sits beside the router's service template: services/<router_template>.ini.j2.
     return templating.render(env, f"services/{backend.router_template}.ini.j2", context)
 
 
-def _routed_path(model: StackModel) -> str:
-    # Each GGUF bound to a path deploykit chooses, never the user's: the preset's parser cannot carry every name.
-    return f"/models/{model.model_id}.gguf"
+ROUTER_CACHE_DIR = "/model-cache"  # where a Compose router sees deploykit's model cache
+
+
+def _routed_path(spec: StackSpec, model: StackModel) -> str:
+    """Where the router loads ``model`` from: inside the model cache's mount when the file lies in the cache
+    under a name the preset can carry, else its own bind at a path deploykit chooses (the preset's parser
+    cannot carry every name a user gives a file)."""
+    cached = _in_cache(spec, spec.model_paths[model.model_id])
+    return f"{ROUTER_CACHE_DIR}/{cached}" if cached is not None else f"/models/{model.model_id}.gguf"
+
+
+def _in_cache(spec: StackSpec, host_path: str) -> str | None:
+    """``host_path`` relative to the model cache, when a Compose stack mounts the cache and the name is one the
+    preset carries (letters, digits, '.', '_', '-', '/'); else None."""
+    if spec.target != "compose" or not spec.model_cache:
+        return None
+    try:
+        relative = PurePosixPath(host_path).relative_to(PurePosixPath(spec.model_cache)).as_posix()
+    except ValueError:
+        return None
+    if relative == "." or ".." in relative.split("/") or not re.fullmatch(r"[A-Za-z0-9._/-]+", relative):
+        return None
+    return relative
 
 
 def _several_context(
@@ -450,16 +474,7 @@ def _several_context(
             "depends_on": order[index - 1] if index and spec.target == "compose" else None,
         }
         if service == ROUTER:
-            context |= {
-                "routed": [
-                    {"host_path": spec.model_paths[m.model_id], "container_path": _routed_path(m)} for m in served
-                ],
-                "models_max": stack.packing.models_max or len(served),
-                "presets_dir": PRESETS_DIR,
-                "presets_folder": PRESETS_FOLDER,
-                "preset_file": MODELS_PRESET,
-                "plan": first.plan.model_copy(update={"startup_seconds": max(m.plan.startup_seconds for m in served)}),
-            }
+            context |= _router_context(spec, stack, served)
             template = f"services/{backend.router_template}.yaml.j2"
         else:
             template = f"services/{backend.template}.yaml.j2"
@@ -483,6 +498,28 @@ def _several_context(
         "connections": urls,
         "connection_configs": json.dumps(configs, sort_keys=True),
         "webui_env": webui_env,
+    }
+
+
+def _router_context(spec: StackSpec, stack: StackPlan, served: Sequence[StackModel]) -> dict[str, Any]:
+    """What the router's service template adds: its mounts (the model cache whole, other files one by one), its
+    --models-max, where its preset is, and the longest start of its models."""
+    in_cache = [m for m in served if _in_cache(spec, spec.model_paths[m.model_id]) is not None]
+    return {
+        "routed": [
+            {"host_path": spec.model_paths[m.model_id], "container_path": _routed_path(spec, m)}
+            for m in served
+            if m not in in_cache
+        ],
+        "model_cache": {"host_path": spec.model_cache, "container_path": ROUTER_CACHE_DIR} if in_cache else None,
+        # Together, every model of the preset is loaded and none evicted: the most a stack holds, so that a model
+        # added or removed later does not change the router's command (b11669 refuses 0, "no limit", when it
+        # counts the models it loads at start: "exceeds models_max (0)").
+        "models_max": stack.packing.models_max if stack.packing.mode == "on_demand" else MAX_MODELS,
+        "presets_dir": PRESETS_DIR,
+        "presets_folder": PRESETS_FOLDER,
+        "preset_file": MODELS_PRESET,
+        "plan": served[0].plan.model_copy(update={"startup_seconds": max(m.plan.startup_seconds for m in served)}),
     }
 
 
@@ -526,7 +563,9 @@ def _kubernetes_servers(
                 # The router's processes together: every model it may hold at once.
                 "memory_request": f"{-(-sum(m.plan.memory.total_bytes for m in served) // (1024 * 1024))}Mi",
             }
-            copies += [f"{spec.model_paths[m.model_id]} as {_routed_path(m).removeprefix('/models/')}" for m in served]
+            copies += [
+                f"{spec.model_paths[m.model_id]} as {_routed_path(spec, m).removeprefix('/models/')}" for m in served
+            ]
         elif server["model_source"] is None:
             copies.append(f"{spec.model_paths[first.model_id]} as {server['model_file_name']}")
         manifests.append(templating.render(env, "kubernetes/server.yaml.j2", context | server))
@@ -631,7 +670,7 @@ def render_files(
     if stack["tls"] is None:
         del stack["tls"]  # and for stacks without HTTPS
     if not spec.models:
-        for key in ("models", "packing", "model_paths"):
+        for key in ("models", "packing", "model_paths", "model_cache"):
             del stack[key]  # and for stacks of one model
     plan_json = json.dumps(
         {

@@ -9,8 +9,16 @@ from typing import cast
 
 from deploykit.running.served import served_by
 from deploykit.running.stack import LoadedStack
-from deploykit.running.stages import Reporter, StageRow, _container_watch, model_stages, run_stages, server_stages
-from deploykit.seams import engine, health, webui
+from deploykit.running.stages import (
+    Reporter,
+    StageRow,
+    _container_watch,
+    model_stages,
+    reread_router_preset,
+    run_stages,
+    server_stages,
+)
+from deploykit.seams import engine, webui
 from deploykit.values.errors import PreflightError
 from deploykit.values.services import WEBUI
 
@@ -42,7 +50,9 @@ def change_models(
     The files are written first (all or nothing); then compose is asked for the servers of ``after`` only:
     it creates a new vLLM service, removes a dropped one (an orphan now) and leaves an unchanged service running,
     so Open WebUI and its volume (accounts, chats) are not touched. A router whose own command did not change
-    keeps running too and reads its preset again (``GET /models?reload=1``): its other models stay loaded.
+    keeps running too and reads its preset again (``GET /models?reload=1``): its other models stay loaded (the
+    rendered router mounts deploykit's model cache whole and runs together without a --models-max limit, so a
+    model of the cache added or removed changes its preset only).
     Open WebUI's stored connections are then written to the new list, and each added model must be listed and
     answer a chat through it."""
     old, new = served_by(before), served_by(after)
@@ -67,8 +77,7 @@ def change_models(
     key = after.api_key
     for server in new.servers:
         if server.router and server.service not in report.started:
-            with health.router_client(server.url, key) as client:
-                health.reload_router(client)
+            reread_router_preset(after, docker_host, server.service)
             report.reloaded = True
     with ExitStack() as clients:
         ui = clients.enter_context(after.webui_client())

@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     GGUF,
     MODEL_CACHE,
     Stack,
+    container_ids,
     deploykit,
     docker,
     make_stack,
@@ -133,6 +134,17 @@ def pair(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
         yield stack, up
 
 
+def children(stack: Stack) -> dict[str, str]:
+    """The router's llama-server children: model id -> host PID (docker top; a model's --alias names it)."""
+    [router] = [cid for name, cid in container_ids(stack).items() if "-router-" in name]
+    out: dict[str, str] = {}
+    for line in docker("top", router, "-o", "pid,args").splitlines()[1:]:
+        pid, *words = line.split()
+        if "--alias" in words:
+            out[words[words.index("--alias") + 1]] = pid
+    return out
+
+
 def test_two_gguf_models_together_are_listed_and_each_answers_through_open_webui(
     pair: tuple[Stack, dict[str, Any]],
 ) -> None:
@@ -199,6 +211,7 @@ def test_add_then_remove_a_model_on_the_running_stack_keeps_the_others_and_a_cha
         r.raise_for_status()
         chat_id = r.json()["id"]
     webui_started = started_at(stack, "open-webui")
+    servers_before = children(stack)
 
     # A third model: the shipped file again, under an id of its own.
     third = "smollm2-third"
@@ -208,6 +221,10 @@ def test_add_then_remove_a_model_on_the_running_stack_keeps_the_others_and_a_cha
     change = json.loads(added.out)
     assert change["added"] == [third] and change["models"] == [default, second, third]
     assert "open-webui" not in change["started"]
+    # The router re-read its preset in place (the third model is in deploykit's model cache, which it mounts
+    # whole): not recreated, the other two models' llama-server processes the same ones.
+    assert "router" not in change["started"] and change["reloaded"] is True, change
+    assert {m: pid for m, pid in children(stack).items() if m != third} == servers_before
     assert [s["name"] for s in change["stages"]][-2:] == [f"open-webui lists {third}", f"chat {third} via open-webui"]
     assert "[[models]]" in (stack.dir / "deploykit.toml").read_text()
     with ui_client(stack) as ui:
@@ -223,6 +240,7 @@ def test_add_then_remove_a_model_on_the_running_stack_keeps_the_others_and_a_cha
         assert third not in models and {default, second} <= set(models)
         ask(ui, default)
         ask(ui, second)
+        assert children(stack) == servers_before, "removing it left the other two running"
         kept = ui.get(f"/api/v1/chats/{chat_id}")
         assert kept.status_code == 200 and kept.json()["chat"]["title"] == "before"
     # Open WebUI (its accounts, its chats, its process) was not touched by either change.

@@ -129,7 +129,7 @@ def test_the_router_reads_the_rendered_presets_and_starts_each_model_with_its_fl
             if value != "true":
                 assert args[args.index(f"--{key}") + 1] == value, f"{name}: --{key}"
         assert flags.get("--alias") == name, "the section name is the id clients send"
-        assert f"loading model '/models/{name}.gguf'" in logs, "past argument parsing, at the model"
+        assert f"loading model '{section(preset, name)['model']}'" in logs, "past argument parsing, at the model"
         assert CHILD_EXIT.format(name=name) in logs
     for name in set(routed) - set(at_start):
         assert f"spawning server instance with name={name} " not in logs, f"{name} is loaded on demand only"

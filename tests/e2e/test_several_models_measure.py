@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import GGUF, ROOT, Stack, container_ids, deploykit, docker, make_stack, need
-from tests.e2e.test_several_models import Q4_ID, Q8, Q8_ID, ask, several_running, status, ui_client
+from tests.e2e.conftest import GGUF, ROOT, Stack, deploykit, make_stack, need
+from tests.e2e.test_several_models import Q4_ID, Q8, Q8_ID, ask, children, several_running, status, ui_client
 
 pytestmark = pytest.mark.e2e
 
@@ -29,17 +29,6 @@ LOAD = ("--requests", "4", "--prompt-tokens", "32", "--max-tokens", "16")
 ENTRY_A = f'[[models]]\nid = "{Q4_ID}"  # the default: tune --model {Q8_ID} leaves it alone\nfile = "{GGUF}"\n'
 ENTRY_B = f'[[models]]\nid = "{Q8_ID}"\nfile = "{Q8}"\n'
 SETTINGS = f"# written by the test\n\n{ENTRY_A}\n{ENTRY_B}"
-
-
-def children(stack: Stack) -> dict[str, str]:
-    """The router's llama-server children: model id -> host PID (docker top; a model's --alias names it)."""
-    [router] = [cid for name, cid in container_ids(stack).items() if "-router-" in name]
-    out: dict[str, str] = {}
-    for line in docker("top", router, "-o", "pid,args").splitlines()[1:]:
-        pid, *words = line.split()
-        if "--alias" in words:
-            out[words[words.index("--alias") + 1]] = pid
-    return out
 
 
 def stack_files(stack: Stack) -> dict[str, bytes]:
@@ -110,9 +99,9 @@ def test_tune_model_sweeps_that_model_writes_its_entry_only_and_leaves_the_stack
     assert {(1, 1), (2, 1)} <= set(measured), measured
     assert report["rows"][0]["current"] is True
     assert all(r["metrics"] and r["metrics"]["completed"] == 4 for r in report["rows"]), report["rows"]
-    assert any(f"only {Q8_ID} reloaded, its other models ({Q4_ID}) kept running" in n for n in report["notes"]), (
-        report["notes"]
-    )
+    assert any(f"only {Q8_ID} reloaded, its other models ({Q4_ID}) kept running" in n for n in report["notes"]), report[
+        "notes"
+    ]
     # The router re-read its preset in place: A's llama-server is the same process, B's a new one.
     pids_after = children(stack)
     assert pids_after[Q4_ID] == pids_before[Q4_ID], (pids_before, pids_after)

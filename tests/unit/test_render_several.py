@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kubernetes_validate
@@ -52,7 +52,8 @@ def test_two_gguf_models_on_the_cpu_share_one_router_with_its_presets(tmp_path: 
     router = found[ROUTER]
     command = router["command"]
     assert isinstance(command, list)
-    assert command[:4] == ["--models-preset", "/presets/models.ini", "--models-max", "2"]
+    # Together: the most a stack holds (8), so that adding or removing a model later leaves the command as it is.
+    assert command[:4] == ["--models-preset", "/presets/models.ini", "--models-max", "8"]
     assert "-m" not in command and "-c" not in command, "per-model flags live in the preset only"
     assert command[command.index("--port") + 1] == "8080", "always pass --port (the build's default is 9931)"
     volumes = router["volumes"]
@@ -60,11 +61,18 @@ def test_two_gguf_models_on_the_cpu_share_one_router_with_its_presets(tmp_path: 
     assert {"type": "bind", "source": "./presets", "target": "/presets", "read_only": True} in volumes, (
         "the presets folder, not the stack folder (.env, the TLS key)"
     )
-    assert [v["target"] for v in volumes[:2]] == [f"/models/{SMOLLM}.gguf", f"/models/{QWEN_15B}.gguf"]
+    # Both are catalog models in deploykit's model cache: the cache is mounted once, read-only, not file by file
+    # (a model added later then changes the preset only).
+    cache = str(load_settings().model_cache)
+    binds = [v for v in volumes if v["target"] != "/presets"]
+    assert binds == [{"type": "bind", "source": cache, "target": "/model-cache", "read_only": True}]
 
     preset = (stack_dir / "presets" / "models.ini").read_text(encoding="utf-8")
     templating.check_preset(preset)
-    assert f"[{SMOLLM}]\nmodel = /models/{SMOLLM}.gguf\nctx-size = 16384\nparallel = 4\n" in preset
+    recorded = json.loads((stack_dir / "plan.json").read_text(encoding="utf-8"))["stack"]
+    assert recorded["model_cache"] == cache
+    path = PurePosixPath(recorded["model_paths"][SMOLLM]).relative_to(cache)
+    assert f"[{SMOLLM}]\nmodel = /model-cache/{path}\nctx-size = 16384\nparallel = 4\n" in preset
     assert preset.count("load-on-startup = true") == 2, "together: both loaded at start"
 
     env = found["open-webui"]["environment"]
@@ -262,7 +270,16 @@ def test_kubernetes_serves_two_ggufs_on_the_cpu_from_one_router_with_the_compose
     assert volumes["presets"]["configMap"]["name"] == config_map["metadata"]["name"]
     compose_dir = render_models(tmp_path, "cpu", {"id": SMOLLM}, {"id": QWEN_15B})
     written = (compose_dir / "presets" / "models.ini").read_text(encoding="utf-8")
-    assert config_map["data"]["models.ini"] == written, "the same models.ini as the Compose render's"
+    # The same preset as the Compose render's, but for where each GGUF is: Compose loads it from the mounted
+    # model cache, Kubernetes from the copy in its models volume.
+    k8s = config_map["data"]["models.ini"]
+
+    def flags(preset: str) -> list[str]:
+        return [line for line in preset.splitlines() if not line.startswith("model = ")]
+
+    assert flags(k8s) == flags(written), "the same sections and flags as the Compose render's models.ini"
+    assert f"model = /models/{SMOLLM}.gguf\n" in k8s and f"model = /models/{QWEN_15B}.gguf\n" in k8s
+    assert f"model = /model-cache/{SMOLLM}/" in written
     header = (stack_dir / "kubernetes.yaml").read_text(encoding="utf-8").split("---", 1)[0]
     assert f"as {SMOLLM}.gguf" in header and f"as {QWEN_15B}.gguf" in header, "what to copy into the volume"
 
@@ -365,3 +382,26 @@ def test_a_kubernetes_file_without_a_servers_deployment_is_not_written(tmp_path:
     without = yaml.safe_dump_all([d for d in docs if d is not router])
     with pytest.raises(templating.RenderedFileError, match="the Deployments of router are missing"):
         templating.check_stack_file("kubernetes.yaml", without, (ROUTER, "open-webui"))
+
+
+def test_a_router_binds_files_outside_the_cache_or_with_names_the_preset_cannot_carry_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """Only deploykit's model cache is mounted whole: a user's file elsewhere (its folder may hold anything) or a
+    cached file whose name the preset's parser would cut (``#``) is bound alone, at a path deploykit chooses."""
+    from tests.unit.conftest import TINY_GGUF
+
+    cache = Path(load_settings().model_cache)
+    odd = cache / "odd#name.gguf"
+    cache.mkdir(parents=True, exist_ok=True)
+    odd.write_bytes(TINY_GGUF.read_bytes())
+    elsewhere = tmp_path / "downloads" / "mine.gguf"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(TINY_GGUF.read_bytes())
+    stack_dir = render_models(tmp_path, "cpu", {"id": "mine", "file": str(elsewhere)}, {"id": "odd", "file": str(odd)})
+    volumes = services(stack_dir)[ROUTER]["volumes"]
+    assert isinstance(volumes, list)
+    binds = {v["source"]: v["target"] for v in volumes if v["target"] != "/presets"}
+    assert binds == {str(elsewhere): "/models/mine.gguf", str(odd): "/models/odd.gguf"}, "no folder mounted whole"
+    preset = (stack_dir / "presets" / "models.ini").read_text(encoding="utf-8")
+    assert "model = /models/mine.gguf\n" in preset and "model = /models/odd.gguf\n" in preset
