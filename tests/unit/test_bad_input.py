@@ -144,6 +144,26 @@ def _cut_gguf(t: Path) -> list[str]:
 
 PASSWORD_LINE = re.compile(r"^DEPLOYKIT_ADMIN_PASSWORD=.*$", re.M)
 
+def _models_add(t: Path, model_file: Path) -> list[str]:
+    return [*NO_ENGINE, "models", "add", "mine", "--model-file", str(model_file), "--dir", str(t / "s")]
+
+
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _special(path: Path, kind: str) -> Path:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dir":
+        path.mkdir()
+    else:
+        with path.open("wb") as f:
+            f.truncate(200 * 10**9)
+    return path
+
+
 # fmt: off
 CASES = [
     # ---- the stack folder is the user's data
@@ -378,6 +398,20 @@ CASES = [
     Case("M10", "several models", "`models add` with a backend deploykit does not know",
          lambda t: ["models", "add", "qwen2.5-1.5b-instruct", "--backend", "ollama", "--dir", str(t / "s")],
          2, r"backend 'ollama' is not known"),
+    # `models add --model-file`: the file is vetted before the stack is (nothing written, no engine asked)
+    Case("M11", "several models", "`models add --model-file` of a named pipe",
+         lambda t: _models_add(t, _special(t / "m.gguf", "fifo")), 2, r"m\.gguf is not a regular file or directory"),
+    Case("M12", "several models", "`models add --model-file` of random bytes named .gguf",
+         lambda t: _models_add(t, _bytes(t / "m.gguf", bytes(range(256)) * 16)),
+         2, r"m\.gguf is not a readable GGUF file \(ValueError: no GGUF magic\)"),
+    Case("M13", "several models", "`models add --model-file` of an empty .gguf",
+         lambda t: _models_add(t, _bytes(t / "m.gguf", b"")), 2, r"m\.gguf is not a readable GGUF file"),
+    Case("M14", "several models", "`models add --model-file` of a 200 GB sparse file (not read whole)",
+         lambda t: _models_add(t, _special(t / "m.gguf", "sparse")), 2, r"m\.gguf is not a readable GGUF file"),
+    Case("M15", "several models", "`models add --model-file` of a folder without config.json",
+         lambda t: _models_add(t, _special(t / "weights", "dir")), 2, r"weights has no config\.json"),
+    Case("M16", "several models", "`models add --model-file` of a GGUF cut after its magic",
+         lambda t: _models_add(t, _bytes(t / "m.gguf", b"GGUF\x03\x00")), 2, r"m\.gguf is not a readable GGUF file"),
     # ---- `eval --dataset`: refused before any stack or engine is touched
     Case("E01", "eval data", "a --dataset file that is not JSON Lines", _eval_data("hello\n"),
          2, r"line 1 of --dataset file .*d\.jsonl is not JSON\."),
@@ -424,6 +458,8 @@ def _snapshot(root: Path) -> dict[str, tuple[str, bytes | str, int]]:
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
                 out[str(path)] = ("link", os.readlink(path), st.st_mode)
+            elif stat.S_ISREG(st.st_mode) and st.st_size > 1 << 30:  # a sparse file a case made: size and time
+                out[str(path)] = ("file", f"{st.st_size} {st.st_mtime_ns}", st.st_mode)
             elif stat.S_ISREG(st.st_mode):
                 out[str(path)] = ("file", path.read_bytes(), st.st_mode)
             else:  # a folder, or a pipe a case made (reading it would hang)

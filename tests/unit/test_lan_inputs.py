@@ -134,6 +134,31 @@ def test_chat_direct_with_a_proxy_in_the_environment_reaches_the_server_and_not_
     assert proxy.seen == []  # the API key never went to the proxy
 
 
+def test_eval_with_a_proxy_in_the_environment_asks_the_server_and_not_the_proxy(
+    proxy: Recorder, tmp_path: Path
+) -> None:
+    """`deploykit eval --via inference` on a plain data set: every question to the stack's loopback server with
+    its key, none through the proxy every proxy variable names."""
+    server = Recorder({"choices": [{"message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}]})
+    port = str(server.server_address[1])
+    env = {"DEPLOYKIT_INFERENCE_PORT": port, "DEPLOYKIT_MODEL_CACHE": str(tmp_path / "models")}
+    runner = CliRunner()
+    rendered = runner.invoke(cli, ["render", "-p", "cpu", "--dir", str(tmp_path / "s")], env=env)
+    assert rendered.exit_code == 0, rendered.output
+    key = stackdir.read_secrets(tmp_path / "s")[INFERENCE_API_KEY]
+    items = tmp_path / "plain.jsonl"
+    items.write_text("".join(json.dumps({"prompt": f"{i} + {4 - i}?", "answer": "4"}) + "\n" for i in range(3)))
+    result = runner.invoke(
+        cli, [*NO_ENGINE, "eval", "--dir", str(tmp_path / "s"), "--dataset", str(items), "--json"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["stacks"][0]["metrics"]["passed"] == 3, result.stdout
+    asked = [(method, path) for method, path, auth in server.seen if auth == f"Bearer {key}"]
+    assert asked.count(("POST", "/v1/chat/completions")) == 3, server.seen
+    assert proxy.seen == []  # neither a question nor the API key went to the proxy
+
+
 # ---------------------------------------------------------------- [webui_env] secrets
 
 
