@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.browser import signed_in
 from tests.e2e.conftest import (
     ARTIFACTS,
     FP16_DIR,
@@ -30,7 +30,6 @@ from tests.e2e.conftest import (
     make_stack,
     need,
     remove_by_label,
-    secrets,
     webui_token,
 )
 
@@ -250,68 +249,30 @@ def test_add_then_remove_a_model_on_the_running_stack_keeps_the_others_and_a_cha
     assert [m["model"] for m in json.loads(listing.out)] == [default, second]
 
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 def test_chromium_asks_two_models_side_by_side(
     pair: tuple[Stack, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium")
-    need(chromium is not None, "Debian's chromium is not installed (scripts/provision/browser.sh)")
     stack, up = pair
     default, second = (row["model"] for row in up["models"])
-    creds = secrets(stack)
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=chromium,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1280, "height": 800},
-        )
-        page = browser.new_page()
-        try:
-            page.goto(f"http://127.0.0.1:{stack.webui_port}/auth", wait_until="networkidle")
-            page.fill("input[type=email]", creds["DEPLOYKIT_ADMIN_EMAIL"])
-            page.fill("input[type=password]", creds["DEPLOYKIT_ADMIN_PASSWORD"])
-            page.click("button[type=submit]")
-            page.wait_for_url("**/", timeout=60_000)
-            with contextlib.suppress(PlaywrightTimeout):
-                page.get_by_text("Okay, Let's Go!").click(timeout=10_000)
-            # The stack's default model is preselected; Compare adds the second beside it.
-            selector = page.locator('button[aria-label^="Selected model"]').first
-            selector.wait_for(state="visible", timeout=60_000)
-            assert default in selector.inner_text()
-            selector.click()
-            page.locator('button[aria-label="Compare"]').click(timeout=30_000)
-            page.locator(f'button[aria-label="Select {second} model"]').click(timeout=30_000)
-            page.keyboard.press("Escape")
-            page.locator("#chat-input").click()
-            page.keyboard.type("What is the capital of France?")
-            page.keyboard.press("Enter")
-            answers = page.locator("#response-content-container")
-            texts = _settled(page, answers)
-            page.screenshot(path=str(ARTIFACTS / "open-webui-side-by-side.png"))
-            assert len(texts) == 2 and all(t.strip() for t in texts), texts
-            assert f"{default} +1" in selector.inner_text()
-            assert second in page.content()
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "open-webui-side-by-side-failure.png"))
-            raise
-        finally:
-            browser.close()
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with signed_in(stack, profile, "open-webui-side-by-side-failure.png") as page:
+        # The stack's default model is preselected; Compare adds the second beside it.
+        selector = page.locator('button[aria-label^="Selected model"]').first
+        selector.wait_for(state="visible", timeout=60_000)
+        assert default in selector.inner_text()
+        selector.click()
+        page.locator('button[aria-label="Compare"]').click(timeout=30_000)
+        page.locator(f'button[aria-label="Select {second} model"]').click(timeout=30_000)
+        page.keyboard.press("Escape")
+        page.locator("#chat-input").click()
+        page.keyboard.type("What is the capital of France?")
+        page.keyboard.press("Enter")
+        answers = page.locator("#response-content-container")
+        texts = _settled(page, answers)
+        page.screenshot(path=str(ARTIFACTS / "open-webui-side-by-side.png"))
+        assert len(texts) == 2 and all(t.strip() for t in texts), texts
+        assert f"{default} +1" in selector.inner_text()
+        assert second in page.content()
 
 
 def _settled(page: Any, answers: Any, timeout: float = 240) -> list[str]:
