@@ -22,9 +22,9 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tests.e2e.browser import CHROMIUM_ARGS
 from tests.e2e.conftest import ARTIFACTS, GGUF, MODEL_ID, Stack, deploykit, docker, make_stack, need, running, secrets
 from tests.e2e.netns_browser import isolated_chromium
-from tests.e2e.test_browser import CHROMIUM_ARGS
 from tests.tlscerts import make_pair, secret_lines
 
 pytestmark = pytest.mark.e2e
