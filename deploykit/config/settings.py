@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -95,6 +96,8 @@ _BACKEND_IMAGES: dict[str, Any] = {
     image.key: (str, image.default) for backend in BACKENDS for image in backend.images(pinned()).values()
 }
 if TYPE_CHECKING:
+    from tomlkit import TOMLDocument
+
     Images = ImagesBase
 else:
     Images = create_model("Images", __base__=ImagesBase, __doc__=ImagesBase.__doc__, **_BACKEND_IMAGES)
@@ -304,10 +307,12 @@ def _check_toml(path: Path) -> None:
     load_toml(read_text(path, what, hint, ConfigError), path, what, hint, ConfigError)
 
 
-def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
-    """Set ``values`` in the stack's deploykit.toml, keeping every other key and comment as it was."""
+def _edit_stack_settings(stack_dir: Path, edit: Callable[[TOMLDocument], None], written_by: str) -> Path:
+    """The stack's deploykit.toml read (or begun with a comment saying who wrote it), changed by ``edit`` with
+    every other key and comment kept, read back as TOML and put in place of the old one in one rename."""
+    import tomllib
+
     import tomlkit
-    from tomlkit.items import Table
 
     from deploykit.seams.textfile import read_text
 
@@ -315,21 +320,9 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
     text = read_text(path, "stack settings", "Fix or remove the file.", ConfigError) if path.exists() else ""
     doc = tomlkit.parse(text)
     if not text:
-        doc.add(tomlkit.comment("Settings for this stack only; they win over config.toml (written by deploykit tune)."))
-    body = doc.body
-    first_table = next((i for i, (_, item) in enumerate(body) if isinstance(item, Table)), None)
-    for key, value in values.items():
-        if key in doc:
-            doc[key] = value
-        elif first_table is None:
-            doc.add(key, value)
-        else:
-            # A top-level key must come before the first [table], or TOML would put it inside that table.
-            doc.body.insert(first_table, (tomlkit.key(key), tomlkit.item(value)))
-            first_table += 1
+        doc.add(tomlkit.comment(f"Settings for this stack only; they win over config.toml (written by {written_by})."))
+    edit(doc)
     text = tomlkit.dumps(doc)
-    import tomllib
-
     tomllib.loads(text)  # what replaces the file is read back as TOML first, as render checks its own files
     tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -337,33 +330,49 @@ def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
     return path
 
 
+def _replace_models(doc: TOMLDocument, models: list[dict[str, Any]]) -> None:
+    import tomlkit
+
+    if "models" in doc:
+        del doc["models"]
+    tables = tomlkit.aot()
+    for entry in models:
+        tables.append(tomlkit.item(entry))
+    doc.append("models", tables)  # an array of tables goes last: after it, a plain key would belong to it
+
+
+def write_stack_settings(stack_dir: Path, values: dict[str, Any]) -> Path:
+    """Set ``values`` in the stack's deploykit.toml, keeping every other key and comment as it was."""
+
+    def edit(doc: TOMLDocument) -> None:
+        import tomlkit
+        from tomlkit.items import Table
+
+        first_table = next((i for i, (_, item) in enumerate(doc.body) if isinstance(item, Table)), None)
+        for key, value in values.items():
+            if key in doc:
+                doc[key] = value
+            elif first_table is None:
+                doc.add(key, value)
+            else:
+                # A top-level key must come before the first [table], or TOML would put it inside that table.
+                doc.body.insert(first_table, (tomlkit.key(key), tomlkit.item(value)))
+                first_table += 1
+
+    return _edit_stack_settings(stack_dir, edit, "deploykit tune")
+
+
 def write_stack_models(stack_dir: Path, models: list[dict[str, Any]]) -> Path:
     """Set the stack's [[models]] in its deploykit.toml (`deploykit models add|remove`), keeping every other key
     and comment as it was; a list of one model removes the tables (the stack's one model is in its plan.json)."""
-    import tomlkit
 
-    from deploykit.seams.textfile import read_text
+    def edit(doc: TOMLDocument) -> None:
+        if len(models) > 1:
+            _replace_models(doc, models)
+        elif "models" in doc:
+            del doc["models"]
 
-    path = stack_dir / STACK_SETTINGS_FILE
-    text = read_text(path, "stack settings", "Fix or remove the file.", ConfigError) if path.exists() else ""
-    doc = tomlkit.parse(text)
-    if not text:
-        doc.add(tomlkit.comment("Settings for this stack only; they win over config.toml (written by deploykit)."))
-    if "models" in doc:
-        del doc["models"]
-    if len(models) > 1:
-        tables = tomlkit.aot()
-        for entry in models:
-            tables.append(tomlkit.item(entry))
-        doc.append("models", tables)  # an array of tables goes last: after it, a plain key would belong to it
-    text = tomlkit.dumps(doc)
-    import tomllib
-
-    tomllib.loads(text)
-    tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return _edit_stack_settings(stack_dir, edit, "deploykit")
 
 
 def write_stack_model(stack_dir: Path, models: list[dict[str, Any]], index: int, values: dict[str, Any]) -> Path:
@@ -372,35 +381,17 @@ def write_stack_model(stack_dir: Path, models: list[dict[str, Any]], index: int,
 
     ``models`` are the stack's entries as its plan.json has them, the default first. A file whose [[models]] are
     not those (none: the models came as flags) gets them, as `models add|remove` writes them."""
-    import tomlkit
 
-    from deploykit.seams.textfile import read_text
+    def edit(doc: TOMLDocument) -> None:
+        tables = doc.get("models")
+        ids = [entry.get("id") for entry in models]
+        if isinstance(tables, list) and [t.get("id") if isinstance(t, dict) else None for t in tables] == ids:
+            for key, value in values.items():
+                tables[index][key] = value
+        else:
+            _replace_models(doc, [entry | values if i == index else entry for i, entry in enumerate(models)])
 
-    path = stack_dir / STACK_SETTINGS_FILE
-    text = read_text(path, "stack settings", "Fix or remove the file.", ConfigError) if path.exists() else ""
-    doc = tomlkit.parse(text)
-    if not text:
-        doc.add(tomlkit.comment("Settings for this stack only; they win over config.toml (written by deploykit tune)."))
-    tables = doc.get("models")
-    ids = [entry.get("id") for entry in models]
-    if isinstance(tables, list) and [t.get("id") if isinstance(t, dict) else None for t in tables] == ids:
-        for key, value in values.items():
-            tables[index][key] = value
-    else:
-        if "models" in doc:
-            del doc["models"]
-        written = tomlkit.aot()
-        for i, entry in enumerate(models):
-            written.append(tomlkit.item(entry | values if i == index else entry))
-        doc.append("models", written)  # an array of tables goes last: after it, a plain key would belong to it
-    text = tomlkit.dumps(doc)
-    import tomllib
-
-    tomllib.loads(text)
-    tmp = path.with_name(f".{STACK_SETTINGS_FILE}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return _edit_stack_settings(stack_dir, edit, "deploykit tune")
 
 
 def parse_image_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
