@@ -504,14 +504,13 @@ def _several_context(
 def _router_context(spec: StackSpec, stack: StackPlan, served: Sequence[StackModel]) -> dict[str, Any]:
     """What the router's service template adds: its mounts (the model cache whole, other files one by one), its
     --models-max, where its preset is, and the longest start of its models."""
-    in_cache = [m for m in served if _in_cache(spec, spec.model_paths[m.model_id]) is not None]
+    paths = {m.model_id: _routed_path(spec, m) for m in served}
+    alone = [m.model_id for m in served if not paths[m.model_id].startswith(f"{ROUTER_CACHE_DIR}/")]
     return {
-        "routed": [
-            {"host_path": spec.model_paths[m.model_id], "container_path": _routed_path(spec, m)}
-            for m in served
-            if m not in in_cache
-        ],
-        "model_cache": {"host_path": spec.model_cache, "container_path": ROUTER_CACHE_DIR} if in_cache else None,
+        "routed": [{"host_path": spec.model_paths[m], "container_path": paths[m]} for m in alone],
+        "model_cache": (
+            {"host_path": spec.model_cache, "container_path": ROUTER_CACHE_DIR} if len(alone) < len(served) else None
+        ),
         # Together, every model of the preset is loaded and none evicted: the most a stack holds, so that a model
         # added or removed later does not change the router's command (b11669 refuses 0, "no limit", when it
         # counts the models it loads at start: "exceeds models_max (0)").

@@ -51,8 +51,8 @@ def change_models(
     it creates a new vLLM service, removes a dropped one (an orphan now) and leaves an unchanged service running,
     so Open WebUI and its volume (accounts, chats) are not touched. A router whose own command did not change
     keeps running too and reads its preset again (``GET /models?reload=1``): its other models stay loaded (the
-    rendered router mounts deploykit's model cache whole and runs together without a --models-max limit, so a
-    model of the cache added or removed changes its preset only).
+    rendered router mounts deploykit's model cache whole and, together, runs with --models-max at a stack's most,
+    so a model of the cache added or removed changes its preset only).
     Open WebUI's stored connections are then written to the new list, and each added model must be listed and
     answer a chat through it."""
     old, new = served_by(before), served_by(after)
