@@ -118,16 +118,20 @@ def test_bench_client_and_metrics_go_straight_to_the_loopback_server(proxy: Reco
     assert [path for _, path, _ in server.seen] == ["/v1/models", "/metrics"] and proxy.seen == []
 
 
+def _stack_served_by(server: Recorder, tmp_path: Path) -> tuple[CliRunner, dict[str, str], str]:
+    """A stack rendered in tmp_path/s whose inference port is ``server``'s: the runner, its env and the API key."""
+    env = {"DEPLOYKIT_INFERENCE_PORT": str(server.server_address[1]), "DEPLOYKIT_MODEL_CACHE": str(tmp_path / "models")}
+    runner = CliRunner()
+    rendered = runner.invoke(cli, ["render", "-p", "cpu", "--dir", str(tmp_path / "s")], env=env)
+    assert rendered.exit_code == 0, rendered.output
+    return runner, env, stackdir.read_secrets(tmp_path / "s")[INFERENCE_API_KEY]
+
+
 def test_chat_direct_with_a_proxy_in_the_environment_reaches_the_server_and_not_the_proxy(
     proxy: Recorder, tmp_path: Path
 ) -> None:
     server = Recorder(ANSWER)
-    port = str(server.server_address[1])
-    env = {"DEPLOYKIT_INFERENCE_PORT": port, "DEPLOYKIT_MODEL_CACHE": str(tmp_path / "models")}
-    runner = CliRunner()
-    rendered = runner.invoke(cli, ["render", "-p", "cpu", "--dir", str(tmp_path / "s")], env=env)
-    assert rendered.exit_code == 0, rendered.output
-    key = stackdir.read_secrets(tmp_path / "s")[INFERENCE_API_KEY]
+    runner, env, key = _stack_served_by(server, tmp_path)
     result = runner.invoke(cli, ["chat", "--direct", "--dir", str(tmp_path / "s"), "Say hello"], env=env)
     assert result.exit_code == 0 and "Hello from loopback." in result.output, result.output
     assert server.seen == [("POST", "/v1/chat/completions", f"Bearer {key}")]
@@ -140,12 +144,7 @@ def test_eval_with_a_proxy_in_the_environment_asks_the_server_and_not_the_proxy(
     """`deploykit eval --via inference` on a plain data set: every question to the stack's loopback server with
     its key, none through the proxy every proxy variable names."""
     server = Recorder({"choices": [{"message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}]})
-    port = str(server.server_address[1])
-    env = {"DEPLOYKIT_INFERENCE_PORT": port, "DEPLOYKIT_MODEL_CACHE": str(tmp_path / "models")}
-    runner = CliRunner()
-    rendered = runner.invoke(cli, ["render", "-p", "cpu", "--dir", str(tmp_path / "s")], env=env)
-    assert rendered.exit_code == 0, rendered.output
-    key = stackdir.read_secrets(tmp_path / "s")[INFERENCE_API_KEY]
+    runner, env, key = _stack_served_by(server, tmp_path)
     items = tmp_path / "plain.jsonl"
     items.write_text("".join(json.dumps({"prompt": f"{i} + {4 - i}?", "answer": "4"}) + "\n" for i in range(3)))
     result = runner.invoke(
