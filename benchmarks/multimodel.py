@@ -227,7 +227,8 @@ def container_bytes(container: str) -> int:
 
 def processes_rss(container: str) -> list[tuple[list[str], int]]:
     """Each process of a container: its command line and its RSS in bytes (mapped file pages included)."""
-    out = run("docker", "top", container, "-o", "pid,rss,args").stdout.splitlines()[1:]
+    # -ww: ps cuts command lines to 80 columns unless told (dockerd runs it without a terminal or COLUMNS).
+    out = run("docker", "top", container, "-ww", "-o", "pid,rss,args").stdout.splitlines()[1:]
     return [(words, int(rss) * 1024) for _, rss, *words in (line.split() for line in out)]
 
 

@@ -137,7 +137,8 @@ def children(stack: Stack) -> dict[str, str]:
     """The router's llama-server children: model id -> host PID (docker top; a model's --alias names it)."""
     [router] = [cid for name, cid in container_ids(stack).items() if "-router-" in name]
     out: dict[str, str] = {}
-    for line in docker("top", router, "-o", "pid,args").splitlines()[1:]:
+    # -ww: ps cuts command lines to 80 columns unless told, and dockerd runs it without a terminal or COLUMNS.
+    for line in docker("top", router, "-ww", "-o", "pid,args").splitlines()[1:]:
         pid, *words = line.split()
         if "--alias" in words:
             out[words[words.index("--alias") + 1]] = pid
